@@ -1,0 +1,51 @@
+"""VARConfig: the hyper-parameters of one VAR run, validated once so every layer can trust them."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class VARConfig:
+    """Hyper-parameters from VAR_SPEC.md, with the paper's defaults.
+
+    `sink_dims` are the backbone's massive-activation channels; `tau` the RMS-normalised threshold
+    for a sink; `rho` the largest visual-sink share of image attention for an image-centric head;
+    `summ` the smallest image attention for one; `p` the fraction of sink attention kept.
+    """
+
+    sink_dims: Sequence[int] | int
+    tau: float = 20.0
+    rho: float = 0.5
+    summ: float = 0.2
+    p: float = 0.6
+    except_last_layer: bool = True
+
+    def __post_init__(self) -> None:
+        dims = (self.sink_dims,) if isinstance(self.sink_dims, int) else tuple(self.sink_dims)
+        object.__setattr__(self, "sink_dims", dims)
+        self._validate()
+
+    def _validate(self) -> None:
+        if not self.sink_dims:
+            raise ValueError("VARConfig.sink_dims must list at least one hidden-state channel, got none")
+        for dim in self.sink_dims:
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+                raise ValueError(f"VARConfig.sink_dims must be non-negative integers, got {self.sink_dims!r}")
+        _check_range("p", self.p, 0.0, 1.0)
+        _check_range("rho", self.rho, 0.0, 1.0)
+        _check_range("summ", self.summ, 0.0, 1.0)
+        if not _is_number(self.tau) or not self.tau > 0:
+            raise ValueError(f"VARConfig.tau must be > 0, got {self.tau!r}")
+
+    def active_layers(self, num_layers: int) -> range:
+        """Decoder layers VAR acts on: never the first two, and not the last with `except_last_layer`."""
+        return range(2, num_layers - 1 if self.except_last_layer else num_layers)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_range(name: str, value: object, low: float, high: float) -> None:
+    if not _is_number(value) or not low <= value <= high:
+        raise ValueError(f"VARConfig.{name} must be in [{low:g}, {high:g}], got {value!r}")

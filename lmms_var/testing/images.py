@@ -1,0 +1,22 @@
+"""Deterministic synthetic images (Pillow), shared by the checkpoint builder, tests and the demo."""
+
+import random
+
+from PIL import Image, ImageDraw
+
+
+def random_image(seed: int, size: tuple[int, int] = (112, 112)) -> Image.Image:
+    """A noisy background with a few coloured shapes: enough structure for a vision tower to vary."""
+    rng = random.Random(seed)
+    image = Image.effect_noise(size, 64).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(2, 5)):
+        x0, y0 = rng.randrange(size[0] - 8), rng.randrange(size[1] - 8)
+        x1, y1 = x0 + rng.randint(8, size[0] // 2), y0 + rng.randint(8, size[1] // 2)
+        colour = tuple(rng.randrange(256) for _ in range(3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
+    return image
+
+
+def random_images(count: int, seed: int = 0, size: tuple[int, int] = (112, 112)) -> list[Image.Image]:
+    return [random_image(seed * 1000 + i, size) for i in range(count)]
