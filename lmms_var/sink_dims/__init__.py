@@ -1,0 +1,1 @@
+"""Sink dimensions per backbone: published values (`known`), measurement (`finder`, `validator`), `auto`."""
