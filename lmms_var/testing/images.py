@@ -8,7 +8,8 @@ from PIL import Image, ImageDraw
 def random_image(seed: int, size: tuple[int, int] = (112, 112)) -> Image.Image:
     """A noisy background with a few coloured shapes: enough structure for a vision tower to vary."""
     rng = random.Random(seed)
-    image = Image.effect_noise(size, 64).convert("RGB")
+    # Pillow's effect_noise is not seedable; bytes from our own generator are.
+    image = Image.frombytes("L", size, rng.randbytes(size[0] * size[1])).convert("RGB")
     draw = ImageDraw.Draw(image)
     for _ in range(rng.randint(2, 5)):
         x0, y0 = rng.randrange(size[0] - 8), rng.randrange(size[1] - 8)
