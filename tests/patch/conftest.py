@@ -1,0 +1,28 @@
+"""Inputs for model-level VAR tests: a left-padded batch of a 2-image and a 1-image prompt."""
+
+import pytest
+
+from lmms_var.testing.images import random_images
+
+QUESTIONS = ("Which point is closer to the camera? (A) red (B) blue", "How many objects are there?")
+
+
+def chat_text(processor, n_images: int, question: str, video: bool = False) -> str:
+    content = [{"type": "video"} if video else {"type": "image"} for _ in range(n_images)]
+    messages = [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
+    return processor.apply_chat_template(messages, add_generation_prompt=True)
+
+
+def prompt_inputs(processor, specs: list[tuple[int, str]], seed: int = 5):
+    """Processor outputs for prompts given as (number of images, question); images drawn per prompt."""
+    texts, images = [], []
+    for index, (n_images, question) in enumerate(specs):
+        texts.append(chat_text(processor, n_images, question))
+        images += random_images(n_images, seed=seed + index)
+    return processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+
+
+@pytest.fixture(scope="session")
+def padded_batch(tiny_model):
+    _, processor = tiny_model
+    return prompt_inputs(processor, [(2, QUESTIONS[0]), (1, QUESTIONS[1])])
