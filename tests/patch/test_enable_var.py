@@ -7,6 +7,7 @@ import torch
 
 from lmms_var import VARConfig, enable_var
 from lmms_var.testing import TinySpec, build_tiny_model
+from lmms_var.testing.images import random_images
 from tests.conftest import TINY_SPEC, TINY_TAU
 from tests.patch.conftest import QUESTIONS, chat_text, prompt_inputs
 from tests.patch.eager_reference import eager_var
@@ -59,7 +60,9 @@ def test_fused_equals_independent_eager_reference(model, padded_batch):
     for fused in (True, False):
         with enable_var(model, CONFIG, fused=fused):
             patched = logits(model, padded_batch)
-        for mine, theirs in zip(valid_logits(padded_batch, patched), valid_logits(padded_batch, reference)):
+        for mine, theirs in zip(
+            valid_logits(padded_batch, patched), valid_logits(padded_batch, reference), strict=True
+        ):
             torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
 
 
@@ -70,7 +73,9 @@ def test_eager_base_kernel_gives_the_same_result(model, padded_batch):
     with enable_var(model, CONFIG) as handle:
         assert handle.state.base_implementation == "eager"
         with_eager = logits(model, padded_batch)
-    for a, b in zip(valid_logits(padded_batch, with_sdpa), valid_logits(padded_batch, with_eager)):
+    for a, b in zip(
+        valid_logits(padded_batch, with_sdpa), valid_logits(padded_batch, with_eager), strict=True
+    ):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
@@ -82,7 +87,7 @@ def test_batch_equals_prompts_one_by_one(model, tiny_model, padded_batch):
             logits(model, prompt_inputs(processor, [spec], seed=5 + index))[0]
             for index, spec in enumerate([(2, QUESTIONS[0]), (1, QUESTIONS[1])])
         ]
-    for one, alone in zip(batched, singles):
+    for one, alone in zip(batched, singles, strict=True):
         torch.testing.assert_close(one, alone, atol=1e-4, rtol=0)
 
 
@@ -142,7 +147,7 @@ def test_generation_fused_equals_eager(model, padded_batch):
             )
         runs.append(out)
     assert torch.equal(runs[0].sequences, runs[1].sequences)
-    for fused_step, eager_step in zip(runs[0].logits, runs[1].logits):
+    for fused_step, eager_step in zip(runs[0].logits, runs[1].logits, strict=True):
         torch.testing.assert_close(fused_step, eager_step, atol=1e-4, rtol=0)
 
 
@@ -153,12 +158,12 @@ def test_decode_rows_are_redistributed(model, padded_batch):
         prefill_rows = [sample["redistributed_rows"] for sample in handle.diagnostics()]
         model.generate(**padded_batch, max_new_tokens=4, min_new_tokens=4, do_sample=False)
         generated_rows = [sample["redistributed_rows"] for sample in handle.diagnostics()]
-    assert all(after > before for after, before in zip(generated_rows, prefill_rows))
+    assert all(after > before for after, before in zip(generated_rows, prefill_rows, strict=True))
 
 
 def test_video_tokens_are_visual(model, tiny_model):
     processor = tiny_model[1]
-    frames = [[*__import__("lmms_var.testing.images", fromlist=["x"]).random_images(4, seed=31)]]
+    frames = [random_images(4, seed=31)]
     inputs = processor(
         text=[chat_text(processor, 1, QUESTIONS[1], video=True)], videos=frames, return_tensors="pt"
     )
@@ -181,7 +186,7 @@ def test_half_precision_models(model, padded_batch, dtype):
     with enable_var(model, CONFIG, diagnostics=True) as handle:
         patched = logits(model, inputs).float()
         assert all(sample["redistributed_rows"] > 0 for sample in handle.diagnostics())
-    for a, b in zip(valid_logits(padded_batch, patched), valid_logits(padded_batch, reference)):
+    for a, b in zip(valid_logits(padded_batch, patched), valid_logits(padded_batch, reference), strict=True):
         torch.testing.assert_close(a, b, atol=5e-2, rtol=0)
 
 
