@@ -1,0 +1,199 @@
+"""Check sink dimensions against attention: do the tokens they detect really receive outsized attention?
+
+Per prompt and decoder layer `l` in `layers` (default `2 .. L-1`):
+
+- *detected*: spec step 1 with the given `dims` and `tau` on the residual stream entering layer `l`.
+- *outsized attention*: the layer's post-softmax attention `A[h, q, k]` (eager, float32) is compared
+  with the uniform share `1 / (q + 1)` of a causal query `q`. Key `k` receives
+  `ratio[k] = mean over heads h and queries q >= k + min_distance of (q + 1) * A[h, q, k]`
+  and gets outsized attention when `ratio[k] > attention_factor`. Queries closer than `min_distance`
+  are left out because attention to the last few tokens (local attention) is large in any model and
+  says nothing about sinks; the last `min_distance` tokens, which no query scores, are not counted.
+
+Over all scored (prompt, layer, token) triples, `precision = |detected & outsized| / |detected|` and
+`recall = |detected & outsized| / |outsized|` (`None` when the denominator is zero).
+"""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from lmms_var.core import find_sink_tokens
+from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts
+from lmms_var.sink_dims.finder import (
+    DEFAULT_TAU,
+    decoder_layers,
+    encoded_prompts,
+    layer_input_hooks,
+    model_name,
+    resolve_layers,
+)
+
+DEFAULT_ATTENTION_FACTOR = 2.0
+DEFAULT_MIN_DISTANCE = 4
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """Precision and recall of detected sinks against outsized attention, in total and per layer."""
+
+    model: str
+    sink_dims: tuple[int, ...]
+    precision: float | None
+    recall: float | None
+    per_layer: dict[int, dict[str, int]]
+    settings: dict
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "sink_dims": list(self.sink_dims),
+            "precision": self.precision,
+            "recall": self.recall,
+            "per_layer": {str(layer): counts for layer, counts in self.per_layer.items()},
+            "settings": self.settings,
+        }
+
+    def table(self) -> str:
+        lines = [
+            f"sink dims {list(self.sink_dims)} of {self.model} at tau {self.settings['tau']:g}: "
+            f"precision {_ratio(self.precision)}, recall {_ratio(self.recall)} "
+            f"(outsized = mean attention > {self.settings['attention_factor']:g}x the uniform share)",
+            f"{'layer':>6} {'detected':>9} {'outsized':>9} {'both':>6} {'scored':>7}",
+        ]
+        for layer, counts in self.per_layer.items():
+            lines.append(
+                f"{layer:>6} {counts['detected']:>9} {counts['outsized']:>9} {counts['both']:>6} "
+                f"{counts['scored']:>7}"
+            )
+        return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def outsized_attention(
+    attention: torch.Tensor, attention_factor: float, min_distance: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outsized, scored), both Bool[K], for one sample's causal attention `[H, Q, K]` with `Q == K`.
+
+    See the module docstring for the definition; `scored` marks keys with at least one counted query.
+    """
+    keys = attention.shape[-1]
+    if attention.dim() != 3 or attention.shape[-2] != keys:
+        raise ValueError(
+            f"attention must be a prefill's [heads, Q, K] with Q == K, got {tuple(attention.shape)}"
+        )
+    position = torch.arange(keys, device=attention.device)
+    counted = position[:, None] >= position[None, :] + min_distance  # [Q, K]
+    weighted = attention.float().mean(dim=0) * (position[:, None] + 1)  # share relative to uniform
+    num_queries = counted.sum(dim=0)
+    ratio = (weighted * counted).sum(dim=0) / num_queries.clamp(min=1)
+    scored = num_queries > 0
+    return (ratio > attention_factor) & scored, scored
+
+
+@contextmanager
+def _eager_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Run the text decoder with eager attention, the kernel that returns attention weights."""
+    text_config = model.config.get_text_config()
+    previous = text_config._attn_implementation
+    text_config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        text_config._attn_implementation = previous
+
+
+def validate_sink_dims(
+    model: torch.nn.Module,
+    processor,
+    dims: Sequence[int],
+    *,
+    tau: float = DEFAULT_TAU,
+    prompts: Sequence[CalibrationPrompt] | None = None,
+    prompt_source: str = "builtin",
+    layers: Sequence[int] | None = None,
+    attention_factor: float = DEFAULT_ATTENTION_FACTOR,
+    min_distance: int = DEFAULT_MIN_DISTANCE,
+    progress: bool = False,
+) -> ValidationResult:
+    """Compare the sinks `dims` and `tau` detect with the tokens receiving outsized attention."""
+    dims = tuple(dims)
+    hidden_size = model.config.get_text_config().hidden_size
+    check_dims(dims, hidden_size)
+    if not tau > 0:
+        raise ValueError(f"--tau must be > 0, got {tau!r}")
+    prompts = builtin_prompts() if prompts is None else list(prompts)
+    modules = decoder_layers(model)
+    layers = resolve_layers(layers, len(modules))
+    counts = {layer: dict.fromkeys(("detected", "outsized", "both", "scored"), 0) for layer in layers}
+    detected: dict[int, torch.Tensor] = {}
+
+    def detect(layer: int, hidden_states: torch.Tensor) -> None:
+        detected[layer] = find_sink_tokens(hidden_states, dims, tau)[0]
+
+    def compare(layer: int, attention: torch.Tensor) -> None:
+        outsized, scored = outsized_attention(attention[0], attention_factor, min_distance)
+        sinks = detected.pop(layer) & scored
+        for name, mask in (("detected", sinks), ("outsized", outsized), ("both", sinks & outsized)):
+            counts[layer][name] += int(mask.sum())
+        counts[layer]["scored"] += int(scored.sum())
+
+    hooks = [
+        modules[layer].self_attn.register_forward_hook(
+            lambda _module, _args, output, layer=layer: compare(layer, output[1])
+        )
+        for layer in layers
+    ]
+    try:
+        with layer_input_hooks(model, layers, detect), _eager_attention(model), torch.no_grad():
+            for inputs in encoded_prompts(
+                model, processor, prompts, progress=progress, desc="validate-sink-dims"
+            ):
+                model(**inputs, use_cache=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    total = {
+        name: sum(layer_counts[name] for layer_counts in counts.values())
+        for name in ("detected", "outsized", "both")
+    }
+    settings = {
+        "tau": tau,
+        "layers": layers,
+        "prompts": prompt_source,
+        "num_prompts": len(prompts),
+        "attention_factor": attention_factor,
+        "min_distance": min_distance,
+        "outsized_attention": (
+            "key k of a layer gets outsized attention when the mean over heads h and queries "
+            f"q >= k + {min_distance} of (q + 1) * A[h, q, k] exceeds {attention_factor:g} "
+            "(times the uniform share 1 / (q + 1)); the last tokens, with no such query, are not scored"
+        ),
+        **total,
+    }
+    return ValidationResult(
+        model=model_name(model),
+        sink_dims=dims,
+        precision=total["both"] / total["detected"] if total["detected"] else None,
+        recall=total["both"] / total["outsized"] if total["outsized"] else None,
+        per_layer=counts,
+        settings=settings,
+    )
+
+
+def check_dims(dims: Sequence[int], hidden_size: int) -> None:
+    """Sink dims must be distinct hidden-state channels of the model: `0 <= d < hidden_size`."""
+    if not dims:
+        raise ValueError("--dims must name at least one hidden-state channel")
+    bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < hidden_size]
+    if bad:
+        raise ValueError(
+            f"--dims {bad} are beyond the model's hidden size {hidden_size}: "
+            f"sink dims must be channels in [0, {hidden_size})"
+        )
