@@ -2,12 +2,16 @@
 
 The records mimic BLINK and SAT-2 in shape only (sub-tasks, image counts, lettered choices,
 the three gold formats); their answers are random, so accuracy on them measures nothing.
+`write_spatial_root` writes the spatial-reasoning jsonl layout, `write_hub_blink_root` a local
+export of the Hub's BLINK (parquet files with BLINK's own columns and embedded images).
 """
 
+import io
 import json
 import random
 from pathlib import Path
 
+from lmms_var.tasks.data_root import SPATIAL_SUBTASKS
 from lmms_var.testing.images import random_image
 
 # BLINK's 14 sub-tasks with their number of images per question.
@@ -27,23 +31,22 @@ BLINK_SUBTASK_IMAGES = {
     "Visual_Correspondence": 2,
     "Visual_Similarity": 3,
 }
-SPATIAL_SUBTASKS = (
-    "Spatial_Relation",
-    "Relative_Depth",
-    "Object_Localization",
-    "Counting",
-    "Multi-view_Reasoning",
-)
 SAT2_SUBTASKS = ("ego_movement", "obj_movement", "action_consequence", "goal_aim", "perspective")
+
+
+def _choices(rng: random.Random) -> tuple[list[str], int, str]:
+    """(choices, index of the right one, the choices as BLINK's lettered lines)."""
+    choices = [f"option {chr(ord('a') + i)}" for i in range(rng.choice((2, 3, 4)))]
+    answer = rng.randrange(len(choices))
+    options = "\n".join(f"({chr(ord('A') + i)}) {choice}" for i, choice in enumerate(choices))
+    return choices, answer, options
 
 
 def _record(
     root: Path, folder: str, record_id: str, sub_task: str, n_images: int, rng: random.Random, seed: int
 ) -> dict:
-    choices = [f"option {chr(ord('a') + i)}" for i in range(rng.choice((2, 3, 4)))]
-    answer = rng.randrange(len(choices))
+    choices, answer, options = _choices(rng)
     letter = chr(ord("A") + answer)
-    options = "\n".join(f"({chr(ord('A') + i)}) {choice}" for i, choice in enumerate(choices))
     question = f"{'<image>' * n_images}\nQuestion about {sub_task.replace('_', ' ').lower()}?\n{options}"
     gold = rng.choice((f"({letter})", letter, choices[answer]))
     record = {
@@ -100,4 +103,67 @@ def write_spatial_root(
         for i in range(sat2_docs)
     ]
     _write_jsonl(root / "spatial_reasoning" / "sat2_test" / "sat2_test.jsonl", sat2)
+    return root
+
+
+def _png_bytes(seed: int, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    random_image(seed, size=size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_hub_blink_root(
+    root: str | Path,
+    blink_subtasks: tuple[str, ...] = SPATIAL_SUBTASKS,
+    docs_per_subtask: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write `ROOT/BLINK/<Subtask>/val-00000-of-00001.parquet` as a local export of the Hub's BLINK
+    (its columns, images as embedded PNG bytes, unused image slots null); returns ROOT."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "idx": datasets.Value("string"),
+            "question": datasets.Value("string"),
+            "sub_task": datasets.Value("string"),
+            **{f"image_{i}": datasets.Image() for i in range(1, 5)},
+            "choices": datasets.List(datasets.Value("string")),
+            "answer": datasets.Value("string"),
+            "prompt": datasets.Value("string"),
+            "explanation": datasets.Value("string"),
+        }
+    )
+    root = Path(root)
+    rng = random.Random(seed)
+    for s, sub_task in enumerate(blink_subtasks):
+        rows = []
+        for i in range(docs_per_subtask):
+            choices, answer, options = _choices(rng)
+            question = f"Question about {sub_task.replace('_', ' ').lower()}?"
+            n_images = BLINK_SUBTASK_IMAGES[sub_task]
+            images = {
+                f"image_{k + 1}": {
+                    "bytes": _png_bytes(seed * 10_000 + s * 100 + i * 10 + k, (112, 84)),
+                    "path": None,
+                }
+                if k < n_images
+                else None
+                for k in range(4)
+            }
+            rows.append(
+                {
+                    "idx": f"val_{sub_task}_{i + 1}",
+                    "question": question,
+                    "sub_task": sub_task,
+                    **images,
+                    "choices": choices,
+                    "answer": f"({chr(ord('A') + answer)})",
+                    "prompt": f"{question}\nSelect from the following choices.\n{options}",
+                    "explanation": "",
+                }
+            )
+        folder = root / "BLINK" / sub_task
+        folder.mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_list(rows, features=features).to_parquet(folder / "val-00000-of-00001.parquet")
     return root

@@ -1,0 +1,127 @@
+"""The functions the `tasks/spatial` YAMLs name with `!function`.
+
+Each task's YAML loads a one-line placeholder file (lmms-eval needs some `dataset_path`, and YAML
+cannot read `LMMS_VAR_DATA_ROOT`); its `process_docs` hook replaces the placeholder with the docs read
+from the data root. Prompts, visuals and scoring are lmms-eval's own BLINK functions, so scores of a
+local run and a Hub run of BLINK mean the same thing.
+"""
+
+from collections.abc import Callable
+
+import datasets
+from lmms_eval.tasks.blink.utils import (
+    blink_aggregate_results,
+    blink_doc_to_messages,
+    blink_doc_to_text,
+    blink_doc_to_visual,
+    blink_process_results,
+)
+from loguru import logger
+
+from lmms_var.tasks.data_root import (
+    ENV_SKIP_BAD_RECORDS,
+    DataRoot,
+    SpatialDataError,
+    data_root_from_env,
+    skip_bad_records,
+    task_suffix,
+)
+from lmms_var.tasks.records import IMAGE_KEYS, Loaded, read_blink, read_sat2
+
+__all__ = [
+    "blink_aggregate_results",
+    "blink_doc_to_messages",
+    "blink_doc_to_text",
+    "blink_doc_to_visual",
+    "blink_process_results",
+    "spatial_blink_art_style_docs",
+    "spatial_blink_counting_docs",
+    "spatial_blink_forensic_detection_docs",
+    "spatial_blink_functional_correspondence_docs",
+    "spatial_blink_iq_test_docs",
+    "spatial_blink_jigsaw_docs",
+    "spatial_blink_multi_view_reasoning_docs",
+    "spatial_blink_object_localization_docs",
+    "spatial_blink_relative_depth_docs",
+    "spatial_blink_relative_reflectance_docs",
+    "spatial_blink_semantic_correspondence_docs",
+    "spatial_blink_spatial_relation_docs",
+    "spatial_blink_visual_correspondence_docs",
+    "spatial_blink_visual_similarity_docs",
+    "spatial_sat2_docs",
+]
+
+DOC_FEATURES = datasets.Features(
+    {
+        "idx": datasets.Value("string"),
+        "sub_task": datasets.Value("string"),
+        "prompt": datasets.Value("string"),
+        "choices": datasets.List(datasets.Value("string")),
+        "answer": datasets.Value("string"),
+        **{key: datasets.Image() for key in IMAGE_KEYS},
+    }
+)
+
+# Errors already logged: lmms-eval retries a failed dataset load five times.
+_reported: set[str] = set()
+
+
+def usable_docs(task: str, loaded: Loaded) -> list[dict]:
+    """The docs to evaluate: bad records fail the task unless `LMMS_VAR_SKIP_BAD_RECORDS=1`, and a task
+    is never silently empty."""
+    bad = len(loaded.problems)
+    if bad and not skip_bad_records():
+        more = f" ({bad} bad records in all)" if bad > 1 else ""
+        raise SpatialDataError(
+            f"{loaded.problems[0]}{more}; set {ENV_SKIP_BAD_RECORDS}=1 to skip bad records"
+        )
+    if bad:
+        logger.warning(
+            f"{task}: skipped {bad} of {loaded.total} records ({ENV_SKIP_BAD_RECORDS}=1); "
+            f"first: {loaded.problems[0]}"
+        )
+    if not loaded.docs:
+        raise SpatialDataError(f"{task}: no usable records in {loaded.source}")
+    return loaded.docs
+
+
+def load_task_docs(task: str, read: Callable[[DataRoot], Loaded]) -> datasets.Dataset:
+    """The task's docs from the data root. A failure is logged here, once, because lmms-eval replaces
+    dataset-loading errors with a `RetryError` that does not show the message."""
+    try:
+        docs = usable_docs(task, read(data_root_from_env()))
+    except SpatialDataError as error:
+        message = f"{task}: {error}"
+        if message not in _reported:
+            _reported.add(message)
+            logger.error(message)
+        raise SpatialDataError(message) from error
+    logger.info(f"{task}: {len(docs)} docs")
+    return datasets.Dataset.from_list(docs, features=DOC_FEATURES)
+
+
+def _blink_docs(sub_task: str) -> Callable[[datasets.Dataset], datasets.Dataset]:
+    """The `process_docs` hook of one BLINK sub-task; it ignores the placeholder docs it is given."""
+    task = f"spatial_blink_{task_suffix(sub_task)}"
+    return lambda placeholder: load_task_docs(task, lambda root: read_blink(root, sub_task))
+
+
+spatial_blink_art_style_docs = _blink_docs("Art_Style")
+spatial_blink_counting_docs = _blink_docs("Counting")
+spatial_blink_forensic_detection_docs = _blink_docs("Forensic_Detection")
+spatial_blink_functional_correspondence_docs = _blink_docs("Functional_Correspondence")
+spatial_blink_iq_test_docs = _blink_docs("IQ_Test")
+spatial_blink_jigsaw_docs = _blink_docs("Jigsaw")
+spatial_blink_multi_view_reasoning_docs = _blink_docs("Multi-view_Reasoning")
+spatial_blink_object_localization_docs = _blink_docs("Object_Localization")
+spatial_blink_relative_depth_docs = _blink_docs("Relative_Depth")
+spatial_blink_relative_reflectance_docs = _blink_docs("Relative_Reflectance")
+spatial_blink_semantic_correspondence_docs = _blink_docs("Semantic_Correspondence")
+spatial_blink_spatial_relation_docs = _blink_docs("Spatial_Relation")
+spatial_blink_visual_correspondence_docs = _blink_docs("Visual_Correspondence")
+spatial_blink_visual_similarity_docs = _blink_docs("Visual_Similarity")
+
+
+def spatial_sat2_docs(placeholder: datasets.Dataset) -> datasets.Dataset:
+    """The `process_docs` hook of SAT-2; it ignores the placeholder docs it is given."""
+    return load_task_docs("spatial_sat2", read_sat2)
