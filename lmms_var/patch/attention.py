@@ -1,10 +1,14 @@
 """The attention function VAR registers with transformers' `AttentionInterface`.
 
-It wraps the model's own kernel (sdpa, eager or flash): every row is first computed by that kernel,
-then, in layers where VAR acts, the rows spec step 2 allows are recomputed explicitly in float32,
-redistributed, and written back where a head was selected. Only those rows are materialised
-(`[H, R, K]` per sample), so memory stays linear in sequence length. With `fused=False` the whole
-`[H, Q, K]` attention is materialised instead (the reference "eager VAR", for checks and benchmarks).
+It wraps the model's own kernel (sdpa, eager or flash): every row is first computed by that kernel;
+then, in layers where VAR acts, the rows spec step 2 allows are recomputed explicitly in float32 and
+the redistribution is added as a correction:
+
+    A' @ V = A @ V + sum_k (A'[k] - A[k]) V[k]
+
+which is zero for rows no head selects, so untouched rows keep the base kernel's exact output. Only
+those rows are materialised (`[B, H, R, K]`), so memory stays linear in sequence length. With
+`fused=False` every row is materialised and replaced by A' @ V: the slow reference "eager VAR".
 """
 
 import sys
@@ -15,7 +19,8 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from lmms_var.core import redistribute_with_selection
+from lmms_var.core import receiver_gain, redistribute_attention, row_masses, selection
+from lmms_var.patch.state import VARState
 
 STATE_ATTRIBUTE = "_lmms_var_state"
 BASE_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
@@ -53,128 +58,85 @@ def var_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Base kernel for all rows, then VAR for the allowed rows of layers with visual sinks."""
-    state = getattr(module, STATE_ATTRIBUTE)
+    """Base kernel for all rows, then VAR for the allowed rows of layers with sinks."""
+    state: VARState = getattr(module, STATE_ATTRIBUTE)
     base = _base_kernel(module, state.base_implementation)
     output, weights = base(
         module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
     )
-    layer = module.layer_idx
-    if not state.acts_on(layer):
-        return output, weights
-    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    recompute = _redistribute_rows if state.fused else _redistribute_all_rows
-    recompute(state, layer, output, query, key, value, attention_mask, scaling)
+    if state.acts_on(module.layer_idx):
+        scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+        with torch.no_grad():
+            _apply_var(state, module.layer_idx, output, query, key, value, attention_mask, scaling)
     return output, weights
 
 
 def _allowed_keys(
-    attention_mask: torch.Tensor | None, sample: int, rows: torch.Tensor, query_length: int, key_length: int
-) -> torch.Tensor:
-    """Bool[R, K]: keys each of `rows` may attend to, from any mask format the base kernels use."""
-    device = rows.device
+    attention_mask: torch.Tensor | None, rows: torch.Tensor, query_length: int, key_length: int
+):
+    """Bool[B, 1, R, K] keys each row may attend to, from any mask format the base kernels use."""
     if attention_mask is not None and attention_mask.dim() == 4:
-        mask = attention_mask[sample, 0].index_select(0, rows.to(attention_mask.device)).to(device)
+        index = rows.to(attention_mask.device)[:, None, :, None].expand(-1, 1, -1, attention_mask.shape[-1])
+        mask = attention_mask[:, :1].gather(2, index)[..., -key_length:].to(rows.device)
         return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
     # No mask (sdpa's causal skip) or a 2D padding mask (flash): causal from the cache offset.
     positions = rows + (key_length - query_length)
-    allowed = torch.arange(key_length, device=device)[None, :] <= positions[:, None]
+    allowed = torch.arange(key_length, device=rows.device)[None, None, :] <= positions[..., None]
     if attention_mask is not None:
-        allowed &= attention_mask[sample, -key_length:].bool().to(device)[None, :]
-    return allowed
+        allowed &= attention_mask[:, None, -key_length:].bool().to(rows.device)
+    return allowed[:, None]
 
 
-def _explicit_attention(
-    query: torch.Tensor, key: torch.Tensor, allowed: torch.Tensor, scaling: float
-) -> torch.Tensor:
-    """Float32 softmax(q k^T) for query [H, R, d] and key [Hkv, K, d] (GQA without repeating keys)."""
-    heads, rows, head_dim = query.shape
-    kv_heads = key.shape[0]
-    grouped = query.float().reshape(kv_heads, heads // kv_heads * rows, head_dim)
-    scores = (grouped @ key.float().transpose(-1, -2)).view(heads, rows, -1) * scaling
-    scores = scores.masked_fill(~allowed[None], float("-inf"))
+def _grouped(tensor: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """[B, H, R, X] -> [B, Hkv, G*R, X]: query heads grouped by the key/value head they share (GQA)."""
+    batch, heads, rows, last = tensor.shape
+    return tensor.reshape(batch, kv_heads, heads // kv_heads * rows, last)
+
+
+def _explicit_attention(query, key, allowed, scaling: float) -> torch.Tensor:
+    """Float32 softmax(q k^T) [B, H, R, K] for query [B, H, R, d] and key [B, Hkv, K, d]."""
+    batch, heads, rows, _ = query.shape
+    scores = _grouped(query.float() * scaling, key.shape[1]) @ key.float().transpose(-1, -2)
+    scores = scores.view(batch, heads, rows, -1).masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)
 
 
-def _apply_values(attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """[H, R, K] @ [Hkv, K, d] -> [H, R, d] in float32."""
-    heads, rows, keys = attn.shape
-    kv_heads = value.shape[0]
-    return (attn.reshape(kv_heads, heads // kv_heads * rows, keys) @ value.float()).view(heads, rows, -1)
+def _times_values(attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """[B, H, R, K] @ [B, Hkv, K, d] -> [B, H, R, d] in float32, without repeating key/value heads."""
+    batch, heads, rows, keys = attn.shape
+    return (_grouped(attn, value.shape[1]) @ value[:, :, :keys].float()).view(batch, heads, rows, -1)
 
 
-def _redistribute_sample(
-    state,
-    layer: int,
-    sample: int,
-    rows: torch.Tensor,
-    output,
-    query,
-    key,
-    value,
-    attention_mask,
-    scaling,
-    row_mask: torch.Tensor | None = None,
+def _apply_var(
+    state: VARState, layer: int, output, query, key, value, attention_mask, scaling: float
 ) -> None:
-    """Recompute `rows` of one sample explicitly and redistribute those in `row_mask` (default: all).
-
-    Without `row_mask` (fused path) only selected heads are written back, so untouched rows keep the
-    base kernel's exact output; with it (eager path) every recomputed row is written.
-    """
+    """Redistribute the planned rows of this layer and write the result into `output` [B, Q, H, d]."""
     config = state.config
-    query_length, key_length = query.shape[2], key.shape[2]
-    image_mask, sink_mask = state.key_masks(layer, key_length, query.device)
-    allowed = _allowed_keys(attention_mask, sample, rows, query_length, key_length)
-    attn = _explicit_attention(query[sample, :, rows], key[sample], allowed, scaling)
-    new_attn, selected = redistribute_with_selection(
-        attn[None],
-        image_mask[sample : sample + 1],
-        sink_mask[sample : sample + 1],
-        (row_mask if row_mask is not None else torch.ones_like(rows, dtype=torch.bool))[None],
-        p=config.p,
-        rho=config.rho,
-        summ=config.summ,
+    heads, query_length, head_dim = query.shape[1:]
+    key_length = key.shape[2]
+    rows = state.rows.to(query.device)
+    if rows.shape[1] != query_length:
+        query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
+    attn = _explicit_attention(
+        query, key, _allowed_keys(attention_mask, rows, query_length, key_length), scaling
     )
-    selected = selected[0]  # [H, R]
-    new_output = _apply_values(new_attn[0], value[sample]).transpose(0, 1)  # [R, H, d]
-    if row_mask is None:  # output is [B, Q, H, d]
-        new_output = torch.where(
-            selected.transpose(0, 1)[..., None], new_output, output[sample, rows].float()
+    groups = state.groups[layer].to(query.device)[:, :key_length]
+    row_valid = state.row_valid.to(query.device)
+    masses = row_masses(attn, groups)
+    selected = selection(masses, groups, row_valid, rho=config.rho, summ=config.summ)
+    if state.fused:
+        # A'[k] - A[k] = A[k] * ((p - 1) on sinks, gain on receivers), on selected rows only.
+        sinks, receivers = groups[:, None, None, :, 2], groups[:, None, None, :, 3]
+        change = (config.p - 1.0) * sinks + receiver_gain(masses, config.p)[..., None] * receivers
+        correction = _times_values(attn[..., : groups.shape[1]] * change * selected[..., None], value)
+        index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
+        output.scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
+    else:
+        image, sinks = (
+            torch.nn.functional.pad(groups[..., i], (0, key_length - groups.shape[1])) for i in (0, 2)
         )
-    output[sample, rows] = new_output.to(output.dtype)
-    if state.collect_diagnostics:
-        sink_mass = (attn * sink_mask[sample]).sum(-1)
-        moved = ((1.0 - config.p) * sink_mass * selected).sum()
-        state.activity[layer].add(int(selected.sum()), float(moved), sample)
-
-
-@torch.no_grad()
-def _redistribute_rows(state, layer, output, query, key, value, attention_mask, scaling) -> None:
-    eligible = state.query_mask(query.shape[2], query.device)
-    for sample in range(query.shape[0]):
-        rows = eligible[sample].nonzero().squeeze(-1)
-        if rows.numel():
-            _redistribute_sample(
-                state, layer, sample, rows, output, query, key, value, attention_mask, scaling
-            )
-
-
-@torch.no_grad()
-def _redistribute_all_rows(state, layer, output, query, key, value, attention_mask, scaling) -> None:
-    """Eager VAR: every row of every sample through the explicit path, selection by the query mask."""
-    eligible = state.query_mask(query.shape[2], query.device)
-    all_rows = torch.arange(query.shape[2], device=query.device)
-    for sample in range(query.shape[0]):
-        _redistribute_sample(
-            state,
-            layer,
-            sample,
-            all_rows,
-            output,
-            query,
-            key,
-            value,
-            attention_mask,
-            scaling,
-            eligible[sample],
+        new_attn = redistribute_attention(
+            attn, image, sinks, row_valid, p=config.p, rho=config.rho, summ=config.summ
         )
+        output.copy_(_times_values(new_attn, value).transpose(1, 2))
+    state.record_activity(layer, selected, (1.0 - config.p) * masses.sink * selected)

@@ -3,6 +3,8 @@
 One `VARState` belongs to one patched model. The outer-model pre-hook calls `start_forward` on every
 forward: a forward with an empty cache is a prefill and resets everything, so nothing leaks from one
 prompt to the next; a forward with a filled cache is a decode step and appends its new positions.
+Everything layers share (the rows VAR may change, the key groups per layer) is computed here once
+per forward, so the attention function does no bookkeeping and forces no device synchronisation.
 """
 
 from dataclasses import dataclass, field
@@ -10,26 +12,22 @@ from dataclasses import dataclass, field
 import torch
 
 from lmms_var.config import VARConfig
-from lmms_var.core import find_sink_tokens
+from lmms_var.core import find_sink_tokens, key_groups
 
 
 @dataclass
 class LayerActivity:
-    """What VAR did in one layer for each sample of the current batch (tensors of shape [B])."""
+    """What VAR did in one layer, per sample (tensors of shape [B] on the layer's device)."""
 
     visual_sinks: torch.Tensor
     text_sinks: torch.Tensor
     redistributed_rows: torch.Tensor
     moved_mass: torch.Tensor
 
-    def add(self, rows: int, mass: float, sample: int) -> None:
-        self.redistributed_rows[sample] += rows
-        self.moved_mass[sample] += mass
-
 
 @dataclass
 class VARState:
-    """Positions seen since the last prefill, per-layer sinks, and optional per-sample diagnostics."""
+    """Positions seen since the last prefill, per-layer key groups, and optional diagnostics."""
 
     config: VARConfig
     visual_token_ids: tuple[int, ...]
@@ -40,7 +38,9 @@ class VARState:
     visual: torch.Tensor | None = None  # Bool[B, T]: image/video placeholder positions
     valid: torch.Tensor | None = None  # Bool[B, T]: non-padding positions
     in_prefill: bool = False
-    sinks: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> Bool[B, T_prefill]
+    rows: torch.Tensor | None = None  # Long[B, R]: query rows (of this forward) VAR may change
+    row_valid: torch.Tensor | None = None  # Bool[B, R]: false where a sample has fewer rows than R
+    groups: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> Float[B, T_prefill, 4]
     activity: dict[int, LayerActivity] = field(default_factory=dict)
 
     def start_forward(
@@ -60,74 +60,75 @@ class VARState:
         self.in_prefill = past_length == 0
         if self.in_prefill:
             self.visual, self.valid = visual, valid
-            self.sinks.clear()
+            self.groups.clear()
             self.activity.clear()
         elif self.visual is None or self.visual.shape[1] != past_length:
+            seen = 0 if self.visual is None else self.visual.shape[1]
             raise RuntimeError(
-                f"VAR state saw {0 if self.visual is None else self.visual.shape[1]} positions but the cache holds "
-                f"{past_length}: a decode step arrived without its prefill"
+                f"VAR state saw {seen} positions but the cache holds {past_length}: "
+                "a decode step arrived without its prefill"
             )
         else:
             self.visual = torch.cat([self.visual, visual], dim=1)
             self.valid = torch.cat([self.valid, valid], dim=1)
+        self._plan_rows(new)
+
+    def _plan_rows(self, new: int) -> None:
+        """Spec step 2: valid, non-visual rows after the sample's first visual token."""
+        eligible = ((self.visual.cumsum(dim=1) > 0) & ~self.visual & self.valid)[:, -new:]
+        if not self.fused or not self.in_prefill:
+            # Every row of a decode step (or of the eager reference) goes through the explicit path.
+            self.rows = torch.arange(new, device=eligible.device).expand(eligible.shape[0], new)
+            self.row_valid = eligible
+            return
+        count = int(eligible.sum(dim=1).max())  # one synchronisation per prompt
+        order = torch.argsort((~eligible).to(torch.int8), dim=1, stable=True)[:, :count]
+        self.rows, self.row_valid = order, eligible.gather(1, order)
 
     def record_sinks(self, layer: int, hidden_states: torch.Tensor) -> None:
         """Step 1 at prefill: sinks of `layer` from the residual stream entering it."""
         if not self.in_prefill or layer not in self.active_layers:
             return
-        valid = self.valid.to(hidden_states.device)
-        sinks = find_sink_tokens(hidden_states, self.config.sink_dims, self.config.tau, valid)
-        self.sinks[layer] = sinks
+        device = hidden_states.device
+        visual = self.visual.to(device)
+        sinks = find_sink_tokens(hidden_states, self.config.sink_dims, self.config.tau, self.valid.to(device))
+        self.groups[layer] = key_groups(visual, sinks)
         if self.collect_diagnostics:
-            visual = self.visual.to(sinks.device)
-            batch = sinks.shape[0]
+            zeros = torch.zeros(sinks.shape[0], device=device)
             self.activity[layer] = LayerActivity(
-                visual_sinks=(sinks & visual).sum(-1).cpu(),
-                text_sinks=(sinks & ~visual).sum(-1).cpu(),
-                redistributed_rows=torch.zeros(batch, dtype=torch.long),
-                moved_mass=torch.zeros(batch, dtype=torch.float64),
+                visual_sinks=(sinks & visual).sum(-1),
+                text_sinks=(sinks & ~visual).sum(-1),
+                redistributed_rows=zeros.clone(),
+                moved_mass=zeros.clone(),
             )
 
-    def key_masks(
-        self, layer: int, key_length: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(visual, sink) Bool[B, K] over the keys of this call; generated tokens are never sinks."""
-        sinks = self.sinks[layer].to(device)
-        visual = self.visual.to(device)
-        return _pad_to(visual, key_length), _pad_to(sinks, key_length)
-
-    def query_mask(self, query_length: int, device: torch.device) -> torch.Tensor:
-        """Step 2: Bool[B, Q] rows VAR may change: valid, non-visual, after the sample's first visual token."""
-        visual = self.visual.to(device)
-        seen_visual = visual.cumsum(dim=1) > 0
-        eligible = seen_visual & ~visual & self.valid.to(device)
-        return eligible[:, -query_length:]
-
     def acts_on(self, layer: int) -> bool:
-        return layer in self.sinks and self.config.p < 1.0
+        return layer in self.groups and self.config.p < 1.0 and self.rows.shape[1] > 0
+
+    def record_activity(self, layer: int, selected: torch.Tensor, moved_mass: torch.Tensor) -> None:
+        """Accumulate per-sample counts on the device (no synchronisation in the forward pass)."""
+        if self.collect_diagnostics:
+            activity = self.activity[layer]
+            activity.redistributed_rows += selected.sum(dim=(1, 2)).to(activity.redistributed_rows.device)
+            activity.moved_mass += moved_mass.sum(dim=(1, 2)).to(activity.moved_mass.device)
 
     def diagnostics(self) -> list[dict]:
-        """Per sample of the last batch: sinks per layer, rows x heads redistributed, attention mass moved."""
+        """Per sample of the last batch: sinks per layer, (head, row) pairs redistributed, mass moved."""
         if self.visual is None:
             return []
         layers = sorted(self.activity)
+        per_layer = {
+            layer: {k: v.tolist() for k, v in vars(self.activity[layer]).items()} for layer in layers
+        }
+        visual_tokens = self.visual.sum(dim=1).tolist()
         return [
             {
                 "layers": layers,
-                "visual_sinks": [int(self.activity[layer].visual_sinks[b]) for layer in layers],
-                "text_sinks": [int(self.activity[layer].text_sinks[b]) for layer in layers],
-                "redistributed_rows": sum(
-                    int(self.activity[layer].redistributed_rows[b]) for layer in layers
-                ),
-                "moved_mass": sum(float(self.activity[layer].moved_mass[b]) for layer in layers),
-                "visual_tokens": int(self.visual[b].sum()),
+                "visual_sinks": [int(per_layer[layer]["visual_sinks"][b]) for layer in layers],
+                "text_sinks": [int(per_layer[layer]["text_sinks"][b]) for layer in layers],
+                "redistributed_rows": int(sum(per_layer[layer]["redistributed_rows"][b] for layer in layers)),
+                "moved_mass": float(sum(per_layer[layer]["moved_mass"][b] for layer in layers)),
+                "visual_tokens": int(visual_tokens[b]),
             }
-            for b in range(self.visual.shape[0])
+            for b in range(len(visual_tokens))
         ]
-
-
-def _pad_to(mask: torch.Tensor, length: int) -> torch.Tensor:
-    """Extend (or cut) a Bool[B, T] mask to `length` keys with False (static caches have spare slots)."""
-    if mask.shape[1] >= length:
-        return mask[:, :length]
-    return torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=False)
