@@ -37,6 +37,17 @@ class VARConfig:
         if not _is_number(self.tau) or not self.tau > 0:
             raise ValueError(f"VARConfig.tau must be > 0, got {self.tau!r}")
 
+    @classmethod
+    def from_model(cls, model, processor, *, tau: float = 20.0, **kwargs) -> "VARConfig":
+        """A config with the model's measured sink dims (`sink_dims=auto`): cached after the first call.
+
+        `model` and `processor` are a Qwen2.5-VL model and its processor; `kwargs` are the other fields.
+        """
+        from lmms_var.sink_dims.auto import auto_sink_dims
+
+        sink_dims, _source = auto_sink_dims(model, processor, tau=tau)
+        return cls(sink_dims=sink_dims, tau=tau, **kwargs)
+
     def active_layers(self, num_layers: int) -> range:
         """Decoder layers VAR acts on: never the first two, and not the last with `except_last_layer`."""
         return range(2, num_layers - 1 if self.except_last_layer else num_layers)
