@@ -1,0 +1,157 @@
+"""`lmms-var find-sink-dims` and `lmms-var validate-sink-dims`: measure and check a model's sink dims.
+
+Both load a Qwen2.5-VL checkpoint (a local folder or a Hub id), run prompts through it (the built-in
+calibration prompts, or BLINK records of a spatial root with `--data`), write a JSON report and print
+a short table.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+SUPPORTED_MODEL_TYPE = "qwen2_5_vl"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from lmms_var.sink_dims.calibration import DEFAULT_NUM_SAMPLES
+    from lmms_var.sink_dims.finder import DEFAULT_MIN_CONSISTENCY, DEFAULT_TAU
+    from lmms_var.sink_dims.validator import DEFAULT_ATTENTION_FACTOR, DEFAULT_MIN_DISTANCE
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--model", required=True, help="Qwen2.5-VL checkpoint folder or Hub id")
+        parser.add_argument("--data", type=Path, help="spatial root; default: built-in calibration prompts")
+        parser.add_argument("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, help="prompts to run")
+        parser.add_argument(
+            "--layers", type=int, nargs="+", help="decoder layers to look at (default: 2..L-1)"
+        )
+        parser.add_argument("--tau", type=float, default=DEFAULT_TAU, help="RMS-normalised sink threshold")
+        parser.add_argument(
+            "--device", default=None, help="cpu, cuda, cuda:N or auto (default: cuda if available)"
+        )
+        parser.add_argument(
+            "--dtype", choices=DTYPES, default="auto", help="weights dtype (default: checkpoint's)"
+        )
+        parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
+
+    find = subparsers.add_parser(
+        "find-sink-dims",
+        help="measure a model's sink dimensions",
+        description="Rank hidden channels by how consistently a few tokens are massive in them (layers >= 2).",
+    )
+    common(find)
+    find.add_argument(
+        "--min-consistency",
+        type=float,
+        default=DEFAULT_MIN_CONSISTENCY,
+        help="fraction of prompt-layer pairs a selected channel must fire in",
+    )
+    find.set_defaults(run=run_find)
+
+    validate = subparsers.add_parser(
+        "validate-sink-dims",
+        help="check sink dimensions against the tokens that receive outsized attention",
+        description="Precision and recall of the sinks DIMS detect against tokens with outsized attention.",
+    )
+    common(validate)
+    validate.add_argument("--dims", type=int, nargs="+", required=True, help="sink dimensions to check")
+    validate.add_argument(
+        "--attention-factor",
+        type=float,
+        default=DEFAULT_ATTENTION_FACTOR,
+        help="outsized = mean received attention above this multiple of the uniform share",
+    )
+    validate.add_argument(
+        "--min-distance",
+        type=int,
+        default=DEFAULT_MIN_DISTANCE,
+        help="ignore queries closer than this to the key (local attention)",
+    )
+    validate.set_defaults(run=run_validate)
+
+
+def run_find(args: argparse.Namespace) -> int:
+    from lmms_var.sink_dims.finder import find_sink_dims
+
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    prompts, source = _prompts(args)
+    result = find_sink_dims(
+        model,
+        processor,
+        tau=args.tau,
+        prompts=prompts,
+        prompt_source=source,
+        layers=args.layers,
+        min_consistency=args.min_consistency,
+        progress=True,
+    )
+    _write(args.output, {**result.to_json(), "model": args.model})
+    print(result.table())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    from lmms_var.sink_dims.validator import validate_sink_dims
+
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype, dims=args.dims)
+    prompts, source = _prompts(args)
+    result = validate_sink_dims(
+        model,
+        processor,
+        args.dims,
+        tau=args.tau,
+        prompts=prompts,
+        prompt_source=source,
+        layers=args.layers,
+        attention_factor=args.attention_factor,
+        min_distance=args.min_distance,
+        progress=True,
+    )
+    _write(args.output, {**result.to_json(), "model": args.model})
+    print(result.table())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def load_model(path: str, *, device: str | None, dtype: str, dims: list[int] | None = None):
+    """(model, processor) from a checkpoint folder or Hub id, in eval mode.
+
+    The config is read first, so a path that is not a Qwen2.5-VL model, or `dims` beyond its hidden
+    size, fail before any weights are loaded.
+    """
+    import torch
+    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    from lmms_var.sink_dims.validator import check_dims
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"--model {path}: not a model folder or Hub id with a config.json ({error})"
+        ) from error
+    if config.model_type != SUPPORTED_MODEL_TYPE:
+        raise ValueError(
+            f"--model {path}: expected a {SUPPORTED_MODEL_TYPE} checkpoint, got {config.model_type!r}"
+        )
+    if dims is not None:
+        check_dims(dims, config.get_text_config().hidden_size)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map=device
+    )
+    return model.eval(), AutoProcessor.from_pretrained(path)
+
+
+def _prompts(args: argparse.Namespace):
+    from lmms_var.sink_dims.calibration import builtin_prompts, data_prompts
+
+    if args.data is None:
+        return builtin_prompts(args.num_samples), "builtin"
+    return data_prompts(args.data, args.num_samples), f"data:{args.data}"
+
+
+def _write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
