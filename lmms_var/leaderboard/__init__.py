@@ -1,0 +1,20 @@
+"""Compare lmms-eval runs (a baseline and VAR settings) across tasks: read, tabulate, test, render, plot."""
+
+from lmms_var.leaderboard.formats import FORMATS, render
+from lmms_var.leaderboard.plot import plot_deltas
+from lmms_var.leaderboard.runs import Run, TaskResult, load_run, parse_model_args
+from lmms_var.leaderboard.table import Cell, Column, Leaderboard, build_leaderboard
+
+__all__ = [
+    "FORMATS",
+    "Cell",
+    "Column",
+    "Leaderboard",
+    "Run",
+    "TaskResult",
+    "build_leaderboard",
+    "load_run",
+    "parse_model_args",
+    "plot_deltas",
+    "render",
+]

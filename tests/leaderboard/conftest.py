@@ -1,0 +1,39 @@
+"""Real lmms-eval output folders, made once per session with lmms-eval's `dummy` model on a toy task."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmms_var.tools.demo import run_lmms_eval
+
+TOY_TASKS = Path(__file__).parent / "toy_tasks"
+# The gold letter of each doc; the dummy model answers one fixed letter, so accuracies follow from these.
+TOY_ANSWERS = {"lb_toy_a": "AABBA", "lb_toy_b": "BBBA"}
+DUMMY_RESPONSES = ("A", "B")
+
+
+@pytest.fixture(scope="session")
+def toy_runs(tmp_path_factory) -> dict[str, Path]:
+    """response letter -> output folder of a real `lmms-eval --model dummy --log_samples` run on group lb_toy."""
+    workdir = tmp_path_factory.mktemp("toy_runs")
+    for task, answers in TOY_ANSWERS.items():
+        docs = [
+            {"question": f"Question {doc}: (A) or (B)?", "answer": answer}
+            for doc, answer in enumerate(answers)
+        ]
+        (workdir / f"{task.removeprefix('lb_')}.jsonl").write_text(
+            "".join(json.dumps(doc) + "\n" for doc in docs)
+        )
+    configs = [
+        {
+            "model": "dummy",
+            "model_args": f"response={letter}",
+            "tasks": "lb_toy",
+            "include_path": str(TOY_TASKS),
+            "output_path": f"runs/{letter}",
+            "log_samples": True,
+        }
+        for letter in DUMMY_RESPONSES
+    ]
+    return dict(zip(DUMMY_RESPONSES, run_lmms_eval(configs, workdir), strict=True))

@@ -1,0 +1,55 @@
+"""Write hand-made lmms-eval output folders, shaped like lmms-eval 0.7.3 writes them."""
+
+import json
+from pathlib import Path
+
+
+def write_run(
+    folder: Path,
+    model: str,
+    model_args: str | dict,
+    results: dict[str, dict[str, float]],
+    groups: tuple[str, ...] = (),
+    samples: dict[str, list[dict]] | None = None,
+    date_id: str = "20250101_120000",
+    higher_is_better: dict[str, dict[str, bool]] | None = None,
+) -> Path:
+    """`results` maps task -> {metric: value} in metric_list order; returns the results file.
+
+    Values are written under lmms-eval's `metric,none` keys next to stderr entries, so the reader has to
+    skip those; `samples` maps task -> per-doc sample lines.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = {
+        task: {"alias": task}
+        | {key: value for metric, score in metrics.items() for key, value in _metric_entry(metric, score)}
+        for task, metrics in results.items()
+    }
+    data = {
+        "results": entries,
+        "groups": {group: entries[group] for group in groups},
+        "configs": {
+            task: {"task": task, "metric_list": [{"metric": metric} for metric in metrics]}
+            for task, metrics in results.items()
+            if task not in groups
+        },
+        "higher_is_better": higher_is_better or {},
+        "config": {"model": model, "model_args": model_args},
+    }
+    results_file = folder / f"{date_id}_results.json"
+    results_file.write_text(json.dumps(data, indent=2))
+    for task, lines in (samples or {}).items():
+        (folder / f"{date_id}_samples_{task}.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in lines)
+        )
+    return results_file
+
+
+def _metric_entry(metric: str, score: float):
+    yield f"{metric},none", score
+    yield f"{metric}_stderr,none", "N/A"
+
+
+def doc_samples(metric: str, scores: list) -> list[dict]:
+    """Sample lines with one per-doc score each, doc ids 0..n-1."""
+    return [{"doc_id": doc, "target": "A", metric: score} for doc, score in enumerate(scores)]

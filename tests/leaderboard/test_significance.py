@@ -1,0 +1,76 @@
+"""Paired significance from per-doc samples: McNemar for 0/1 scores, bootstrap otherwise."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.stats import binomtest
+
+from lmms_var.leaderboard.significance import mcnemar_exact, paired_bootstrap, paired_test, read_doc_scores
+from tests.leaderboard.results_files import doc_samples
+
+
+def _write(path, lines):
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=40))
+def test_mcnemar_matches_a_binomial_test_on_discordant_docs(pairs):
+    baseline = [float(b) for b, _ in pairs]
+    run = [float(r) for _, r in pairs]
+    only_baseline = sum(1 for b, r in pairs if b and not r)
+    discordant = sum(1 for b, r in pairs if b != r)
+    expected = binomtest(only_baseline, discordant, 0.5).pvalue if discordant else 1.0
+    assert mcnemar_exact(baseline, run) == pytest.approx(expected)
+
+
+def test_mcnemar_separates_a_clear_win_from_a_coin_flip():
+    assert mcnemar_exact([0.0] * 12, [1.0] * 12) == pytest.approx(2 / 2**12)
+    assert mcnemar_exact([1, 0, 1, 0], [0, 1, 0, 1]) == 1.0
+
+
+def test_bootstrap_interval_brackets_a_shift_and_flags_it():
+    baseline = [0.1 * (i % 7) for i in range(60)]
+    shifted = paired_bootstrap(baseline, [value + 0.3 for value in baseline])
+    assert shifted.method == "bootstrap"
+    assert shifted.low == pytest.approx(0.3) and shifted.high == pytest.approx(0.3)
+    assert shifted.p_value == 0.0
+    noisy = paired_bootstrap(baseline, [value + (0.2 if i % 2 else -0.2) for i, value in enumerate(baseline)])
+    assert noisy.low < 0 < noisy.high
+    assert noisy.p_value > 0.5
+
+
+def test_doc_scores_read_numbers_bools_and_blink_style_dicts(tmp_path):
+    lines = [
+        {"doc_id": 0, "acc": True},
+        {"doc_id": 1, "acc": 0},
+        {"doc_id": 2, "acc": {"id": 2, "pred": "A", "is_correct": False}},
+        {"doc_id": 3, "acc": {"score": 0.5}},
+    ]
+    assert read_doc_scores(_write(tmp_path / "s.jsonl", lines), "acc") == {0: 1.0, 1: 0.0, 2: 0.0, 3: 0.5}
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        [{"doc_id": 0, "acc": 1}, {"doc_id": 0, "acc": 0}],  # a doc twice: several filters or repeats
+        [{"doc_id": 0, "acc": "A"}],  # no numeric score
+        [{"doc_id": 0, "other": 1}],  # metric not logged
+    ],
+)
+def test_samples_that_cannot_be_paired_give_no_test(tmp_path, lines):
+    path = _write(tmp_path / "s.jsonl", lines)
+    assert read_doc_scores(path, "acc") is None
+    assert paired_test(path, path, "acc") is None
+
+
+def test_paired_test_uses_only_shared_docs(tmp_path):
+    baseline = _write(tmp_path / "b.jsonl", doc_samples("acc", [0, 0, 0, 1, 1]))
+    run = _write(tmp_path / "r.jsonl", doc_samples("acc", [1, 1, 1]))
+    result = paired_test(baseline, run, "acc")
+    assert (result.method, result.docs) == ("mcnemar", 3)
+    assert result.p_value == pytest.approx(mcnemar_exact([0, 0, 0], [1, 1, 1]))
+    graded = _write(tmp_path / "g.jsonl", doc_samples("acc", [0.5, 1, 0]))
+    assert paired_test(baseline, graded, "acc").method == "bootstrap"
