@@ -1,0 +1,122 @@
+"""`lmms-var demo`: the whole workflow offline, on an embedded tiny model and synthetic data.
+
+It saves a tiny random Qwen2.5-VL with planted sinks, writes a small synthetic spatial BLINK root,
+runs lmms-eval's real CLI with VAR off and on, and prints the leaderboard. The model is random, so
+its accuracy means nothing: the demo shows the workflow, not VAR's effect.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DISCLAIMER = (
+    "Note: this is a tiny RANDOM model on synthetic data with random answers; its accuracy means "
+    "nothing. The demo shows the workflow (lmms-eval runs with VAR off and on, then the leaderboard), "
+    "not what VAR does for a real model."
+)
+# The tasks/ folder of the source tree, which holds the spatial_* task YAMLs.
+TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks" / "spatial"
+DEMO_TASK = "spatial_blink"
+DEMO_DOCS_PER_SUBTASK = 2
+# tau for tiny models: an RMS-normalised value can never exceed sqrt(hidden_size), so 20 never fires.
+TINY_TAU = 5.0
+RUNS = {"baseline": "var=false", "var": f"var=true,p=0.6,tau={TINY_TAU}"}
+LOG_TAIL_LINES = 40
+
+
+class LMMSEvalRunError(RuntimeError):
+    """lmms-eval finished without writing a run's results (it exits 0 even when evaluation fails)."""
+
+
+def run_lmms_eval(configs: list[dict], workdir: Path, env: dict[str, str] | None = None) -> list[Path]:
+    """Run lmms-eval's CLI once over `configs` (its `--config` YAML list); returns each run's output folder.
+
+    Runs in `workdir` (relative paths in the configs resolve there), offline, with the datasets cache
+    inside `workdir`; the combined log goes to `workdir/lmms_eval.log`.
+    """
+    import yaml
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / "lmms_eval_runs.yaml"
+    config_file.write_text(yaml.safe_dump(configs, sort_keys=False))
+    environment = os.environ | {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(workdir / "hf_datasets_cache"),
+    }
+    completed = subprocess.run(
+        [sys.executable, "-m", "lmms_eval", "--config", str(config_file)],
+        cwd=workdir,
+        env=environment | (env or {}),
+        capture_output=True,
+        text=True,
+    )
+    log_file = workdir / "lmms_eval.log"
+    log_file.write_text(completed.stdout + completed.stderr)
+    outputs = [workdir / config["output_path"] for config in configs]
+    for config, output in zip(configs, outputs, strict=True):
+        if not any(output.rglob("*_results.json")):
+            tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-LOG_TAIL_LINES:])
+            raise LMMSEvalRunError(
+                f"lmms-eval wrote no results for {config['model']} ({config['model_args']}) under {output} "
+                f"(exit code {completed.returncode}); full log: {log_file}\n{tail}"
+            )
+    return outputs
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the whole workflow offline on a tiny random model (accuracy means nothing)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--output", metavar="DIR", type=Path, help="keep checkpoint, data and runs here (default: a temp dir)"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmms_var.leaderboard import build_leaderboard, load_run, render
+    from lmms_var.testing import save_tiny_checkpoint
+    from lmms_var.testing.spatial_data import write_spatial_root
+
+    output = args.output if args.output is not None else Path(tempfile.mkdtemp(prefix="lmms_var_demo_"))
+    if output.exists() and any(output.iterdir()):
+        raise ValueError(f"--output {output} is not empty; give a new or empty folder")
+    output = output.resolve()
+    print(f"Building a tiny checkpoint and synthetic data in {output} ...", flush=True)
+    checkpoint = save_tiny_checkpoint(output / "tiny_checkpoint")
+    data_root = write_spatial_root(output / "data", docs_per_subtask=DEMO_DOCS_PER_SUBTASK, sat2_docs=0)
+    common = f"pretrained={checkpoint},sink_dims=17;93,device=cpu,dtype=float32"
+    configs = [
+        {
+            "model": "qwen2_5_vl_var",
+            "model_args": f"{common},{var_args}",
+            "tasks": DEMO_TASK,
+            "include_path": str(TASKS_DIR),
+            "batch_size": 1,
+            "gen_kwargs": "max_new_tokens=4",
+            "output_path": f"runs/{name}",
+            "log_samples": True,
+        }
+        for name, var_args in RUNS.items()
+    ]
+    print(
+        f"Running lmms-eval on {DEMO_TASK} with VAR off and on (log: {output / 'lmms_eval.log'}) ...",
+        flush=True,
+    )
+    try:
+        folders = run_lmms_eval(configs, output, env={"LMMS_VAR_DATA_ROOT": str(data_root)})
+    except LMMSEvalRunError as error:
+        print(f"lmms-var demo: error: {error}", file=sys.stderr)
+        return 1
+    print()
+    print(render(build_leaderboard([load_run(folder) for folder in folders]), "md"))
+    print(DISCLAIMER)
+    print(f"\nRecreate the table: lmms-var leaderboard {' '.join(str(folder) for folder in folders)}")
+    return 0
