@@ -19,7 +19,7 @@ from transformers import (
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLProcessor,
-    Qwen2TokenizerFast,
+    Qwen2Tokenizer,
     Qwen2VLImageProcessor,
     Qwen2VLVideoProcessor,
 )
@@ -104,7 +104,7 @@ class TinySpec:
         return self.hidden_size // self.num_heads
 
 
-def build_tokenizer(vocab_size: int = 400) -> Qwen2TokenizerFast:
+def build_tokenizer(vocab_size: int = 400) -> Qwen2Tokenizer:
     """Train a small byte-level BPE and wrap it as Qwen2's tokenizer with Qwen's special tokens."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -114,7 +114,7 @@ def build_tokenizer(vocab_size: int = 400) -> Qwen2TokenizerFast:
         vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     bpe.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    tokenizer = Qwen2TokenizerFast(
+    tokenizer = Qwen2Tokenizer(
         tokenizer_object=bpe,
         unk_token=None,
         bos_token=None,
@@ -140,7 +140,7 @@ def build_tiny_processor(spec: TinySpec = TinySpec()) -> Qwen2_5_VLProcessor:
     )
 
 
-def _config(spec: TinySpec, tokenizer: Qwen2TokenizerFast) -> Qwen2_5_VLConfig:
+def _config(spec: TinySpec, tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLConfig:
     half = spec.head_dim // 2
     temporal = half // 4
     mrope_section = [temporal, (half - temporal) // 2, half - temporal - (half - temporal) // 2]
@@ -190,12 +190,16 @@ _TOKEN_NAMES = {
 
 
 def build_tiny_model(
-    spec: TinySpec = TinySpec(), processor: Qwen2_5_VLProcessor | None = None
+    spec: TinySpec = TinySpec(), processor: Qwen2_5_VLProcessor | None = None, device: str = "cpu"
 ) -> tuple[Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor]:
-    """A random float32 model in eval mode (and its processor), sinks planted when `spec.sink_dims`."""
+    """A random float32 model in eval mode (and its processor), sinks planted when `spec.sink_dims`.
+
+    `device` builds it there directly (a 3B-shaped benchmark model is slow to initialise on a CPU).
+    """
     processor = processor or build_tiny_processor(spec)
     torch.manual_seed(spec.seed)
-    model = Qwen2_5_VLForConditionalGeneration(_config(spec, processor.tokenizer)).eval()
+    with torch.device(device):
+        model = Qwen2_5_VLForConditionalGeneration(_config(spec, processor.tokenizer)).eval()
     if spec.sink_dims:
         _plant_sinks(model, processor, spec)
     return model, processor
@@ -233,7 +237,8 @@ def _plant_visual_sinks(
     captured: list[torch.Tensor] = []
     hook = first.register_forward_hook(lambda _m, _i, out: captured.append(out[:, 0].clone()))
     inputs = processor.image_processor(images=random_images(8, seed=spec.seed + 1), return_tensors="pt")
-    model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    device = first.weight.device
+    model.model.visual(inputs["pixel_values"].to(device), grid_thw=inputs["image_grid_thw"].to(device))
     hook.remove()
     pre_activation = torch.cat(captured)
     threshold = torch.quantile(pre_activation, 1.0 - spec.visual_sink_fraction)

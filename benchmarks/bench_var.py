@@ -1,0 +1,212 @@
+"""Cost of VAR side by side: plain attention, fused VAR and eager VAR on the same prompt.
+
+For each variant: wall time of `generate` (prefill + 16 decoded tokens, greedy) and peak memory,
+measured in one process with the variants interleaved, printed as ratios to plain attention.
+
+    python benchmarks/bench_var.py                  # CPU: 6-layer 512-wide model, 1 image, ~1,100 tokens
+    python benchmarks/bench_var.py --preset gpu-3b  # CUDA: Qwen2.5-VL-3B-shaped random model, 4 images
+
+Targets (issue 2): fused / plain <= 1.15 on the CPU preset; <= 1.10 time and <= 1.05 peak memory
+on the GPU preset. Models are random with planted sinks (lmms_var.testing), so VAR has real work.
+"""
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+
+import torch
+
+from lmms_var import VARConfig, enable_var
+from lmms_var.testing import TinySpec, build_tiny_model
+from lmms_var.testing.images import random_images
+
+
+@dataclass(frozen=True)
+class Preset:
+    spec: TinySpec
+    images: int
+    image_side: int
+    device: str
+    dtype: torch.dtype
+    tau: float
+    repeats: int
+
+
+PRESETS = {
+    "cpu": Preset(
+        TinySpec(
+            hidden_size=512,
+            num_layers=6,
+            num_heads=8,
+            num_kv_heads=2,
+            intermediate_size=1376,
+            sink_dims=(45, 301),
+            max_pixels=896 * 896,
+        ),
+        images=1,
+        image_side=896,
+        device="cpu",
+        dtype=torch.float32,
+        tau=8.0,
+        repeats=5,
+    ),
+    "gpu-3b": Preset(
+        TinySpec(
+            hidden_size=2048,
+            num_layers=36,
+            num_heads=16,
+            num_kv_heads=2,
+            intermediate_size=11008,
+            vision_hidden_size=1280,
+            vision_depth=32,
+            vision_heads=16,
+            sink_dims=(318, 1874),
+            max_pixels=672 * 672,
+        ),
+        images=4,
+        image_side=672,
+        device="cuda",
+        dtype=torch.bfloat16,
+        tau=20.0,
+        repeats=7,
+    ),
+}
+NEW_TOKENS = 16
+
+
+class PeakMemory:
+    """Peak memory above the level at entry: the CUDA allocator's counter, or sampled RSS on a CPU."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.start = self._rss()
+            self._running = True
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while self._running:
+            self.peak = max(self.peak, self._rss() - self.start)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc_info) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        else:
+            self._running = False
+            self._sampler.join()
+        self.total = self.start + self.peak
+
+
+def prompt(processor, preset: Preset, device: str):
+    content = [{"type": "image"}] * preset.images + [
+        {"type": "text", "text": "Which point is closer to the camera? (A) the red point (B) the blue point"}
+    ]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    images = random_images(preset.images, seed=7, size=(preset.image_side, preset.image_side))
+    return processor(text=[text], images=images, return_tensors="pt").to(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--repeats", type=int, help="timed generate calls per variant (default: per preset)")
+    parser.add_argument("--json", help="also write the measurements to this file")
+    args = parser.parse_args()
+    preset = PRESETS[args.preset]
+    repeats = args.repeats or preset.repeats
+    torch.manual_seed(0)
+    model, processor = build_tiny_model(preset.spec, device=preset.device)
+    model = model.to(preset.dtype)
+    inputs = prompt(processor, preset, preset.device)
+    config = VARConfig(preset.spec.sink_dims, tau=preset.tau)
+    variants = {"plain": None, "fused VAR": True, "eager VAR": False}
+
+    def run(fused: bool | None) -> tuple[float, PeakMemory, dict]:
+        handle = enable_var(model, config, fused=fused, diagnostics=True) if fused is not None else None
+        with PeakMemory(preset.device) as memory:
+            start = time.perf_counter()
+            with torch.no_grad():
+                model.generate(
+                    **inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False
+                )
+            if preset.device == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+        report = handle.diagnostics()[0] if handle else {}
+        if handle:
+            handle.remove()
+        return elapsed, memory, report
+
+    for fused in variants.values():  # warm-up
+        run(fused)
+    times = {name: [] for name in variants}
+    memory = {name: [] for name in variants}
+    reports = {}
+    for _ in range(repeats):
+        for name, fused in variants.items():
+            elapsed, peak, reports[name] = run(fused)
+            times[name].append(elapsed)
+            memory[name].append(peak)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    extra = {name: max(m.peak for m in values) for name, values in memory.items()}
+    total = {name: max(m.total for m in values) for name, values in memory.items()}
+    tokens = inputs["input_ids"].shape[1]
+    device = (
+        torch.cuda.get_device_name() if preset.device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
+    )
+    print(
+        f"preset {args.preset}: {tokens} prompt tokens, {preset.images} image(s), +{NEW_TOKENS} tokens, {device}"
+    )
+    fused_report = reports["fused VAR"]
+    print(
+        f"VAR acted: {fused_report['visual_sinks']} visual and {fused_report['text_sinks']} text sinks per layer, "
+        f"{fused_report['redistributed_rows']} (head, row) pairs redistributed"
+    )
+    print(
+        "| variant | time (s) | time / plain | peak extra memory (MiB) | extra / plain | peak total / plain |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name in variants:
+        print(
+            f"| {name} | {median[name]:.3f} | {median[name] / median['plain']:.3f} | {extra[name] / 2**20:.1f} | "
+            f"{extra[name] / max(extra['plain'], 1):.3f} | {total[name] / total['plain']:.3f} |"
+        )
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(
+                {
+                    "preset": args.preset,
+                    "tokens": tokens,
+                    "device": device,
+                    "median_s": median,
+                    "peak_extra_bytes": extra,
+                    "peak_total_bytes": total,
+                },
+                out,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()
