@@ -103,7 +103,12 @@ def load_task_docs(task: str, read: Callable[[DataRoot], Loaded]) -> datasets.Da
 def _blink_docs(sub_task: str) -> Callable[[datasets.Dataset], datasets.Dataset]:
     """The `process_docs` hook of one BLINK sub-task; it ignores the placeholder docs it is given."""
     task = f"spatial_blink_{task_suffix(sub_task)}"
-    return lambda placeholder: load_task_docs(task, lambda root: read_blink(root, sub_task))
+
+    def process_docs(placeholder: datasets.Dataset) -> datasets.Dataset:
+        return load_task_docs(task, lambda root: read_blink(root, sub_task))
+
+    process_docs.__name__ = f"{task}_docs"
+    return process_docs
 
 
 spatial_blink_art_style_docs = _blink_docs("Art_Style")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageFile
 
 from lmms_var.tasks.data_root import DataRoot, SpatialDataError
 
@@ -80,13 +80,21 @@ def gold_letter(gold: str, choices: list[str]) -> str:
 
 
 def check_image(source: Path | bytes, what: str) -> None:
-    """Decode the image (JPEGs at reduced scale, which still reads every byte) or raise `BadRecord`."""
+    """Decode the image (JPEGs at reduced scale, which still reads every byte) or raise `BadRecord`.
+
+    lmms-eval sets Pillow's `LOAD_TRUNCATED_IMAGES`, which would pad a truncated file with grey;
+    the check turns it off so such a file is reported instead.
+    """
+    tolerant = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
             image.draft("RGB", (64, 64))
             image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise BadRecord(f"{what} is unreadable: {error}") from error
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
 
 
 def _resolve_image(root: DataRoot, value: Any, key: str) -> str:
@@ -114,12 +122,12 @@ def _spatial_doc(root: DataRoot, record: dict) -> dict:
         raise BadRecord("conversations must be [{'from': 'human', ...}, {'from': 'gpt', ...}]") from error
     prompt = strip_image_placeholders(question)
     choices = parse_choices(prompt)
-    paths = [record[key] for key in ("image", *IMAGE_KEYS) if record.get(key) is not None]
-    if not paths:
+    keys = [key for key in ("image", *IMAGE_KEYS) if record.get(key) is not None]
+    if not keys:
         raise BadRecord(f"no image: expected 'image' or {', '.join(IMAGE_KEYS)}")
-    if len(paths) > len(IMAGE_KEYS):
-        raise BadRecord(f"{len(paths)} images, at most {len(IMAGE_KEYS)} are supported")
-    images = [_resolve_image(root, path, key) for path, key in zip(paths, IMAGE_KEYS, strict=False)]
+    if len(keys) > len(IMAGE_KEYS):
+        raise BadRecord(f"{len(keys)} images, at most {len(IMAGE_KEYS)} are supported")
+    images = [_resolve_image(root, record[key], key) for key in keys]
     return {
         "idx": str(record["id"]),
         "sub_task": str(record.get("sub_task", "")),
