@@ -11,6 +11,7 @@ those rows are materialised (`[B, H, R, K]`), so memory stays linear in sequence
 `fused=False` every row is materialised and replaced by A' @ V: the slow reference "eager VAR".
 """
 
+import functools
 import sys
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from lmms_var.core import receiver_gain, redistribute_attention, row_masses, selection
+from lmms_var.core import receiver_gain, redistribute_with_selection, row_masses, selection
 from lmms_var.patch.state import VARState
 
 STATE_ATTRIBUTE = "_lmms_var_state"
@@ -107,6 +108,30 @@ def _times_values(attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return (_grouped(attn, value.shape[1]) @ value[:, :, :keys].float()).view(batch, heads, rows, -1)
 
 
+def _fused_correction(
+    query, key, value, allowed, groups, row_valid, *, p: float, rho: float, summ: float, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A'V - AV for the planned rows [B, H, R, d], with the selection and moved mass [B, H, R].
+
+    A pure tensor function, so it can be compiled into a few kernels on CUDA, where a decode step
+    is bound by the number of kernel launches rather than by arithmetic.
+    """
+    attn = _explicit_attention(query, key, allowed, scaling)
+    masses = row_masses(attn, groups)
+    selected = selection(masses, groups, row_valid, rho=rho, summ=summ)
+    # A'[k] - A[k] = A[k] * ((p - 1) on sinks, gain on receivers), on selected rows only.
+    sinks, receivers = groups[:, None, None, :, 2], groups[:, None, None, :, 3]
+    change = (p - 1.0) * sinks + receiver_gain(masses, p)[..., None] * receivers
+    correction = _times_values(attn[..., : groups.shape[1]] * change * selected[..., None], value)
+    return correction, selected, (1.0 - p) * masses.sink * selected
+
+
+@functools.cache
+def _compiled_correction() -> Callable:
+    """`_fused_correction` compiled once per process (symbolic shapes: K grows at every decode step)."""
+    return torch.compile(_fused_correction, dynamic=True)
+
+
 def _apply_var(
     state: VARState, layer: int, output, query, key, value, attention_mask, scaling: float
 ) -> None:
@@ -117,26 +142,24 @@ def _apply_var(
     rows = state.rows.to(query.device)
     if rows.shape[1] != query_length:
         query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
-    attn = _explicit_attention(
-        query, key, _allowed_keys(attention_mask, rows, query_length, key_length), scaling
-    )
+    allowed = _allowed_keys(attention_mask, rows, query_length, key_length)
     groups = state.groups[layer].to(query.device)[:, :key_length]
     row_valid = state.row_valid.to(query.device)
-    masses = row_masses(attn, groups)
-    selected = selection(masses, groups, row_valid, rho=config.rho, summ=config.summ)
+    params = {"p": config.p, "rho": config.rho, "summ": config.summ}
     if state.fused:
-        # A'[k] - A[k] = A[k] * ((p - 1) on sinks, gain on receivers), on selected rows only.
-        sinks, receivers = groups[:, None, None, :, 2], groups[:, None, None, :, 3]
-        change = (config.p - 1.0) * sinks + receiver_gain(masses, config.p)[..., None] * receivers
-        correction = _times_values(attn[..., : groups.shape[1]] * change * selected[..., None], value)
+        compile_math = state.compile if state.compile is not None else query.device.type == "cuda"
+        correct = _compiled_correction() if compile_math else _fused_correction
+        correction, selected, moved = correct(
+            query, key, value, allowed, groups, row_valid, scaling=scaling, **params
+        )
         index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
         output.scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
     else:
+        attn = _explicit_attention(query, key, allowed, scaling)
         image, sinks = (
             torch.nn.functional.pad(groups[..., i], (0, key_length - groups.shape[1])) for i in (0, 2)
         )
-        new_attn = redistribute_attention(
-            attn, image, sinks, row_valid, p=config.p, rho=config.rho, summ=config.summ
-        )
+        new_attn, selected = redistribute_with_selection(attn, image, sinks, row_valid, **params)
         output.copy_(_times_values(new_attn, value).transpose(1, 2))
-    state.record_activity(layer, selected, (1.0 - config.p) * masses.sink * selected)
+        moved = (1.0 - config.p) * row_masses(attn, groups).sink * selected
+    state.record_activity(layer, selected, moved)

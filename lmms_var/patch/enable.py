@@ -77,12 +77,19 @@ def _past_length(cache) -> int:
 
 
 def enable_var(
-    model: torch.nn.Module, config: VARConfig, *, fused: bool = True, diagnostics: bool = False
+    model: torch.nn.Module,
+    config: VARConfig,
+    *,
+    fused: bool = True,
+    diagnostics: bool = False,
+    compile: bool | None = None,
 ) -> VARHandle:
     """Attach VAR to `model` (a Qwen2.5-VL model); returns a handle whose `remove()` undoes it.
 
     `fused=False` materialises full attention rows (the slow reference); `diagnostics=True` records
-    per-sample sink counts and redistributed mass, read with `handle.diagnostics()`.
+    per-sample sink counts and redistributed mass, read with `handle.diagnostics()`. `compile`
+    (default: on CUDA only) runs the per-row VAR arithmetic through `torch.compile`, which turns
+    its ~40 small operations per layer into a few kernels: decode steps are launch-bound on GPUs.
     """
     inner = _multimodal_model(model)
     text_model = inner.language_model
@@ -106,6 +113,7 @@ def enable_var(
         active_layers=frozenset(config.active_layers(len(layers))),
         base_implementation=base,
         fused=fused,
+        compile=compile,
         collect_diagnostics=diagnostics,
     )
     handle = VARHandle(model=model, state=state, _text_config=text_config)

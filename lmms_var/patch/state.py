@@ -34,6 +34,7 @@ class VARState:
     active_layers: frozenset[int]
     base_implementation: str
     fused: bool = True
+    compile: bool | None = None  # None: compile the fused math on CUDA only
     collect_diagnostics: bool = False
     visual: torch.Tensor | None = None  # Bool[B, T]: image/video placeholder positions
     valid: torch.Tensor | None = None  # Bool[B, T]: non-padding positions

@@ -19,7 +19,10 @@ NAME = "test_eager_var"
 @contextmanager
 def eager_var(model, config: VARConfig, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     """Run `model` (prefill only) with the reference eager VAR for this one batch."""
-    visual = torch.isin(input_ids, torch.tensor([model.config.image_token_id, model.config.video_token_id]))
+    visual_ids = torch.tensor(
+        [model.config.image_token_id, model.config.video_token_id], device=input_ids.device
+    )
+    visual = torch.isin(input_ids, visual_ids)
     valid = attention_mask.bool()
     allowed_rows = (visual.cumsum(1) > 0) & ~visual & valid
     layers = model.model.language_model.layers
