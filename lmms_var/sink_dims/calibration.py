@@ -12,8 +12,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from lmms_var.testing.images import random_image
-
 DEFAULT_NUM_SAMPLES = 8
 BLINK_JSONL = Path("spatial_reasoning") / "blink" / "blink_validation.jsonl"
 
@@ -40,6 +38,9 @@ class CalibrationPrompt:
 
 def builtin_prompts(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0) -> list[CalibrationPrompt]:
     """`num_samples` deterministic prompts with one or two generated images each."""
+    # Imported here: `lmms_var.testing` pulls in the Qwen2.5-VL modeling code, which `--help` must not.
+    from lmms_var.testing.images import random_image
+
     _check_num_samples(num_samples)
     prompts = []
     for i in range(num_samples):
