@@ -1,0 +1,156 @@
+"""Model-arg parsing for `qwen2_5_vl_var`: lmms-eval hands `k=v` values over already half-parsed.
+
+lmms-eval turns `true`/`false` into bools, digit strings into ints and decimals into floats before
+the model sees them (`sink_dims=458` arrives as 458, `var=false` as False), so every parser here
+accepts those as well as strings. Each error names the model arg and what it expected.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lmms_var.config import VARConfig
+
+AUTO = "auto"
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+
+
+class ModelArgError(ValueError):
+    """A bad `--model_args` value; the message starts with the model name so it stands out in logs."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"qwen2_5_vl_var: invalid model_args: {message}")
+
+
+def parse_bool(name: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ModelArgError(f"{name} must be true or false, got {value!r}")
+
+
+def parse_float(name: str, value: object) -> float:
+    if isinstance(value, bool):
+        raise ModelArgError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ModelArgError(f"{name} must be a number, got {value!r}") from None
+
+
+def parse_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not str(value).strip().isdigit() or int(str(value)) < 1:
+        raise ModelArgError(f"{name} must be a positive integer, got {value!r}")
+    return int(str(value))
+
+
+def parse_sink_dims(value: object) -> tuple[int, ...] | str | None:
+    """`458;2570` (commas would split lmms-eval's `k=v,k=v`), a bare int, a sequence, `auto`, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(value, int) and not isinstance(value, bool):
+        parts: Sequence[object] = [value]
+    elif isinstance(value, str):
+        parts = [part.strip() for part in value.strip().strip("[]()").split(";")]
+    elif isinstance(value, Sequence):
+        parts = list(value)
+    else:
+        parts = [value]
+    dims = []
+    for part in parts:
+        text = str(part)
+        if isinstance(part, bool) or not text.isdigit():
+            raise ModelArgError(
+                f"sink_dims must be non-negative integers separated by ';' (e.g. sink_dims=458;2570) "
+                f"or 'auto', got {value!r}"
+            )
+        dims.append(int(text))
+    if not dims:
+        raise ModelArgError("sink_dims is empty; give at least one hidden-state channel, e.g. sink_dims=458")
+    return tuple(dims)
+
+
+def parse_dtype(value: object, device: str) -> torch.dtype:
+    """Default bfloat16 on CUDA (as upstream), float32 on CPU (where bfloat16 is slow and lossy)."""
+    if value is None:
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    dtype = DTYPES.get(str(value).strip().lower())
+    if dtype is None:
+        raise ModelArgError(f"dtype must be one of {sorted(DTYPES)}, got {value!r}")
+    return dtype
+
+
+@dataclass(frozen=True)
+class VAROptions:
+    """The VAR part of the model args, checked before any weights are loaded."""
+
+    enabled: bool
+    sink_dims: tuple[int, ...] | str | None
+    tau: float
+    rho: float
+    summ: float
+    p: float
+    except_last_layer: bool
+    diagnostics: bool
+    diagnostics_path: str | None
+
+    def config(self, sink_dims: Sequence[int]) -> VARConfig:
+        try:
+            return VARConfig(
+                sink_dims=tuple(sink_dims),
+                tau=self.tau,
+                rho=self.rho,
+                summ=self.summ,
+                p=self.p,
+                except_last_layer=self.except_last_layer,
+            )
+        except ValueError as error:
+            # VARConfig says e.g. "VARConfig.p must be in [0, 1]"; the user wrote "p=".
+            raise ModelArgError(str(error).replace("VARConfig.", "")) from None
+
+
+def parse_var_options(
+    *,
+    var: object,
+    sink_dims: object,
+    tau: object,
+    rho: object,
+    summ: object,
+    p: object,
+    except_last_layer: object,
+    diagnostics: object,
+    diagnostics_path: object,
+) -> VAROptions:
+    """Parse and validate every VAR model arg (dims are range-checked against the model later)."""
+    options = VAROptions(
+        enabled=parse_bool("var", var),
+        sink_dims=parse_sink_dims(sink_dims),
+        tau=parse_float("tau", tau),
+        rho=parse_float("rho", rho),
+        summ=parse_float("summ", summ),
+        p=parse_float("p", p),
+        except_last_layer=parse_bool("except_last_layer", except_last_layer),
+        diagnostics=parse_bool("diagnostics", diagnostics) or diagnostics_path is not None,
+        diagnostics_path=None if diagnostics_path is None else str(diagnostics_path),
+    )
+    # Validate the hyper-parameters now; a placeholder channel stands in for dims not yet known.
+    options.config(options.sink_dims if isinstance(options.sink_dims, tuple) else (0,))
+    return options

@@ -1,0 +1,146 @@
+"""Per-sample VAR diagnostics for lmms-eval runs: which docs, what VAR did, written as JSONL.
+
+lmms-eval's `generate_until` batches requests itself and only hands `model.generate` tensors, so
+the (task, doc_id) of each batch row is learnt by watching which docs the upstream loop reads from
+`task_dict` (it reads each doc of a batch exactly once, in batch order, just before generating).
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from loguru import logger as eval_logger
+
+from lmms_var.patch import VARHandle
+
+DIAGNOSTICS_SUFFIX = "var_diagnostics.jsonl"
+
+
+def output_path_from_argv(argv: list[str] | None = None) -> str | None:
+    """lmms-eval's `--output_path`, which it does not pass to models, read from the command line."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--output_path", default=None)
+    known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return known.output_path
+
+
+def resolve_diagnostics_path(
+    diagnostics_path: str | None, pretrained: str, run_id: str, argv: list[str] | None = None
+) -> Path | None:
+    """A `.jsonl` file as given, a folder to put one in, or lmms-eval's own output folder for the model."""
+    if diagnostics_path is not None:
+        path = Path(diagnostics_path)
+        return path if path.suffix == ".jsonl" else path / f"{run_id}_{DIAGNOSTICS_SUFFIX}"
+    output_path = output_path_from_argv(argv)
+    if output_path is None:
+        return None
+    from lmms_eval.utils import sanitize_model_name
+
+    return Path(output_path) / sanitize_model_name(pretrained) / f"{run_id}_{DIAGNOSTICS_SUFFIX}"
+
+
+class _RecordingDocs:
+    """Stands in for `lm.task_dict[task][split]`, logging each doc lookup as (task, split, doc_id)."""
+
+    def __init__(self, docs, key: tuple, seen: list[dict]) -> None:
+        self._docs, self._key, self._seen = docs, key, seen
+
+    def __getitem__(self, item):
+        if len(self._key) == 1:  # item is the split
+            return _RecordingDocs(self._docs[item], (*self._key, item), self._seen)
+        task, split = self._key
+        self._seen.append({"task": task, "split": split, "doc_id": int(item)})
+        return self._docs[item]
+
+
+class _RecordingTasks(dict):
+    def __init__(self, task_dict: dict, seen: list[dict]) -> None:
+        super().__init__(task_dict)
+        self._seen = seen
+
+    def __getitem__(self, task):
+        return _RecordingDocs(super().__getitem__(task), (task,), self._seen)
+
+
+class DiagnosticsRecorder:
+    """Collects one record per generated sample and writes them, merged across ranks, after each call."""
+
+    def __init__(self, handle: VARHandle, path: Path | None) -> None:
+        self.handle = handle
+        self.path = path
+        self.records: list[dict] = []
+        self._unmatched_batches = 0
+
+    @contextmanager
+    def recording(self, lm) -> Iterator[None]:
+        """Within: each `generate` of `lm.model` adds one record per batch row, keyed by its doc."""
+        seen: list[dict] = []
+        task_dict, model = lm.task_dict, lm.model
+        generate = model.generate
+
+        def generate_and_record(*args, **kwargs):
+            output = generate(*args, **kwargs)
+            self._add_batch(seen[:], self.handle.diagnostics())
+            seen.clear()
+            return output
+
+        lm.task_dict = _RecordingTasks(task_dict, seen)
+        model.generate = generate_and_record
+        try:
+            yield
+        finally:
+            lm.task_dict = task_dict
+            del model.generate
+
+    def _add_batch(self, docs: list[dict], samples: list[dict]) -> None:
+        if len(docs) != len(samples):
+            self._unmatched_batches += 1
+            docs = [{"task": None, "split": None, "doc_id": None}] * len(samples)
+        self.records.extend({**doc, **sample} for doc, sample in zip(docs, samples, strict=True))
+
+    def flush(self, accelerator) -> None:
+        """Gather records from all ranks; rank 0 appends them to the JSONL and logs a summary."""
+        records = self.records
+        self.records = []
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            records = gather_object(records)
+        if not accelerator.is_main_process:
+            return
+        if self._unmatched_batches:
+            eval_logger.warning(
+                f"VAR diagnostics: {self._unmatched_batches} batch(es) could not be matched to their docs; "
+                "their records have doc_id null"
+            )
+        records.sort(key=lambda r: (str(r["task"]), r["doc_id"] if r["doc_id"] is not None else -1))
+        if self.path is not None and records:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as file:
+                file.writelines(json.dumps(record) + "\n" for record in records)
+        eval_logger.info(summarise(records, self.path))
+
+
+def summarise(records: list[dict], path: Path | None) -> str:
+    """One log line: how often VAR found visual sinks and acted, and how much attention it moved."""
+    where = (
+        f"; per-sample records in {path}" if path else "; set diagnostics_path= to keep per-sample records"
+    )
+    if not records:
+        return f"VAR diagnostics: no samples{where}"
+    count = len(records)
+    layer_slots = sum(len(r["layers"]) for r in records) or 1
+    with_visual_sinks = sum(any(r["visual_sinks"]) for r in records)
+    acted = sum(r["redistributed_rows"] > 0 for r in records)
+    rows = sum(r["redistributed_rows"] for r in records)
+    mass = sum(r["moved_mass"] for r in records)
+    return (
+        f"VAR diagnostics: {count} samples; visual sinks found in {with_visual_sinks}/{count} "
+        f"(mean {sum(map(sum, (r['visual_sinks'] for r in records))) / layer_slots:.1f} visual and "
+        f"{sum(map(sum, (r['text_sinks'] for r in records))) / layer_slots:.1f} text sinks per layer); "
+        f"VAR redistributed attention in {acted}/{count} samples, {rows} (head, row) pairs in all "
+        f"({rows / count:.1f} per sample), moving {mass / count:.3f} attention mass per sample{where}"
+    )

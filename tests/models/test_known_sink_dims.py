@@ -1,0 +1,88 @@
+"""`configs/sink_dims.yaml` lookup: by checkpoint name or config, from a checkout or an installed wheel."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from lmms_var.sink_dims.known import find_yaml, known_sink_dims, load_known
+
+REPO = Path(__file__).resolve().parents[2]
+PUBLISHED = {
+    "Qwen/Qwen2.5-VL-3B-Instruct": (318, 1874, 1819),
+    "Qwen/Qwen2.5-VL-7B-Instruct": (458, 2570),
+    "Qwen/Qwen2.5-VL-32B-Instruct": (4675, 3094),
+}
+
+
+def qwen_config(hidden_size: int, num_hidden_layers: int, model_type: str = "qwen2_5_vl"):
+    """The shape of a transformers 5 Qwen2.5-VL config: architecture fields live in `text_config`."""
+    text = SimpleNamespace(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers)
+    return SimpleNamespace(model_type=model_type, text_config=text)
+
+
+def test_yaml_holds_the_published_values_with_their_source():
+    assert find_yaml() == REPO / "configs" / "sink_dims.yaml"
+    entries = {entry.name: entry for entry in load_known()}
+    assert {name: entry.sink_dims for name, entry in entries.items()} == PUBLISHED
+    assert all("aimagelab/LoT" in entry.source for entry in entries.values())
+
+
+@pytest.mark.parametrize(
+    "pretrained", ["Qwen/Qwen2.5-VL-7B-Instruct", "/models/qwen2.5-vl-7b-instruct/", "Qwen2.5-VL-7B-Instruct"]
+)
+def test_lookup_by_name(pretrained):
+    assert known_sink_dims(pretrained, None) == (458, 2570)
+
+
+def test_lookup_by_config_finds_renamed_copies():
+    assert known_sink_dims("/ckpt/my-finetune", qwen_config(2048, 36)) == (318, 1874, 1819)
+    assert known_sink_dims("/ckpt/snapshots/abc123", qwen_config(5120, 64)) == (4675, 3094)
+
+
+def test_unknown_models_have_no_dims():
+    assert known_sink_dims("Qwen/Qwen2.5-VL-72B-Instruct", qwen_config(8192, 80)) is None
+    assert known_sink_dims("/ckpt/other", qwen_config(3584, 28, model_type="qwen2_vl")) is None
+    assert known_sink_dims("/ckpt/tiny", None) is None
+
+
+def test_malformed_yaml_names_the_entry(tmp_path):
+    bad = tmp_path / "sink_dims.yaml"
+    bad.write_text("models:\n  - name: x\n    sink_dims: [1, -2]\n    source: s\n")
+    with pytest.raises(ValueError, match=r"models\[0\] is malformed.*non-negative"):
+        load_known(bad)
+
+
+@pytest.mark.slow
+def test_found_from_an_installed_wheel(tmp_path):
+    """Build a wheel from a copy of the sources, install it under a prefix, look dims up from there."""
+    source = tmp_path / "src"
+    shutil.copytree(REPO / "lmms_var", source / "lmms_var", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "configs", source / "configs")
+    for name in ("setup.cfg", "pyproject.toml"):
+        shutil.copy(REPO / name, source / name)
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "wheel", source], check=True
+    )
+    wheel = next((tmp_path / "wheel").glob("lmms_var-*.whl"))
+    prefix = tmp_path / "prefix"
+    subprocess.run([*pip, "install", "--no-deps", "--prefix", prefix, wheel], check=True)
+    site = next(prefix.glob("lib/python*/site-packages"))
+    # -S skips the venv's site-packages and so the editable install; PyYAML is appended after ours.
+    script = (
+        f"import sys; sys.path.insert(0, {str(site)!r}); sys.path.append({str(Path(yaml.__file__).parents[1])!r}); "
+        "import lmms_var.sink_dims.known as k; print(k.__file__); print(k.find_yaml()); "
+        "print(k.known_sink_dims('Qwen/Qwen2.5-VL-7B-Instruct', None))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    module, yaml_path, dims = out.stdout.splitlines()
+    assert module.startswith(str(site))
+    assert Path(yaml_path) == prefix / "share" / "lmms-var" / "configs" / "sink_dims.yaml"
+    assert dims == "(458, 2570)"

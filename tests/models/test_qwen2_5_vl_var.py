@@ -1,0 +1,209 @@
+"""The model class driven directly with lmms-eval `Instance`s on the tiny checkpoint (no CLI)."""
+
+import functools
+import json
+
+import pytest
+import torch
+from lmms_eval.api.instance import Instance
+from lmms_eval.models import get_model
+from loguru import logger
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from lmms_var.models.args import ModelArgError
+from lmms_var.models.qwen2_5_vl_var import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
+from lmms_var.testing.images import random_image
+from tests.conftest import TINY_TAU
+
+TASK, SPLIT = "synthetic", "test"
+# Small images keep prompts short; the four sizes give four different visual-token counts.
+PIXELS = {"min_pixels": 28 * 28 * 4, "max_pixels": 28 * 28 * 16}
+SIZES = [(56, 112), (84, 112), (112, 112), (56, 56)]
+DOCS = [
+    {
+        "question": f"Question {i}: is the red point left of the blue one? (A) yes (B) no",
+        "image": random_image(i, size),
+    }
+    for i, size in enumerate(SIZES)
+]
+GEN_KWARGS = {"max_new_tokens": 6, "temperature": 0, "until": ["\n\n"]}
+CLASSES = {"chat": Qwen2_5_VL_VAR_Chat, "simple": Qwen2_5_VL_VAR}
+
+
+def _doc_to_messages(doc: dict) -> list[dict]:
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}],
+        }
+    ]
+
+
+def requests(kind: str) -> list[Instance]:
+    """What lmms-eval builds for a chat (doc_to_messages) or simple (doc_to_visual) task."""
+    made = []
+    for doc_id, doc in enumerate(DOCS):
+        if kind == "chat":
+            arguments = (doc["question"], _doc_to_messages, dict(GEN_KWARGS), doc_id, TASK, SPLIT)
+        else:
+            arguments = (doc["question"], dict(GEN_KWARGS), lambda d: [d["image"]], doc_id, TASK, SPLIT)
+        made.append(
+            Instance(
+                "generate_until", arguments, idx=0, metadata={"task": TASK, "doc_id": doc_id, "repeats": 1}
+            )
+        )
+    return made
+
+
+@pytest.fixture
+def generated_ids(monkeypatch) -> list[list[list[int]]]:
+    """Token ids of every `generate` call (per batch, per row), captured below lmms-eval's decoding."""
+    calls: list[list[list[int]]] = []
+    original = Qwen2_5_VLForConditionalGeneration.generate
+
+    def spy(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        calls.append(output[:, kwargs["input_ids"].shape[1] :].tolist())
+        return output
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", spy)
+    return calls
+
+
+@pytest.fixture
+def prefill_logits(monkeypatch) -> list[torch.Tensor]:
+    """Next-token logits of every prefill forward: where VAR acts, they must move."""
+    calls: list[torch.Tensor] = []
+    original = Qwen2_5_VLForConditionalGeneration.forward
+
+    @functools.wraps(original)  # generate() inspects forward's signature
+    def spy(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        if kwargs["input_ids"].shape[1] > 1:
+            calls.append(output.logits[:, -1].detach().clone())
+        return output
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "forward", spy)
+    return calls
+
+
+@pytest.fixture
+def log_lines() -> list[str]:
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="INFO", format="{message}")
+    yield lines
+    logger.remove(sink)
+
+
+def generate(lm, kind: str, ids: list) -> tuple[list[str], list]:
+    lm.task_dict = {TASK: {SPLIT: DOCS}}
+    start = len(ids)
+    texts = [getattr(out, "text", out) for out in lm.generate_until(requests(kind))]
+    return texts, ids[start:]
+
+
+@pytest.mark.parametrize("kind", ["chat", "simple"])
+def test_var_off_matches_upstream_qwen2_5_vl(tiny_checkpoint, kind, generated_ids):
+    """var=false is lmms-eval's own model: same dtype (upstream forces bfloat16), same tokens."""
+    upstream_class = get_model("qwen2_5_vl", force_simple=kind == "simple")
+    upstream = upstream_class(
+        pretrained=str(tiny_checkpoint), device="cpu", device_map="cpu", batch_size=2, **PIXELS
+    )
+    ours = CLASSES[kind](pretrained=str(tiny_checkpoint), var=False, dtype="bfloat16", batch_size=2, **PIXELS)
+    assert isinstance(ours, upstream_class) and ours.var_handle is None
+    assert ours.model.dtype == upstream.model.dtype == torch.bfloat16
+    upstream_out = generate(upstream, kind, generated_ids)
+    assert generate(ours, kind, generated_ids) == upstream_out
+    assert len(upstream_out[1]) == 2  # two batches of two: left padding is exercised
+
+
+@pytest.mark.parametrize("kind", ["chat", "simple"])
+def test_var_on_changes_logits_and_records_each_doc(
+    tiny_checkpoint, tmp_path, kind, prefill_logits, log_lines
+):
+    path = tmp_path / "diagnostics.jsonl"
+    common = dict(pretrained=str(tiny_checkpoint), batch_size=2, **PIXELS)
+    on = CLASSES[kind](sink_dims="17;93", tau=TINY_TAU, p=0.0, diagnostics_path=str(path), **common)
+    assert on.model.dtype == torch.float32  # the CPU default
+    assert on.var_handle.config.sink_dims == (17, 93) and on.var_handle.config.p == 0.0
+    off = CLASSES[kind](var=False, **common)
+    on.task_dict = off.task_dict = {TASK: {SPLIT: DOCS}}
+    assert len(on.generate_until(requests(kind))) == len(DOCS)
+    on_logits = prefill_logits[:]
+    off.generate_until(requests(kind))
+    off_logits = prefill_logits[len(on_logits) :]
+    assert len(on_logits) == len(off_logits) == 2
+    assert not all(map(torch.allclose, on_logits, off_logits)), (
+        "p=0 moves all sink attention: logits must change"
+    )
+
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["task"], r["split"], r["doc_id"]) for r in records] == [
+        (TASK, SPLIT, i) for i in range(len(DOCS))
+    ]
+    # Each record belongs to its doc: the visual-token count follows that doc's image size.
+    grids = [on.processor.image_processor(images=[doc["image"]], **PIXELS)["image_grid_thw"] for doc in DOCS]
+    assert [r["visual_tokens"] for r in records] == [int(grid.prod()) // 4 for grid in grids]
+    assert len({r["visual_tokens"] for r in records}) == len(DOCS)
+    assert all(r["layers"] == [2] and r["text_sinks"][0] > 0 for r in records)
+    assert any(r["redistributed_rows"] > 0 and r["moved_mass"] > 0 for r in records)
+    summary = next(line for line in log_lines if line.startswith("VAR diagnostics:"))
+    assert f"{len(DOCS)} samples" in summary and str(path) in summary
+    assert any("VAR on: sink_dims=[17, 93] from model args" in line for line in log_lines)
+
+
+def test_sink_dims_auto_measures_then_reuses_the_cache(tiny_checkpoint, tmp_path, monkeypatch, log_lines):
+    monkeypatch.setenv("LMMS_VAR_CACHE_DIR", str(tmp_path))
+    for source in ("sink_dims=auto (measured)", "sink_dims=auto (cache:"):
+        lm = Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), sink_dims="auto", tau=TINY_TAU, **PIXELS)
+        assert lm.var_handle.config.sink_dims == (17, 93)
+        assert any(f"from {source}" in line for line in log_lines)
+
+
+def test_published_dims_are_looked_up_by_checkpoint_name(tiny_checkpoint, tmp_path):
+    """A checkpoint named like the 7B gets its published dims, which the tiny model is too narrow for."""
+    renamed = tmp_path / "Qwen2.5-VL-7B-Instruct"
+    renamed.symlink_to(tiny_checkpoint, target_is_directory=True)
+    with pytest.raises(ValueError, match=r"sink_dims \[458, 2570\] are >= the model's hidden size 128"):
+        Qwen2_5_VL_VAR_Chat(pretrained=str(renamed), **PIXELS)
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Fail if weights are loaded: argument errors must come before that (minutes for a 72B model)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights loaded before the model args were checked")
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "from_pretrained", refuse)
+
+
+def test_unknown_model_without_sink_dims_says_how_to_get_them(tiny_checkpoint, no_weights):
+    with pytest.raises(ModelArgError) as error:
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint))
+    message = str(error.value)
+    assert "no published sink_dims" in message and "hidden_size=128, num_hidden_layers=4" in message
+    for hint in ("sink_dims=458;2570", "sink_dims=auto", "lmms-var find-sink-dims --model", "var=false"):
+        assert hint in message
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"p": 2}, "p must be in [0, 1], got 2"),
+        ({"sink_dims": "abc"}, "sink_dims must be non-negative integers separated by ';'"),
+        ({"attn_implementation": "flex_attention"}, "attn_implementation must be one of"),
+        ({"device_map": "auto", "device": "cpu"}, "device_map=auto needs CUDA GPUs"),
+        ({"batch_size": "auto"}, "batch_size must be a positive integer, got 'auto'"),
+        ({"dtype": "int4"}, "dtype must be one of"),
+    ],
+)
+def test_bad_model_args_are_rejected_by_name(tiny_checkpoint, no_weights, args, message):
+    with pytest.raises(ModelArgError) as error:
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), **{"sink_dims": "17;93", **args})
+    assert message in str(error.value)
+
+
+def test_unknown_model_arg_is_named(tiny_checkpoint, no_weights):
+    with pytest.raises(TypeError, match="rh0"):
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), rh0=0.3)
