@@ -187,7 +187,7 @@ def find_sink_dims(
     if not tau > 0:
         raise ValueError(f"--tau must be > 0, got {tau!r}")
     if not 0 < min_consistency <= 1:
-        raise ValueError(f"min_consistency must be in (0, 1], got {min_consistency!r}")
+        raise ValueError(f"--min-consistency must be in (0, 1], got {min_consistency!r}")
     prompts = builtin_prompts() if prompts is None else list(prompts)
     num_layers = len(decoder_layers(model))
     layers = resolve_layers(layers, num_layers)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from lmms_var.sink_dims.calibration import data_prompts
+from lmms_var.sink_dims.calibration import builtin_prompts, data_prompts
 from lmms_var.sink_dims.finder import find_sink_dims, resolve_layers
 from lmms_var.testing import TinySpec, build_tiny_model
 from tests.conftest import TINY_TAU
@@ -60,13 +60,13 @@ def test_chosen_layers_are_the_only_ones_observed(tiny_model):
 def test_a_model_without_sinks_gets_a_clear_error():
     model, processor = build_tiny_model(TinySpec(sink_dims=None))
     with pytest.raises(ValueError, match=r"no hidden channel .* fired .* Try a lower --tau"):
-        find_sink_dims(model, processor, tau=TINY_TAU)
+        find_sink_dims(model, processor, tau=TINY_TAU, prompts=builtin_prompts(2))
 
 
 def test_tau_above_every_reachable_value_gets_a_clear_error(tiny_model):
     # An RMS-normalised value never exceeds sqrt(128) ~ 11.3, so nothing can be massive at 12.
     with pytest.raises(ValueError, match=r"sqrt\(hidden_size\) = 11\.3"):
-        find_sink_dims(*tiny_model, tau=12.0)
+        find_sink_dims(*tiny_model, tau=12.0, prompts=builtin_prompts(2))
 
 
 @pytest.mark.parametrize(("layers", "expected"), [(None, [2, 3]), ([3, 0, 3], [0, 3])])
@@ -83,3 +83,15 @@ def test_layers_outside_the_model_are_rejected(layers):
 def test_finder_rejects_other_model_types():
     with pytest.raises(ValueError, match="VAR supports model types"):
         find_sink_dims(torch.nn.Linear(2, 2), None, tau=TINY_TAU)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"tau": 0.0}, "--tau must be > 0"),
+        ({"min_consistency": 1.5}, r"--min-consistency must be in \(0, 1\]"),
+    ],
+)
+def test_bad_settings_are_named(tiny_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        find_sink_dims(*tiny_model, **{"tau": TINY_TAU, **kwargs})

@@ -17,7 +17,7 @@ def test_planted_dims_have_high_precision_and_recall(planted):
 
 
 def test_dims_nothing_is_planted_in_detect_nothing(tiny_model):
-    result = validate_sink_dims(*tiny_model, OTHER_SPEC.sink_dims, tau=TINY_TAU)
+    result = validate_sink_dims(*tiny_model, OTHER_SPEC.sink_dims, tau=TINY_TAU, prompts=builtin_prompts(3))
     assert result.precision is None  # no sink detected: precision is undefined, not perfect
     assert result.recall == 0.0
     assert result.settings["outsized"] > 0
