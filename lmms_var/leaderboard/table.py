@@ -62,9 +62,11 @@ def run_names(runs: list[Run]) -> list[str]:
     names = []
     for run in runs:
         parts = [run.model or "model"]
-        if run.model == VAR_MODEL:
-            parts.append(f"var={str(var_enabled(run)).lower()}")
-            if var_enabled(run):
+        if run.model == VAR_MODEL or "var" in run.model_args:
+            var_on = run.model_args.get("var", "true").lower() not in FALSE_WORDS
+            parts.append(f"var={str(var_on).lower()}")
+            # With VAR off its hyper-parameters change nothing, so they stay out of the name.
+            if var_on:
                 parts += [f"{key}={run.model_args[key]}" for key in VAR_ARGS[1:] if key in run.model_args]
         parts += [f"{key}={_short(run.model_args[key])}" for key in varying if key in run.model_args]
         names.append(" ".join(parts))
@@ -140,7 +142,8 @@ def build_leaderboard(runs: list[Run], baseline: str | None = None, metric: str 
     cells: list[list[Cell]] = [[] for _ in runs]
     for col, column in enumerate(columns):
         present = [row_values[col] for row_values in values if row_values[col] is not None]
-        best = (max if column.higher_is_better else min)(present) if len(present) > 1 else None
+        # A best cell only where runs differ: marking every tied cell says nothing.
+        best = (max if column.higher_is_better else min)(present) if len(set(present)) > 1 else None
         base_value = values[base_row][col] if base_row is not None else None
         for row, run in enumerate(runs):
             value = values[row][col]

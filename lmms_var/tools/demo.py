@@ -17,8 +17,8 @@ DISCLAIMER = (
     "nothing. The demo shows the workflow (lmms-eval runs with VAR off and on, then the leaderboard), "
     "not what VAR does for a real model."
 )
-# The tasks/ folder of the source tree, which holds the spatial_* task YAMLs.
-TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks" / "spatial"
+# The source tree's tasks/ folder (lmms-eval --include_path), which holds the spatial_* task YAMLs.
+TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 DEMO_TASK = "spatial_blink"
 DEMO_DOCS_PER_SUBTASK = 2
 # tau for tiny models: an RMS-normalised value can never exceed sqrt(hidden_size), so 20 never fires.
@@ -31,35 +31,38 @@ class LMMSEvalRunError(RuntimeError):
     """lmms-eval finished without writing a run's results (it exits 0 even when evaluation fails)."""
 
 
-def run_lmms_eval(configs: list[dict], workdir: Path, env: dict[str, str] | None = None) -> list[Path]:
-    """Run lmms-eval's CLI once over `configs` (its `--config` YAML list); returns each run's output folder.
+def run_lmms_eval(
+    config_file: Path, workdir: Path, *cli_args: str, env: dict[str, str] | None = None
+) -> list[Path]:
+    """Run lmms-eval's CLI on a `--config` YAML (one run per item); returns each run's output folder.
 
-    Runs in `workdir` (relative paths in the configs resolve there), offline, with the datasets cache
-    inside `workdir`; the combined log goes to `workdir/lmms_eval.log`.
+    Runs in `workdir` (relative paths resolve there), offline, with the datasets cache inside
+    `workdir`; `cli_args` override every item, as on lmms-eval's command line. The combined log goes
+    to `workdir/lmms_eval.log`.
     """
     import yaml
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_file = workdir / "lmms_eval_runs.yaml"
-    config_file.write_text(yaml.safe_dump(configs, sort_keys=False))
+    configs = yaml.safe_load(config_file.read_text())
+    configs = configs if isinstance(configs, list) else [configs]
     environment = os.environ | {
         "HF_HUB_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
         "HF_DATASETS_CACHE": str(workdir / "hf_datasets_cache"),
     }
     completed = subprocess.run(
-        [sys.executable, "-m", "lmms_eval", "--config", str(config_file)],
+        [sys.executable, "-m", "lmms_eval", "--config", str(config_file), *cli_args],
         cwd=workdir,
         env=environment | (env or {}),
         capture_output=True,
         text=True,
     )
+    log = completed.stdout + completed.stderr
     log_file = workdir / "lmms_eval.log"
-    log_file.write_text(completed.stdout + completed.stderr)
+    log_file.write_text(log)
     outputs = [workdir / config["output_path"] for config in configs]
     for config, output in zip(configs, outputs, strict=True):
         if not any(output.rglob("*_results.json")):
-            tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-LOG_TAIL_LINES:])
+            tail = "\n".join(log.splitlines()[-LOG_TAIL_LINES:])
             raise LMMSEvalRunError(
                 f"lmms-eval wrote no results for {config['model']} ({config['model_args']}) under {output} "
                 f"(exit code {completed.returncode}); full log: {log_file}\n{tail}"
@@ -81,6 +84,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import yaml
+
     from lmms_var.leaderboard import build_leaderboard, load_run, render
     from lmms_var.testing import save_tiny_checkpoint
     from lmms_var.testing.spatial_data import write_spatial_root
@@ -106,12 +111,11 @@ def run(args: argparse.Namespace) -> int:
         }
         for name, var_args in RUNS.items()
     ]
-    print(
-        f"Running lmms-eval on {DEMO_TASK} with VAR off and on (log: {output / 'lmms_eval.log'}) ...",
-        flush=True,
-    )
+    config_file = output / "lmms_eval_runs.yaml"
+    config_file.write_text(yaml.safe_dump(configs, sort_keys=False))
+    print(f"Running lmms-eval on {DEMO_TASK} with VAR off and on, as {config_file} says ...", flush=True)
     try:
-        folders = run_lmms_eval(configs, output, env={"LMMS_VAR_DATA_ROOT": str(data_root)})
+        folders = run_lmms_eval(config_file, output, env={"LMMS_VAR_DATA_ROOT": str(data_root)})
     except LMMSEvalRunError as error:
         print(f"lmms-var demo: error: {error}", file=sys.stderr)
         return 1

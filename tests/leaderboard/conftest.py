@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lmms_var.tools.demo import run_lmms_eval
 
@@ -36,4 +37,5 @@ def toy_runs(tmp_path_factory) -> dict[str, Path]:
         }
         for letter in DUMMY_RESPONSES
     ]
-    return dict(zip(DUMMY_RESPONSES, run_lmms_eval(configs, workdir), strict=True))
+    (workdir / "runs.yaml").write_text(yaml.safe_dump(configs))
+    return dict(zip(DUMMY_RESPONSES, run_lmms_eval(workdir / "runs.yaml", workdir), strict=True))

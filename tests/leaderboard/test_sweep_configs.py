@@ -1,0 +1,59 @@
+"""The sweep configs under configs/: lmms-eval's --config format, the grid the README promises, and they run."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmms_var.leaderboard import build_leaderboard, load_run, parse_model_args
+from lmms_var.testing.spatial_data import write_spatial_root
+from lmms_var.tools.demo import TASKS_DIR, run_lmms_eval
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SWEEPS = {"sweep_spatial_blink.yaml": "spatial_blink", "sweep_blink.yaml": "blink"}
+GRID = {(p, rho) for p in ("0.4", "0.6", "0.8") for rho in ("0.5", "0.8")}
+
+
+def _lmms_eval_arg_names(monkeypatch) -> set[str]:
+    from lmms_eval.__main__ import parse_eval_args
+
+    monkeypatch.setattr("sys.argv", ["lmms-eval"])
+    parser, _ = parse_eval_args()
+    return {action.dest for action in parser._actions}
+
+
+@pytest.mark.parametrize(("name", "task"), SWEEPS.items())
+def test_sweep_is_a_baseline_then_the_p_rho_grid(name, task, monkeypatch):
+    runs = yaml.safe_load((CONFIGS / name).read_text())
+    assert all(set(run) <= _lmms_eval_arg_names(monkeypatch) for run in runs)
+    args = [parse_model_args(run["model_args"]) for run in runs]
+    assert args[0]["var"] == "false"
+    assert {(a["p"], a["rho"]) for a in args[1:]} == GRID and len(args) == 1 + len(GRID)
+    assert all(a["var"] == "true" for a in args[1:])
+    assert {run["model"] for run in runs} == {"qwen2_5_vl_var"}
+    assert {run["tasks"] for run in runs} == {task}
+    assert all(run["log_samples"] for run in runs)
+    assert len({run["output_path"] for run in runs}) == len(runs)
+
+
+@pytest.mark.slow
+def test_spatial_sweep_items_run_in_lmms_eval_and_tabulate(tmp_path):
+    """The baseline and the last grid item as written (lmms-eval reads the file with the same yaml.safe_load),
+    with command-line overrides as the README shows: a dummy model, one task, one doc. Each lmms-eval run
+    costs about ten seconds of task indexing, so the whole grid would be slow for what it adds."""
+    runs = yaml.safe_load((CONFIGS / "sweep_spatial_blink.yaml").read_text())
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump([runs[0], runs[-1]]))
+    root = write_spatial_root(tmp_path / "data", docs_per_subtask=1, sat2_docs=0)
+    overrides = ("--model", "dummy", "--tasks", "spatial_blink_counting", "--limit", "1")
+    overrides += ("--include_path", str(TASKS_DIR))  # the configs' relative path needs the repository as cwd
+    folders = run_lmms_eval(
+        tmp_path / "sweep.yaml", tmp_path, *overrides, env={"LMMS_VAR_DATA_ROOT": str(root)}
+    )
+    assert folders == [
+        tmp_path / "results/spatial_blink/baseline",
+        tmp_path / "results/spatial_blink/var_p0.8_rho0.8",
+    ]
+    board = build_leaderboard([load_run(folder) for folder in folders])
+    assert board.runs == ["dummy var=false", "dummy var=true p=0.8 rho=0.8"]
+    assert [column.task for column in board.columns] == ["spatial_blink_counting"]
+    assert board.cells[1][0].significance is not None  # the samples were logged and paired

@@ -1,0 +1,31 @@
+"""`lmms-var demo`: the offline workflow end to end through lmms-eval's real CLI."""
+
+import re
+
+import pytest
+
+from lmms_var.tools.cli import main
+from lmms_var.tools.demo import DISCLAIMER, RUNS
+
+
+@pytest.mark.slow
+def test_demo_runs_var_off_and_on_and_prints_the_leaderboard(tmp_path, capsys):
+    assert main(["demo", "--output", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    table = [line for line in out.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| run | spatial_blink_")
+    assert table[0].endswith("| spatial_blink |")
+    names = [line.split(" | ")[0].removeprefix("| ") for line in table[2:]]
+    assert names == ["qwen2_5_vl_var var=false", "qwen2_5_vl_var var=true p=0.6 tau=5.0"]
+    # Every cell holds an accuracy in percent; the VAR row also its delta and a paired p-value.
+    for cell in table[3].strip("|").split(" | ")[1:]:
+        assert re.fullmatch(r"(\*\*)?\d+\.\d\d(\*\*)? \([+-]\d+\.\d\d(, p=\d\.\d{3})?\)", cell.strip()), cell
+    assert DISCLAIMER in out
+    for name in RUNS:
+        assert list((tmp_path / "demo" / "runs" / name).rglob("*_samples_spatial_blink_counting.jsonl"))
+
+
+def test_demo_refuses_a_non_empty_output(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["demo", "--output", str(tmp_path)]) == 2
+    assert f"--output {tmp_path} is not empty" in capsys.readouterr().err
