@@ -25,6 +25,8 @@ HUB_COLUMNS = ("idx", "sub_task", "choices", "answer", "prompt", *IMAGE_KEYS)
 
 # A choice line: "(A) text", "A) text" or "A. text".
 _CHOICE_LINE = re.compile(r"^\s*(?:\(([A-Z])\)|([A-Z])[.)])\s*(.*?)\s*$")
+# Inline choices: "(A) text, (B) text", each text ending at the next "(X)" or line end.
+_INLINE_CHOICE = re.compile(r"\(([A-Z])\)\s*(.*?)[\s,;]*(?=\([A-Z]\)|\n|$)")
 # A gold given as a letter: "(B)", "B", "B." .
 _GOLD_LETTER = re.compile(r"^\(?([A-Z])\)?\.?$")
 
@@ -51,16 +53,26 @@ def strip_image_placeholders(text: str) -> str:
     return re.sub(r"<image>", "", text).strip()
 
 
-def parse_choices(prompt: str) -> list[str]:
-    """The texts of the lettered choices in `prompt`: the first run of lines lettered A, B, C, ..."""
+def _first_lettered_run(pairs: list[tuple[str | None, str]]) -> list[str]:
+    """Texts of the first run of (letter, text) pairs lettered A, B, C, ... in order."""
     choices: list[str] = []
-    for line in prompt.splitlines():
-        match = _CHOICE_LINE.match(line)
-        letter = match and (match.group(1) or match.group(2))
+    for letter, text in pairs:
         if letter == string.ascii_uppercase[len(choices)]:
-            choices.append(match.group(3))
+            choices.append(text)
         elif choices:
             break
+    return choices
+
+
+def parse_choices(prompt: str) -> list[str]:
+    """The texts of the lettered choices in `prompt`: one per line ("(A) left", "A. left", "A) left"),
+    or else inline ("... (A) left (B) right")."""
+    lines = [_CHOICE_LINE.match(line) for line in prompt.splitlines()]
+    choices = _first_lettered_run(
+        [(m.group(1) or m.group(2), m.group(3)) if m else (None, "") for m in lines]
+    )
+    if len(choices) < 2:
+        choices = _first_lettered_run(_INLINE_CHOICE.findall(prompt))
     if len(choices) < 2:
         raise BadRecord("question has no lettered choices ('(A) ...', '(B) ...')")
     return choices

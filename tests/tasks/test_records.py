@@ -54,6 +54,11 @@ def test_choices_are_the_first_lettered_run_in_any_common_style():
     assert parse_choices("Q?\n(A) left\n(B) right\nAnswer briefly.") == ["left", "right"]
     assert parse_choices("Q?\nA. red car\nB. blue car\nC. none") == ["red car", "blue car", "none"]
     assert parse_choices("Q?\nA) 1\nB) 2") == ["1", "2"]
+    assert parse_choices("Did the camera turn? Options: (A) left, (B) right (C) no turn\nAnswer.") == [
+        "left",
+        "right",
+        "no turn",
+    ]
     with pytest.raises(BadRecord, match="no lettered choices"):
         parse_choices("How many cars are there? (B) is not a choice line")
 
