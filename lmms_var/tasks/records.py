@@ -57,7 +57,7 @@ def _first_lettered_run(pairs: list[tuple[str | None, str]]) -> list[str]:
     """Texts of the first run of (letter, text) pairs lettered A, B, C, ... in order."""
     choices: list[str] = []
     for letter, text in pairs:
-        if letter == string.ascii_uppercase[len(choices)]:
+        if len(choices) < len(string.ascii_uppercase) and letter == string.ascii_uppercase[len(choices)]:
             choices.append(text)
         elif choices:
             break
