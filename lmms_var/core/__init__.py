@@ -1,26 +1,26 @@
 """Pure-tensor VAR algorithm (VAR_SPEC.md steps 1, 3 and 4): no model, no globals, no I/O."""
 
 from lmms_var.core.redistribution import (
-    RowMasses,
-    key_groups,
-    receiver_gain,
+    KeyPlan,
+    attention_change,
+    plan_keys,
     redistribute_attention,
     redistribute_with_selection,
-    row_masses,
+    row_statistics,
     select_heads,
-    selection,
+    selected_rows,
 )
 from lmms_var.core.sinks import find_sink_tokens, rms_normalized
 
 __all__ = [
-    "RowMasses",
+    "KeyPlan",
+    "attention_change",
     "find_sink_tokens",
-    "key_groups",
-    "receiver_gain",
+    "plan_keys",
     "redistribute_attention",
     "redistribute_with_selection",
     "rms_normalized",
-    "row_masses",
+    "row_statistics",
     "select_heads",
-    "selection",
+    "selected_rows",
 ]

@@ -4,59 +4,87 @@ All functions take post-softmax attention `[B, H, Q, K]` with masks `image_mask 
 `sink_mask [B, K]` (text and visual sinks) and `query_mask [B, Q]` (the rows step 2 allows).
 Work is done in float32 whatever the input dtype, so bf16/fp16 models redistribute exactly.
 
-Everything a row's fate depends on is four attention masses (image, visual sinks, all sinks,
-receivers = non-sink visual keys). `key_groups` stacks the four key masks once, `row_masses` gets
-all four with one matmul; the patch layer reuses these pieces to redistribute only a few rows.
+A row's fate depends on attention masses that are all linear in the row, so `plan_keys` turns the
+key masks and hyper-parameters into one `[B, K, 4]` weight matrix once per prompt and layer, and
+`row_statistics` gets every row's statistics with one matrix product:
+
+    0  budget       (1 - p) * mass on sinks
+    1  receivers    mass on visual non-sink keys                      (selected needs > 0)
+    2  rho * (image + eps) - visual sinks                             (selected needs >= 0)
+    3  image - summ                                                   (selected needs >= 0)
+
+The patch layer reuses these pieces to redistribute a few rows inside a decoder layer cheaply.
 """
 
 from typing import NamedTuple
 
 import torch
 
-# Per visual key: the ratio vsink / img stays finite when a row gives no mass to the image.
+# Per visual key: keeps the ratio vsink / img finite when a row gives the image no mass.
 EPS_PER_VISUAL_KEY = 1e-6
+# Receiver mass must be positive (somewhere to send the budget); offsetting by this makes ">= 0" mean "> 0".
+_POSITIVE = torch.finfo(torch.float32).tiny
 
 
-class RowMasses(NamedTuple):
-    """Attention mass of each row [B, H, Q] on the four key groups."""
+class KeyPlan(NamedTuple):
+    """Per-key quantities of one layer, from its masks and the hyper-parameters (see module doc)."""
 
-    image: torch.Tensor
-    visual_sink: torch.Tensor
-    sink: torch.Tensor
-    receiver: torch.Tensor
+    weights: torch.Tensor  # Float32[B, K, 4]: the four statistics' key weights
+    offsets: torch.Tensor  # Float32[B, 1, 4]: their constant terms (-inf: the sample has no visual sink)
+    sink_change: torch.Tensor  # Float32[B, 1, 1, K]: p - 1 on sinks, the relative change of a sink key
+    receivers: torch.Tensor  # Float32[B, 1, 1, K]: 1 on visual non-sink keys
 
 
-def key_groups(image_mask: torch.Tensor, sink_mask: torch.Tensor) -> torch.Tensor:
-    """Float32[B, K, 4]: columns image, visual sink, sink, receiver (visual and not a sink)."""
+def plan_keys(
+    image_mask: torch.Tensor, sink_mask: torch.Tensor, *, p: float, rho: float, summ: float
+) -> KeyPlan:
     image, sink = image_mask.bool(), sink_mask.bool()
-    return torch.stack([image, image & sink, sink, image & ~sink], dim=-1).float()
+    visual_sink, receiver = image & sink, image & ~sink
+    weights = torch.stack(
+        [
+            (1.0 - p) * sink.float(),
+            receiver.float(),
+            rho * image.float() - visual_sink.float(),
+            image.float(),
+        ],
+        dim=-1,
+    )
+    eps = EPS_PER_VISUAL_KEY * image.sum(dim=-1).clamp(min=1).float()
+    no_visual_sink = torch.where(visual_sink.any(dim=-1), 0.0, float("-inf"))
+    offsets = torch.stack(
+        [
+            torch.zeros_like(eps),
+            torch.full_like(eps, -_POSITIVE),
+            rho * eps + no_visual_sink,
+            torch.full_like(eps, -summ),
+        ],
+        dim=-1,
+    )[:, None, :]
+    return KeyPlan(
+        weights, offsets, ((p - 1.0) * sink.float())[:, None, None, :], receiver.float()[:, None, None, :]
+    )
 
 
-def row_masses(attn: torch.Tensor, groups: torch.Tensor) -> RowMasses:
-    """Masses of every row on the key groups of `key_groups` (keys beyond `groups` count as none)."""
-    masses = attn.float()[..., : groups.shape[1]] @ groups[:, None]
-    return RowMasses(*masses.unbind(dim=-1))
+def row_statistics(attn: torch.Tensor, plan: KeyPlan) -> torch.Tensor:
+    """Float32[B, H, Q, 4]: the statistics of every row (keys beyond the plan, e.g. generated ones, weigh 0)."""
+    batch, heads, rows, _ = attn.shape
+    flat = attn.float()[..., : plan.weights.shape[1]].reshape(batch, heads * rows, -1)
+    return torch.baddbmm(plan.offsets, flat, plan.weights).view(batch, heads, rows, 4)
 
 
-def selection(masses: RowMasses, groups: torch.Tensor, query_mask: torch.Tensor, *, rho: float, summ: float):
+def selected_rows(statistics: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
     """Bool[B, H, Q]: image-centric rows among those `query_mask` allows.
 
-    A row qualifies when it gives the image at least `summ` of its mass and at most a `rho`
-    fraction of that goes to visual sinks. Samples without any visual sink, and rows with no
-    mass on receivers (nowhere to send the budget), are never selected.
+    A row qualifies when it gives the image at least `summ` of its mass, at most a `rho` fraction
+    of that goes to visual sinks, and it has receivers; samples without visual sinks never do.
     """
-    per_sample = groups.sum(dim=1)  # [B, 4]: counts of image keys, visual sinks, ...
-    eps = EPS_PER_VISUAL_KEY * per_sample[:, 0].clamp(min=1)[:, None, None]
-    selected = (masses.visual_sink / (masses.image + eps) <= rho) & (masses.image >= summ)
-    selected &= masses.receiver > 0
-    selected &= query_mask.bool()[:, None, :]
-    selected &= (per_sample[:, 1] > 0)[:, None, None]
-    return selected
+    return (statistics[..., 1:].amin(dim=-1) >= 0) & query_mask.bool()[:, None, :]
 
 
-def receiver_gain(masses: RowMasses, p: float) -> torch.Tensor:
-    """Float32[B, H, Q]: receivers of a selected row grow by this factor of their own attention."""
-    return (1.0 - p) * masses.sink / masses.receiver.clamp(min=torch.finfo(torch.float32).tiny)
+def attention_change(statistics: torch.Tensor, plan: KeyPlan) -> torch.Tensor:
+    """Float32[B, H, Q, K]: relative change A'/A - 1 of every key if its row is selected."""
+    gain = statistics[..., 0] / statistics[..., 1].clamp(min=_POSITIVE)
+    return torch.addcmul(plan.sink_change, gain[..., None], plan.receivers)
 
 
 def select_heads(
@@ -69,8 +97,8 @@ def select_heads(
     summ: float,
 ) -> torch.Tensor:
     """Bool[B, H, Q]: rows VAR redistributes (image-centric heads on allowed rows)."""
-    groups = key_groups(image_mask, sink_mask)
-    return selection(row_masses(attn, groups), groups, query_mask, rho=rho, summ=summ)
+    plan = plan_keys(image_mask, sink_mask, p=1.0, rho=rho, summ=summ)
+    return selected_rows(row_statistics(attn, plan), query_mask)
 
 
 def redistribute_with_selection(
@@ -84,14 +112,11 @@ def redistribute_with_selection(
     summ: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`redistribute_attention` that also returns the Bool[B, H, Q] selection."""
-    groups = key_groups(image_mask, sink_mask)
-    masses = row_masses(attn, groups)
-    selected = selection(masses, groups, query_mask, rho=rho, summ=summ)
-    gain = receiver_gain(masses, p)[..., None]
-    sinks = sink_mask.bool()[:, None, None, :]
-    receivers = groups[:, None, None, :, 3].bool()
+    plan = plan_keys(image_mask, sink_mask, p=p, rho=rho, summ=summ)
+    statistics = row_statistics(attn, plan)
+    selected = selected_rows(statistics, query_mask)
     a = attn.float()
-    moved = torch.where(sinks, a * p, torch.where(receivers, a + a * gain, a))
+    moved = a + a * attention_change(statistics, plan)
     return torch.where(selected[..., None], moved, a).to(attn.dtype), selected
 
 

@@ -20,7 +20,13 @@ from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from lmms_var.core import receiver_gain, redistribute_with_selection, row_masses, selection
+from lmms_var.core import (
+    KeyPlan,
+    attention_change,
+    redistribute_with_selection,
+    row_statistics,
+    selected_rows,
+)
 from lmms_var.patch.state import VARState
 
 STATE_ATTRIBUTE = "_lmms_var_state"
@@ -72,58 +78,73 @@ def var_attention_forward(
     return output, weights
 
 
-def _allowed_keys(
+def _blocked_keys(
     attention_mask: torch.Tensor | None, rows: torch.Tensor, query_length: int, key_length: int
-):
-    """Bool[B, 1, R, K] keys each row may attend to, from any mask format the base kernels use."""
+) -> torch.Tensor | None:
+    """Bool[B, 1, R, K] keys each row may not attend to, from any mask format the base kernels use.
+
+    None when nothing is blocked: a decode step without padding sees every key.
+    """
     if attention_mask is not None and attention_mask.dim() == 4:
-        index = rows.to(attention_mask.device)[:, None, :, None].expand(-1, 1, -1, attention_mask.shape[-1])
-        mask = attention_mask[:, :1].gather(2, index)[..., -key_length:].to(rows.device)
-        return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+        mask = attention_mask[:, :1, :, -key_length:]
+        if rows.shape[1] != query_length:
+            mask = mask.gather(2, rows.to(mask.device)[:, None, :, None].expand(-1, 1, -1, key_length))
+        mask = mask.to(rows.device)
+        return ~mask if mask.dtype == torch.bool else mask < torch.finfo(mask.dtype).min / 2
+    if attention_mask is None and query_length == 1:
+        return None
     # No mask (sdpa's causal skip) or a 2D padding mask (flash): causal from the cache offset.
     positions = rows + (key_length - query_length)
-    allowed = torch.arange(key_length, device=rows.device)[None, None, :] <= positions[..., None]
+    blocked = torch.arange(key_length, device=rows.device)[None, None, :] > positions[..., None]
     if attention_mask is not None:
-        allowed &= attention_mask[:, None, -key_length:].bool().to(rows.device)
-    return allowed[:, None]
+        blocked |= ~attention_mask[:, None, -key_length:].bool().to(rows.device)
+    return blocked[:, None]
 
 
 def _grouped(tensor: torch.Tensor, kv_heads: int) -> torch.Tensor:
-    """[B, H, R, X] -> [B, Hkv, G*R, X]: query heads grouped by the key/value head they share (GQA)."""
+    """[B, H, R, X] -> [B * Hkv, G * R, X]: query heads grouped by the key/value head they share (GQA)."""
     batch, heads, rows, last = tensor.shape
-    return tensor.reshape(batch, kv_heads, heads // kv_heads * rows, last)
+    return tensor.reshape(batch * kv_heads, heads // kv_heads * rows, last)
 
 
-def _explicit_attention(query, key, allowed, scaling: float) -> torch.Tensor:
-    """Float32 softmax(q k^T) [B, H, R, K] for query [B, H, R, d] and key [B, Hkv, K, d]."""
+def _explicit_attention(query, key, blocked, scaling: float, may_be_empty: bool) -> torch.Tensor:
+    """Float32 softmax(q k^T) [B, H, R, K] for query [B, H, R, d] and key [B, Hkv, K, d].
+
+    `may_be_empty`: some rows may block every key (padding rows at prefill); they become zeros.
+    """
     batch, heads, rows, _ = query.shape
-    scores = _grouped(query.float() * scaling, key.shape[1]) @ key.float().transpose(-1, -2)
-    scores = scores.view(batch, heads, rows, -1).masked_fill(~allowed, float("-inf"))
-    return torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    keys = key.float().flatten(0, 1)
+    scores = torch.baddbmm(
+        keys.new_zeros(()), _grouped(query.float(), key.shape[1]), keys.mT, beta=0, alpha=scaling
+    )
+    scores = scores.view(batch, heads, rows, -1)
+    if blocked is not None:
+        scores.masked_fill_(blocked, float("-inf"))
+    attn = torch.softmax(scores, dim=-1)
+    return attn.nan_to_num_(0.0) if may_be_empty else attn
 
 
 def _times_values(attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     """[B, H, R, K] @ [B, Hkv, K, d] -> [B, H, R, d] in float32, without repeating key/value heads."""
     batch, heads, rows, keys = attn.shape
-    return (_grouped(attn, value.shape[1]) @ value[:, :, :keys].float()).view(batch, heads, rows, -1)
+    values = value[:, :, :keys].float().flatten(0, 1)
+    return torch.bmm(_grouped(attn, value.shape[1]), values).view(batch, heads, rows, -1)
 
 
 def _fused_correction(
-    query, key, value, allowed, groups, row_valid, *, p: float, rho: float, summ: float, scaling: float
+    query, key, value, blocked, plan: KeyPlan, row_valid, *, scaling: float, in_prefill: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A'V - AV for the planned rows [B, H, R, d], with the selection and moved mass [B, H, R].
 
-    A pure tensor function, so it can be compiled into a few kernels on CUDA, where a decode step
-    is bound by the number of kernel launches rather than by arithmetic.
+    A pure tensor function: on CUDA it can be compiled into a few kernels, since a decode step
+    there is bound by the number of kernel launches rather than by arithmetic.
     """
-    attn = _explicit_attention(query, key, allowed, scaling)
-    masses = row_masses(attn, groups)
-    selected = selection(masses, groups, row_valid, rho=rho, summ=summ)
-    # A'[k] - A[k] = A[k] * ((p - 1) on sinks, gain on receivers), on selected rows only.
-    sinks, receivers = groups[:, None, None, :, 2], groups[:, None, None, :, 3]
-    change = (p - 1.0) * sinks + receiver_gain(masses, p)[..., None] * receivers
-    correction = _times_values(attn[..., : groups.shape[1]] * change * selected[..., None], value)
-    return correction, selected, (1.0 - p) * masses.sink * selected
+    attn = _explicit_attention(query, key, blocked, scaling, may_be_empty=in_prefill)
+    statistics = row_statistics(attn, plan)
+    selected = selected_rows(statistics, row_valid)
+    change = attention_change(statistics, plan)
+    correction = _times_values(attn[..., : change.shape[-1]] * change, value) * selected[..., None]
+    return correction, selected, statistics[..., 0] * selected
 
 
 @functools.cache
@@ -140,26 +161,31 @@ def _apply_var(
     heads, query_length, head_dim = query.shape[1:]
     key_length = key.shape[2]
     rows = state.rows.to(query.device)
-    if rows.shape[1] != query_length:
+    all_rows = rows.shape[1] == query_length
+    if not all_rows:
         query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
-    allowed = _allowed_keys(attention_mask, rows, query_length, key_length)
-    groups = state.groups[layer].to(query.device)[:, :key_length]
+    blocked = _blocked_keys(attention_mask, rows, query_length, key_length)
+    plan = KeyPlan(*(tensor.to(query.device) for tensor in state.plans[layer]))
     row_valid = state.row_valid.to(query.device)
-    params = {"p": config.p, "rho": config.rho, "summ": config.summ}
     if state.fused:
-        compile_math = state.compile if state.compile is not None else query.device.type == "cuda"
-        correct = _compiled_correction() if compile_math else _fused_correction
+        correct = _compiled_correction() if state.compile else _fused_correction
         correction, selected, moved = correct(
-            query, key, value, allowed, groups, row_valid, scaling=scaling, **params
+            query, key, value, blocked, plan, row_valid, scaling=scaling, in_prefill=state.in_prefill
         )
-        index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
-        output.scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
+        if all_rows:
+            output.add_(correction.transpose(1, 2))
+        else:
+            index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
+            output.scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
     else:
-        attn = _explicit_attention(query, key, allowed, scaling)
-        image, sinks = (
-            torch.nn.functional.pad(groups[..., i], (0, key_length - groups.shape[1])) for i in (0, 2)
+        attn = _explicit_attention(query, key, blocked, scaling, may_be_empty=state.in_prefill)
+        visual = state.visual.to(query.device)[:, :key_length]
+        sinks = torch.nn.functional.pad(
+            state.sinks[layer].to(query.device), (0, key_length - plan.weights.shape[1])
         )
-        new_attn, selected = redistribute_with_selection(attn, image, sinks, row_valid, **params)
+        new_attn, selected = redistribute_with_selection(
+            attn, visual, sinks, row_valid, p=config.p, rho=config.rho, summ=config.summ
+        )
         output.copy_(_times_values(new_attn, value).transpose(1, 2))
-        moved = (1.0 - config.p) * row_masses(attn, groups).sink * selected
+        moved = row_statistics(attn, plan)[..., 0] * selected
     state.record_activity(layer, selected, moved)

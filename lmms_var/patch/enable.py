@@ -82,14 +82,14 @@ def enable_var(
     *,
     fused: bool = True,
     diagnostics: bool = False,
-    compile: bool | None = None,
+    compile: bool = False,
 ) -> VARHandle:
     """Attach VAR to `model` (a Qwen2.5-VL model); returns a handle whose `remove()` undoes it.
 
     `fused=False` materialises full attention rows (the slow reference); `diagnostics=True` records
-    per-sample sink counts and redistributed mass, read with `handle.diagnostics()`. `compile`
-    (default: on CUDA only) runs the per-row VAR arithmetic through `torch.compile`, which turns
-    its ~40 small operations per layer into a few kernels: decode steps are launch-bound on GPUs.
+    per-sample sink counts and redistributed mass, read with `handle.diagnostics()`. `compile=True`
+    runs the per-row VAR arithmetic through `torch.compile`, turning its ~16 small operations per
+    layer into a few kernels (GPU decode steps are bound by kernel launches, not arithmetic).
     """
     inner = _multimodal_model(model)
     text_model = inner.language_model

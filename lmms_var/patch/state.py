@@ -3,7 +3,7 @@
 One `VARState` belongs to one patched model. The outer-model pre-hook calls `start_forward` on every
 forward: a forward with an empty cache is a prefill and resets everything, so nothing leaks from one
 prompt to the next; a forward with a filled cache is a decode step and appends its new positions.
-Everything layers share (the rows VAR may change, the key groups per layer) is computed here once
+Everything layers share (the rows VAR may change, each layer's key plan) is computed here once
 per forward, so the attention function does no bookkeeping and forces no device synchronisation.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmms_var.config import VARConfig
-from lmms_var.core import find_sink_tokens, key_groups
+from lmms_var.core import KeyPlan, find_sink_tokens, plan_keys
 
 
 @dataclass
@@ -27,21 +27,22 @@ class LayerActivity:
 
 @dataclass
 class VARState:
-    """Positions seen since the last prefill, per-layer key groups, and optional diagnostics."""
+    """Positions seen since the last prefill, per-layer sinks and key plans, optional diagnostics."""
 
     config: VARConfig
     visual_token_ids: tuple[int, ...]
     active_layers: frozenset[int]
     base_implementation: str
     fused: bool = True
-    compile: bool | None = None  # None: compile the fused math on CUDA only
+    compile: bool = False
     collect_diagnostics: bool = False
     visual: torch.Tensor | None = None  # Bool[B, T]: image/video placeholder positions
     valid: torch.Tensor | None = None  # Bool[B, T]: non-padding positions
     in_prefill: bool = False
     rows: torch.Tensor | None = None  # Long[B, R]: query rows (of this forward) VAR may change
     row_valid: torch.Tensor | None = None  # Bool[B, R]: false where a sample has fewer rows than R
-    groups: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> Float[B, T_prefill, 4]
+    sinks: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> Bool[B, T_prefill]
+    plans: dict[int, KeyPlan] = field(default_factory=dict)  # layer -> its keys' VAR quantities
     activity: dict[int, LayerActivity] = field(default_factory=dict)
 
     def start_forward(
@@ -61,7 +62,8 @@ class VARState:
         self.in_prefill = past_length == 0
         if self.in_prefill:
             self.visual, self.valid = visual, valid
-            self.groups.clear()
+            self.sinks.clear()
+            self.plans.clear()
             self.activity.clear()
         elif self.visual is None or self.visual.shape[1] != past_length:
             seen = 0 if self.visual is None else self.visual.shape[1]
@@ -93,7 +95,9 @@ class VARState:
         device = hidden_states.device
         visual = self.visual.to(device)
         sinks = find_sink_tokens(hidden_states, self.config.sink_dims, self.config.tau, self.valid.to(device))
-        self.groups[layer] = key_groups(visual, sinks)
+        config = self.config
+        self.sinks[layer] = sinks
+        self.plans[layer] = plan_keys(visual, sinks, p=config.p, rho=config.rho, summ=config.summ)
         if self.collect_diagnostics:
             zeros = torch.zeros(sinks.shape[0], device=device)
             self.activity[layer] = LayerActivity(
@@ -104,7 +108,7 @@ class VARState:
             )
 
     def acts_on(self, layer: int) -> bool:
-        return layer in self.groups and self.config.p < 1.0 and self.rows.shape[1] > 0
+        return layer in self.plans and self.config.p < 1.0 and self.rows.shape[1] > 0
 
     def record_activity(self, layer: int, selected: torch.Tensor, moved_mass: torch.Tensor) -> None:
         """Accumulate per-sample counts on the device (no synchronisation in the forward pass)."""
