@@ -56,7 +56,7 @@ class VARHandle:
         self.remove()
 
 
-def _multimodal_model(model: torch.nn.Module) -> torch.nn.Module:
+def multimodal_model(model: torch.nn.Module) -> torch.nn.Module:
     """The module that owns `visual` and `language_model` (ForConditionalGeneration wraps it as `.model`)."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -91,7 +91,7 @@ def enable_var(
     runs the per-row VAR arithmetic through `torch.compile`, turning its ~16 small operations per
     layer into a few kernels (GPU decode steps are bound by kernel launches, not arithmetic).
     """
-    inner = _multimodal_model(model)
+    inner = multimodal_model(model)
     text_model = inner.language_model
     text_config = text_model.config
     hidden_size = text_config.hidden_size

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from lmms_var.core import rms_normalized
-from lmms_var.patch.enable import _multimodal_model
+from lmms_var.patch.enable import multimodal_model
 from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts, encode_prompt
 
 DEFAULT_TAU = 20.0
@@ -71,7 +71,7 @@ def model_name(model: torch.nn.Module) -> str:
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The text decoder's layers of a Qwen2.5-VL model (raises a clear error for other models)."""
-    return _multimodal_model(model).language_model.layers
+    return multimodal_model(model).language_model.layers
 
 
 def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
