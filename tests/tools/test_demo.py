@@ -16,7 +16,7 @@ def test_demo_runs_var_off_and_on_and_prints_the_leaderboard(tmp_path, capsys):
     assert table[0].startswith("| run | spatial_blink_")
     assert table[0].endswith("| spatial_blink |")
     names = [line.split(" | ")[0].removeprefix("| ") for line in table[2:]]
-    assert names == ["qwen2_5_vl_var var=false", "qwen2_5_vl_var var=true p=0.6 tau=5.0"]
+    assert names == ["qwen2_5_vl_var var=false", "qwen2_5_vl_var var=true p=0.6 tau=5.0 sink_dims=17;93"]
     # Every cell holds an accuracy in percent; the VAR row also its delta and a paired p-value.
     for cell in table[3].strip("|").split(" | ")[1:]:
         assert re.fullmatch(r"(\*\*)?\d+\.\d\d(\*\*)? \([+-]\d+\.\d\d(, p=\d\.\d{3})?\)", cell.strip()), cell
