@@ -42,9 +42,14 @@ class Leaderboard:
     baseline: int | None  # row index of the baseline, None when there is none
 
 
+def _var_arg(run: Run) -> bool:
+    """The `var` model arg; the VAR model defaults to on."""
+    return run.model_args.get("var", "true").lower() not in FALSE_WORDS
+
+
 def var_enabled(run: Run) -> bool:
     """VAR is on for the VAR model unless `var` says otherwise; any other model is a baseline."""
-    return run.model == VAR_MODEL and run.model_args.get("var", "true").lower() not in FALSE_WORDS
+    return run.model == VAR_MODEL and _var_arg(run)
 
 
 def _short(value: str) -> str:
@@ -63,10 +68,9 @@ def run_names(runs: list[Run]) -> list[str]:
     for run in runs:
         parts = [run.model or "model"]
         if run.model == VAR_MODEL or "var" in run.model_args:
-            var_on = run.model_args.get("var", "true").lower() not in FALSE_WORDS
-            parts.append(f"var={str(var_on).lower()}")
+            parts.append(f"var={str(_var_arg(run)).lower()}")
             # With VAR off its hyper-parameters change nothing, so they stay out of the name.
-            if var_on:
+            if _var_arg(run):
                 parts += [f"{key}={run.model_args[key]}" for key in VAR_ARGS[1:] if key in run.model_args]
         parts += [f"{key}={_short(run.model_args[key])}" for key in varying if key in run.model_args]
         names.append(" ".join(parts))
