@@ -71,7 +71,10 @@ def test_found_from_an_installed_wheel(tmp_path):
     )
     wheel = next((tmp_path / "wheel").glob("lmms_var-*.whl"))
     prefix = tmp_path / "prefix"
-    subprocess.run([*pip, "install", "--no-deps", "--prefix", prefix, wheel], check=True)
+    # --ignore-installed: without it pip would first uninstall the venv's own (editable) lmms-var.
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--ignore-installed", "--prefix", prefix, wheel], check=True
+    )
     site = next(prefix.glob("lib/python*/site-packages"))
     # -S skips the venv's site-packages and so the editable install; PyYAML is appended after ours.
     script = (
