@@ -1,0 +1,109 @@
+"""Runs of the real `lmms-eval` CLI with `qwen2_5_vl_var` on the tiny checkpoint and the spatial tasks."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmms_var.tasks import ENV_DATA_ROOT
+from lmms_var.testing.spatial_data import write_spatial_root
+
+TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+TASKS = "spatial_blink_spatial_relation,spatial_blink_multi_view_reasoning"
+# One- and two-image questions, two docs each; short answers keep the tiny model fast.
+COMMON_ARGS = ["--tasks", TASKS, "--include_path", str(TASKS_DIR), "--gen_kwargs", "max_new_tokens=4"]
+# The tiny checkpoint's planted sinks, its tau, and small images.
+TINY_VAR_ARGS = "sink_dims=17;93,tau=5,min_pixels=3136,max_pixels=12544"
+
+
+@dataclass
+class Run:
+    """What one lmms-eval run left behind. lmms-eval exits 0 even when a run fails: judge by files."""
+
+    output: Path
+    log: str
+
+    def model_dir(self) -> Path | None:
+        results = sorted(self.output.rglob("*_results.json"))
+        return results[-1].parent if results else None
+
+    def results(self) -> dict | None:
+        results = sorted(self.output.rglob("*_results.json"))
+        return json.loads(results[-1].read_text()) if results else None
+
+    def predictions(self) -> dict[tuple[str, int], str]:
+        """(task, doc_id) -> filtered prediction, from the `--log_samples` JSONL files."""
+        found = {}
+        for path in self.output.rglob("*_samples_*.jsonl"):
+            task = path.stem.split("_samples_", 1)[1]
+            for line in path.read_text().splitlines():
+                sample = json.loads(line)
+                found[task, sample["doc_id"]] = sample["filtered_resps"]
+        return found
+
+    def diagnostics(self) -> list[dict]:
+        paths = sorted(self.output.rglob("*var_diagnostics.jsonl"))
+        return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def small_spatial_root(tmp_path_factory) -> Path:
+    return write_spatial_root(
+        tmp_path_factory.mktemp("small_spatial_root"),
+        blink_subtasks=("Spatial_Relation", "Multi-view_Reasoning"),
+        docs_per_subtask=2,
+        sat2_docs=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def lmms_eval_run(tmp_path_factory, small_spatial_root):
+    """`run(name, *cli_args, processes=1, configs=None)` -> Run, offline, each in its own folder.
+
+    `processes=2` launches `torchrun` on CPU (gloo), as the README documents; `configs` runs several
+    evaluations in one lmms-eval process from a `--config` YAML list (each entry sets its own
+    `output_path` under the run's folder, named by its `name` key).
+    """
+
+    def run(name: str, *cli_args: str, processes: int = 1, configs: list[dict] | None = None) -> Run:
+        folder = tmp_path_factory.mktemp(name)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("LMMS_VAR_")}
+        env |= {
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HOME": str(folder / "hf"),
+            "LMMS_VAR_CACHE_DIR": str(folder / "cache"),
+            ENV_DATA_ROOT: str(small_spatial_root),
+        }
+        if processes > 1:
+            env |= {"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        else:
+            launcher = []
+        args = [*COMMON_ARGS, "--log_samples", *cli_args]
+        if configs is not None:
+            entries = [
+                {key: value for key, value in entry.items() if key != "name"}
+                | {"output_path": str(folder / entry["name"])}
+                for entry in configs
+            ]
+            (folder / "config.yaml").write_text(yaml.safe_dump(entries))
+            args += ["--config", str(folder / "config.yaml")]
+        else:
+            args += ["--output_path", str(folder / "output")]
+        done = subprocess.run(
+            [sys.executable, *launcher, "-m", "lmms_eval", *args],
+            env=env,
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        return Run(folder / "output", done.stdout + done.stderr)
+
+    return run
