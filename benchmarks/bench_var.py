@@ -143,14 +143,17 @@ def main() -> None:
     inputs = prompt(processor, preset, preset.device)
     config = VARConfig(preset.spec.sink_dims, tau=preset.tau)
     # name -> enable_var keyword arguments (None: VAR off)
-    variants = {"plain": None, "fused VAR": {"fused": True}, "eager VAR": {"fused": False}}
+    variants = {
+        "plain": None,
+        "fused VAR": {"fused": True},
+        "fused VAR + diagnostics": {"fused": True, "diagnostics": True},
+        "eager VAR": {"fused": False},
+    }
     if args.compiled:
         variants["fused VAR, compiled"] = {"fused": True, "compile": True}
 
-    def run(options: dict | None, diagnostics: bool = False) -> tuple[float, PeakMemory, dict]:
-        handle = (
-            enable_var(model, config, diagnostics=diagnostics, **options) if options is not None else None
-        )
+    def run(options: dict | None) -> tuple[float, PeakMemory, dict]:
+        handle = enable_var(model, config, **options) if options is not None else None
         with PeakMemory(preset.device) as memory:
             start = time.perf_counter()
             with torch.no_grad():
@@ -160,14 +163,14 @@ def main() -> None:
             if preset.device == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
-        report = handle.diagnostics()[0] if handle else {}
+        report = handle.diagnostics()[0] if handle and handle.state.collect_diagnostics else {}
         if handle:
             handle.remove()
         return elapsed, memory, report
 
     for options in variants.values():  # warm-up (and compilation)
         run(options)
-    fused_report = run(variants["fused VAR"], diagnostics=True)[2]
+    fused_report = run(variants["fused VAR + diagnostics"])[2]
     times = {name: [] for name in variants}
     memory = {name: [] for name in variants}
     for _ in range(repeats):
