@@ -5,15 +5,12 @@ real use (the model's own chat template, one or two images, a question after the
 built-in prompts are generated deterministically, so a measurement is reproducible for a given model.
 """
 
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
 DEFAULT_NUM_SAMPLES = 8
-BLINK_JSONL = Path("spatial_reasoning") / "blink" / "blink_validation.jsonl"
 
 # Questions in the style of the spatial benchmarks VAR is evaluated on.
 _QUESTIONS = (
@@ -54,46 +51,31 @@ def builtin_prompts(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0) -> li
 
 
 def data_prompts(root: str | Path, num_samples: int = DEFAULT_NUM_SAMPLES) -> list[CalibrationPrompt]:
-    """The first `num_samples` BLINK records of a spatial root (`ROOT/spatial_reasoning/blink/...`)."""
+    """The first `num_samples` BLINK records of a spatial root, read as the spatial tasks read them."""
+    from lmms_var.tasks.data_root import DataRoot
+    from lmms_var.tasks.records import IMAGE_KEYS, read_spatial_jsonl
+
     _check_num_samples(num_samples)
-    root = Path(root)
-    path = root / BLINK_JSONL
+    data_root = DataRoot(Path(root))
+    path = data_root.blink_jsonl
     if not path.is_file():
         raise FileNotFoundError(
-            f"--data {root}: expected a spatial root with {BLINK_JSONL}, not found at {path}"
+            f"--data {root}: expected a spatial root with {path.relative_to(root)}, not found"
         )
-    prompts = []
-    with path.open() as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if len(prompts) == num_samples:
-                break
-            if line.strip():
-                prompts.append(_record_prompt(root, json.loads(line), f"{path}:{line_number}"))
-    if not prompts:
+    loaded = read_spatial_jsonl(data_root, path)
+    if loaded.problems:
+        raise ValueError(f"--data {root}: {len(loaded.problems)} bad record(s), first: {loaded.problems[0]}")
+    if not loaded.docs:
         raise ValueError(f"--data {root}: {path} holds no records")
+    prompts = []
+    for doc in loaded.docs[:num_samples]:
+        images = []
+        for key in IMAGE_KEYS:
+            if doc[key] is not None:
+                with Image.open(doc[key]) as image:
+                    images.append(image.convert("RGB"))
+        prompts.append(CalibrationPrompt(tuple(images), doc["prompt"]))
     return prompts
-
-
-def _record_prompt(root: Path, record: dict, where: str) -> CalibrationPrompt:
-    """A record's images (`image` or `image_1`, `image_2`, ...) and its question without `<image>` tags."""
-    numbered = (key for key in record if re.fullmatch(r"image_\d+", key))
-    keys = (
-        ["image"] if "image" in record else sorted(numbered, key=lambda key: int(key.removeprefix("image_")))
-    )
-    try:
-        question = record["conversations"][0]["value"]
-    except (KeyError, IndexError, TypeError) as error:
-        raise ValueError(f"{where}: a record needs conversations[0].value (the question)") from error
-    images = []
-    for key in keys:
-        image_path = root / record[key]
-        if not image_path.is_file():
-            raise FileNotFoundError(f"{where}: image {record[key]!r} not found under {root}")
-        with Image.open(image_path) as image:
-            images.append(image.convert("RGB"))
-    if not images:
-        raise ValueError(f"{where}: the record has no image (keys `image` or `image_N`)")
-    return CalibrationPrompt(tuple(images), question.replace("<image>", "").strip())
 
 
 def encode_prompt(processor, prompt: CalibrationPrompt) -> dict:

@@ -48,9 +48,10 @@ def test_data_prompts_name_the_missing_file(tmp_path):
 def test_data_prompts_name_a_missing_image(tmp_path):
     jsonl = tmp_path / "spatial_reasoning/blink/blink_validation.jsonl"
     jsonl.parent.mkdir(parents=True)
-    record = {"id": "x", "image": "nowhere.png", "conversations": [{"from": "human", "value": "<image>Q?"}]}
+    question = {"from": "human", "value": "<image>Q?\n(A) left\n(B) right"}
+    record = {"id": "x", "image": "nowhere.png", "conversations": [question, {"from": "gpt", "value": "(A)"}]}
     jsonl.write_text(json.dumps(record) + "\n")
-    with pytest.raises(FileNotFoundError, match=r"blink_validation\.jsonl:1: image 'nowhere.png' not found"):
+    with pytest.raises(ValueError, match=r"blink_validation\.jsonl:1 \(record id 'x'\): image not found"):
         data_prompts(tmp_path)
 
 
