@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from lmms_var.testing import TinySpec, build_tiny_model, save_tiny_checkpoint
+from lmms_var.testing import TINY_TAU, TinySpec, build_tiny_model, save_tiny_checkpoint
 from lmms_var.testing.spatial_data import write_spatial_root
 
-# tau for tiny models: a planted sink reaches about sqrt(128 / 2) = 8 after RMS normalisation.
-TINY_TAU = 5.0
+__all__ = ["TINY_SPEC", "TINY_TAU"]
 TINY_SPEC = TinySpec()
 
 

@@ -12,6 +12,8 @@ from lmms_var.leaderboard.significance import Significance, paired_test
 VAR_MODEL = "qwen2_5_vl_var"
 # VAR's model args, in the order a run name lists them.
 VAR_ARGS = ("var", "p", "rho", "tau", "summ", "sink_dims", "except_last_layer")
+# Model args that change what is logged, never a prediction: they stay out of run names.
+LOGGING_ARGS = ("diagnostics", "diagnostics_path")
 FALSE_WORDS = {"false", "0", "no", "off"}
 # Metrics whose [0, 1] values are rates, shown in percent.
 ACCURACY_WORDS = ("acc", "match", "correct")
@@ -62,7 +64,7 @@ def run_names(runs: list[Run]) -> list[str]:
     varying = [
         key
         for key in dict.fromkeys(key for run in runs for key in run.model_args)
-        if key not in VAR_ARGS and len({run.model_args.get(key) for run in runs}) > 1
+        if key not in VAR_ARGS + LOGGING_ARGS and len({run.model_args.get(key) for run in runs}) > 1
     ]
     names = []
     for run in runs:

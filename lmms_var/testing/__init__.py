@@ -4,10 +4,11 @@ Importable by tests, benchmarks and the demo, so none of them needs the Hugging 
 """
 
 from lmms_var.testing.tiny_checkpoint import (
+    TINY_TAU,
     TinySpec,
     build_tiny_model,
     build_tiny_processor,
     save_tiny_checkpoint,
 )
 
-__all__ = ["TinySpec", "build_tiny_model", "build_tiny_processor", "save_tiny_checkpoint"]
+__all__ = ["TINY_TAU", "TinySpec", "build_tiny_model", "build_tiny_processor", "save_tiny_checkpoint"]

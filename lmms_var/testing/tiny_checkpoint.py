@@ -68,6 +68,10 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# tau for tiny checkpoints: an RMS-normalised value can never exceed sqrt(hidden_size), so the paper's
+# 20 never fires at width 128; planted sinks reach about sqrt(128 / 2) = 8.
+TINY_TAU = 5.0
+
 _CORPUS = [
     "You are a helpful assistant.",
     "Which point is closer to the camera? Answer with the option's letter from the given choices directly.",
@@ -80,7 +84,12 @@ _CORPUS = [
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Shape and planting of a tiny checkpoint. Defaults give a 4-layer, 128-wide GQA model."""
+    """Shape and planting of a tiny checkpoint. Defaults give a 4-layer, 128-wide GQA model.
+
+    `answers_letters` wires the output head so greedy decoding answers with one letter A-D and
+    stops, the letter depending on the prompt: a random model then scores near chance on
+    multiple-choice tasks instead of 0, so a demo's table has something to compare.
+    """
 
     hidden_size: int = 128
     num_layers: int = 4
@@ -95,6 +104,7 @@ class TinySpec:
     text_sink_tokens: tuple[str, ...] = ("<|im_start|>",)
     visual_sink_fraction: float = 0.08
     sink_attention_logit: float = 6.0
+    answers_letters: bool = False
     min_pixels: int = 28 * 28 * 4
     max_pixels: int = 28 * 28 * 64
     seed: int = 0
@@ -202,6 +212,8 @@ def build_tiny_model(
         model = Qwen2_5_VLForConditionalGeneration(_config(spec, processor.tokenizer)).eval()
     if spec.sink_dims:
         _plant_sinks(model, processor, spec)
+    if spec.answers_letters:
+        _plant_letter_answers(model, processor, spec)
     return model, processor
 
 
@@ -271,6 +283,70 @@ def _wire_sink_heads(model: Qwen2_5_VLForConditionalGeneration, spec: TinySpec) 
             for head in range(group):
                 attn.q_proj.bias[head * head_dim + dim] = strength / len(low_freq)
                 attn.q_proj.weight[head * head_dim + dim, :] = 0.0
+
+
+# Channels the letter-answer wiring owns: "always on" and "the previous token was a letter".
+_ANSWER_CHANNELS = (0, 1)
+_ANSWER_MARK = 0.1  # their value when on: small, so they barely shift the final norm
+
+
+@torch.no_grad()
+def _plant_letter_answers(
+    model: Qwen2_5_VLForConditionalGeneration, processor: Qwen2_5_VLProcessor, spec: TinySpec
+) -> None:
+    """Letters A-D get a large logit everywhere; after a letter, end-of-turn gets a larger one.
+
+    Which letter wins follows the two main directions in which the answer position's final state
+    varies across calibration prompts (A/B: +/- the first, C/D: +/- the second), so it depends on
+    the image rather than being the same letter for every prompt.
+    """
+    channels = list(_ANSWER_CHANNELS)
+    if set(channels) & set(spec.sink_dims or ()):
+        raise ValueError(f"TinySpec.sink_dims must avoid channels {channels} with answers_letters")
+    tokenizer = processor.tokenizer
+    letters = [tokenizer.convert_tokens_to_ids(letter) for letter in "ABCD"]
+    always, after_letter = channels
+    text_model = model.model.language_model
+    for layer in text_model.layers:  # as for sinks: no layer writes these channels
+        layer.self_attn.o_proj.weight[channels, :] = 0.0
+        layer.mlp.down_proj.weight[channels, :] = 0.0
+    merger_out = model.model.visual.merger.mlp[2]
+    merger_out.weight[channels, :] = 0.0
+    merger_out.bias[channels] = torch.tensor([_ANSWER_MARK, 0.0])
+    text_model.embed_tokens.weight[:, channels] = torch.tensor([_ANSWER_MARK, 0.0])
+    text_model.embed_tokens.weight[letters, after_letter] = _ANSWER_MARK
+    states = _answer_states(model, processor, spec)
+    mark = states[:, always].mean()  # the normalised "always" channel at the answer position
+    states[:, channels] = 0.0
+    head = model.lm_head.weight
+    head[letters] = _principal_letter_rows(states)
+    head[:, channels] = 0.0
+    head[letters, always] = 10.0 / mark
+    head[tokenizer.convert_tokens_to_ids("<|im_end|>"), after_letter] = 30.0 / mark
+
+
+def _answer_states(
+    model: Qwen2_5_VLForConditionalGeneration, processor: Qwen2_5_VLProcessor, spec: TinySpec
+) -> torch.Tensor:
+    """Float[N, hidden]: final (normalised) states at the answer position of N calibration prompts."""
+    question = "Which one is it?\n(A) first\n(B) second\n(C) third\n(D) fourth"
+    content = [{"type": "image"}, {"type": "text", "text": question}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    states = []
+    for image in random_images(12, seed=spec.seed + 2):
+        inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
+        states.append(model.model(**inputs).last_hidden_state[0, -1].float())
+    return torch.stack(states)
+
+
+def _principal_letter_rows(states: torch.Tensor) -> torch.Tensor:
+    """Float[4, hidden]: +/- the top two principal directions, blind to the states' shared part."""
+    mean = states.mean(dim=0)
+    _, singular, directions = torch.linalg.svd(states - mean, full_matrices=False)
+    unit_mean = mean / mean.norm()
+    top = directions[:2] - (directions[:2] @ unit_mean)[:, None] * unit_mean
+    top = top * (3.0 * len(states) ** 0.5 / singular[:2, None])  # a typical projection: a few logits
+    return torch.cat([top[0:1], -top[0:1], top[1:2], -top[1:2]])
 
 
 def save_tiny_checkpoint(path: str | Path, spec: TinySpec = TinySpec()) -> Path:

@@ -6,6 +6,7 @@ its accuracy means nothing: the demo shows the workflow, not VAR's effect.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -20,10 +21,8 @@ DISCLAIMER = (
 # The source tree's tasks/ folder (lmms-eval --include_path), which holds the spatial_* task YAMLs.
 TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 DEMO_TASK = "spatial_blink"
-DEMO_DOCS_PER_SUBTASK = 2
-# tau for tiny models: an RMS-normalised value can never exceed sqrt(hidden_size), so 20 never fires.
-TINY_TAU = 5.0
-RUNS = {"baseline": "var=false", "var": f"var=true,p=0.6,tau={TINY_TAU}"}
+DEMO_DOCS_PER_SUBTASK = 8
+RUNS = {"baseline": "var=false", "var": "var=true,p=0.6,tau={tau},diagnostics_path={diagnostics}"}
 LOG_TAIL_LINES = 40
 
 
@@ -87,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from lmms_var.leaderboard import build_leaderboard, load_run, render
-    from lmms_var.testing import save_tiny_checkpoint
+    from lmms_var.models.diagnostics import summarise
+    from lmms_var.testing import TINY_TAU, TinySpec, save_tiny_checkpoint
     from lmms_var.testing.spatial_data import write_spatial_root
 
     output = args.output if args.output is not None else Path(tempfile.mkdtemp(prefix="lmms_var_demo_"))
@@ -95,13 +95,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--output {output} is not empty; give a new or empty folder")
     output = output.resolve()
     print(f"Building a tiny checkpoint and synthetic data in {output} ...", flush=True)
-    checkpoint = save_tiny_checkpoint(output / "tiny_checkpoint")
+    spec = TinySpec(answers_letters=True)  # answers A-D, so accuracy is near chance rather than 0
+    checkpoint = save_tiny_checkpoint(output / "tiny_checkpoint", spec)
     data_root = write_spatial_root(output / "data", docs_per_subtask=DEMO_DOCS_PER_SUBTASK, sat2_docs=0)
-    common = f"pretrained={checkpoint},sink_dims=17;93,device=cpu,dtype=float32"
+    sink_dims = ";".join(map(str, spec.sink_dims))
+    common = f"pretrained={checkpoint},sink_dims={sink_dims},device=cpu,dtype=float32"
+    diagnostics = output / "var_diagnostics.jsonl"
     configs = [
         {
             "model": "qwen2_5_vl_var",
-            "model_args": f"{common},{var_args}",
+            "model_args": f"{common},{var_args.format(tau=TINY_TAU, diagnostics=diagnostics)}",
             "tasks": DEMO_TASK,
             "include_path": str(TASKS_DIR),
             "batch_size": 1,
@@ -121,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print()
     print(render(build_leaderboard([load_run(folder) for folder in folders]), "md"))
+    records = [json.loads(line) for line in diagnostics.read_text().splitlines() if line.strip()]
+    print(
+        f"\nWhat VAR did in the VAR run: {summarise(records, diagnostics).removeprefix('VAR diagnostics: ')}"
+    )
     print(DISCLAIMER)
     print(f"\nRecreate the table: lmms-var leaderboard {' '.join(str(folder) for folder in folders)}")
     return 0

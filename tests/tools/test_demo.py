@@ -20,6 +20,13 @@ def test_demo_runs_var_off_and_on_and_prints_the_leaderboard(tmp_path, capsys):
     # Every cell holds an accuracy in percent; the VAR row also its delta and a paired p-value.
     for cell in table[3].strip("|").split(" | ")[1:]:
         assert re.fullmatch(r"(\*\*)?\d+\.\d\d(\*\*)? \([+-]\d+\.\d\d(, p=\d\.\d{3})?\)", cell.strip()), cell
+    # Both runs answer with letters, so accuracies are not all zero.
+    assert any(float(cell.strip(" *")) > 0 for cell in table[2].strip("|").split(" | ")[1:])
+    # VAR acted in the VAR run, as its diagnostics show.
+    acted = re.search(
+        r"What VAR did in the VAR run: (\d+) samples;.*redistributed attention in (\d+)/(\d+)", out
+    )
+    assert acted and int(acted[1]) == int(acted[3]) > 0 and int(acted[2]) > 0
     assert DISCLAIMER in out
     for name in RUNS:
         assert list((tmp_path / "demo" / "runs" / name).rglob("*_samples_spatial_blink_counting.jsonl"))
