@@ -35,6 +35,11 @@ class KeyPlan(NamedTuple):
     receivers: torch.Tensor  # Float32[B, 1, 1, K]: 1 on visual non-sink keys
 
 
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor in float32, without a cast call when it already is (decode steps count calls)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
 def plan_keys(
     image_mask: torch.Tensor, sink_mask: torch.Tensor, *, p: float, rho: float, summ: float
 ) -> KeyPlan:
@@ -68,7 +73,7 @@ def plan_keys(
 def row_statistics(attn: torch.Tensor, plan: KeyPlan) -> torch.Tensor:
     """Float32[B, H, Q, 4]: the statistics of every row (keys beyond the plan, e.g. generated ones, weigh 0)."""
     batch, heads, rows, _ = attn.shape
-    flat = attn.float()[..., : plan.weights.shape[1]].reshape(batch, heads * rows, -1)
+    flat = _float32(attn)[..., : plan.weights.shape[1]].reshape(batch, heads * rows, -1)
     return torch.baddbmm(plan.offsets, flat, plan.weights).view(batch, heads, rows, 4)
 
 
@@ -78,7 +83,8 @@ def selected_rows(statistics: torch.Tensor, query_mask: torch.Tensor) -> torch.T
     A row qualifies when it gives the image at least `summ` of its mass, at most a `rho` fraction
     of that goes to visual sinks, and it has receivers; samples without visual sinks never do.
     """
-    return (statistics[..., 1:].amin(dim=-1) >= 0) & query_mask.bool()[:, None, :]
+    query_mask = query_mask if query_mask.dtype == torch.bool else query_mask.bool()
+    return (statistics[..., 1:].amin(dim=-1) >= 0) & query_mask[:, None, :]
 
 
 def attention_change(statistics: torch.Tensor, plan: KeyPlan) -> torch.Tensor:
@@ -115,7 +121,7 @@ def redistribute_with_selection(
     plan = plan_keys(image_mask, sink_mask, p=p, rho=rho, summ=summ)
     statistics = row_statistics(attn, plan)
     selected = selected_rows(statistics, query_mask)
-    a = attn.float()
+    a = _float32(attn)
     moved = a + a * attention_change(statistics, plan)
     return torch.where(selected[..., None], moved, a).to(attn.dtype), selected
 

@@ -134,7 +134,7 @@ def _times_values(attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
 def _fused_correction(
     query, key, value, blocked, plan: KeyPlan, row_valid, *, scaling: float, in_prefill: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A'V - AV for the planned rows [B, H, R, d], with the selection and moved mass [B, H, R].
+    """A'V - AV for the planned rows [B, H, R, d], with the selection and the budgets [B, H, R].
 
     A pure tensor function: on CUDA it can be compiled into a few kernels, since a decode step
     there is bound by the number of kernel launches rather than by arithmetic.
@@ -144,7 +144,7 @@ def _fused_correction(
     selected = selected_rows(statistics, row_valid)
     change = attention_change(statistics, plan)
     correction = _times_values(attn[..., : change.shape[-1]] * change, value) * selected[..., None]
-    return correction, selected, statistics[..., 0] * selected
+    return correction, selected, statistics[..., 0]
 
 
 @functools.cache
@@ -160,16 +160,15 @@ def _apply_var(
     config = state.config
     heads, query_length, head_dim = query.shape[1:]
     key_length = key.shape[2]
-    rows = state.rows.to(query.device)
+    rows, row_valid = state.rows_on(query.device)
     all_rows = rows.shape[1] == query_length
     if not all_rows:
         query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
     blocked = _blocked_keys(attention_mask, rows, query_length, key_length)
-    plan = KeyPlan(*(tensor.to(query.device) for tensor in state.plans[layer]))
-    row_valid = state.row_valid.to(query.device)
+    plan = state.plans[layer]  # built from this layer's input, so already on its device
     if state.fused:
         correct = _compiled_correction() if state.compile else _fused_correction
-        correction, selected, moved = correct(
+        correction, selected, budget = correct(
             query, key, value, blocked, plan, row_valid, scaling=scaling, in_prefill=state.in_prefill
         )
         if all_rows:
@@ -187,5 +186,5 @@ def _apply_var(
             attn, visual, sinks, row_valid, p=config.p, rho=config.rho, summ=config.summ
         )
         output.copy_(_times_values(new_attn, value).transpose(1, 2))
-        moved = row_statistics(attn, plan)[..., 0] * selected
-    state.record_activity(layer, selected, moved)
+        budget = row_statistics(attn, plan)[..., 0]
+    state.record_activity(layer, selected, budget)

@@ -44,6 +44,9 @@ class VARState:
     sinks: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> Bool[B, T_prefill]
     plans: dict[int, KeyPlan] = field(default_factory=dict)  # layer -> its keys' VAR quantities
     activity: dict[int, LayerActivity] = field(default_factory=dict)
+    # Per-device copies, so layers spread over devices (device_map="auto") each move data once.
+    _rows_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _visual_ids_on: dict[torch.device, torch.Tensor] = field(default_factory=dict)
 
     def start_forward(
         self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, past_length: int
@@ -54,7 +57,11 @@ class VARState:
                 "VAR needs `input_ids` to locate visual tokens; this forward passed only `inputs_embeds`"
             )
         batch, new = input_ids.shape
-        visual = torch.isin(input_ids, torch.tensor(self.visual_token_ids, device=input_ids.device))
+        if input_ids.device not in self._visual_ids_on:
+            self._visual_ids_on[input_ids.device] = torch.tensor(
+                self.visual_token_ids, device=input_ids.device
+            )
+        visual = torch.isin(input_ids, self._visual_ids_on[input_ids.device])
         if attention_mask is not None and attention_mask.dim() == 2:
             valid = attention_mask[:, -new:].bool()
         else:
@@ -78,6 +85,7 @@ class VARState:
 
     def _plan_rows(self, new: int) -> None:
         """Spec step 2: valid, non-visual rows after the sample's first visual token."""
+        self._rows_on.clear()
         eligible = ((self.visual.cumsum(dim=1) > 0) & ~self.visual & self.valid)[:, -new:]
         if not self.fused or not self.in_prefill:
             # Every row of a decode step (or of the eager reference) goes through the explicit path.
@@ -107,15 +115,24 @@ class VARState:
                 moved_mass=zeros.clone(),
             )
 
+    def rows_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, row_valid) of this forward on `device`."""
+        if device not in self._rows_on:
+            self._rows_on[device] = (self.rows.to(device), self.row_valid.to(device))
+        return self._rows_on[device]
+
     def acts_on(self, layer: int) -> bool:
         return layer in self.plans and self.config.p < 1.0 and self.rows.shape[1] > 0
 
-    def record_activity(self, layer: int, selected: torch.Tensor, moved_mass: torch.Tensor) -> None:
-        """Accumulate per-sample counts on the device (no synchronisation in the forward pass)."""
+    def record_activity(self, layer: int, selected: torch.Tensor, budget: torch.Tensor) -> None:
+        """Accumulate per-sample counts on the device (no synchronisation in the forward pass).
+
+        `budget` [B, H, R] is the mass each row would move; only selected rows move it.
+        """
         if self.collect_diagnostics:
             activity = self.activity[layer]
-            activity.redistributed_rows += selected.sum(dim=(1, 2)).to(activity.redistributed_rows.device)
-            activity.moved_mass += moved_mass.sum(dim=(1, 2)).to(activity.moved_mass.device)
+            activity.redistributed_rows += selected.sum(dim=(1, 2))
+            activity.moved_mass += (budget * selected).sum(dim=(1, 2))
 
     def diagnostics(self) -> list[dict]:
         """Per sample of the last batch: sinks per layer, (head, row) pairs redistributed, mass moved."""
