@@ -85,10 +85,7 @@ def run_find(args: argparse.Namespace) -> int:
         min_consistency=args.min_consistency,
         progress=True,
     )
-    _write(args.output, {**result.to_json(), "model": args.model})
-    print(result.table())
-    print(f"wrote {args.output}")
-    return 0
+    return _report(args, result)
 
 
 def run_validate(args: argparse.Namespace) -> int:
@@ -108,10 +105,7 @@ def run_validate(args: argparse.Namespace) -> int:
         min_distance=args.min_distance,
         progress=True,
     )
-    _write(args.output, {**result.to_json(), "model": args.model})
-    print(result.table())
-    print(f"wrote {args.output}")
-    return 0
+    return _report(args, result)
 
 
 def load_model(path: str, *, device: str | None, dtype: str, dims: list[int] | None = None):
@@ -152,6 +146,10 @@ def _prompts(args: argparse.Namespace):
     return data_prompts(args.data, args.num_samples), f"data:{args.data}"
 
 
-def _write(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+def _report(args: argparse.Namespace, result) -> int:
+    """Write the result's JSON (named by the model as the user gave it) and print its table."""
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps({**result.to_json(), "model": args.model}, indent=2) + "\n")
+    print(result.table())
+    print(f"wrote {args.output}")
+    return 0
