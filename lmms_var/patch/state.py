@@ -100,10 +100,9 @@ class VARState:
         """Step 1 at prefill: sinks of `layer` from the residual stream entering it."""
         if not self.in_prefill or layer not in self.active_layers:
             return
-        device = hidden_states.device
+        config, device = self.config, hidden_states.device
         visual = self.visual.to(device)
-        sinks = find_sink_tokens(hidden_states, self.config.sink_dims, self.config.tau, self.valid.to(device))
-        config = self.config
+        sinks = find_sink_tokens(hidden_states, config.sink_dims, config.tau, self.valid.to(device))
         self.sinks[layer] = sinks
         self.plans[layer] = plan_keys(visual, sinks, p=config.p, rho=config.rho, summ=config.summ)
         if self.collect_diagnostics:

@@ -9,7 +9,6 @@ layer is wired to attend to them (as real sink heads do) while the other heads s
 
 import json
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -357,8 +356,3 @@ def save_tiny_checkpoint(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     processor.save_pretrained(path)
     (path / "tiny_spec.json").write_text(json.dumps(spec.__dict__, indent=2))
     return path
-
-
-def tiny_checkpoint_in_tmp(spec: TinySpec = TinySpec()) -> Path:
-    """Save a checkpoint to a fresh temporary folder (for scripts; tests use pytest's tmp_path)."""
-    return save_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="lmms_var_tiny_")), spec)
