@@ -149,8 +149,10 @@ def main() -> None:
         "fused VAR + diagnostics": {"fused": True, "diagnostics": True},
         "eager VAR": {"fused": False},
     }
+    if preset.device == "cuda":  # decode steps run the Triton kernel there unless told not to
+        variants["fused VAR, PyTorch decode"] = {"fused": True, "decode_kernel": False}
     if args.compiled:
-        variants["fused VAR, compiled"] = {"fused": True, "compile": True}
+        variants["fused VAR, compiled"] = {"fused": True, "compile": True, "decode_kernel": False}
 
     def run(options: dict | None) -> tuple[float, PeakMemory, dict]:
         handle = enable_var(model, config, **options) if options is not None else None

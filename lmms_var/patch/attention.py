@@ -12,8 +12,10 @@ those rows are materialised (`[B, H, R, K]`), so memory stays linear in sequence
 """
 
 import functools
+import importlib
 import sys
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from transformers import AttentionInterface
@@ -153,6 +155,23 @@ def _compiled_correction() -> Callable:
     return torch.compile(_fused_correction, dynamic=True)
 
 
+@functools.cache
+def _decode_kernel_module() -> ModuleType | None:
+    """`lmms_var.patch.decode_kernel`, or None where Triton is not installed."""
+    try:
+        return importlib.import_module("lmms_var.patch.decode_kernel")
+    except ImportError:
+        return None
+
+
+def _decode_kernel(state: VARState, query: torch.Tensor) -> ModuleType | None:
+    """The Triton decode kernel where it applies: fused decode steps on CUDA (or Triton's interpreter)."""
+    if not state.fused or state.in_prefill or not state.decode_kernel:
+        return None
+    kernel = _decode_kernel_module()
+    return kernel if kernel is not None and (query.is_cuda or kernel.INTERPRETED) else None
+
+
 def _apply_var(
     state: VARState, layer: int, output, query, key, value, attention_mask, scaling: float
 ) -> None:
@@ -166,6 +185,22 @@ def _apply_var(
         query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
     blocked = _blocked_keys(attention_mask, rows, query_length, key_length)
     plan = state.plans[layer]  # built from this layer's input, so already on its device
+    kernel = _decode_kernel(state, query)
+    if kernel is not None:
+        activity = kernel.add_decode_redistribution(
+            output,
+            query,
+            key,
+            value,
+            blocked,
+            plan,
+            row_valid,
+            scaling=scaling,
+            collect_activity=state.collect_diagnostics,
+        )
+        if activity is not None:
+            state.record_activity(layer, *activity)
+        return
     if state.fused:
         correct = _compiled_correction() if state.compile else _fused_correction
         correction, selected, budget = correct(

@@ -35,6 +35,7 @@ class VARState:
     base_implementation: str
     fused: bool = True
     compile: bool = False
+    decode_kernel: bool = True
     collect_diagnostics: bool = False
     visual: torch.Tensor | None = None  # Bool[B, T]: image/video placeholder positions
     valid: torch.Tensor | None = None  # Bool[B, T]: non-padding positions

@@ -30,3 +30,37 @@ def test_fused_equals_reference_on_cuda(tiny_model, padded_batch, dtype, atol, c
     assert (patched - base.float()).abs().max() > 0
     for a, b in zip(valid_logits(inputs, patched), valid_logits(inputs, reference), strict=True):
         torch.testing.assert_close(a, b, atol=atol, rtol=0)
+
+
+def test_layers_spread_over_devices_equal_one_device(tiny_model, padded_batch):
+    """Decoder layers on two devices (as `device_map="auto"` spreads them) give the one-device result.
+
+    With one GPU the second device is the CPU; accelerate's hooks move each layer's inputs, as
+    they do between GPUs. Prefill, decode (kernel on CUDA, PyTorch on CPU) and diagnostics must agree.
+    """
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    inputs = {key: value.to("cuda") for key, value in padded_batch.items()}
+    options = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
+    options |= {"output_logits": True, "return_dict_in_generate": True}
+    runs = []
+    for spread in (False, True):
+        model = copy.deepcopy(tiny_model[0]).to("cuda")
+        if spread:
+            text_model = model.model.language_model
+            layers = text_model.layers
+            for layer in layers[len(layers) // 2 :]:
+                layer.to("cpu")
+                add_hook_to_module(layer, AlignDevicesHook("cpu", skip_keys=["past_key_values", "cache"]))
+            add_hook_to_module(text_model.norm, AlignDevicesHook("cuda"))
+        with enable_var(model, CONFIG, diagnostics=True) as handle:
+            runs.append((model.generate(**inputs, **options), handle.diagnostics()))
+    (one, one_report), (spread, spread_report) = runs
+    assert {layer.self_attn.q_proj.weight.device.type for layer in layers} == {"cuda", "cpu"}
+    assert torch.equal(one.sequences, spread.sequences)
+    for a, b in zip(one.logits, spread.logits, strict=True):
+        torch.testing.assert_close(a, b.to(a.device), atol=1e-4, rtol=0)
+    for a, b in zip(one_report, spread_report, strict=True):
+        assert a["redistributed_rows"] == b["redistributed_rows"] > 0
+        assert a["visual_sinks"] == b["visual_sinks"]
+        assert a["moved_mass"] == pytest.approx(b["moved_mass"], rel=1e-4)
