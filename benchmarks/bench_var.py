@@ -126,6 +126,24 @@ def prompt(processor, preset: Preset, device: str):
     return processor(text=[text], images=images, return_tensors="pt").to(device)
 
 
+def profile(run, variants: dict, device: str) -> None:
+    """One profiled `generate` per variant: host and device time, and the ops that cost the host most."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    for name, options in variants.items():
+        with torch.profiler.profile(activities=activities) as profiler:
+            elapsed = run(options)[0]
+        events = profiler.key_averages()
+        device_time = sum(event.self_device_time_total for event in events) / 1e6
+        print(
+            f"\n### profile: {name}: {elapsed:.3f} s wall (profiled), {device_time:.3f} s busy on the device"
+        )
+        print(events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=50))
+        if device == "cuda":
+            print(events.table(sort_by="self_device_time_total", row_limit=8, max_name_column_width=50))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -134,6 +152,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, help="timed generate calls per variant (default: per preset)")
     parser.add_argument("--json", help="also write the measurements to this file")
     parser.add_argument("--compiled", action="store_true", help="also time fused VAR with compile=True")
+    parser.add_argument(
+        "--profile", action="store_true", help="then profile plain and fused VAR: where the extra time goes"
+    )
     args = parser.parse_args()
     preset = PRESETS[args.preset]
     repeats = args.repeats or preset.repeats
@@ -203,6 +224,8 @@ def main() -> None:
             f"| {name} | {median[name]:.3f} | {median[name] / median['plain']:.3f} | {extra[name] / 2**20:.1f} | "
             f"{extra[name] / max(extra['plain'], 1):.3f} | {total[name] / total['plain']:.3f} |"
         )
+    if args.profile:
+        profile(run, {name: variants[name] for name in ("plain", "fused VAR")}, preset.device)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(

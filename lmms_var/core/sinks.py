@@ -16,7 +16,8 @@ def rms_normalized(hidden_states: torch.Tensor, dims: Sequence[int] | None = Non
     x = hidden_states.float()
     rms = x.pow(2).mean(dim=-1, keepdim=True).add(RMS_EPS).sqrt()
     if dims is not None:
-        x = x.index_select(-1, torch.as_tensor(list(dims), dtype=torch.long, device=x.device))
+        # Views, not an index tensor: copying indices to a GPU would synchronise it at every layer.
+        x = torch.stack([x[..., dim] for dim in dims], dim=-1)
     return (x / rms).abs()
 
 

@@ -184,22 +184,12 @@ def _apply_var(
     if not all_rows:
         query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
     blocked = _blocked_keys(attention_mask, rows, query_length, key_length)
-    plan = state.plans[layer]  # built from this layer's input, so already on its device
+    plan, activity = state.layer_on(layer, query.device)
     kernel = _decode_kernel(state, query)
     if kernel is not None:
-        activity = kernel.add_decode_redistribution(
-            output,
-            query,
-            key,
-            value,
-            blocked,
-            plan,
-            row_valid,
-            scaling=scaling,
-            collect_activity=state.collect_diagnostics,
+        kernel.add_decode_redistribution(
+            output, query, key, value, blocked, plan, row_valid, scaling=scaling, activity=activity
         )
-        if activity is not None:
-            state.record_activity(layer, *activity)
         return
     if state.fused:
         correct = _compiled_correction() if state.compile else _fused_correction

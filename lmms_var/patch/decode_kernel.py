@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from lmms_var.core import KeyPlan
+from lmms_var.patch.state import LayerActivity
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # torch.finfo(torch.float32).tiny, as in `core.redistribution`
@@ -39,8 +40,8 @@ def _decode_var_kernel(
     sink_change_ptr,  # [B, P] float32
     receivers_ptr,  # [B, P] float32
     row_valid_ptr,  # [B] uint8: spec step 2 allows this sample's row
-    selected_ptr,  # [B, H] int8 out; unused without WRITE_ACTIVITY
-    budget_ptr,  # [B, H] float32 out; unused without WRITE_ACTIVITY
+    redistributed_rows_ptr,  # [B] float32 diagnostics counter, += selected rows; needs WRITE_ACTIVITY
+    moved_mass_ptr,  # [B] float32 diagnostics counter, += their budgets; needs WRITE_ACTIVITY
     key_length,
     planned_keys,
     group_size,
@@ -70,7 +71,6 @@ def _decode_var_kernel(
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
-    heads = tl.num_programs(1)
     kv_head = h // group_size
     dims = tl.arange(0, BLOCK_D)
     dim_in = dims < head_dim
@@ -136,8 +136,8 @@ def _decode_var_kernel(
     base = tl.load(out_ptrs, mask=store, other=0.0).to(tl.float32)
     tl.store(out_ptrs, (base + correction).to(out_ptr.dtype.element_ty), mask=store)
     if WRITE_ACTIVITY:
-        tl.store(selected_ptr + b * heads + h, selected.to(tl.int8))
-        tl.store(budget_ptr + b * heads + h, budget)
+        tl.atomic_add(redistributed_rows_ptr + b, selected.to(tl.float32))
+        tl.atomic_add(moved_mass_ptr + b, tl.where(selected, budget, 0.0))
 
 
 def add_decode_redistribution(
@@ -150,13 +150,13 @@ def add_decode_redistribution(
     row_valid: torch.Tensor,
     *,
     scaling: float,
-    collect_activity: bool,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
+    activity: LayerActivity | None,
+) -> None:
     """Add A'V - AV to a decode step's `output` [B, 1, H, d] in place, for rows VAR selects.
 
     `query` [B, H, 1, d], `key`/`value` [B, Hkv, K, d], `blocked` Bool[B, 1, 1, K] or None,
-    `row_valid` Bool[B, 1]. With `collect_activity`, returns the selection Bool[B, H, 1] and the
-    budgets [B, H, 1] for diagnostics.
+    `row_valid` Bool[B, 1]. `activity` (diagnostics on) gets the selected rows and their budgets
+    added on the device, inside the same launch.
     """
     batch, heads, rows, head_dim = query.shape
     if rows != 1:
@@ -167,11 +167,7 @@ def add_decode_redistribution(
     key_length = key.shape[2]
     block_d = triton.next_power_of_2(head_dim)
     block_k = max(16, min(64, 8192 // block_d))
-    if collect_activity:
-        selected = torch.empty(batch, heads, dtype=torch.int8, device=query.device)
-        budget = torch.empty(batch, heads, dtype=torch.float32, device=query.device)
-    else:
-        selected = budget = output  # never written
+    counters = (activity.redistributed_rows, activity.moved_mass) if activity else (output, output)
     blocked_keys = blocked[:, 0, 0].view(torch.uint8) if blocked is not None else row_valid
     _decode_var_kernel[(batch, heads)](
         output,
@@ -184,8 +180,7 @@ def add_decode_redistribution(
         plan.sink_change,
         plan.receivers,
         row_valid.view(torch.uint8),
-        selected,
-        budget,
+        *counters,
         key_length,
         plan.weights.shape[1],
         heads // key.shape[1],
@@ -209,10 +204,7 @@ def add_decode_redistribution(
         plan.receivers.stride(0),
         row_valid.stride(0),
         HAS_BLOCKED=blocked is not None,
-        WRITE_ACTIVITY=collect_activity,
+        WRITE_ACTIVITY=activity is not None,
         BLOCK_K=block_k,
         BLOCK_D=block_d,
     )
-    if not collect_activity:
-        return None
-    return selected.bool()[..., None], budget[..., None]

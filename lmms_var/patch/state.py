@@ -121,6 +121,20 @@ class VARState:
             self._rows_on[device] = (self.rows.to(device), self.row_valid.to(device))
         return self._rows_on[device]
 
+    def layer_on(self, layer: int, device: torch.device) -> tuple[KeyPlan, LayerActivity | None]:
+        """This layer's key plan and diagnostics counters, on the device its attention runs on.
+
+        The sink hook sees a layer's input where the previous layer left it: with `device_map="auto"`,
+        accelerate moves it to the layer's own device only after that hook. So move once, here.
+        """
+        plan = self.plans[layer]
+        if plan.weights.device != device:
+            plan = self.plans[layer] = KeyPlan(*(tensor.to(device) for tensor in plan))
+            if layer in self.activity:
+                counters = vars(self.activity[layer]).values()
+                self.activity[layer] = LayerActivity(*(tensor.to(device) for tensor in counters))
+        return plan, self.activity.get(layer)
+
     def acts_on(self, layer: int) -> bool:
         return layer in self.plans and self.config.p < 1.0 and self.rows.shape[1] > 0
 

@@ -64,3 +64,30 @@ def test_layers_spread_over_devices_equal_one_device(tiny_model, padded_batch):
         assert a["redistributed_rows"] == b["redistributed_rows"] > 0
         assert a["visual_sinks"] == b["visual_sinks"]
         assert a["moved_mass"] == pytest.approx(b["moved_mass"], rel=1e-4)
+
+
+def test_var_never_synchronises_the_gpu(monkeypatch, tiny_model, padded_batch):
+    """Sink finding and the attention correction only queue GPU work, at prefill and at decode.
+
+    A synchronisation per layer would stall the host until the GPU drains its queue, 30+ times a forward.
+    """
+    from lmms_var.patch import attention
+    from lmms_var.patch.state import VARState
+
+    def without_synchronisation(function):
+        def checked(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return function(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+        return checked
+
+    monkeypatch.setattr(attention, "_apply_var", without_synchronisation(attention._apply_var))
+    monkeypatch.setattr(VARState, "record_sinks", without_synchronisation(VARState.record_sinks))
+    model = copy.deepcopy(tiny_model[0]).to("cuda")
+    inputs = {key: value.to("cuda") for key, value in padded_batch.items()}
+    for diagnostics in (False, True):
+        with enable_var(model, CONFIG, diagnostics=diagnostics):
+            model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)

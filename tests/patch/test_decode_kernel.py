@@ -16,6 +16,7 @@ import torch
 from lmms_var import enable_var
 from lmms_var.core import plan_keys
 from lmms_var.patch.attention import _fused_correction
+from lmms_var.patch.state import LayerActivity
 from tests.patch.test_enable_var import CONFIG
 
 kernel = pytest.importorskip("lmms_var.patch.decode_kernel", reason="needs Triton")
@@ -25,29 +26,40 @@ needs_kernel = pytest.mark.skipif(not RUNNABLE, reason="run by test_under_triton
 
 
 def decode_case(dtype: torch.dtype, padded: bool, seed: int = 0):
-    """One decode step of 2 samples, GQA 6/2 heads, 90 keys of which 80 are the prompt's (planned)."""
+    """One decode step of 3 samples, GQA 6/2 heads, 90 keys of which the first 80 are the prompt's.
+
+    Sample 0 has text and visual sinks, and its heads on key/value head 0 mostly look at the visual
+    sinks (not image-centric); sample 1 has a visual sink and, if `padded`, 7 padding keys holding a
+    text sink; sample 2 has text sinks only, so nothing of it may change.
+    """
     generator = torch.Generator().manual_seed(seed)
-    batch, heads, kv_heads, head_dim, keys, planned = 2, 6, 2, 48, 90, 80
+    batch, heads, kv_heads, head_dim, keys, planned = 3, 6, 2, 48, 90, 80
     query = torch.randn(batch, 1, heads, head_dim, generator=generator).transpose(1, 2) * 2
     key = torch.randn(batch, kv_heads, keys, head_dim, generator=generator)
     value = torch.randn(batch, kv_heads, keys, head_dim, generator=generator)
+    key[0, 0, [15, 40]] = 3 * query[0, :3, 0].mean(dim=0)
     image = torch.zeros(batch, planned, dtype=torch.bool)
     image[:, 10:70] = True
     sinks = torch.zeros(batch, planned, dtype=torch.bool)
-    sinks[0, [0, 15, 40]] = True  # text and visual sinks
-    sinks[1, [0, 75]] = True  # text sinks only: nothing may change for sample 1
-    # The heads sharing key/value head 0 look mostly at sample 0's visual sinks: not image-centric.
-    key[0, 0, [15, 40]] = 3 * query[0, :3, 0].mean(dim=0)
+    sinks[0, [0, 15, 40]] = True
+    sinks[1, [3, 8, 20]] = True
+    sinks[2, [0, 75]] = True
     plan = plan_keys(image, sinks, p=0.3, rho=0.6, summ=0.1)
     blocked = None
-    if padded:  # sample 1 is left-padded by 7 keys
-        blocked = (torch.arange(keys) < torch.tensor([0, 7])[:, None])[:, None, None, :]
+    if padded:
+        blocked = (torch.arange(keys) < torch.tensor([0, 7, 0])[:, None])[:, None, None, :]
     output = torch.randn(batch, 1, heads, head_dim, generator=generator)
     cast = [t.to(DEVICE, dtype) for t in (output, query, key, value)]
     if blocked is not None:
         blocked = blocked.to(DEVICE)
     plan = type(plan)(*(t.to(DEVICE) for t in plan))
-    return (*cast, blocked, plan, torch.tensor([[True], [True]], device=DEVICE), head_dim**-0.5)
+    row_valid = torch.ones(batch, 1, dtype=torch.bool, device=DEVICE)
+    return (*cast, blocked, plan, row_valid, head_dim**-0.5)
+
+
+def counters() -> LayerActivity:
+    zeros = torch.zeros(3, device=DEVICE)
+    return LayerActivity(zeros, zeros.clone(), zeros.clone(), zeros.clone())
 
 
 @pytest.mark.skipif(RUNNABLE, reason="the kernel runs directly here")
@@ -74,38 +86,29 @@ def test_kernel_equals_the_pytorch_path(dtype, padded):
         query, key, value, blocked, plan, row_valid, scaling=scaling, in_prefill=False
     )
     expected = output.clone().add_(correction.transpose(1, 2))
-    corrected = output.clone()
-    kernel_selected, kernel_budget = kernel.add_decode_redistribution(
-        corrected, query, key, value, blocked, plan, row_valid, scaling=scaling, collect_activity=True
+    corrected, activity = output.clone(), counters()
+    kernel.add_decode_redistribution(
+        corrected, query, key, value, blocked, plan, row_valid, scaling=scaling, activity=activity
     )
-    assert torch.equal(kernel_selected, selected)
-    assert selected[0].any() and not selected[0].all(), "the case should mix selected and unselected heads"
-    assert not selected[1].any()
-    torch.testing.assert_close(kernel_budget, budget, atol=1e-6, rtol=1e-5)
+    assert selected[0].any() and not selected[0].all(), "sample 0 should mix selected and unselected heads"
+    assert selected[1].any() and not selected[2].any()
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
     torch.testing.assert_close(corrected, expected, **tolerance)
     unselected = ~selected.transpose(1, 2)  # [B, 1, H], as the output's rows
     assert torch.equal(corrected[unselected], output[unselected]), "unselected rows are bit-identical"
-    assert not torch.equal(corrected, output)
+    assert torch.equal(activity.redistributed_rows, selected.sum(dim=(1, 2)).float())
+    torch.testing.assert_close(activity.moved_mass, (budget * selected).sum(dim=(1, 2)))
 
 
 @needs_kernel
 def test_rows_step_two_forbids_are_untouched():
-    output, query, key, value, blocked, plan, _, scaling = decode_case(torch.float32, padded=False)
-    corrected = output.clone()
-    selected, _ = kernel.add_decode_redistribution(
-        corrected,
-        query,
-        key,
-        value,
-        blocked,
-        plan,
-        torch.tensor([[False], [False]], device=DEVICE),
-        scaling=scaling,
-        collect_activity=True,
+    output, query, key, value, blocked, plan, row_valid, scaling = decode_case(torch.float32, False)
+    corrected, activity = output.clone(), counters()
+    kernel.add_decode_redistribution(
+        corrected, query, key, value, blocked, plan, ~row_valid, scaling=scaling, activity=activity
     )
-    assert not selected.any()
     assert torch.equal(corrected, output)
+    assert not activity.redistributed_rows.any()
 
 
 def test_more_than_one_query_row_is_rejected():
@@ -120,7 +123,7 @@ def test_more_than_one_query_row_is_rejected():
             plan,
             row_valid,
             scaling=scaling,
-            collect_activity=False,
+            activity=None,
         )
 
 
