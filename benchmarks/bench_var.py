@@ -170,10 +170,10 @@ def main() -> None:
         "fused VAR + diagnostics": {"fused": True, "diagnostics": True},
         "eager VAR": {"fused": False},
     }
-    if preset.device == "cuda":  # decode steps run the Triton kernel there unless told not to
-        variants["fused VAR, PyTorch decode"] = {"fused": True, "decode_kernel": False}
+    if preset.device == "cuda":  # the fused path runs Triton kernels there unless told not to
+        variants["fused VAR, PyTorch path"] = {"fused": True, "use_triton": False}
     if args.compiled:
-        variants["fused VAR, compiled"] = {"fused": True, "compile": True, "decode_kernel": False}
+        variants["fused VAR, compiled"] = {"fused": True, "compile": True, "use_triton": False}
 
     def run(options: dict | None) -> tuple[float, PeakMemory, dict]:
         handle = enable_var(model, config, **options) if options is not None else None

@@ -9,10 +9,14 @@ the redistribution is added as a correction:
 which is zero for rows no head selects, so untouched rows keep the base kernel's exact output. Only
 those rows are materialised (`[B, H, R, K]`), so memory stays linear in sequence length. With
 `fused=False` every row is materialised and replaced by A' @ V: the slow reference "eager VAR".
+
+On CUDA with Triton, the fused correction runs as two kernels (`row_kernels.py`) instead of ~16
+PyTorch operations per layer, after a once-per-device check that they agree with the PyTorch path.
 """
 
 import functools
 import importlib
+import logging
 import sys
 from collections.abc import Callable
 from types import ModuleType
@@ -31,6 +35,7 @@ from lmms_var.core import (
 )
 from lmms_var.patch.state import VARState
 
+logger = logging.getLogger(__name__)
 STATE_ATTRIBUTE = "_lmms_var_state"
 BASE_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 _PREFIX = "lmms_var_"
@@ -156,26 +161,48 @@ def _compiled_correction() -> Callable:
 
 
 @functools.cache
-def _decode_kernel_module() -> ModuleType | None:
-    """`lmms_var.patch.decode_kernel`, or None where Triton is not installed."""
+def _row_kernels_module() -> ModuleType | None:
+    """`lmms_var.patch.row_kernels`, or None where Triton is not installed."""
     try:
-        return importlib.import_module("lmms_var.patch.decode_kernel")
+        return importlib.import_module("lmms_var.patch.row_kernels")
     except ImportError:
         return None
 
 
-def _decode_kernel(state: VARState, query: torch.Tensor) -> ModuleType | None:
-    """The Triton decode kernel where it applies: fused decode steps on CUDA (or Triton's interpreter)."""
-    if not state.fused or state.in_prefill or not state.decode_kernel:
+def _row_kernels(state: VARState, query: torch.Tensor) -> ModuleType | None:
+    """The Triton row kernels where they apply: the fused path on CUDA (or in Triton's interpreter)."""
+    if not state.fused or not state.use_triton:
         return None
-    kernel = _decode_kernel_module()
-    return kernel if kernel is not None and (query.is_cuda or kernel.INTERPRETED) else None
+    kernels = _row_kernels_module()
+    return kernels if kernels is not None and (query.is_cuda or kernels.INTERPRETED) else None
 
 
 def _apply_var(
     state: VARState, layer: int, output, query, key, value, attention_mask, scaling: float
 ) -> None:
     """Redistribute the planned rows of this layer and write the result into `output` [B, Q, H, d]."""
+    rows, row_valid = state.rows_on(query.device)
+    plan, activity = state.layer_on(layer, query.device)
+    kernels = _row_kernels(state, query)
+    if kernels is not None and _kernels_agree(
+        state, layer, kernels, output, query, key, value, attention_mask, scaling, plan
+    ):
+        # Without a mask the kernels apply causality themselves: no [B, R, K] mask is built.
+        blocked = None
+        if attention_mask is not None:
+            blocked = _blocked_keys(attention_mask, rows, query.shape[2], key.shape[2])
+        kernels.add_row_redistribution(
+            output, query, key, value, blocked, plan, rows, row_valid, scaling=scaling, activity=activity
+        )
+        return
+    selected, budget = _pytorch_var(state, layer, output, query, key, value, attention_mask, scaling, plan)
+    state.record_activity(layer, selected, budget)
+
+
+def _pytorch_var(
+    state: VARState, layer: int, output, query, key, value, attention_mask, scaling: float, plan: KeyPlan
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused (or, with `fused=False`, eager) path in PyTorch operations; returns selection and budgets."""
     config = state.config
     heads, query_length, head_dim = query.shape[1:]
     key_length = key.shape[2]
@@ -184,13 +211,6 @@ def _apply_var(
     if not all_rows:
         query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
     blocked = _blocked_keys(attention_mask, rows, query_length, key_length)
-    plan, activity = state.layer_on(layer, query.device)
-    kernel = _decode_kernel(state, query)
-    if kernel is not None:
-        kernel.add_decode_redistribution(
-            output, query, key, value, blocked, plan, row_valid, scaling=scaling, activity=activity
-        )
-        return
     if state.fused:
         correct = _compiled_correction() if state.compile else _fused_correction
         correction, selected, budget = correct(
@@ -201,15 +221,63 @@ def _apply_var(
         else:
             index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
             output.scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
-    else:
-        attn = _explicit_attention(query, key, blocked, scaling, may_be_empty=state.in_prefill)
-        visual = state.visual.to(query.device)[:, :key_length]
-        sinks = torch.nn.functional.pad(
-            state.sinks[layer].to(query.device), (0, key_length - plan.weights.shape[1])
-        )
-        new_attn, selected = redistribute_with_selection(
-            attn, visual, sinks, row_valid, p=config.p, rho=config.rho, summ=config.summ
-        )
-        output.copy_(_times_values(new_attn, value).transpose(1, 2))
-        budget = row_statistics(attn, plan)[..., 0]
-    state.record_activity(layer, selected, budget)
+        return selected, budget
+    attn = _explicit_attention(query, key, blocked, scaling, may_be_empty=state.in_prefill)
+    visual = state.visual.to(query.device)[:, :key_length]
+    sinks = torch.nn.functional.pad(
+        state.sinks[layer].to(query.device), (0, key_length - plan.weights.shape[1])
+    )
+    new_attn, selected = redistribute_with_selection(
+        attn, visual, sinks, row_valid, p=config.p, rho=config.rho, summ=config.summ
+    )
+    output.copy_(_times_values(new_attn, value).transpose(1, 2))
+    return selected, row_statistics(attn, plan)[..., 0]
+
+
+def _kernels_agree(
+    state: VARState,
+    layer: int,
+    kernels: ModuleType,
+    output,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling: float,
+    plan,
+) -> bool:
+    """Whether the Triton kernels give the PyTorch path's result here, checked once per model and device.
+
+    Triton builds vary with the GPU and the installed version; on any failure or disagreement VAR
+    warns and keeps the PyTorch path, which gives the same numbers more slowly.
+    """
+    device = query.device
+    if device not in state.kernels_agree:
+        rows, row_valid = state.rows_on(device)
+        expected, through_kernels = output.clone(), output.clone()
+        _pytorch_var(state, layer, expected, query, key, value, attention_mask, scaling, plan)
+        try:
+            blocked = None
+            if attention_mask is not None:
+                blocked = _blocked_keys(attention_mask, rows, query.shape[2], key.shape[2])
+            kernels.add_row_redistribution(
+                through_kernels,
+                query,
+                key,
+                value,
+                blocked,
+                plan,
+                rows,
+                row_valid,
+                scaling=scaling,
+                activity=None,
+            )
+            tolerance = 1e-4 if output.dtype == torch.float32 else 2e-2
+            agree = torch.allclose(through_kernels.float(), expected.float(), atol=tolerance, rtol=tolerance)
+            problem = "they disagree with the PyTorch path"
+        except Exception as error:  # a Triton build or launch failure: fall back, do not fail the run
+            agree, problem = False, f"{type(error).__name__}: {error}"
+        if not agree:
+            logger.warning("VAR's Triton kernels are off on %s (%s); using the PyTorch path", device, problem)
+        state.kernels_agree[device] = agree
+    return state.kernels_agree[device]

@@ -83,16 +83,16 @@ def enable_var(
     fused: bool = True,
     diagnostics: bool = False,
     compile: bool = False,
-    decode_kernel: bool = True,
+    use_triton: bool = True,
 ) -> VARHandle:
     """Attach VAR to `model` (a Qwen2.5-VL model); returns a handle whose `remove()` undoes it.
 
     `fused=False` materialises full attention rows (the slow reference); `diagnostics=True` records
     per-sample sink counts and redistributed mass, read with `handle.diagnostics()`.
-    On CUDA with Triton installed, a fused decode step runs as one Triton kernel per layer
-    (`patch/decode_kernel.py`): GPU decoding is bound by kernel launches, not arithmetic.
-    `decode_kernel=False` keeps decode steps on the PyTorch path (for comparison). `compile=True`
-    runs the PyTorch path's per-row arithmetic through `torch.compile`.
+    On CUDA with Triton installed, the fused path runs as two Triton kernels per layer
+    (`patch/row_kernels.py`): there, small PyTorch operations cost more in launches than in math.
+    `use_triton=False` keeps the PyTorch path (for comparison); `compile=True` runs that path's
+    per-row arithmetic through `torch.compile`.
     """
     inner = multimodal_model(model)
     text_model = inner.language_model
@@ -117,7 +117,7 @@ def enable_var(
         base_implementation=base,
         fused=fused,
         compile=compile,
-        decode_kernel=decode_kernel,
+        use_triton=use_triton,
         collect_diagnostics=diagnostics,
     )
     handle = VARHandle(model=model, state=state, _text_config=text_config)

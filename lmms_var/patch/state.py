@@ -35,7 +35,8 @@ class VARState:
     base_implementation: str
     fused: bool = True
     compile: bool = False
-    decode_kernel: bool = True
+    use_triton: bool = True
+    kernels_agree: dict[torch.device, bool] = field(default_factory=dict)  # checked once per device
     collect_diagnostics: bool = False
     visual: torch.Tensor | None = None  # Bool[B, T]: image/video placeholder positions
     valid: torch.Tensor | None = None  # Bool[B, T]: non-padding positions
@@ -90,12 +91,12 @@ class VARState:
         eligible = ((self.visual.cumsum(dim=1) > 0) & ~self.visual & self.valid)[:, -new:]
         if not self.fused or not self.in_prefill:
             # Every row of a decode step (or of the eager reference) goes through the explicit path.
-            self.rows = torch.arange(new, device=eligible.device).expand(eligible.shape[0], new)
-            self.row_valid = eligible
+            self.rows = torch.arange(new, device=eligible.device).repeat(eligible.shape[0], 1)
+            self.row_valid = eligible.contiguous()
             return
         count = int(eligible.sum(dim=1).max())  # one synchronisation per prompt
         order = torch.argsort((~eligible).to(torch.int8), dim=1, stable=True)[:, :count]
-        self.rows, self.row_valid = order, eligible.gather(1, order)
+        self.rows, self.row_valid = order.contiguous(), eligible.gather(1, order)
 
     def record_sinks(self, layer: int, hidden_states: torch.Tensor) -> None:
         """Step 1 at prefill: sinks of `layer` from the residual stream entering it."""
