@@ -181,22 +181,29 @@ def _apply_var(
     state: VARState, layer: int, output, query, key, value, attention_mask, scaling: float
 ) -> None:
     """Redistribute the planned rows of this layer and write the result into `output` [B, Q, H, d]."""
-    rows, row_valid = state.rows_on(query.device)
     plan, activity = state.layer_on(layer, query.device)
     kernels = _row_kernels(state, query)
     if kernels is not None and _kernels_agree(
         state, layer, kernels, output, query, key, value, attention_mask, scaling, plan
     ):
-        # Without a mask the kernels apply causality themselves: no [B, R, K] mask is built.
-        blocked = None
-        if attention_mask is not None:
-            blocked = _blocked_keys(attention_mask, rows, query.shape[2], key.shape[2])
-        kernels.add_row_redistribution(
-            output, query, key, value, blocked, plan, rows, row_valid, scaling=scaling, activity=activity
-        )
+        _run_kernels(kernels, state, output, query, key, value, attention_mask, scaling, plan, activity)
         return
     selected, budget = _pytorch_var(state, layer, output, query, key, value, attention_mask, scaling, plan)
     state.record_activity(layer, selected, budget)
+
+
+def _run_kernels(
+    kernels: ModuleType, state: VARState, output, query, key, value, attention_mask, scaling, plan, activity
+) -> None:
+    """`add_row_redistribution` on this forward's rows, with the mask turned into blocked keys if any."""
+    rows, row_valid = state.rows_on(query.device)
+    # Without a mask the kernels apply causality themselves: no [B, R, K] mask is built.
+    blocked = None
+    if attention_mask is not None:
+        blocked = _blocked_keys(attention_mask, rows, query.shape[2], key.shape[2])
+    kernels.add_row_redistribution(
+        output, query, key, value, blocked, plan, rows, row_valid, scaling=scaling, activity=activity
+    )
 
 
 def _pytorch_var(
@@ -253,24 +260,11 @@ def _kernels_agree(
     """
     device = query.device
     if device not in state.kernels_agree:
-        rows, row_valid = state.rows_on(device)
         expected, through_kernels = output.clone(), output.clone()
         _pytorch_var(state, layer, expected, query, key, value, attention_mask, scaling, plan)
         try:
-            blocked = None
-            if attention_mask is not None:
-                blocked = _blocked_keys(attention_mask, rows, query.shape[2], key.shape[2])
-            kernels.add_row_redistribution(
-                through_kernels,
-                query,
-                key,
-                value,
-                blocked,
-                plan,
-                rows,
-                row_valid,
-                scaling=scaling,
-                activity=None,
+            _run_kernels(
+                kernels, state, through_kernels, query, key, value, attention_mask, scaling, plan, None
             )
             tolerance = 1e-4 if output.dtype == torch.float32 else 2e-2
             agree = torch.allclose(through_kernels.float(), expected.float(), atol=tolerance, rtol=tolerance)

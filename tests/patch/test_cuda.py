@@ -13,19 +13,26 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.mark.parametrize(
-    ("dtype", "atol", "compile"),
-    [(torch.float32, 1e-4, False), (torch.bfloat16, 5e-2, False), (torch.float32, 1e-4, True)],
+    ("dtype", "atol", "options"),
+    [
+        (torch.float32, 1e-4, {}),  # the Triton kernels
+        (torch.bfloat16, 5e-2, {}),
+        (torch.float32, 1e-4, {"use_triton": False}),  # the PyTorch path
+        (torch.float32, 1e-4, {"use_triton": False, "compile": True}),
+    ],
 )
-def test_fused_equals_reference_on_cuda(tiny_model, padded_batch, dtype, atol, compile):
+def test_fused_equals_reference_on_cuda(tiny_model, padded_batch, dtype, atol, options):
     model = copy.deepcopy(tiny_model[0]).to("cuda", dtype)
     inputs = {k: (v.to(dtype) if v.is_floating_point() else v).to("cuda") for k, v in padded_batch.items()}
     base = logits(model, inputs)
     with eager_var(model, CONFIG, inputs["input_ids"], inputs["attention_mask"]):
         reference = logits(model, inputs).float()
-    with enable_var(model, CONFIG, diagnostics=True, compile=compile) as handle:
+    with enable_var(model, CONFIG, diagnostics=True, **options) as handle:
         patched = logits(model, inputs).float()
         assert all(sample["redistributed_rows"] > 0 for sample in handle.diagnostics())
         generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        kernels_used = list(handle.state.kernels_agree.values())
+    assert kernels_used == ([] if options else [True]), "the kernels ran (no fallback) exactly when asked"
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
     assert (patched - base.float()).abs().max() > 0
     for a, b in zip(valid_logits(inputs, patched), valid_logits(inputs, reference), strict=True):
