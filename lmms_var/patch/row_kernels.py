@@ -34,6 +34,13 @@ _HEADER_FLOATS = 8
 _HEADER = tl.constexpr(_HEADER_FLOATS)
 
 
+@triton.jit
+def _program_row(heads):
+    """(b * H + h, row r, rows R, b, h) of this program: grid axis 0 is batch x head, axis 1 the row."""
+    batch_head = tl.program_id(0).to(tl.int64)
+    return batch_head, tl.program_id(1), tl.num_programs(1), batch_head // heads, batch_head % heads
+
+
 @triton.jit(do_not_specialize=["key_length", "query_length"])
 def _chunk_sums(
     q_ptr,  # [B, H, Q, d], any strides but contiguous d
@@ -65,12 +72,8 @@ def _chunk_sums(
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    batch_head = tl.program_id(0).to(tl.int64)
-    r = tl.program_id(1)
+    batch_head, r, row_count, b, h = _program_row(heads)
     chunk = tl.program_id(2)
-    row_count = tl.num_programs(1)
-    b = batch_head // heads
-    h = batch_head % heads
     kv_head = h // group_size
     position = tl.load(rows_ptr + b * row_count + r)
     dims = tl.arange(0, BLOCK_D)
@@ -135,11 +138,7 @@ def _finish_rows(
     BLOCK_CHUNKS: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    batch_head = tl.program_id(0).to(tl.int64)
-    r = tl.program_id(1)
-    row_count = tl.num_programs(1)
-    b = batch_head // heads
-    h = batch_head % heads
+    batch_head, r, row_count, b, h = _program_row(heads)
     dims = tl.arange(0, BLOCK_D)
     dim_in = dims < head_dim
     stat_index = tl.arange(0, 4)
