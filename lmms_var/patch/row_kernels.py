@@ -16,6 +16,7 @@ Imported only where Triton is installed. `TRITON_INTERPRET=1` runs the kernels o
 (Triton's interpreter), which is how the CPU tests check them against the PyTorch path.
 """
 
+import functools
 import os
 
 import torch
@@ -32,6 +33,9 @@ _FAR_BELOW = tl.constexpr(-1.0e30)  # a finite "minus infinity" for running maxi
 # Per chunk: max score, exp-sum, 4 statistics, 2 spare, then the sink and receiver value sums.
 _HEADER_FLOATS = 8
 _HEADER = tl.constexpr(_HEADER_FLOATS)
+# Chunks per row are chosen for about this many programs per multiprocessor: more fill the GPU for
+# a single decode row, fewer keep the [B * H, R, chunks, ...] workspace small at prefill.
+_PROGRAMS_PER_SM = 4
 
 
 @triton.jit
@@ -64,6 +68,7 @@ def _chunk_sums(
     key_length,
     query_length,
     planned_keys,
+    chunk_keys,  # keys per chunk, a multiple of BLOCK_K
     heads,
     group_size,
     head_dim,
@@ -80,45 +85,64 @@ def _chunk_sums(
     dim_in = dims < head_dim
     stat_index = tl.arange(0, 4)
 
-    keys = chunk * BLOCK_K + tl.arange(0, BLOCK_K)
-    visible = keys <= position + key_length - query_length  # causal, counted from the cache's end
-    if HAS_BLOCKED:
-        blocked = tl.load(
-            blocked_ptr + (b * row_count + r) * key_length + keys, mask=keys < key_length, other=1
-        )
-        visible = visible & (blocked == 0)
+    last_key = position + key_length - query_length  # causal, counted from the cache's end
     query = tl.load(
         q_ptr + b * stride_qb + h * stride_qh + position * stride_qq + dims, mask=dim_in, other=0.0
-    )
-    key_tile = tl.load(
-        k_ptr + b * stride_kb + kv_head * stride_kh + keys[:, None] * stride_kk + dims[None, :],
-        mask=visible[:, None] & dim_in[None, :],
-        other=0.0,
-    )
-    scores = tl.sum(key_tile.to(tl.float32) * query.to(tl.float32)[None, :], axis=1) * scaling
-    scores = tl.where(visible, scores, float("-inf"))
-    chunk_max = tl.maximum(tl.max(scores, axis=0), _FAR_BELOW)
-    weights = tl.exp(scores - chunk_max)  # 0 for keys this row does not see
-
-    planned = visible & (keys < planned_keys)
-    plan_index = b * planned_keys + keys
-    key_weights = tl.load(
-        weights_ptr + plan_index[:, None] * 4 + stat_index[None, :], mask=planned[:, None], other=0.0
-    )
-    sink_change = tl.load(sink_change_ptr + plan_index, mask=planned, other=0.0)
-    receivers = tl.load(receivers_ptr + plan_index, mask=planned, other=0.0)
-    value_tile = tl.load(
-        v_ptr + b * stride_vb + kv_head * stride_vh + keys[:, None] * stride_vk + dims[None, :],
-        mask=planned[:, None] & dim_in[None, :],
-        other=0.0,
     ).to(tl.float32)
+    k_base = k_ptr + b * stride_kb + kv_head * stride_kh
+    v_base = v_ptr + b * stride_vb + kv_head * stride_vh
+
+    # An online softmax over the chunk's tiles: sums are kept relative to the running maximum.
+    running_max = tl.max(tl.full([BLOCK_K], _FAR_BELOW, tl.float32), axis=0)
+    total = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
+    statistics = tl.zeros([4], tl.float32)
+    sink_values = tl.zeros([BLOCK_D], tl.float32)
+    receiver_values = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, chunk_keys, BLOCK_K):
+        keys = chunk * chunk_keys + start + tl.arange(0, BLOCK_K)
+        visible = keys <= last_key
+        if HAS_BLOCKED:
+            blocked = tl.load(
+                blocked_ptr + (b * row_count + r) * key_length + keys, mask=keys < key_length, other=1
+            )
+            visible = visible & (blocked == 0)
+        key_tile = tl.load(
+            k_base + keys[:, None] * stride_kk + dims[None, :],
+            mask=visible[:, None] & dim_in[None, :],
+            other=0.0,
+        )
+        scores = tl.sum(key_tile.to(tl.float32) * query[None, :], axis=1) * scaling
+        scores = tl.where(visible, scores, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(scores, axis=0))
+        rescale = tl.exp(running_max - new_max)
+        weights = tl.exp(scores - new_max)  # 0 for keys this row does not see
+
+        planned = visible & (keys < planned_keys)
+        plan_index = b * planned_keys + keys
+        key_weights = tl.load(
+            weights_ptr + plan_index[:, None] * 4 + stat_index[None, :], mask=planned[:, None], other=0.0
+        )
+        sink_change = tl.load(sink_change_ptr + plan_index, mask=planned, other=0.0)
+        receivers = tl.load(receivers_ptr + plan_index, mask=planned, other=0.0)
+        value_tile = tl.load(
+            v_base + keys[:, None] * stride_vk + dims[None, :],
+            mask=planned[:, None] & dim_in[None, :],
+            other=0.0,
+        ).to(tl.float32)
+        total = total * rescale + tl.sum(weights, axis=0)
+        statistics = statistics * rescale + tl.sum(weights[:, None] * key_weights, axis=0)
+        sink_values = sink_values * rescale + tl.sum((weights * sink_change)[:, None] * value_tile, axis=0)
+        receiver_values = receiver_values * rescale + tl.sum(
+            (weights * receivers)[:, None] * value_tile, axis=0
+        )
+        running_max = new_max
 
     out = chunks_ptr + ((batch_head * row_count + r) * tl.num_programs(2) + chunk) * (_HEADER + 2 * BLOCK_D)
-    tl.store(out, chunk_max)
-    tl.store(out + 1, tl.sum(weights, axis=0))
-    tl.store(out + 2 + stat_index, tl.sum(weights[:, None] * key_weights, axis=0))
-    tl.store(out + _HEADER + dims, tl.sum((weights * sink_change)[:, None] * value_tile, axis=0))
-    tl.store(out + _HEADER + BLOCK_D + dims, tl.sum((weights * receivers)[:, None] * value_tile, axis=0))
+    tl.store(out, running_max)
+    tl.store(out + 1, total)
+    tl.store(out + 2 + stat_index, statistics)
+    tl.store(out + _HEADER + dims, sink_values)
+    tl.store(out + _HEADER + BLOCK_D + dims, receiver_values)
 
 
 @triton.jit
@@ -186,6 +210,12 @@ def _finish_rows(
         tl.atomic_add(moved_mass_ptr + b, tl.where(selected, budget, 0.0))
 
 
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (a typical count for the interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 128
+
+
 def add_row_redistribution(
     output: torch.Tensor,
     query: torch.Tensor,
@@ -199,6 +229,7 @@ def add_row_redistribution(
     scaling: float,
     activity: LayerActivity | None,
     block_k: int | None = None,
+    chunks: int | None = None,
 ) -> None:
     """Add A'V - AV to the base kernel's `output` [B, Q, H, d] in place, for the rows VAR selects.
 
@@ -206,7 +237,8 @@ def add_row_redistribution(
     may change and `row_valid` Bool[B, R] says which of them spec step 2 allows. `blocked`
     Bool[B, 1, R, K] marks keys a row may not see (from the attention mask); None means causal only.
     `activity` (diagnostics on) gets the selected rows and their budgets added on the device.
-    `block_k` (keys per program) is for tuning; the default suits head_dim 128.
+    `block_k` (keys per tile) and `chunks` (per row) are for tests and tuning; by default a row is
+    split into just enough chunks to give every streaming multiprocessor a few programs.
     """
     batch, heads, query_length, head_dim = query.shape
     row_count, key_length = rows.shape[1], key.shape[2]
@@ -220,7 +252,11 @@ def add_row_redistribution(
         blocked = blocked.contiguous().view(torch.uint8)
     block_d = triton.next_power_of_2(head_dim)
     block_k = block_k or max(16, min(128, 16384 // block_d))
-    chunk_count = triton.cdiv(key_length, block_k)
+    tiles = triton.cdiv(key_length, block_k)
+    if chunks is None:
+        chunks = triton.cdiv(_PROGRAMS_PER_SM * _multiprocessors(query.device), batch * heads * row_count)
+    tiles_per_chunk = triton.cdiv(tiles, max(1, min(chunks, tiles)))
+    chunk_count = triton.cdiv(tiles, tiles_per_chunk)
     chunks = torch.empty(
         batch * heads * row_count * chunk_count * (_HEADER_FLOATS + 2 * block_d),
         dtype=torch.float32,
@@ -242,6 +278,7 @@ def add_row_redistribution(
         key_length,
         query_length,
         plan.weights.shape[1],
+        tiles_per_chunk * block_k,
         heads,
         heads // key.shape[1],
         head_dim,

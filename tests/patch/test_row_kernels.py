@@ -138,14 +138,24 @@ def test_under_triton_interpreter():
 
 
 @needs_kernels
-@pytest.mark.parametrize("block_k", [None, 16])  # one chunk of keys per row, or several to merge
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("decode", [False, True], ids=["prefill", "decode"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_kernels_equal_the_pytorch_path(dtype, decode, padded, block_k):
+def test_kernels_equal_the_pytorch_path(dtype, decode, padded):
+    check_against_the_pytorch_path(dtype, decode, padded)
+
+
+@needs_kernels
+@pytest.mark.parametrize("decode", [False, True], ids=["prefill", "decode"])
+@pytest.mark.parametrize("chunks", [1, 3, 2], ids=["3 tiles in 1 chunk", "1 tile per chunk", "uneven"])
+def test_rows_split_into_tiles_and_chunks_merge_exactly(decode, chunks):
+    check_against_the_pytorch_path(torch.float32, decode, padded=True, block_k=16, chunks=chunks)
+
+
+def check_against_the_pytorch_path(dtype, decode: bool, padded: bool, **tiling) -> None:
     case = attention_case(dtype, decode, padded)
     expected, selected, budget = pytorch_path(case)
-    corrected, activity = through_kernels(case, block_k=block_k)
+    corrected, activity = through_kernels(case, **tiling)
     assert selected[0].any() and not selected[0].all(), "sample 0 should mix selected and unselected heads"
     assert selected[1].any() and not selected[2].any()
     # bfloat16: the PyTorch path rounds the correction before adding it, the kernels after.
