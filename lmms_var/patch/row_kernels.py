@@ -257,7 +257,7 @@ def add_row_redistribution(
         chunks = triton.cdiv(_PROGRAMS_PER_SM * _multiprocessors(query.device), batch * heads * row_count)
     tiles_per_chunk = triton.cdiv(tiles, max(1, min(chunks, tiles)))
     chunk_count = triton.cdiv(tiles, tiles_per_chunk)
-    chunks = torch.empty(
+    chunk_sums = torch.empty(
         batch * heads * row_count * chunk_count * (_HEADER_FLOATS + 2 * block_d),
         dtype=torch.float32,
         device=query.device,
@@ -271,7 +271,7 @@ def add_row_redistribution(
         plan.sink_change,
         plan.receivers,
         rows,
-        chunks,
+        chunk_sums,
         *query.stride()[:3],
         *key.stride()[:3],
         *value.stride()[:3],
@@ -287,9 +287,9 @@ def add_row_redistribution(
         BLOCK_K=block_k,
         BLOCK_D=block_d,
     )
-    counters = (activity.redistributed_rows, activity.moved_mass) if activity else (chunks, chunks)
+    counters = (activity.redistributed_rows, activity.moved_mass) if activity else (chunk_sums,) * 2
     _finish_rows[(batch * heads, row_count)](
-        chunks,
+        chunk_sums,
         plan.offsets,
         rows,
         row_valid,
