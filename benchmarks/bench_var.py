@@ -1,7 +1,8 @@
 """Cost of VAR side by side: plain attention, fused VAR and eager VAR on the same prompt.
 
-For each variant: wall time of `generate` (prefill + 16 decoded tokens, greedy) and peak memory,
-measured in one process with the variants interleaved, printed as ratios to plain attention.
+For each variant: wall time of `generate` (prefill + 16 decoded tokens, greedy), of the prefill
+alone (`generate` of one token), and peak memory, measured in one process with the variants
+interleaved, printed as ratios to plain attention.
 
     python benchmarks/bench_var.py                  # CPU: 6-layer 512-wide model, 1 image, ~1,100 tokens
     python benchmarks/bench_var.py --preset gpu-3b  # CUDA: Qwen2.5-VL-3B-shaped random model, 4 images
@@ -176,13 +177,13 @@ def main() -> None:
     if args.compiled:
         variants["fused VAR, compiled"] = {"fused": True, "compile": True, "use_triton": False}
 
-    def run(options: dict | None) -> tuple[float, PeakMemory, dict]:
+    def run(options: dict | None, new_tokens: int = NEW_TOKENS) -> tuple[float, PeakMemory, dict]:
         handle = enable_var(model, config, **options) if options is not None else None
         with PeakMemory(preset.device) as memory:
             start = time.perf_counter()
             with torch.no_grad():
                 model.generate(
-                    **inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False
+                    **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
                 )
             if preset.device == "cuda":
                 torch.cuda.synchronize()
@@ -196,13 +197,16 @@ def main() -> None:
         run(options)
     fused_report = run(variants["fused VAR + diagnostics"])[2]
     times = {name: [] for name in variants}
+    prefill_times = {name: [] for name in variants}  # generate of one token: the prefill alone
     memory = {name: [] for name in variants}
     for _ in range(repeats):
         for name, options in variants.items():
             elapsed, peak, _ = run(options)
             times[name].append(elapsed)
             memory[name].append(peak)
+            prefill_times[name].append(run(options, new_tokens=1)[0])
     median = {name: statistics.median(values) for name, values in times.items()}
+    prefill = {name: statistics.median(values) for name, values in prefill_times.items()}
     extra = {name: max(m.peak for m in values) for name, values in memory.items()}
     total = {name: max(m.total for m in values) for name, values in memory.items()}
     tokens = inputs["input_ids"].shape[1]
@@ -217,12 +221,14 @@ def main() -> None:
         f"{fused_report['redistributed_rows']} (head, row) pairs redistributed"
     )
     print(
-        "| variant | time (s) | time / plain | peak extra memory (MiB) | extra / plain | peak total / plain |"
+        "| variant | time (s) | time / plain | prefill alone / plain "
+        "| peak extra memory (MiB) | extra / plain | peak total / plain |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for name in variants:
         print(
-            f"| {name} | {median[name]:.3f} | {median[name] / median['plain']:.3f} | {extra[name] / 2**20:.1f} | "
+            f"| {name} | {median[name]:.3f} | {median[name] / median['plain']:.3f} | "
+            f"{prefill[name] / prefill['plain']:.3f} | {extra[name] / 2**20:.1f} | "
             f"{extra[name] / max(extra['plain'], 1):.3f} | {total[name] / total['plain']:.3f} |"
         )
     if args.profile:
@@ -235,6 +241,7 @@ def main() -> None:
                     "tokens": tokens,
                     "device": device,
                     "median_s": median,
+                    "prefill_median_s": prefill,
                     "peak_extra_bytes": extra,
                     "peak_total_bytes": total,
                 },
