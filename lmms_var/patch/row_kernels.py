@@ -27,8 +27,8 @@ from lmms_var.core import KeyPlan
 from lmms_var.patch.state import LayerActivity
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-# torch.finfo(torch.float32).tiny, as in `core.redistribution`
-_SMALLEST_NORMAL = tl.constexpr(1.1754943508222875e-38)
+# Receiver mass is clamped to this before dividing, as in `core.redistribution`.
+_SMALLEST_NORMAL = tl.constexpr(torch.finfo(torch.float32).tiny)
 _FAR_BELOW = tl.constexpr(-1.0e30)  # a finite "minus infinity" for running maxima
 # Per chunk: max score, exp-sum, 4 statistics, 2 spare, then the sink and receiver value sums.
 _HEADER_FLOATS = 8
@@ -247,7 +247,7 @@ def add_row_redistribution(
             raise ValueError(f"{name} must be contiguous in head_dim, got strides {tensor.stride()}")
     if not output.is_contiguous():
         raise ValueError("output must be a contiguous [batch, query, heads, head_dim] tensor")
-    row_valid = row_valid.contiguous().view(torch.uint8)
+    rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
     if blocked is not None:
         blocked = blocked.contiguous().view(torch.uint8)
     block_d = triton.next_power_of_2(head_dim)

@@ -91,6 +91,7 @@ class VARState:
         eligible = ((self.visual.cumsum(dim=1) > 0) & ~self.visual & self.valid)[:, -new:]
         if not self.fused or not self.in_prefill:
             # Every row of a decode step (or of the eager reference) goes through the explicit path.
+            # Rows are kept contiguous, once per forward: the Triton kernels index them flat.
             self.rows = torch.arange(new, device=eligible.device).repeat(eligible.shape[0], 1)
             self.row_valid = eligible.contiguous()
             return
