@@ -10,8 +10,8 @@ which is zero for rows no head selects, so untouched rows keep the base kernel's
 those rows are materialised (`[B, H, R, K]`), so memory stays linear in sequence length. With
 `fused=False` every row is materialised and replaced by A' @ V: the slow reference "eager VAR".
 
-On CUDA with Triton, the fused correction runs as two kernels (`row_kernels.py`) instead of ~16
-PyTorch operations per layer, after a once-per-device check that they agree with the PyTorch path.
+On CUDA with Triton, the fused correction runs as one kernel (`row_kernels.py`) instead of ~16
+PyTorch operations per layer, after a once-per-device check that it agrees with the PyTorch path.
 """
 
 import functools
@@ -260,14 +260,19 @@ def _kernels_agree(
     """
     device = query.device
     if device not in state.kernels_agree:
-        expected, through_kernels = output.clone(), output.clone()
+        expected = output.clone()
         _pytorch_var(state, layer, expected, query, key, value, attention_mask, scaling, plan)
+        tolerance = 1e-4 if output.dtype == torch.float32 else 2e-2
         try:
-            _run_kernels(
-                kernels, state, through_kernels, query, key, value, attention_mask, scaling, plan, None
-            )
-            tolerance = 1e-4 if output.dtype == torch.float32 else 2e-2
-            agree = torch.allclose(through_kernels.float(), expected.float(), atol=tolerance, rtol=tolerance)
+            agree = True
+            for _ in range(2):  # the first launch compiles, the second takes the compiled kernel's fast path
+                through_kernels = output.clone()
+                _run_kernels(
+                    kernels, state, through_kernels, query, key, value, attention_mask, scaling, plan, None
+                )
+                agree &= torch.allclose(
+                    through_kernels.float(), expected.float(), atol=tolerance, rtol=tolerance
+                )
             problem = "they disagree with the PyTorch path"
         except Exception as error:  # a Triton build or launch failure: fall back, do not fail the run
             agree, problem = False, f"{type(error).__name__}: {error}"

@@ -89,7 +89,7 @@ def enable_var(
 
     `fused=False` materialises full attention rows (the slow reference); `diagnostics=True` records
     per-sample sink counts and redistributed mass, read with `handle.diagnostics()`.
-    On CUDA with Triton installed, the fused path runs as two Triton kernels per layer
+    On CUDA with Triton installed, the fused path runs as one Triton kernel per layer
     (`patch/row_kernels.py`): there, small PyTorch operations cost more in launches than in math.
     `use_triton=False` keeps the PyTorch path (for comparison); `compile=True` runs that path's
     per-row arithmetic through `torch.compile`.

@@ -1,4 +1,4 @@
-"""VAR's rows in two Triton kernels: on a GPU, launching small operations costs more than their math.
+"""VAR's rows in one Triton kernel: on a GPU, launching small operations costs more than their math.
 
 For one row the correction (see `attention.py`) splits by the kind of key, because a selected row
 scales sinks by `p` and visual non-sinks by `1 + gain`:
@@ -7,15 +7,16 @@ scales sinks by `p` and visual non-sinks by `1 + gain`:
 
 with `gain = budget / receiver mass`. Those two sums and the row's four statistics (`KeyPlan`) are
 all sums of exp(score) over the row's keys, so, as in flash-decoding, they split over chunks of
-keys: `_chunk_sums` reduces each chunk in its own program (enough programs to fill the GPU even for
-a single decode row), and `_finish_rows` merges a row's chunks, selects the row or not and adds the
-correction to the base kernel's output. Two launches per layer replace the PyTorch path's ~16
-operations; nothing of size [H, R, K] is written; the arithmetic is float32 whatever the model's dtype.
+keys, each reduced by its own program (enough programs to fill the GPU even for a single decode
+row). The program that finishes a row's last chunk merges the chunks, selects the row or not and
+adds the correction to the base kernel's output. One launch per layer replaces the PyTorch path's
+~16 operations; nothing of size [H, R, K] is written; the arithmetic is float32 whatever the dtype.
 
-Imported only where Triton is installed. `TRITON_INTERPRET=1` runs the kernels on CPU tensors
-(Triton's interpreter), which is how the CPU tests check them against the PyTorch path.
+Imported only where Triton is installed. `TRITON_INTERPRET=1` runs the kernel on CPU tensors
+(Triton's interpreter), which is how the CPU tests check it against the PyTorch path.
 """
 
+import contextlib
 import functools
 import os
 
@@ -38,24 +39,23 @@ _HEADER = tl.constexpr(_HEADER_FLOATS)
 _PROGRAMS_PER_SM = 4
 
 
-@triton.jit
-def _program_row(heads):
-    """(b * H + h, row r, rows R, b, h) of this program: grid axis 0 is batch x head, axis 1 the row."""
-    batch_head = tl.program_id(0).to(tl.int64)
-    return batch_head, tl.program_id(1), tl.num_programs(1), batch_head // heads, batch_head % heads
-
-
 @triton.jit(do_not_specialize=["key_length", "query_length"])
-def _chunk_sums(
+def _redistribute_rows(
     q_ptr,  # [B, H, Q, d], any strides but contiguous d
     k_ptr,  # [B, Hkv, K, d], any strides but contiguous d
     v_ptr,  # [B, Hkv, K, d], any strides but contiguous d
     blocked_ptr,  # [B, R, K] uint8, 1 = key masked out; unused without HAS_BLOCKED (then causal only)
     weights_ptr,  # [B, P, 4] float32 KeyPlan.weights over the P planned (prompt) keys
+    offsets_ptr,  # [B, 4] float32 KeyPlan.offsets
     sink_change_ptr,  # [B, P] float32
     receivers_ptr,  # [B, P] float32
     rows_ptr,  # [B, R] int64: each row's query index in this forward
-    chunks_ptr,  # [B * H, R, chunks, _HEADER + 2 * BLOCK_D] float32 out
+    row_valid_ptr,  # [B, R] uint8: spec step 2 allows the row
+    out_ptr,  # [B, Q, H, d] contiguous: the base kernel's output, corrected in place
+    partials_ptr,  # [B * H, R, chunks, _HEADER + 2 * BLOCK_D] float32 scratch
+    tickets_ptr,  # [B * H * R] int32 zeros: chunks of each row done so far
+    redistributed_rows_ptr,  # [B] float32 diagnostics counter, += selected rows; needs WRITE_ACTIVITY
+    moved_mass_ptr,  # [B] float32 diagnostics counter, += their budgets; needs WRITE_ACTIVITY
     stride_qb,
     stride_qh,
     stride_qq,
@@ -69,28 +69,33 @@ def _chunk_sums(
     query_length,
     planned_keys,
     chunk_keys,  # keys per chunk, a multiple of BLOCK_K
-    heads,
-    group_size,
-    head_dim,
     scaling,
+    HEADS: tl.constexpr,
+    GROUP: tl.constexpr,  # query heads per key/value head
+    HEAD_DIM: tl.constexpr,
     HAS_BLOCKED: tl.constexpr,
+    WRITE_ACTIVITY: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_CHUNKS: tl.constexpr,
 ):
-    batch_head, r, row_count, b, h = _program_row(heads)
-    chunk = tl.program_id(2)
-    kv_head = h // group_size
-    position = tl.load(rows_ptr + b * row_count + r)
+    """One program per (batch x head, row, chunk of keys); the row's last chunk to finish merges them."""
+    batch_head = tl.program_id(0).to(tl.int64)
+    r, row_count = tl.program_id(1), tl.num_programs(1)
+    chunk, chunk_count = tl.program_id(2), tl.num_programs(2)
+    b, h = batch_head // HEADS, batch_head % HEADS
+    row = batch_head * row_count + r
     dims = tl.arange(0, BLOCK_D)
-    dim_in = dims < head_dim
+    dim_in = dims < HEAD_DIM
     stat_index = tl.arange(0, 4)
 
+    position = tl.load(rows_ptr + b * row_count + r)
     last_key = position + key_length - query_length  # causal, counted from the cache's end
     query = tl.load(
         q_ptr + b * stride_qb + h * stride_qh + position * stride_qq + dims, mask=dim_in, other=0.0
     ).to(tl.float32)
-    k_base = k_ptr + b * stride_kb + kv_head * stride_kh
-    v_base = v_ptr + b * stride_vb + kv_head * stride_vh
+    k_base = k_ptr + b * stride_kb + (h // GROUP) * stride_kh
+    v_base = v_ptr + b * stride_vb + (h // GROUP) * stride_vh
 
     # An online softmax over the chunk's tiles: sums are kept relative to the running maximum.
     running_max = tl.max(tl.full([BLOCK_K], _FAR_BELOW, tl.float32), axis=0)
@@ -137,83 +142,152 @@ def _chunk_sums(
         )
         running_max = new_max
 
-    out = chunks_ptr + ((batch_head * row_count + r) * tl.num_programs(2) + chunk) * (_HEADER + 2 * BLOCK_D)
+    partials = partials_ptr + row * chunk_count * (_HEADER + 2 * BLOCK_D)
+    out = partials + chunk * (_HEADER + 2 * BLOCK_D)
     tl.store(out, running_max)
     tl.store(out + 1, total)
     tl.store(out + 2 + stat_index, statistics)
     tl.store(out + _HEADER + dims, sink_values)
     tl.store(out + _HEADER + BLOCK_D + dims, receiver_values)
+    # Every thread's stores come before the ticket; the ticket's acquire-release ordering makes
+    # them visible to the program that takes the row's last ticket, which finishes the row.
+    tl.debug_barrier()
+    if tl.atomic_add(tickets_ptr + row, 1) == chunk_count - 1:
+        _finish_row(
+            partials,
+            chunk_count,
+            offsets_ptr + b * 4,
+            row_valid_ptr + b * row_count + r,
+            out_ptr + ((b * query_length + position) * HEADS + h) * HEAD_DIM,
+            redistributed_rows_ptr + b,
+            moved_mass_ptr + b,
+            HEAD_DIM,
+            WRITE_ACTIVITY,
+            BLOCK_CHUNKS,
+            BLOCK_D,
+        )
 
 
 @triton.jit
-def _finish_rows(
-    chunks_ptr,  # [B * H, R, chunks, _HEADER + 2 * BLOCK_D] float32, from `_chunk_sums`
-    offsets_ptr,  # [B, 4] float32 KeyPlan.offsets
-    rows_ptr,  # [B, R] int64
-    row_valid_ptr,  # [B, R] uint8: spec step 2 allows the row
-    out_ptr,  # [B, Q, H, d] contiguous: the base kernel's output, corrected in place
-    redistributed_rows_ptr,  # [B] float32 diagnostics counter, += selected rows; needs WRITE_ACTIVITY
-    moved_mass_ptr,  # [B] float32 diagnostics counter, += their budgets; needs WRITE_ACTIVITY
-    chunks,
-    query_length,
-    heads,
-    head_dim,
+def _finish_row(
+    partials,  # [chunks, _HEADER + 2 * BLOCK_D] of this row, written by the other programs
+    chunk_count,
+    offsets,  # [4] KeyPlan.offsets of the row's sample
+    row_valid,  # the row's flag
+    out,  # [d] the row's output
+    redistributed_rows,
+    moved_mass,
+    HEAD_DIM: tl.constexpr,
     WRITE_ACTIVITY: tl.constexpr,
     BLOCK_CHUNKS: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    batch_head, r, row_count, b, h = _program_row(heads)
+    """Merge the row's chunks, select the row or not, and add its correction to `out`."""
     dims = tl.arange(0, BLOCK_D)
-    dim_in = dims < head_dim
+    dim_in = dims < HEAD_DIM
     stat_index = tl.arange(0, 4)
     chunk_index = tl.arange(0, BLOCK_CHUNKS)
-    chunk_in = chunk_index < chunks
-
-    base = chunks_ptr + (batch_head * row_count + r) * chunks * (_HEADER + 2 * BLOCK_D)
-    per_chunk = base + chunk_index * (_HEADER + 2 * BLOCK_D)
-    chunk_max = tl.load(per_chunk, mask=chunk_in, other=_FAR_BELOW)
+    chunk_in = chunk_index < chunk_count
+    per_chunk = partials + chunk_index * (_HEADER + 2 * BLOCK_D)
+    # ".cg" reads from L2, where the other programs' stores are, never from a stale L1 line.
+    chunk_max = tl.load(per_chunk, mask=chunk_in, other=_FAR_BELOW, cache_modifier=".cg")
     scale = tl.exp(chunk_max - tl.max(chunk_max, axis=0))  # merges the chunks' softmax bases
     scale = tl.where(chunk_in, scale, 0.0)
-    total = tl.sum(scale * tl.load(per_chunk + 1, mask=chunk_in, other=0.0), axis=0)
+    total = tl.sum(scale * tl.load(per_chunk + 1, mask=chunk_in, other=0.0, cache_modifier=".cg"), axis=0)
     total = tl.maximum(total, _SMALLEST_NORMAL)  # 0 only for padding rows, which see no key
     statistics = tl.sum(
         scale[:, None]
-        * tl.load(per_chunk[:, None] + 2 + stat_index[None, :], mask=chunk_in[:, None], other=0.0),
+        * tl.load(
+            per_chunk[:, None] + 2 + stat_index[None, :],
+            mask=chunk_in[:, None],
+            other=0.0,
+            cache_modifier=".cg",
+        ),
         axis=0,
     )
     value_mask = chunk_in[:, None] & dim_in[None, :]
+    value_sums = per_chunk[:, None] + _HEADER + dims[None, :]
     sink_values = tl.sum(
-        scale[:, None] * tl.load(per_chunk[:, None] + _HEADER + dims[None, :], mask=value_mask, other=0.0),
-        axis=0,
+        scale[:, None] * tl.load(value_sums, mask=value_mask, other=0.0, cache_modifier=".cg"), axis=0
     )
     receiver_values = tl.sum(
-        scale[:, None]
-        * tl.load(per_chunk[:, None] + _HEADER + BLOCK_D + dims[None, :], mask=value_mask, other=0.0),
+        scale[:, None] * tl.load(value_sums + BLOCK_D, mask=value_mask, other=0.0, cache_modifier=".cg"),
         axis=0,
     )
 
-    statistics = statistics / total + tl.load(offsets_ptr + b * 4 + stat_index)
+    statistics = statistics / total + tl.load(offsets + stat_index)
     image_centric = tl.min(tl.where(stat_index >= 1, statistics, float("inf")), axis=0) >= 0
-    selected = image_centric & (tl.load(row_valid_ptr + b * row_count + r) != 0)
+    selected = image_centric & (tl.load(row_valid) != 0)
     budget = tl.sum(tl.where(stat_index == 0, statistics, 0.0), axis=0)
     receiver_mass = tl.sum(tl.where(stat_index == 1, statistics, 0.0), axis=0)
     gain = budget / tl.maximum(receiver_mass, _SMALLEST_NORMAL)
     correction = (sink_values + gain * receiver_values) / total
 
-    position = tl.load(rows_ptr + b * row_count + r)
-    out_ptrs = out_ptr + ((b * query_length + position) * heads + h) * head_dim + dims
     store = tl.where(selected, dim_in, False)
-    output = tl.load(out_ptrs, mask=store, other=0.0).to(tl.float32)
-    tl.store(out_ptrs, (output + correction).to(out_ptr.dtype.element_ty), mask=store)
+    output = tl.load(out + dims, mask=store, other=0.0).to(tl.float32)
+    tl.store(out + dims, (output + correction).to(out.dtype.element_ty), mask=store)
     if WRITE_ACTIVITY:
-        tl.atomic_add(redistributed_rows_ptr + b, selected.to(tl.float32))
-        tl.atomic_add(moved_mass_ptr + b, tl.where(selected, budget, 0.0))
+        tl.atomic_add(redistributed_rows, selected.to(tl.float32))
+        tl.atomic_add(moved_mass, tl.where(selected, budget, 0.0))
+
+
+def _specialization(argument: object) -> tuple:
+    """What a compiled Triton kernel assumes of one runtime argument.
+
+    Triton specialises on a tensor's dtype and 16-byte alignment and on an integer being 1, a
+    multiple of 16, or beyond 32 (or 63) bits; this key tells apart at least as much.
+    """
+    if isinstance(argument, torch.Tensor):
+        return argument.dtype, argument.data_ptr() % 16 == 0
+    if isinstance(argument, int):
+        return (
+            type(argument),
+            argument == 1,
+            argument % 16 == 0,
+            -(2**31) <= argument < 2**31,
+            argument < 2**63,
+        )
+    return (type(argument),)
+
+
+class _Launcher:
+    """Launches a Triton kernel through its compiled handle once it has been compiled for the arguments.
+
+    Triton's generic launch re-derives the specialisation from every argument in Python, which on a
+    decode step costs several times the kernel's own GPU time; a dictionary lookup on
+    `_specialization` keys gets the same compiled kernel. The interpreter always goes the generic way.
+    """
+
+    def __init__(self, kernel: triton.JITFunction) -> None:
+        self.kernel = kernel
+        self.compiled: dict[tuple, object] = {}
+
+    def __call__(self, grid: tuple[int, int, int], device: torch.device, arguments: tuple, constants: tuple):
+        if INTERPRETED:
+            self.kernel[grid](*arguments, *constants)
+            return
+        # Triton compiles and launches on the current device: make it the tensors' one.
+        switch = device.index != torch.cuda.current_device()
+        with torch.cuda.device(device) if switch else contextlib.nullcontext():
+            key = (device.index, constants, *map(_specialization, arguments))
+            compiled = self.compiled.get(key)
+            if compiled is None:
+                self.compiled[key] = self.kernel[grid](*arguments, *constants)
+            else:
+                compiled[grid](*arguments, *constants)
+
+
+_launch_redistribute_rows = _Launcher(_redistribute_rows)
 
 
 @functools.cache
 def _multiprocessors(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (a typical count for the interpreter)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 128
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
 
 
 def add_row_redistribution(
@@ -250,56 +324,54 @@ def add_row_redistribution(
     rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
     if blocked is not None:
         blocked = blocked.contiguous().view(torch.uint8)
-    block_d = triton.next_power_of_2(head_dim)
+    block_d = 1 << (head_dim - 1).bit_length()  # the next power of two
     block_k = block_k or max(16, min(128, 16384 // block_d))
-    tiles = triton.cdiv(key_length, block_k)
+    tiles = _ceil_div(key_length, block_k)
     if chunks is None:
-        chunks = triton.cdiv(_PROGRAMS_PER_SM * _multiprocessors(query.device), batch * heads * row_count)
-    tiles_per_chunk = triton.cdiv(tiles, max(1, min(chunks, tiles)))
-    chunk_count = triton.cdiv(tiles, tiles_per_chunk)
-    chunk_sums = torch.empty(
-        batch * heads * row_count * chunk_count * (_HEADER_FLOATS + 2 * block_d),
-        dtype=torch.float32,
-        device=query.device,
+        chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(query.device), batch * heads * row_count)
+    tiles_per_chunk = _ceil_div(tiles, max(1, min(chunks, tiles)))
+    chunk_count = _ceil_div(tiles, tiles_per_chunk)
+    row_programs = batch * heads * row_count
+    partials = torch.empty(
+        row_programs * chunk_count * (_HEADER_FLOATS + 2 * block_d), dtype=torch.float32, device=query.device
     )
-    _chunk_sums[(batch * heads, row_count, chunk_count)](
-        query,
-        key,
-        value,
-        blocked if blocked is not None else row_valid,
-        plan.weights,
-        plan.sink_change,
-        plan.receivers,
-        rows,
-        chunk_sums,
-        *query.stride()[:3],
-        *key.stride()[:3],
-        *value.stride()[:3],
-        key_length,
-        query_length,
-        plan.weights.shape[1],
-        tiles_per_chunk * block_k,
-        heads,
-        heads // key.shape[1],
-        head_dim,
-        scaling,
-        HAS_BLOCKED=blocked is not None,
-        BLOCK_K=block_k,
-        BLOCK_D=block_d,
-    )
-    counters = (activity.redistributed_rows, activity.moved_mass) if activity else (chunk_sums,) * 2
-    _finish_rows[(batch * heads, row_count)](
-        chunk_sums,
-        plan.offsets,
-        rows,
-        row_valid,
-        output,
-        *counters,
-        chunk_count,
-        query_length,
-        heads,
-        head_dim,
-        WRITE_ACTIVITY=activity is not None,
-        BLOCK_CHUNKS=triton.next_power_of_2(chunk_count),
-        BLOCK_D=block_d,
+    tickets = torch.zeros(row_programs, dtype=torch.int32, device=query.device)
+    counters = (activity.redistributed_rows, activity.moved_mass) if activity else (partials,) * 2
+    _launch_redistribute_rows(
+        (batch * heads, row_count, chunk_count),
+        query.device,
+        (
+            query,
+            key,
+            value,
+            blocked if blocked is not None else row_valid,
+            plan.weights,
+            plan.offsets,
+            plan.sink_change,
+            plan.receivers,
+            rows,
+            row_valid,
+            output,
+            partials,
+            tickets,
+            *counters,
+            *query.stride()[:3],
+            *key.stride()[:3],
+            *value.stride()[:3],
+            key_length,
+            query_length,
+            plan.weights.shape[1],
+            tiles_per_chunk * block_k,
+            scaling,
+        ),
+        (
+            heads,
+            heads // key.shape[1],
+            head_dim,
+            blocked is not None,
+            activity is not None,
+            block_k,
+            block_d,
+            1 << (chunk_count - 1).bit_length(),
+        ),
     )

@@ -176,6 +176,25 @@ def test_rows_step_two_forbids_are_untouched():
     assert not activity.redistributed_rows.any()
 
 
+def test_launch_keys_tell_apart_every_specialisation_triton_compiles():
+    """The fast launch reuses a compiled kernel only for arguments Triton would compile the same way."""
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import native_specialize_impl
+
+    storage = torch.zeros(64)
+    arguments = [storage, storage[1:], storage[4:], storage.half(), storage.view(torch.int32)]
+    arguments += [0, 1, 2, 15, 16, 48, -16, 2**31 - 16, 2**31, 2**40 + 1, 0.5, 2.0, True, False]
+    keys = [kernels._specialization(argument) for argument in arguments]
+    for one, other in ((storage, storage[1:]), (1, 2), (15, 16), (2**31 - 16, 2**31), (True, 1)):
+        assert kernels._specialization(one) != kernels._specialization(other)
+    for argument, key in zip(arguments, keys, strict=True):
+        for other, other_key in zip(arguments, keys, strict=True):
+            if key == other_key:
+                assert native_specialize_impl(BaseBackend, argument, False, True, True) == (
+                    native_specialize_impl(BaseBackend, other, False, True, True)
+                )
+
+
 def test_non_contiguous_output_is_rejected():
     case = attention_case(torch.float32, decode=False, padded=False)
     case["output"] = case["output"].transpose(0, 1).contiguous().transpose(0, 1)
@@ -206,7 +225,7 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
             )
             runs.append((out, handle.diagnostics()))
     active_layers = len(CONFIG.active_layers(len(model.model.language_model.layers)))
-    assert len(calls) == 3 * active_layers + 1  # the prefill, two decode steps, and the first check
+    assert len(calls) == 3 * active_layers + 2  # the prefill, two decode steps, and the first check's two
     (kernel_out, kernel_report), (torch_out, torch_report) = runs
     assert torch.equal(kernel_out.sequences, torch_out.sequences)
     for kernel_step, torch_step in zip(kernel_out.logits, torch_out.logits, strict=True):
