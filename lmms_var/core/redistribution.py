@@ -5,8 +5,9 @@ All functions take post-softmax attention `[B, H, Q, K]` with masks `image_mask 
 Work is done in float32 whatever the input dtype, so bf16/fp16 models redistribute exactly.
 
 A row's fate depends on attention masses that are all linear in the row, so `plan_keys` turns the
-key masks and hyper-parameters into one `[B, K, 4]` weight matrix once per prompt and layer, and
-`row_statistics` gets every row's statistics with one matrix product:
+key masks and hyper-parameters into one `[B, K, 4]` weight matrix per prompt and layer (the image
+part once per prompt, `plan_image`; each layer adds its sinks, `plan_layer`), and `row_statistics`
+gets every row's statistics with one matrix product:
 
     0  budget       (1 - p) * mass on sinks
     1  receivers    mass on visual non-sink keys                      (selected needs > 0)
@@ -35,39 +36,63 @@ class KeyPlan(NamedTuple):
     receivers: torch.Tensor  # Float32[B, 1, 1, K]: 1 on visual non-sink keys
 
 
+class ImagePlan(NamedTuple):
+    """The part of every layer's `KeyPlan` that depends on the image mask alone: built once per prompt.
+
+    A sink changes its key's weights by a fixed amount, so a layer's plan is `base + sink * per_sink`.
+    """
+
+    image: torch.Tensor  # Float32[B, K]: 1 on visual keys
+    base_weights: torch.Tensor  # Float32[B, K, 4]: the weights if no key were a sink
+    per_sink: torch.Tensor  # Float32[B, K, 4]: what being a sink adds to a key's weights
+    offsets: torch.Tensor  # Float32[B, 1, 4]: the offsets of a sample that has a visual sink
+    sink_change: float  # p - 1
+
+
 def _float32(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor in float32, without a cast call when it already is (decode steps count calls)."""
     return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
+def plan_image(image_mask: torch.Tensor, *, p: float, rho: float, summ: float) -> ImagePlan:
+    """The sink-independent part of every layer's plan, for a prompt's image mask `[B, K]`."""
+    image = image_mask.float()
+    zeros = torch.zeros_like(image)
+    eps = EPS_PER_VISUAL_KEY * image.sum(dim=-1).clamp(min=1)
+    return ImagePlan(
+        image=image,
+        # budget, receivers, rho * image - visual sinks, image (see the module doc)
+        base_weights=torch.stack([zeros, image, rho * image, image], dim=-1),
+        per_sink=torch.stack([torch.full_like(image, 1.0 - p), -image, -image, zeros], dim=-1),
+        offsets=torch.stack(
+            [torch.zeros_like(eps), torch.full_like(eps, -_POSITIVE), rho * eps, torch.full_like(eps, -summ)],
+            dim=-1,
+        )[:, None, :],
+        sink_change=p - 1.0,
+    )
+
+
+def plan_layer(image_plan: ImagePlan, sink_mask: torch.Tensor) -> KeyPlan:
+    """One layer's `KeyPlan` from its sinks: a handful of operations, since prefill runs it per layer."""
+    sink = _float32(sink_mask)
+    weights = torch.addcmul(image_plan.base_weights, sink[..., None], image_plan.per_sink)
+    # Samples without a visual sink select no row: their ratio statistic's offset is -inf.
+    has_visual_sink = (sink * image_plan.image).any(dim=-1)
+    offsets = image_plan.offsets.clone()
+    offsets[..., 2].masked_fill_(~has_visual_sink[:, None], float("-inf"))
+    return KeyPlan(
+        weights,
+        offsets,
+        (image_plan.sink_change * sink)[:, None, None, :],
+        weights[..., 1].contiguous()[:, None, None, :],
+    )
+
+
 def plan_keys(
     image_mask: torch.Tensor, sink_mask: torch.Tensor, *, p: float, rho: float, summ: float
 ) -> KeyPlan:
-    image, sink = image_mask.bool(), sink_mask.bool()
-    visual_sink, receiver = image & sink, image & ~sink
-    weights = torch.stack(
-        [
-            (1.0 - p) * sink.float(),
-            receiver.float(),
-            rho * image.float() - visual_sink.float(),
-            image.float(),
-        ],
-        dim=-1,
-    )
-    eps = EPS_PER_VISUAL_KEY * image.sum(dim=-1).clamp(min=1).float()
-    no_visual_sink = torch.where(visual_sink.any(dim=-1), 0.0, float("-inf"))
-    offsets = torch.stack(
-        [
-            torch.zeros_like(eps),
-            torch.full_like(eps, -_POSITIVE),
-            rho * eps + no_visual_sink,
-            torch.full_like(eps, -summ),
-        ],
-        dim=-1,
-    )[:, None, :]
-    return KeyPlan(
-        weights, offsets, ((p - 1.0) * sink.float())[:, None, None, :], receiver.float()[:, None, None, :]
-    )
+    """The `KeyPlan` of one layer; `plan_image` + `plan_layer` share the image part across layers."""
+    return plan_layer(plan_image(image_mask, p=p, rho=rho, summ=summ), sink_mask)
 
 
 def row_statistics(attn: torch.Tensor, plan: KeyPlan) -> torch.Tensor:

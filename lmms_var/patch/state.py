@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lmms_var.config import VARConfig
-from lmms_var.core import KeyPlan, find_sink_tokens, plan_keys
+from lmms_var.core import ImagePlan, KeyPlan, find_sink_tokens, plan_image, plan_layer
 
 
 @dataclass
@@ -48,6 +48,7 @@ class VARState:
     activity: dict[int, LayerActivity] = field(default_factory=dict)
     # Per-device copies, so layers spread over devices (device_map="auto") each move data once.
     _rows_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _image_plans: dict[torch.device, ImagePlan] = field(default_factory=dict)  # this prompt's
     _visual_ids_on: dict[torch.device, torch.Tensor] = field(default_factory=dict)
 
     def start_forward(
@@ -73,6 +74,7 @@ class VARState:
             self.visual, self.valid = visual, valid
             self.sinks.clear()
             self.plans.clear()
+            self._image_plans.clear()
             self.activity.clear()
         elif self.visual is None or self.visual.shape[1] != past_length:
             seen = 0 if self.visual is None else self.visual.shape[1]
@@ -107,7 +109,9 @@ class VARState:
         visual = self.visual.to(device)
         sinks = find_sink_tokens(hidden_states, config.sink_dims, config.tau, self.valid.to(device))
         self.sinks[layer] = sinks
-        self.plans[layer] = plan_keys(visual, sinks, p=config.p, rho=config.rho, summ=config.summ)
+        if device not in self._image_plans:  # what all layers' plans share, once per prompt
+            self._image_plans[device] = plan_image(visual, p=config.p, rho=config.rho, summ=config.summ)
+        self.plans[layer] = plan_layer(self._image_plans[device], sinks)
         if self.collect_diagnostics:
             zeros = torch.zeros(sinks.shape[0], device=device)
             self.activity[layer] = LayerActivity(

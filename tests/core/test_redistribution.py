@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmms_var.core import redistribute_attention, select_heads
-from lmms_var.core.redistribution import redistribute_with_selection
+from lmms_var.core import plan_image, plan_layer, redistribute_attention, select_heads
+from lmms_var.core.redistribution import EPS_PER_VISUAL_KEY, redistribute_with_selection
 
 
 @st.composite
@@ -118,3 +118,36 @@ def test_all_sink_mass_moves_to_visual_receivers(p):
     )
     moved = (1 - p) * 0.5
     torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.25 * p, 0.25 + moved, 0.25 * p, 0.25]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(attention_cases())
+def test_layer_plans_from_one_image_plan_follow_the_statistics_definitions(case):
+    """A prompt's image plan serves every layer: each layer's plan is what its masks define, alone."""
+    _, image, sink, _, params = case
+    image_plan = plan_image(image, **params)
+    shared = [tensor.clone() for tensor in image_plan[:4]]
+    plan_layer(image_plan, ~sink)  # another layer first: nothing of it may stay behind
+    plan = plan_layer(image_plan, sink)
+    p, rho, summ = params["p"], params["rho"], params["summ"]
+    image_f, sink_f, visual_sink = image.float(), sink.float(), (image & sink).float()
+    expected_weights = torch.stack(
+        [(1 - p) * sink_f, (image & ~sink).float(), rho * image_f - visual_sink, image_f], -1
+    )
+    torch.testing.assert_close(plan.weights, expected_weights, atol=1e-7, rtol=0)
+    eps = EPS_PER_VISUAL_KEY * image_f.sum(-1).clamp(min=1)
+    ratio = torch.where((image & sink).any(-1), rho * eps, float("-inf"))
+    expected_offsets = torch.stack(
+        [
+            torch.zeros_like(eps),
+            torch.full_like(eps, -torch.finfo(torch.float32).tiny),
+            ratio,
+            torch.full_like(eps, -summ),
+        ],
+        -1,
+    )[:, None]
+    torch.testing.assert_close(plan.offsets, expected_offsets, atol=0, rtol=1e-6)
+    torch.testing.assert_close(plan.sink_change[:, 0, 0], (p - 1) * sink_f)
+    assert torch.equal(plan.receivers[:, 0, 0], (image & ~sink).float())
+    for before, after in zip(shared, image_plan[:4], strict=True):
+        assert torch.equal(before, after), "a layer's plan must not change the shared image plan"
