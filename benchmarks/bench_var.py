@@ -227,14 +227,18 @@ def main() -> None:
         f"VAR acted: {fused_report['visual_sinks']} visual and {fused_report['text_sinks']} text sinks per layer, "
         f"{fused_report['redistributed_rows']} (head, row) pairs redistributed"
     )
+    # Each repeat runs every variant back to back, so its own ratio to plain cancels slow drifts of
+    # the machine; their range shows how far one measurement can be trusted.
+    paired = {name: [t / p for t, p in zip(times[name], times["plain"], strict=True)] for name in variants}
     print(
-        "| variant | time (s) | time / plain | prefill alone / plain "
+        "| variant | time (s) | time / plain | per-repeat ratio, min to max | prefill alone / plain "
         "| peak extra memory (MiB) | extra / plain | peak total / plain |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name in variants:
         print(
             f"| {name} | {median[name]:.3f} | {median[name] / median['plain']:.3f} | "
+            f"{min(paired[name]):.3f} to {max(paired[name]):.3f} | "
             f"{prefill[name] / prefill['plain']:.3f} | {extra[name] / 2**20:.1f} | "
             f"{extra[name] / max(extra['plain'], 1):.3f} | {total[name] / total['plain']:.3f} |"
         )
@@ -248,6 +252,7 @@ def main() -> None:
                     "tokens": tokens,
                     "device": device,
                     "median_s": median,
+                    "per_repeat_ratio": paired,
                     "prefill_median_s": prefill,
                     "peak_extra_bytes": extra,
                     "peak_total_bytes": total,
