@@ -290,6 +290,11 @@ def _ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
 
 
+def _next_power_of_2(number: int) -> int:
+    """As `triton.next_power_of_2`, without its constexpr-function call cost on every launch."""
+    return 1 << (number - 1).bit_length()
+
+
 def add_row_redistribution(
     output: torch.Tensor,
     query: torch.Tensor,
@@ -324,14 +329,14 @@ def add_row_redistribution(
     rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
     if blocked is not None:
         blocked = blocked.contiguous().view(torch.uint8)
-    block_d = 1 << (head_dim - 1).bit_length()  # the next power of two
+    block_d = _next_power_of_2(head_dim)
     block_k = block_k or max(16, min(128, 16384 // block_d))
     tiles = _ceil_div(key_length, block_k)
+    row_programs = batch * heads * row_count
     if chunks is None:
-        chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(query.device), batch * heads * row_count)
+        chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(query.device), row_programs)
     tiles_per_chunk = _ceil_div(tiles, max(1, min(chunks, tiles)))
     chunk_count = _ceil_div(tiles, tiles_per_chunk)
-    row_programs = batch * heads * row_count
     partials = torch.empty(
         row_programs * chunk_count * (_HEADER_FLOATS + 2 * block_d), dtype=torch.float32, device=query.device
     )
@@ -372,6 +377,6 @@ def add_row_redistribution(
             activity is not None,
             block_k,
             block_d,
-            1 << (chunk_count - 1).bit_length(),
+            _next_power_of_2(chunk_count),
         ),
     )
