@@ -1,4 +1,4 @@
-"""Cost of one `add_row_redistribution` call on a GPU: host time and device time, per tile shape.
+"""Cost of one `redistribute_rows` call on a GPU: host time and device time, per tile shape.
 
 A decode step of the 3B preset is bound by kernel launches, so what VAR adds there is mostly the
 host time of its launches; at prefill the device time of many rows matters more. This prints both
@@ -99,7 +99,7 @@ def main() -> None:
         for block_k, chunks in ((None, None), (64, None), (None, 8), (None, 64)):
 
             def var(block_k=block_k, chunks=chunks, inputs=inputs) -> None:
-                row_kernels.add_row_redistribution(
+                row_kernels.redistribute_rows(
                     inputs["output"],
                     inputs["query"],
                     inputs["key"],

@@ -1,17 +1,19 @@
 """The attention function VAR registers with transformers' `AttentionInterface`.
 
-It wraps the model's own kernel (sdpa, eager or flash): every row is first computed by that kernel;
-then, in layers where VAR acts, the rows spec step 2 allows are recomputed explicitly in float32 and
-the redistribution is added as a correction:
+It wraps the model's own kernel (sdpa, eager or flash). In layers where VAR acts, the rows spec
+step 2 allows are recomputed explicitly in float32 and redistributed:
+- at prefill, every row is first computed by the base kernel and the redistribution is added as a
+  correction, which is zero for rows no head selects, so untouched rows keep its exact output:
 
-    A' @ V = A @ V + sum_k (A'[k] - A[k]) V[k]
+      A' @ V = A @ V + sum_k (A'[k] - A[k]) V[k]
 
-which is zero for rows no head selects, so untouched rows keep the base kernel's exact output. Only
-those rows are materialised (`[B, H, R, K]`), so memory stays linear in sequence length. With
-`fused=False` every row is materialised and replaced by A' @ V: the slow reference "eager VAR".
+  Only VAR's rows are materialised (`[B, H, R, K]`), so memory stays linear in sequence length;
+- at a decode step whose samples all have an image, the one new row of each sample is VAR's: it is
+  computed whole (A' @ V) and the base kernel is not run, which saves its launches.
+With `fused=False` every row is materialised and replaced by A' @ V: the slow reference "eager VAR".
 
-On CUDA with Triton, the fused correction runs as one kernel (`row_kernels.py`) instead of ~16
-PyTorch operations per layer, after a once-per-device check that it agrees with the PyTorch path.
+On CUDA with Triton, VAR's rows run as one kernel (`row_kernels.py`) instead of ~16 PyTorch
+operations per layer, after a once-per-device check that it agrees with the PyTorch path.
 """
 
 import functools
@@ -72,13 +74,18 @@ def var_attention_forward(
     dropout: float = 0.0,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Base kernel for all rows, then VAR for the allowed rows of layers with sinks."""
+    """The base kernel for the rows VAR leaves alone, VAR for the allowed rows of layers with sinks."""
     state: VARState = getattr(module, STATE_ATTRIBUTE)
-    base = _base_kernel(module, state.base_implementation)
-    output, weights = base(
-        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-    )
-    if state.acts_on(module.layer_idx):
+    acts = state.acts_on(module.layer_idx)
+    if acts and state.whole_rows:  # VAR computes every row: a base kernel's output would be overwritten
+        batch, heads, query_length, _ = query.shape
+        output, weights = query.new_empty(batch, query_length, heads, value.shape[-1]), None
+    else:
+        base = _base_kernel(module, state.base_implementation)
+        output, weights = base(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    if acts:
         scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
         with torch.no_grad():
             _apply_var(state, module.layer_idx, output, query, key, value, attention_mask, scaling)
@@ -138,10 +145,19 @@ def _times_values(attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     return torch.bmm(_grouped(attn, value.shape[1]), values).view(batch, heads, rows, -1)
 
 
-def _fused_correction(
-    query, key, value, blocked, plan: KeyPlan, row_valid, *, scaling: float, in_prefill: bool
+def _fused_rows(
+    query,
+    key,
+    value,
+    blocked,
+    plan: KeyPlan,
+    row_valid,
+    *,
+    scaling: float,
+    in_prefill: bool,
+    whole_rows: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A'V - AV for the planned rows [B, H, R, d], with the selection and the budgets [B, H, R].
+    """The planned rows [B, H, R, d] (A'V, or A'V - AV as a correction), the selection and budgets [B, H, R].
 
     A pure tensor function: on CUDA it can be compiled into a few kernels, since a decode step
     there is bound by the number of kernel launches rather than by arithmetic.
@@ -149,15 +165,18 @@ def _fused_correction(
     attn = _explicit_attention(query, key, blocked, scaling, may_be_empty=in_prefill)
     statistics = row_statistics(attn, plan)
     selected = selected_rows(statistics, row_valid)
-    change = attention_change(statistics, plan)
-    correction = _times_values(attn[..., : change.shape[-1]] * change, value) * selected[..., None]
-    return correction, selected, statistics[..., 0]
+    planned = plan.weights.shape[1]
+    change = attention_change(statistics, plan) * selected[..., None]
+    if whole_rows:
+        attn[..., :planned] += attn[..., :planned] * change
+        return _times_values(attn, value), selected, statistics[..., 0]
+    return _times_values(attn[..., :planned] * change, value), selected, statistics[..., 0]
 
 
 @functools.cache
 def _compiled_correction() -> Callable:
-    """`_fused_correction` compiled once per process (symbolic shapes: K grows at every decode step)."""
-    return torch.compile(_fused_correction, dynamic=True)
+    """`_fused_rows` compiled once per process (symbolic shapes: K grows at every decode step)."""
+    return torch.compile(_fused_rows, dynamic=True)
 
 
 @functools.cache
@@ -195,14 +214,24 @@ def _apply_var(
 def _run_kernels(
     kernels: ModuleType, state: VARState, output, query, key, value, attention_mask, scaling, plan, activity
 ) -> None:
-    """`add_row_redistribution` on this forward's rows, with the mask turned into blocked keys if any."""
+    """`redistribute_rows` on this forward's rows, with the mask turned into blocked keys if any."""
     rows, row_valid = state.rows_on(query.device)
     # Without a mask the kernels apply causality themselves: no [B, R, K] mask is built.
     blocked = None
     if attention_mask is not None:
         blocked = _blocked_keys(attention_mask, rows, query.shape[2], key.shape[2])
-    kernels.add_row_redistribution(
-        output, query, key, value, blocked, plan, rows, row_valid, scaling=scaling, activity=activity
+    kernels.redistribute_rows(
+        output,
+        query,
+        key,
+        value,
+        blocked,
+        plan,
+        rows,
+        row_valid,
+        scaling=scaling,
+        whole_rows=state.whole_rows,
+        activity=activity,
     )
 
 
@@ -219,15 +248,25 @@ def _pytorch_var(
         query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
     blocked = _blocked_keys(attention_mask, rows, query_length, key_length)
     if state.fused:
-        correct = _compiled_correction() if state.compile else _fused_correction
-        correction, selected, budget = correct(
-            query, key, value, blocked, plan, row_valid, scaling=scaling, in_prefill=state.in_prefill
+        compute = _compiled_correction() if state.compile else _fused_rows
+        computed, selected, budget = compute(
+            query,
+            key,
+            value,
+            blocked,
+            plan,
+            row_valid,
+            scaling=scaling,
+            in_prefill=state.in_prefill,
+            whole_rows=state.whole_rows,
         )
-        if all_rows:
-            output.add_(correction.transpose(1, 2))
+        if state.whole_rows:
+            output.copy_(computed.transpose(1, 2))
+        elif all_rows:
+            output.add_(computed.transpose(1, 2))
         else:
             index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
-            output.scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
+            output.scatter_add_(1, index, computed.transpose(1, 2).to(output.dtype))
         return selected, budget
     attn = _explicit_attention(query, key, blocked, scaling, may_be_empty=state.in_prefill)
     visual = state.visual.to(query.device)[:, :key_length]
@@ -253,13 +292,15 @@ def _kernels_agree(
     scaling: float,
     plan,
 ) -> bool:
-    """Whether the Triton kernels give the PyTorch path's result here, checked once per model and device.
+    """Whether the Triton kernels give the PyTorch path's result here, checked once per model, device
+    and kind of launch (whole rows, or a correction of the base kernel's output).
 
     Triton builds vary with the GPU and the installed version; on any failure or disagreement VAR
     warns and keeps the PyTorch path, which gives the same numbers more slowly.
     """
     device = query.device
-    if device not in state.kernels_agree:
+    verdict = (device, state.whole_rows)
+    if verdict not in state.kernels_agree:
         expected = output.clone()
         _pytorch_var(state, layer, expected, query, key, value, attention_mask, scaling, plan)
         tolerance = 1e-4 if output.dtype == torch.float32 else 2e-2
@@ -278,5 +319,5 @@ def _kernels_agree(
             agree, problem = False, f"{type(error).__name__}: {error}"
         if not agree:
             logger.warning("VAR's Triton kernels are off on %s (%s); using the PyTorch path", device, problem)
-        state.kernels_agree[device] = agree
-    return state.kernels_agree[device]
+        state.kernels_agree[verdict] = agree
+    return state.kernels_agree[verdict]

@@ -9,7 +9,8 @@ with `gain = budget / receiver mass`. Those two sums and the row's four statisti
 all sums of exp(score) over the row's keys, so, as in flash-decoding, they split over chunks of
 keys, each reduced by its own program (enough programs to fill the GPU even for a single decode
 row). The program that finishes a row's last chunk merges the chunks, selects the row or not and
-adds the correction to the base kernel's output. One launch per layer replaces the PyTorch path's
+adds the correction to the base kernel's output; or, for whole rows (a decode step, where the base
+kernel is not run), also sums AV and writes A'V. One launch per layer replaces the PyTorch path's
 ~16 operations; nothing of size [H, R, K] is written; the arithmetic is float32 whatever the dtype.
 
 Imported only where Triton is installed. `TRITON_INTERPRET=1` runs the kernel on CPU tensors
@@ -31,7 +32,8 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # Receiver mass is clamped to this before dividing, as in `core.redistribution`.
 _SMALLEST_NORMAL = tl.constexpr(torch.finfo(torch.float32).tiny)
 _FAR_BELOW = tl.constexpr(-1.0e30)  # a finite "minus infinity" for running maxima
-# Per chunk: max score, exp-sum, 4 statistics, 2 spare, then the sink and receiver value sums.
+# Per chunk: max score, exp-sum, 4 statistics, 2 spare, then the sink and receiver value sums
+# (and, for whole rows, the plain value sum).
 _HEADER_FLOATS = 8
 _HEADER = tl.constexpr(_HEADER_FLOATS)
 # Chunks per row are chosen for about this many programs per multiprocessor: more fill the GPU for
@@ -51,9 +53,9 @@ def _redistribute_rows(
     receivers_ptr,  # [B, P] float32
     rows_ptr,  # [B, R] int64: each row's query index in this forward
     row_valid_ptr,  # [B, R] uint8: spec step 2 allows the row
-    out_ptr,  # [B, Q, H, d] contiguous: the base kernel's output, corrected in place
-    partials_ptr,  # [B * H, R, chunks, _HEADER + 2 * BLOCK_D] float32 scratch
-    tickets_ptr,  # [B * H * R] int32 zeros: chunks of each row done so far
+    out_ptr,  # [B, Q, H, d] contiguous: the base kernel's output, corrected in place (or written)
+    partials_ptr,  # [B * H, R, chunks, PARTIAL_FLOATS] float32 scratch
+    tickets_ptr,  # [B * H * R] int32 zeros: chunks of each row done so far; left zero again
     redistributed_rows_ptr,  # [B] float32 diagnostics counter, += selected rows; needs WRITE_ACTIVITY
     moved_mass_ptr,  # [B] float32 diagnostics counter, += their budgets; needs WRITE_ACTIVITY
     stride_qb,
@@ -74,10 +76,12 @@ def _redistribute_rows(
     GROUP: tl.constexpr,  # query heads per key/value head
     HEAD_DIM: tl.constexpr,
     HAS_BLOCKED: tl.constexpr,
+    WHOLE_ROWS: tl.constexpr,  # write A'V rather than add A'V - AV
     WRITE_ACTIVITY: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_CHUNKS: tl.constexpr,
+    PARTIAL_FLOATS: tl.constexpr,  # per chunk: _HEADER, then 2 value sums (3 for whole rows)
 ):
     """One program per (batch x head, row, chunk of keys); the row's last chunk to finish merges them."""
     batch_head = tl.program_id(0).to(tl.int64)
@@ -103,6 +107,7 @@ def _redistribute_rows(
     statistics = tl.zeros([4], tl.float32)
     sink_values = tl.zeros([BLOCK_D], tl.float32)
     receiver_values = tl.zeros([BLOCK_D], tl.float32)
+    row_values = tl.zeros([BLOCK_D], tl.float32)
     for start in range(0, chunk_keys, BLOCK_K):
         keys = chunk * chunk_keys + start + tl.arange(0, BLOCK_K)
         visible = keys <= last_key
@@ -131,7 +136,7 @@ def _redistribute_rows(
         receivers = tl.load(receivers_ptr + plan_index, mask=planned, other=0.0)
         value_tile = tl.load(
             v_base + keys[:, None] * stride_vk + dims[None, :],
-            mask=planned[:, None] & dim_in[None, :],
+            mask=(visible if WHOLE_ROWS else planned)[:, None] & dim_in[None, :],
             other=0.0,
         ).to(tl.float32)
         total = total * rescale + tl.sum(weights, axis=0)
@@ -140,19 +145,24 @@ def _redistribute_rows(
         receiver_values = receiver_values * rescale + tl.sum(
             (weights * receivers)[:, None] * value_tile, axis=0
         )
+        if WHOLE_ROWS:
+            row_values = row_values * rescale + tl.sum(weights[:, None] * value_tile, axis=0)
         running_max = new_max
 
-    partials = partials_ptr + row * chunk_count * (_HEADER + 2 * BLOCK_D)
-    out = partials + chunk * (_HEADER + 2 * BLOCK_D)
+    partials = partials_ptr + row * chunk_count * PARTIAL_FLOATS
+    out = partials + chunk * PARTIAL_FLOATS
     tl.store(out, running_max)
     tl.store(out + 1, total)
     tl.store(out + 2 + stat_index, statistics)
     tl.store(out + _HEADER + dims, sink_values)
     tl.store(out + _HEADER + BLOCK_D + dims, receiver_values)
+    if WHOLE_ROWS:
+        tl.store(out + _HEADER + 2 * BLOCK_D + dims, row_values)
     # Every thread's stores come before the ticket; the ticket's acquire-release ordering makes
     # them visible to the program that takes the row's last ticket, which finishes the row.
     tl.debug_barrier()
     if tl.atomic_add(tickets_ptr + row, 1) == chunk_count - 1:
+        tl.atomic_xchg(tickets_ptr + row, 0)  # every chunk has its ticket: ready for the next launch
         _finish_row(
             partials,
             chunk_count,
@@ -162,15 +172,17 @@ def _redistribute_rows(
             redistributed_rows_ptr + b,
             moved_mass_ptr + b,
             HEAD_DIM,
+            WHOLE_ROWS,
             WRITE_ACTIVITY,
             BLOCK_CHUNKS,
             BLOCK_D,
+            PARTIAL_FLOATS,
         )
 
 
 @triton.jit
 def _finish_row(
-    partials,  # [chunks, _HEADER + 2 * BLOCK_D] of this row, written by the other programs
+    partials,  # [chunks, PARTIAL_FLOATS] of this row, written by the other programs
     chunk_count,
     offsets,  # [4] KeyPlan.offsets of the row's sample
     row_valid,  # the row's flag
@@ -178,17 +190,19 @@ def _finish_row(
     redistributed_rows,
     moved_mass,
     HEAD_DIM: tl.constexpr,
+    WHOLE_ROWS: tl.constexpr,
     WRITE_ACTIVITY: tl.constexpr,
     BLOCK_CHUNKS: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PARTIAL_FLOATS: tl.constexpr,
 ):
-    """Merge the row's chunks, select the row or not, and add its correction to `out`."""
+    """Merge the row's chunks, select the row or not, and add its correction to `out` (or write A'V)."""
     dims = tl.arange(0, BLOCK_D)
     dim_in = dims < HEAD_DIM
     stat_index = tl.arange(0, 4)
     chunk_index = tl.arange(0, BLOCK_CHUNKS)
     chunk_in = chunk_index < chunk_count
-    per_chunk = partials + chunk_index * (_HEADER + 2 * BLOCK_D)
+    per_chunk = partials + chunk_index * PARTIAL_FLOATS
     # ".cg" reads from L2, where the other programs' stores are, never from a stale L1 line.
     chunk_max = tl.load(per_chunk, mask=chunk_in, other=_FAR_BELOW, cache_modifier=".cg")
     scale = tl.exp(chunk_max - tl.max(chunk_max, axis=0))  # merges the chunks' softmax bases
@@ -223,9 +237,18 @@ def _finish_row(
     gain = budget / tl.maximum(receiver_mass, _SMALLEST_NORMAL)
     correction = (sink_values + gain * receiver_values) / total
 
-    store = tl.where(selected, dim_in, False)
-    output = tl.load(out + dims, mask=store, other=0.0).to(tl.float32)
-    tl.store(out + dims, (output + correction).to(out.dtype.element_ty), mask=store)
+    if WHOLE_ROWS:
+        row_values = tl.sum(
+            scale[:, None]
+            * tl.load(value_sums + 2 * BLOCK_D, mask=value_mask, other=0.0, cache_modifier=".cg"),
+            axis=0,
+        )
+        output = row_values / total + tl.where(selected, correction, 0.0)
+        tl.store(out + dims, output.to(out.dtype.element_ty), mask=dim_in)
+    else:
+        store = tl.where(selected, dim_in, False)
+        output = tl.load(out + dims, mask=store, other=0.0).to(tl.float32)
+        tl.store(out + dims, (output + correction).to(out.dtype.element_ty), mask=store)
     if WRITE_ACTIVITY:
         tl.atomic_add(redistributed_rows, selected.to(tl.float32))
         tl.atomic_add(moved_mass, tl.where(selected, budget, 0.0))
@@ -295,7 +318,22 @@ def _next_power_of_2(number: int) -> int:
     return 1 << (number - 1).bit_length()
 
 
-def add_row_redistribution(
+_tickets_on: dict[torch.device, torch.Tensor] = {}
+
+
+def _zeroed_tickets(device: torch.device, count: int) -> torch.Tensor:
+    """At least `count` int32 zeros on `device`, kept from launch to launch.
+
+    The kernel leaves its tickets at zero, so no launch needs a zero-filling launch of its own.
+    Launches that share them must run one after the other, as they do on one CUDA stream.
+    """
+    tickets = _tickets_on.get(device)
+    if tickets is None or tickets.numel() < count:
+        tickets = _tickets_on[device] = torch.zeros(count, dtype=torch.int32, device=device)
+    return tickets
+
+
+def redistribute_rows(
     output: torch.Tensor,
     query: torch.Tensor,
     key: torch.Tensor,
@@ -307,14 +345,17 @@ def add_row_redistribution(
     *,
     scaling: float,
     activity: LayerActivity | None,
+    whole_rows: bool = False,
     block_k: int | None = None,
     chunks: int | None = None,
 ) -> None:
-    """Add A'V - AV to the base kernel's `output` [B, Q, H, d] in place, for the rows VAR selects.
+    """Add A'V - AV to the base kernel's `output` [B, Q, H, d] in place, for the rows VAR selects;
+    with `whole_rows`, write A'V (A'V = AV where no head selects the row) into every query row.
 
     `query` [B, H, Q, d], `key`/`value` [B, Hkv, K, d]; `rows` Long[B, R] are the query indices VAR
-    may change and `row_valid` Bool[B, R] says which of them spec step 2 allows. `blocked`
-    Bool[B, 1, R, K] marks keys a row may not see (from the attention mask); None means causal only.
+    may change (all Q of them for `whole_rows`) and `row_valid` Bool[B, R] says which of them spec
+    step 2 allows. `blocked` Bool[B, 1, R, K] marks keys a row may not see (from the attention
+    mask); None means causal only.
     `activity` (diagnostics on) gets the selected rows and their budgets added on the device.
     `block_k` (keys per tile) and `chunks` (per row) are for tests and tuning; by default a row is
     split into just enough chunks to give every streaming multiprocessor a few programs.
@@ -337,10 +378,10 @@ def add_row_redistribution(
         chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(query.device), row_programs)
     tiles_per_chunk = _ceil_div(tiles, max(1, min(chunks, tiles)))
     chunk_count = _ceil_div(tiles, tiles_per_chunk)
+    partial_floats = _HEADER_FLOATS + (3 if whole_rows else 2) * block_d
     partials = torch.empty(
-        row_programs * chunk_count * (_HEADER_FLOATS + 2 * block_d), dtype=torch.float32, device=query.device
+        row_programs * chunk_count * partial_floats, dtype=torch.float32, device=query.device
     )
-    tickets = torch.zeros(row_programs, dtype=torch.int32, device=query.device)
     counters = (activity.redistributed_rows, activity.moved_mass) if activity else (partials,) * 2
     _launch_redistribute_rows(
         (batch * heads, row_count, chunk_count),
@@ -358,7 +399,7 @@ def add_row_redistribution(
             row_valid,
             output,
             partials,
-            tickets,
+            _zeroed_tickets(query.device, row_programs),
             *counters,
             *query.stride()[:3],
             *key.stride()[:3],
@@ -374,9 +415,11 @@ def add_row_redistribution(
             heads // key.shape[1],
             head_dim,
             blocked is not None,
+            whole_rows,
             activity is not None,
             block_k,
             block_d,
             _next_power_of_2(chunk_count),
+            partial_floats,
         ),
     )

@@ -36,12 +36,17 @@ class VARState:
     fused: bool = True
     compile: bool = False
     use_triton: bool = True
-    kernels_agree: dict[torch.device, bool] = field(default_factory=dict)  # checked once per device
+    # Checked once per device and kind of launch (whole rows or a correction of the base kernel's).
+    kernels_agree: dict[tuple[torch.device, bool], bool] = field(default_factory=dict)
     collect_diagnostics: bool = False
     visual: torch.Tensor | None = None  # Bool[B, T]: image/video placeholder positions
     valid: torch.Tensor | None = None  # Bool[B, T]: non-padding positions
     in_prefill: bool = False
     rows: torch.Tensor | None = None  # Long[B, R]: query rows (of this forward) VAR may change
+    # Every query row of this forward is one VAR may change (a decode step whose samples all have
+    # an image, or the eager reference): VAR computes them whole and the base kernel is not needed.
+    whole_rows: bool = False
+    every_sample_has_visual: bool = False  # in this prompt; decided at prefill
     row_valid: torch.Tensor | None = None  # Bool[B, R]: false where a sample has fewer rows than R
     sinks: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> Bool[B, T_prefill]
     plans: dict[int, KeyPlan] = field(default_factory=dict)  # layer -> its keys' VAR quantities
@@ -96,8 +101,14 @@ class VARState:
             # Rows are kept contiguous, once per forward: the Triton kernels index them flat.
             self.rows = torch.arange(new, device=eligible.device).repeat(eligible.shape[0], 1)
             self.row_valid = eligible.contiguous()
+            # A sample without an image has no row VAR may change: its rows keep the base kernel.
+            self.whole_rows = not self.fused or self.every_sample_has_visual
             return
-        count = int(eligible.sum(dim=1).max())  # one synchronisation per prompt
+        # One synchronisation per prompt: the most rows a sample has, and whether every sample
+        # has an image (then each decode step's rows are all VAR's).
+        count, with_visual = torch.stack([eligible.sum(dim=1).max(), self.visual.any(dim=1).sum()]).tolist()
+        self.every_sample_has_visual = with_visual == eligible.shape[0]
+        self.whole_rows = False
         order = torch.argsort((~eligible).to(torch.int8), dim=1, stable=True)[:, :count]
         self.rows, self.row_valid = order.contiguous(), eligible.gather(1, order)
 

@@ -161,6 +161,22 @@ def test_decode_rows_are_redistributed(model, padded_batch):
     assert all(after > before for after, before in zip(generated_rows, prefill_rows, strict=True))
 
 
+def test_a_prompt_without_images_keeps_the_unpatched_logits_at_every_step(model, tiny_model):
+    """Its rows are never VAR's: in a batch with an image prompt, at prefill and at every decode
+    step, they keep the base kernel's exact output while the image prompt is redistributed."""
+    inputs = prompt_inputs(tiny_model[1], [(1, QUESTIONS[0]), (0, QUESTIONS[1])])
+    options = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False}
+    options |= {"output_logits": True, "return_dict_in_generate": True}
+    base = model.generate(**inputs, **options)
+    with enable_var(model, CONFIG, diagnostics=True) as handle:
+        patched = model.generate(**inputs, **options)
+        with_image, without_image = handle.diagnostics()
+    assert with_image["redistributed_rows"] > 0 and without_image["redistributed_rows"] == 0
+    for base_step, patched_step in zip(base.logits, patched.logits, strict=True):
+        assert torch.equal(patched_step[1], base_step[1])
+        assert not torch.equal(patched_step[0], base_step[0])
+
+
 def test_video_tokens_are_visual(model, tiny_model):
     processor = tiny_model[1]
     frames = [random_images(4, seed=31)]

@@ -15,7 +15,7 @@ import torch
 
 from lmms_var import enable_var
 from lmms_var.core import plan_keys
-from lmms_var.patch.attention import _blocked_keys, _fused_correction
+from lmms_var.patch.attention import _blocked_keys, _explicit_attention, _fused_rows, _times_values
 from lmms_var.patch.state import LayerActivity
 from tests.patch.test_enable_var import CONFIG
 
@@ -77,13 +77,13 @@ def attention_case(dtype: torch.dtype, decode: bool, padded: bool, seed: int = 0
     return case
 
 
-def pytorch_path(case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The corrected output, selection and budgets of `attention._apply_var`'s PyTorch path."""
+def pytorch_path(case: dict, whole_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The corrected (or, `whole_rows`, written) output, selection and budgets of `attention`'s PyTorch path."""
     query, rows, output = case["query"], case["rows"], case["output"]
     heads, query_length, head_dim = query.shape[1:]
     rows_query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
     blocked = _blocked_keys(case["mask"], rows, query_length, case["key"].shape[2])
-    correction, selected, budget = _fused_correction(
+    computed, selected, budget = _fused_rows(
         rows_query,
         case["key"],
         case["value"],
@@ -92,21 +92,32 @@ def pytorch_path(case: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         case["row_valid"],
         scaling=case["scaling"],
         in_prefill=query_length > 1,
+        whole_rows=whole_rows,
     )
+    if whole_rows:
+        return computed.transpose(1, 2).to(output.dtype), selected, budget
     index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
-    corrected = output.clone().scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
+    corrected = output.clone().scatter_add_(1, index, computed.transpose(1, 2).to(output.dtype))
     return corrected, selected, budget
 
 
+def plain_attention(case: dict) -> torch.Tensor:
+    """softmax(q k^T) V [B, Q, H, d] of every query row in float32: what a base kernel computes."""
+    query = case["query"]
+    blocked = _blocked_keys(case["mask"], case["rows"], query.shape[2], case["key"].shape[2])
+    attn = _explicit_attention(query, case["key"], blocked, case["scaling"], may_be_empty=True)
+    return _times_values(attn, case["value"]).transpose(1, 2)
+
+
 def through_kernels(case: dict, row_valid: torch.Tensor | None = None, **options):
-    """The corrected output and the diagnostics counters from `add_row_redistribution`."""
+    """The corrected (or written) output and the diagnostics counters from `redistribute_rows`."""
     corrected = case["output"].clone()
     zeros = torch.zeros(3, device=DEVICE)
     activity = LayerActivity(zeros, zeros.clone(), zeros.clone(), zeros.clone())
     blocked = None
     if case["mask"] is not None:
         blocked = _blocked_keys(case["mask"], case["rows"], case["query"].shape[2], case["key"].shape[2])
-    kernels.add_row_redistribution(
+    kernels.redistribute_rows(
         corrected,
         case["query"],
         case["key"],
@@ -164,8 +175,42 @@ def check_against_the_pytorch_path(dtype, decode: bool, padded: bool, **tiling) 
     touched = torch.zeros(case["output"].shape[:3], dtype=torch.bool, device=DEVICE)  # [B, Q, H]
     touched.scatter_(1, case["rows"][..., None].expand(-1, -1, selected.shape[1]), selected.transpose(1, 2))
     assert torch.equal(corrected[~touched], case["output"][~touched]), "untouched rows stay bit-identical"
+    check_activity(activity, selected, budget)
+
+
+def check_activity(activity: LayerActivity, selected: torch.Tensor, budget: torch.Tensor) -> None:
     assert torch.equal(activity.redistributed_rows, selected.sum(dim=(1, 2)).float())
     torch.testing.assert_close(activity.moved_mass, (budget * selected).sum(dim=(1, 2)))
+
+
+@needs_kernels
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("chunks", [None, 1], ids=["default chunks", "1 chunk"])
+def test_whole_rows_are_plain_attention_plus_the_correction(dtype, padded, chunks):
+    """A decode step's rows written whole: A'V, i.e. what the base kernel gives plus VAR's correction."""
+    case = attention_case(dtype, decode=True, padded=padded)
+    case["output"] = plain_attention(case).to(dtype)  # as an exact base kernel would
+    corrected, selected, budget = pytorch_path(case)
+    whole, whole_selected, _ = pytorch_path(case, whole_rows=True)
+    case["output"] = torch.full_like(case["output"], float("nan"))  # every value must be written
+    through, activity = through_kernels(case, whole_rows=True, block_k=16, chunks=chunks)
+    assert selected[0].any() and not selected[0].all() and selected[1].any() and not selected[2].any()
+    assert torch.equal(whole_selected, selected)
+    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(whole, corrected, **tolerance)
+    torch.testing.assert_close(through, corrected, **tolerance)
+    check_activity(activity, selected, budget)
+
+
+@needs_kernels
+def test_launches_leave_their_tickets_at_zero():
+    """The ticket counters are kept across launches, so each launch must leave them as it found them."""
+    for whole_rows in (False, True, False):
+        case = attention_case(torch.float32, decode=whole_rows, padded=True)
+        expected = pytorch_path(case, whole_rows=whole_rows)[0]
+        torch.testing.assert_close(through_kernels(case, whole_rows=whole_rows, chunks=3)[0], expected)
+        assert not kernels._tickets_on[torch.device(DEVICE)].any()
 
 
 @needs_kernels
@@ -208,9 +253,9 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
     model = copy.deepcopy(tiny_model[0]).to(DEVICE)
     inputs = {key: value.to(DEVICE) for key, value in padded_batch.items()}
     calls = []
-    launch = kernels.add_row_redistribution
+    launch = kernels.redistribute_rows
     monkeypatch.setattr(
-        kernels, "add_row_redistribution", lambda *args, **kwargs: calls.append(1) or launch(*args, **kwargs)
+        kernels, "redistribute_rows", lambda *args, **kwargs: calls.append(1) or launch(*args, **kwargs)
     )
     runs = []
     for use_triton in (True, False):
@@ -224,8 +269,14 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
                 return_dict_in_generate=True,
             )
             runs.append((out, handle.diagnostics()))
+            if use_triton:  # the prefill corrected the base kernel, the decode steps were written whole
+                assert handle.state.kernels_agree == {
+                    (torch.device(DEVICE), False): True,
+                    (torch.device(DEVICE), True): True,
+                }
     active_layers = len(CONFIG.active_layers(len(model.model.language_model.layers)))
-    assert len(calls) == 3 * active_layers + 2  # the prefill, two decode steps, and the first check's two
+    # The prefill and two decode steps, and two launches for each kind's first-use check.
+    assert len(calls) == 3 * active_layers + 4
     (kernel_out, kernel_report), (torch_out, torch_report) = runs
     assert torch.equal(kernel_out.sequences, torch_out.sequences)
     for kernel_step, torch_step in zip(kernel_out.logits, torch_out.logits, strict=True):
@@ -249,7 +300,7 @@ def test_kernels_that_fail_fall_back_to_the_pytorch_path(
             raise RuntimeError("no kernel image is available for execution on the device")
         output.mul_(2)
 
-    monkeypatch.setattr(kernels, "add_row_redistribution", broken)
+    monkeypatch.setattr(kernels, "redistribute_rows", broken)
     results = []
     for use_triton in (True, False):
         with enable_var(model, CONFIG, use_triton=use_triton) as handle:
