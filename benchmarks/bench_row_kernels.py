@@ -2,8 +2,9 @@
 
 A decode step of the 3B preset is bound by kernel launches, so what VAR adds there is mostly the
 host time of its launches; at prefill the device time of many rows matters more. This prints both
-for a decode row and for a prefill's text rows, next to one SDPA call of the same layer and an
-empty Triton launch (the floor), so tile and chunk choices can be compared side by side.
+for a decode row (written whole: SDPA does not run there) and for a prefill's text rows (a
+correction of SDPA's), next to one SDPA call of the same layer and an empty Triton launch (the
+floor), so tile and chunk choices can be compared side by side.
 
     python benchmarks/bench_row_kernels.py          # needs CUDA
 """
@@ -89,33 +90,38 @@ def main() -> None:
     ):
         inputs = layer_inputs(query_length, rows, dtype)
         query, key, value = inputs["query"], inputs["key"], inputs["value"]
+        decode = query_length == 1
 
-        def sdpa(query=query, key=key, value=value, causal=query_length > 1) -> None:
+        def sdpa(query=query, key=key, value=value, causal=not decode) -> None:
             torch.nn.functional.scaled_dot_product_attention(
                 query, key, value, is_causal=causal, enable_gqa=True
             )
 
+        def var(block_k=None, chunks=None, whole_rows=False, inputs=inputs) -> None:
+            row_kernels.redistribute_rows(
+                inputs["output"],
+                inputs["query"],
+                inputs["key"],
+                inputs["value"],
+                None,
+                inputs["plan"],
+                inputs["rows"],
+                inputs["row_valid"],
+                scaling=HEAD_DIM**-0.5,
+                activity=None,
+                whole_rows=whole_rows,
+                block_k=block_k,
+                chunks=chunks,
+            )
+
         print_row(f"{name}: SDPA (for scale)", sdpa)
+        # At decode VAR writes whole rows and SDPA does not run; at prefill it corrects SDPA's rows.
+        if decode:
+            print_row(f"{name}: SDPA + VAR correction (before whole rows)", lambda s=sdpa, v=var: (s(), v()))
         for block_k, chunks in ((None, None), (64, None), (None, 8), (None, 64)):
-
-            def var(block_k=block_k, chunks=chunks, inputs=inputs) -> None:
-                row_kernels.redistribute_rows(
-                    inputs["output"],
-                    inputs["query"],
-                    inputs["key"],
-                    inputs["value"],
-                    None,
-                    inputs["plan"],
-                    inputs["rows"],
-                    inputs["row_valid"],
-                    scaling=HEAD_DIM**-0.5,
-                    activity=None,
-                    block_k=block_k,
-                    chunks=chunks,
-                )
-
             label = f"block_k {block_k or 'default'}, chunks {chunks or 'default'}"
-            print_row(f"{name}: VAR kernels, {label}", var)
+            kind = "VAR whole row" if decode else "VAR correction"
+            print_row(f"{name}: {kind}, {label}", lambda b=block_k, c=chunks, w=decode: var(b, c, w))
 
 
 if __name__ == "__main__":

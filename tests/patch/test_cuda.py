@@ -94,10 +94,15 @@ def test_var_never_synchronises_the_gpu(monkeypatch, tiny_model, padded_batch):
 
         return checked
 
-    monkeypatch.setattr(attention, "_apply_var", without_synchronisation(attention._apply_var))
-    monkeypatch.setattr(VARState, "record_sinks", without_synchronisation(VARState.record_sinks))
     model = copy.deepcopy(tiny_model[0]).to("cuda")
     inputs = {key: value.to("cuda") for key, value in padded_batch.items()}
+    options = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False}
     for diagnostics in (False, True):
-        with enable_var(model, CONFIG, diagnostics=diagnostics):
-            model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+        with enable_var(model, CONFIG, diagnostics=diagnostics) as handle:
+            # The kernels' first-use check compares results on the host, once per model: do it first.
+            model.generate(**inputs, **options)
+            assert set(handle.state.kernels_agree.values()) == {True}
+            with monkeypatch.context() as patched:
+                patched.setattr(attention, "_apply_var", without_synchronisation(attention._apply_var))
+                patched.setattr(VARState, "record_sinks", without_synchronisation(VARState.record_sinks))
+                model.generate(**inputs, **options)
