@@ -174,7 +174,7 @@ def _fused_rows(
 
 
 @functools.cache
-def _compiled_correction() -> Callable:
+def _compiled_rows() -> Callable:
     """`_fused_rows` compiled once per process (symbolic shapes: K grows at every decode step)."""
     return torch.compile(_fused_rows, dynamic=True)
 
@@ -248,7 +248,7 @@ def _pytorch_var(
         query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
     blocked = _blocked_keys(attention_mask, rows, query_length, key_length)
     if state.fused:
-        compute = _compiled_correction() if state.compile else _fused_rows
+        compute = _compiled_rows() if state.compile else _fused_rows
         computed, selected, budget = compute(
             query,
             key,
