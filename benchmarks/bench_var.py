@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from lmms_var import VARConfig, enable_var
+from lmms_var.sink_dims.calibration import CalibrationPrompt, encode_prompt
 from lmms_var.testing import TinySpec, build_tiny_model
 from lmms_var.testing.images import random_images
 
@@ -119,13 +120,11 @@ class PeakMemory:
         self.total = self.start + self.peak
 
 
-def prompt(processor, preset: Preset, device: str):
-    content = [{"type": "image"}] * preset.images + [
-        {"type": "text", "text": "Which point is closer to the camera? (A) the red point (B) the blue point"}
-    ]
-    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+def prompt(processor, preset: Preset, device: str) -> dict:
     images = random_images(preset.images, seed=7, size=(preset.image_side, preset.image_side))
-    return processor(text=[text], images=images, return_tensors="pt").to(device)
+    question = "Which point is closer to the camera? (A) the red point (B) the blue point"
+    inputs = encode_prompt(processor, CalibrationPrompt(tuple(images), question))
+    return {name: value.to(device) for name, value in inputs.items()}
 
 
 def profile(run, variants: dict, device: str) -> None:
