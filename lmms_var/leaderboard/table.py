@@ -70,9 +70,10 @@ def run_names(runs: list[Run]) -> list[str]:
     for run in runs:
         parts = [run.model or "model"]
         if run.model == VAR_MODEL or "var" in run.model_args:
-            parts.append(f"var={str(_var_arg(run)).lower()}")
+            var_on = _var_arg(run)
+            parts.append(f"var={str(var_on).lower()}")
             # With VAR off its hyper-parameters change nothing, so they stay out of the name.
-            if _var_arg(run):
+            if var_on:
                 parts += [f"{key}={run.model_args[key]}" for key in VAR_ARGS[1:] if key in run.model_args]
         parts += [f"{key}={_short(run.model_args[key])}" for key in varying if key in run.model_args]
         names.append(" ".join(parts))

@@ -167,10 +167,12 @@ def _fused_rows(
     selected = selected_rows(statistics, row_valid)
     planned = plan.weights.shape[1]
     change = attention_change(statistics, plan) * selected[..., None]
-    if whole_rows:
+    if whole_rows:  # A'
         attn[..., :planned] += attn[..., :planned] * change
-        return _times_values(attn, value), selected, statistics[..., 0]
-    return _times_values(attn[..., :planned] * change, value), selected, statistics[..., 0]
+        weights = attn
+    else:  # A' - A
+        weights = attn[..., :planned] * change
+    return _times_values(weights, value), selected, statistics[..., 0]
 
 
 @functools.cache

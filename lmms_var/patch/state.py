@@ -43,11 +43,11 @@ class VARState:
     valid: torch.Tensor | None = None  # Bool[B, T]: non-padding positions
     in_prefill: bool = False
     rows: torch.Tensor | None = None  # Long[B, R]: query rows (of this forward) VAR may change
+    row_valid: torch.Tensor | None = None  # Bool[B, R]: false where a sample has fewer rows than R
     # Every query row of this forward is one VAR may change (a decode step whose samples all have
     # an image, or the eager reference): VAR computes them whole and the base kernel is not needed.
     whole_rows: bool = False
     every_sample_has_visual: bool = False  # in this prompt; decided at prefill
-    row_valid: torch.Tensor | None = None  # Bool[B, R]: false where a sample has fewer rows than R
     sinks: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> Bool[B, T_prefill]
     plans: dict[int, KeyPlan] = field(default_factory=dict)  # layer -> its keys' VAR quantities
     activity: dict[int, LayerActivity] = field(default_factory=dict)
