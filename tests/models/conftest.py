@@ -12,13 +12,16 @@ import yaml
 
 from lmms_var.tasks import ENV_DATA_ROOT
 from lmms_var.testing.spatial_data import write_spatial_root
+from tests.conftest import TINY_SPEC, TINY_TAU
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
 TASKS = "spatial_blink_spatial_relation,spatial_blink_multi_view_reasoning"
 # One- and two-image questions, two docs each; short answers keep the tiny model fast.
 COMMON_ARGS = ["--tasks", TASKS, "--include_path", str(TASKS_DIR), "--gen_kwargs", "max_new_tokens=4"]
 # The tiny checkpoint's planted sinks, its tau, and small images.
-TINY_VAR_ARGS = "sink_dims=17;93,tau=5,min_pixels=3136,max_pixels=12544"
+TINY_VAR_ARGS = (
+    f"sink_dims={';'.join(map(str, TINY_SPEC.sink_dims))},tau={TINY_TAU:g},min_pixels=3136,max_pixels=12544"
+)
 
 
 @dataclass
@@ -28,13 +31,17 @@ class Run:
     output: Path
     log: str
 
-    def model_dir(self) -> Path | None:
+    def results_file(self) -> Path | None:
         results = sorted(self.output.rglob("*_results.json"))
-        return results[-1].parent if results else None
+        return results[-1] if results else None
+
+    def model_dir(self) -> Path | None:
+        path = self.results_file()
+        return path.parent if path else None
 
     def results(self) -> dict | None:
-        results = sorted(self.output.rglob("*_results.json"))
-        return json.loads(results[-1].read_text()) if results else None
+        path = self.results_file()
+        return json.loads(path.read_text()) if path else None
 
     def predictions(self) -> dict[tuple[str, int], str]:
         """(task, doc_id) -> filtered prediction, from the `--log_samples` JSONL files."""
