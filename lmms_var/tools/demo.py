@@ -13,13 +13,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lmms_var.tasks import TASKS_PATH
+
 DISCLAIMER = (
     "Note: this is a tiny RANDOM model on synthetic data with random answers; its accuracy means "
     "nothing. The demo shows the workflow (lmms-eval runs with VAR off and on, then the leaderboard), "
     "not what VAR does for a real model."
 )
-# The source tree's tasks/ folder (lmms-eval --include_path), which holds the spatial_* task YAMLs.
-TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+# The folder lmms-eval --include_path takes for the spatial_* task YAMLs (shipped inside the package).
+TASKS_DIR = TASKS_PATH
 DEMO_TASK = "spatial_blink"
 DEMO_DOCS_PER_SUBTASK = 8
 RUNS = {"baseline": "var=false", "var": "var=true,p=0.6,tau={tau},diagnostics_path={diagnostics}"}

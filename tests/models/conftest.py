@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmms_var.tasks import ENV_DATA_ROOT
+from lmms_var.tasks import ENV_DATA_ROOT, TASKS_PATH
 from lmms_var.testing.spatial_data import write_spatial_root
 from tests.conftest import TINY_SPEC, TINY_TAU
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+TASKS_DIR = TASKS_PATH
 TASKS = "spatial_blink_spatial_relation,spatial_blink_multi_view_reasoning"
 # One- and two-image questions, two docs each; short answers keep the tiny model fast.
 COMMON_ARGS = ["--tasks", TASKS, "--include_path", str(TASKS_DIR), "--gen_kwargs", "max_new_tokens=4"]

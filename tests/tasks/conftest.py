@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lmms_var.tasks import ENV_DATA_ROOT
+from lmms_var.tasks import ENV_DATA_ROOT, TASKS_PATH
 from lmms_var.testing.spatial_data import write_hub_blink_root
 
-TASKS_DIR = Path(__file__).resolve().parents[2] / "tasks"
+TASKS_DIR = TASKS_PATH
 
 LmmsEvalRunner = Callable[..., tuple[dict | None, str]]
 
