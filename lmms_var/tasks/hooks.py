@@ -4,18 +4,20 @@ Each task's YAML loads a one-line placeholder file (lmms-eval needs some `datase
 cannot read `LMMS_VAR_DATA_ROOT`); its `process_docs` hook replaces the placeholder with the docs read
 from the data root. Prompts, visuals and scoring are lmms-eval's own BLINK functions, so scores of a
 local run and a Hub run of BLINK mean the same thing.
+
+Only the images change on their way to lmms-eval's functions: they are converted to RGB as a person
+sees them (`images.to_rgb`), since lmms-eval's `convert("RGB")` turns a 16-bit PNG white and
+transparent pixels to whatever colour they hide. This happens here, per doc when the model needs it,
+rather than at load, which would re-encode every image of the data root into the docs table; an RGB
+image passes through untouched, so ordinary data gives exactly lmms-eval's inputs.
 """
 
 from collections.abc import Callable
+from typing import Any
 
 import datasets
-from lmms_eval.tasks.blink.utils import (
-    blink_aggregate_results,
-    blink_doc_to_messages,
-    blink_doc_to_text,
-    blink_doc_to_visual,
-    blink_process_results,
-)
+from lmms_eval.tasks.blink import utils as lmms_eval_blink
+from lmms_eval.tasks.blink.utils import blink_aggregate_results, blink_doc_to_text, blink_process_results
 from loguru import logger
 
 from lmms_var.tasks.data_root import (
@@ -26,6 +28,7 @@ from lmms_var.tasks.data_root import (
     skip_bad_records,
     task_suffix,
 )
+from lmms_var.tasks.images import to_rgb
 from lmms_var.tasks.records import IMAGE_KEYS, Loaded, read_blink, read_sat2
 
 __all__ = [
@@ -61,6 +64,24 @@ DOC_FEATURES = datasets.Features(
         **{key: datasets.Image() for key in IMAGE_KEYS},
     }
 )
+
+
+def _as_seen(doc: dict) -> dict:
+    """`doc` with each of its images in 8-bit RGB as a person sees it."""
+    return {
+        key: to_rgb(value) if key in IMAGE_KEYS and value is not None else value for key, value in doc.items()
+    }
+
+
+def blink_doc_to_visual(doc: dict) -> list:
+    """lmms-eval's BLINK visuals, from images converted as a person sees them."""
+    return lmms_eval_blink.blink_doc_to_visual(_as_seen(doc))
+
+
+def blink_doc_to_messages(doc: dict, lmms_eval_specific_kwargs: dict[str, Any] | None = None) -> list:
+    """lmms-eval's BLINK chat messages, from images converted as a person sees them."""
+    return lmms_eval_blink.blink_doc_to_messages(_as_seen(doc), lmms_eval_specific_kwargs)
+
 
 # Errors already logged: lmms-eval retries a failed dataset load five times.
 _reported: set[str] = set()

@@ -4,21 +4,27 @@ Docs carry `idx`, `sub_task`, `prompt` (question with lettered choices, no `<ima
 `choices`, `answer` ("(A)") and `image_1` .. `image_4`, so lmms-eval's BLINK prompt and scoring
 functions apply to them unchanged and local runs stay comparable with Hub runs.
 
-Every image is opened and decoded here, at load time, so a missing or corrupt file is reported with
-its record instead of failing (or vanishing) in the middle of generation.
+Every record is checked here, at load time, by the same code for the tasks and `lmms-var check-data`:
+each field's type, the question's choices and gold, and every image, which is decoded, converted to
+RGB and sized against the model's image processor. So a record the run could not use is reported with
+its file and id (or skipped and counted) instead of failing, or vanishing, in the middle of generation.
 """
 
+import ast
 import io
 import json
 import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageFile
 
-from lmms_var.tasks.data_root import DataRoot, SpatialDataError
+from lmms_var.tasks.data_root import BLINK_SUBTASKS, DataRoot, SpatialDataError
+from lmms_var.tasks.images import to_rgb
+from lmms_var.tasks.processor_limits import processor_refusal
 
 IMAGE_KEYS = ("image_1", "image_2", "image_3", "image_4")
 HUB_COLUMNS = ("idx", "sub_task", "choices", "answer", "prompt", *IMAGE_KEYS)
@@ -91,8 +97,39 @@ def gold_letter(gold: str, choices: list[str]) -> str:
     raise BadRecord(f"gold answer {gold!r} is neither a letter {', '.join(letters)} nor the text of a choice")
 
 
+def _text(value: Any, what: str) -> str:
+    """A field that must hold text (`what` names it), or `BadRecord`."""
+    if not isinstance(value, str):
+        raise BadRecord(f"{what} is {value!r}, expected text")
+    return value
+
+
+def _record_id(value: Any, what: str) -> str:
+    """A record id: text or an integer (JSON ids are often numbers), as text."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadRecord(f"{what} is {value!r}, expected a string or an integer")
+    return str(value)
+
+
+def _spelling(name: str) -> str:
+    """What is left of a sub-task name when case, spaces, '-' and '_' do not count."""
+    return re.sub(r"[\s_-]", "", name).casefold()
+
+
+def blink_sub_task(value: Any) -> str:
+    """The record's BLINK sub-task, which must be spelled as BLINK spells it, or `BadRecord` saying how."""
+    name = _text(value, "sub_task")
+    if name in BLINK_SUBTASKS:
+        return name
+    close = [known for known in BLINK_SUBTASKS if _spelling(known) == _spelling(name)]
+    if close:
+        raise BadRecord(f"sub_task {name!r} must be spelled {close[0]!r}, as BLINK spells it")
+    raise BadRecord(f"sub_task {name!r} is none of BLINK's: {', '.join(BLINK_SUBTASKS)}")
+
+
 def check_image(source: Path | bytes, what: str) -> None:
-    """Decode the image (JPEGs at reduced scale, which still reads every byte) or raise `BadRecord`.
+    """Decode the image (JPEGs at reduced scale, which still reads every byte), convert it to RGB and ask
+    the model's image processor whether it takes its size; any failure is a `BadRecord`.
 
     lmms-eval sets Pillow's `LOAD_TRUNCATED_IMAGES`, which would pad a truncated file with grey;
     the check turns it off so such a file is reported instead.
@@ -101,12 +138,17 @@ def check_image(source: Path | bytes, what: str) -> None:
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as image:
+            width, height = image.size  # before `draft`, which shrinks JPEGs
             image.draft("RGB", (64, 64))
             image.load()
+            to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise BadRecord(f"{what} is unreadable: {error}") from error
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = tolerant
+    refusal = processor_refusal(width, height)
+    if refusal is not None:
+        raise BadRecord(f"{what}: {refusal}")
 
 
 def _resolve_image(root: DataRoot, value: Any, key: str) -> str:
@@ -126,12 +168,23 @@ def _resolve_image(root: DataRoot, value: Any, key: str) -> str:
     raise BadRecord(f"{key} not found: tried {', '.join(map(str, candidates))}")
 
 
-def _spatial_doc(root: DataRoot, record: dict) -> dict:
+def _conversation_values(conversations: Any) -> tuple[str, str]:
+    """(question, gold) from `[{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]`."""
+    expected = "conversations must be [{'from': 'human', 'value': ...}, {'from': 'gpt', 'value': ...}]"
+    if not isinstance(conversations, list) or len(conversations) < 2:
+        raise BadRecord(f"{expected}, got {conversations!r}")
+    turns = conversations[:2]
+    if not all(isinstance(turn, dict) and "value" in turn for turn in turns):
+        raise BadRecord(f"{expected}, got {turns!r}")
+    return (
+        _text(turns[0]["value"], "conversations[0] value (the question)"),
+        _text(turns[1]["value"], "conversations[1] value (the gold answer)"),
+    )
+
+
+def _spatial_doc(root: DataRoot, record: dict, sub_task: str) -> dict:
     """A doc from one spatial-layout record (`id`, `sub_task`, `conversations`, `image`/`image_N`)."""
-    try:
-        question, gold = record["conversations"][0]["value"], record["conversations"][1]["value"]
-    except (KeyError, IndexError, TypeError) as error:
-        raise BadRecord("conversations must be [{'from': 'human', ...}, {'from': 'gpt', ...}]") from error
+    question, gold = _conversation_values(record.get("conversations"))
     prompt = strip_image_placeholders(question)
     choices = parse_choices(prompt)
     keys = [key for key in ("image", *IMAGE_KEYS) if record.get(key) is not None]
@@ -141,76 +194,136 @@ def _spatial_doc(root: DataRoot, record: dict) -> dict:
         raise BadRecord(f"{len(keys)} images, at most {len(IMAGE_KEYS)} are supported")
     images = [_resolve_image(root, record[key], key) for key in keys]
     return {
-        "idx": str(record["id"]),
-        "sub_task": str(record.get("sub_task", "")),
+        "idx": _record_id(record["id"], "id"),
+        "sub_task": sub_task,
         "prompt": prompt,
         "choices": choices,
-        "answer": f"({gold_letter(str(gold), choices)})",
+        "answer": f"({gold_letter(gold, choices)})",
         **dict(zip(IMAGE_KEYS, images + [None] * (len(IMAGE_KEYS) - len(images)), strict=True)),
     }
 
 
-def _jsonl_records(path: Path) -> list[tuple[str, dict | None]]:
-    """(where, record) per non-empty line; a line that is not a JSON object comes back as None."""
-    out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+@dataclass(frozen=True)
+class JsonlLine:
+    """One non-empty line of a jsonl file: where it is, and its record or why there is none."""
+
+    where: str
+    record: dict | None
+    problem: str | None = None
+
+
+def _jsonl_lines(path: Path) -> list[JsonlLine]:
+    """Every non-empty line of `path`. A UTF-8 byte-order mark is accepted; a line that is not UTF-8
+    or not a JSON object with an `id` comes back with its problem, the other lines are still read."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SpatialDataError(f"{path} cannot be read: {error}") from error
+    lines = []
+    for number, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").splitlines(), start=1):
+        where = f"{path}:{number}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            lines.append(
+                JsonlLine(
+                    where, None, f"not UTF-8 text ({error.reason} at byte {error.start + 1} of the line)"
+                )
+            )
+            continue
+        if not text.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(text)
         except json.JSONDecodeError:
             record = None
         if not isinstance(record, dict) or "id" not in record:
-            out.append((f"{path}:{number}", None))
+            lines.append(JsonlLine(where, None, "not a JSON object with an 'id'"))
         else:
-            out.append((f"{path}:{number} (record id {record['id']!r})", record))
-    return out
+            lines.append(JsonlLine(f"{where} (record id {record['id']!r})", record))
+    return lines
 
 
-def read_spatial_jsonl(root: DataRoot, path: Path, sub_task: str | None = None) -> Loaded:
-    """Docs from a spatial-layout jsonl file, only those of `sub_task` when it is given."""
+def read_spatial_jsonl(root: DataRoot, path: Path) -> Loaded:
+    """Docs from a spatial-layout jsonl file whose `sub_task` is free text (SAT-2)."""
+    return _read_jsonl(root, path, lambda record: _text(record.get("sub_task", ""), "sub_task"))
+
+
+def read_blink_jsonl(root: DataRoot, sub_task: str | None = None) -> Loaded:
+    """Docs of BLINK's spatial-layout jsonl, only those of `sub_task` when it is given. Every record's
+    `sub_task` must be spelled as BLINK spells it: a misspelt record is bad, never silently unused."""
+    return _read_jsonl(
+        root, root.blink_jsonl, lambda record: blink_sub_task(record.get("sub_task")), sub_task
+    )
+
+
+def _read_jsonl(
+    root: DataRoot, path: Path, read_sub_task: Callable[[dict], str], wanted: str | None = None
+) -> Loaded:
     loaded = Loaded(source=str(path))
-    for where, record in _jsonl_records(path):
-        if record is None:
-            loaded.problems.append(f"{where}: not a JSON object with an 'id'")
-            continue
-        if sub_task is not None and record.get("sub_task") != sub_task:
+    for line in _jsonl_lines(path):
+        if line.record is None:
+            loaded.problems.append(f"{line.where}: {line.problem}")
             continue
         try:
-            loaded.docs.append(_spatial_doc(root, record))
+            sub_task = read_sub_task(line.record)
+            if wanted is None or sub_task == wanted:
+                loaded.docs.append(_spatial_doc(root, line.record, sub_task))
         except BadRecord as error:
-            loaded.problems.append(f"{where}: {error}")
+            loaded.problems.append(f"{line.where}: {error}")
     return loaded
 
 
 def jsonl_subtasks(path: Path) -> list[str]:
     """The `sub_task` values a spatial-layout jsonl file holds."""
-    return sorted({str(record.get("sub_task")) for _, record in _jsonl_records(path) if record is not None})
+    return sorted(
+        {str(line.record.get("sub_task")) for line in _jsonl_lines(path) if line.record is not None}
+    )
+
+
+def hub_choices(value: Any) -> list[str]:
+    """The `choices` column: a list of texts, or the text of one (`"['one', 'two']"`, as some exports
+    write it), which is read as a list rather than split into characters."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as error:
+            raise BadRecord(f"choices is the text {value!r}, expected a list of choices") from error
+    if not isinstance(value, list | tuple) or not all(isinstance(choice, str) for choice in value):
+        raise BadRecord(f"choices is {value!r}, expected a list of texts")
+    if len(value) < 2:
+        raise BadRecord(f"choices is {value!r}, expected at least two")
+    return list(value)
+
+
+def _hub_image(value: Any, key: str) -> dict | None:
+    """An image column's cell as `{"bytes": ..., "path": None}` (checked), None for an unused slot."""
+    if value is None:
+        if key == "image_1":
+            raise BadRecord("image_1 is empty (null): every question has at least one image")
+        return None
+    data = value.get("bytes") if isinstance(value, dict) else value
+    if data is None and isinstance(value, dict) and value.get("path"):
+        raise BadRecord(
+            f"{key} holds only a path ({value['path']!r}) and no image bytes: export BLINK with its "
+            "images embedded"
+        )
+    if not isinstance(data, bytes):
+        raise BadRecord(f"{key} is {value!r:.80}, expected embedded image bytes")
+    check_image(data, key)
+    return {"bytes": data, "path": None}
 
 
 def _hub_doc(row: dict) -> dict:
     """A doc from one row of the Hub BLINK export, its images checked and kept as embedded bytes."""
-    choices = [str(choice) for choice in row["choices"] or []]
-    if len(choices) < 2:
-        raise BadRecord(f"choices is {row['choices']!r}, expected at least two")
-    images = []
-    for key in IMAGE_KEYS:
-        value = row[key]
-        data = value.get("bytes") if isinstance(value, dict) else value
-        if data is None:
-            if key == "image_1":
-                raise BadRecord("image_1 is empty")
-            images.append(None)
-            continue
-        check_image(data, key)
-        images.append({"bytes": data, "path": None})
+    choices = hub_choices(row["choices"])
     return {
-        "idx": str(row["idx"]),
-        "sub_task": str(row["sub_task"]),
-        "prompt": str(row["prompt"]),
+        "idx": _record_id(row["idx"], "idx"),
+        "sub_task": _text(row["sub_task"], "sub_task"),
+        "prompt": _text(row["prompt"], "prompt"),
         "choices": choices,
-        "answer": f"({gold_letter(str(row['answer']), choices)})",
-        **dict(zip(IMAGE_KEYS, images, strict=True)),
+        "answer": f"({gold_letter(_text(row['answer'], 'answer'), choices)})",
+        **{key: _hub_image(row[key], key) for key in IMAGE_KEYS},
     }
 
 
@@ -243,10 +356,11 @@ def read_blink(root: DataRoot, sub_task: str) -> Loaded:
         return read_hub_parquet(hub_files)
     tried = f"{root.hub_blink_dir / sub_task / 'val-*.parquet'}, {root.blink_jsonl}"
     if root.blink_jsonl.is_file():
-        loaded = read_spatial_jsonl(root, root.blink_jsonl, sub_task)
-        if loaded.total:
+        loaded = read_blink_jsonl(root, sub_task)
+        if loaded.docs or loaded.problems:
             return loaded
-        tried += f" (holds sub-tasks {', '.join(jsonl_subtasks(root.blink_jsonl))})"
+        held = jsonl_subtasks(root.blink_jsonl)
+        tried += f" (holds sub-tasks {', '.join(held)})" if held else " (holds no records)"
     raise SpatialDataError(f"data root {root.path} has no BLINK data for sub-task {sub_task}; tried {tried}")
 
 

@@ -9,7 +9,7 @@ import argparse
 from collections import Counter
 
 from lmms_var.tasks.data_root import BLINK_SUBTASKS, ENV_DATA_ROOT, data_root_from_env, open_data_root
-from lmms_var.tasks.records import Loaded, read_hub_parquet, read_sat2, read_spatial_jsonl
+from lmms_var.tasks.records import Loaded, read_blink_jsonl, read_hub_parquet, read_sat2
 
 # Bad records listed in full; the rest are counted.
 MAX_LISTED_PROBLEMS = 20
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             found.add(sub_task)
 
     if root.blink_jsonl.is_file():
-        loaded = read_spatial_jsonl(root, root.blink_jsonl)
+        loaded = read_blink_jsonl(root)
         print(f"BLINK, spatial-reasoning layout ({root.blink_jsonl}): {_counts_line(loaded)}")
         for sub_task, count in sorted(Counter(doc["sub_task"] for doc in loaded.docs).items()):
             shadowed = " (not used: the Hub export has this sub-task)" if sub_task in hub_subtasks else ""

@@ -1,20 +1,25 @@
 """Reading both layouts into BLINK's doc schema: choices, golds, image paths and bad records."""
 
+import contextlib
 import io
 import json
 from pathlib import Path
 
 import datasets
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
 from lmms_var.tasks.data_root import DataRoot, SpatialDataError
 from lmms_var.tasks.records import (
     BadRecord,
+    _hub_doc,
     check_image,
     gold_letter,
     parse_choices,
     read_blink,
+    read_blink_jsonl,
     read_hub_parquet,
     read_sat2,
     read_spatial_jsonl,
@@ -199,3 +204,214 @@ def test_hub_export_with_a_corrupt_image_or_missing_columns(tmp_path):
     table.remove_columns(["prompt"]).to_parquet(str(parquet))
     with pytest.raises(SpatialDataError, match=r"lacks BLINK's columns \['prompt'\]"):
         read_hub_parquet([parquet])
+
+
+def _png_bytes(size: tuple[int, int] = (112, 84)) -> bytes:
+    buffer = io.BytesIO()
+    random_image(0, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _hub_row(**changes) -> dict:
+    row = {
+        "idx": "val_Counting_1",
+        "sub_task": "Counting",
+        "prompt": "How many?\n(A) one\n(B) two",
+        "choices": ["one", "two"],
+        "answer": "(B)",
+        "image_1": {"bytes": _png_bytes(), "path": None},
+        "image_2": None,
+        "image_3": None,
+        "image_4": None,
+    }
+    return row | changes
+
+
+def _write_hub_rows(root: Path, rows: list[dict]) -> Path:
+    """Rows written as they are, with the column types pyarrow infers (as another exporter might)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = root / "BLINK" / "Counting" / "val-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def test_an_image_the_processor_refuses_is_a_bad_record_in_both_layouts(tmp_path):
+    narrow = "spatial_reasoning/blink/images/narrow.png"
+    (tmp_path / narrow).parent.mkdir(parents=True)
+    random_image(0, size=(6000, 20)).save(tmp_path / narrow)
+    _write_records(tmp_path, [_record("narrow", "A", {"image": narrow})])
+    [problem] = read_blink(DataRoot(tmp_path), "Relative_Depth").problems
+    assert "record id 'narrow'" in problem and "narrow.png" in problem
+    assert "image processor refuses its size 6000x20" in problem and "aspect ratio" in problem
+
+    parquet = _write_hub_rows(tmp_path, [_hub_row(image_1={"bytes": _png_bytes((20, 6000)), "path": None})])
+    [problem] = read_hub_parquet([parquet]).problems
+    assert f"{parquet} row 0 (record idx 'val_Counting_1'): image_1: the Qwen2-VL image processor" in problem
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "A"}]},
+            "conversations[0] value (the question) is None, expected text",
+        ),
+        (
+            {
+                "conversations": [
+                    {"from": "human", "value": "<image>\n(A) x\n(B) y"},
+                    {"from": "gpt", "value": 1},
+                ]
+            },
+            "conversations[1] value (the gold answer) is 1, expected text",
+        ),
+        ({"conversations": "Which is closer?"}, "conversations must be [{'from': 'human'"),
+        ({"conversations": [None, None]}, "conversations must be"),
+        ({"id": None}, "id is None, expected a string or an integer"),
+        ({"sub_task": None}, "sub_task is None, expected text"),
+        ({"image": ["a.png"]}, "image is ['a.png'], expected a path relative to"),
+        ({"image": 7}, "image is 7, expected a path"),
+    ],
+    ids=[
+        "null-question",
+        "number-gold",
+        "text-conversations",
+        "null-turns",
+        "null-id",
+        "null-sub-task",
+        "list-image",
+        "number-image",
+    ],
+)
+def test_spatial_fields_of_the_wrong_type_are_bad_records(tmp_path, change, expected):
+    image = {"image": _png(tmp_path, "spatial_reasoning/blink/images/x.png")}
+    record = _record("r", "A", image) | change
+    path = _write_records(tmp_path, [_record("good", "A", image), record])
+    loaded = read_blink_jsonl(DataRoot(tmp_path))
+    assert [doc["idx"] for doc in loaded.docs] == ["good"]
+    [problem] = loaded.problems
+    assert problem.startswith(f"{path}:2 (record id ") and expected in problem
+
+
+def test_numeric_record_ids_are_read_as_text(tmp_path):
+    image = {"image": _png(tmp_path, "spatial_reasoning/blink/images/x.png")}
+    _write_records(tmp_path, [_record(17, "A", image)])
+    assert [doc["idx"] for doc in read_blink(DataRoot(tmp_path), "Relative_Depth").docs] == ["17"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"image_1": {"bytes": None, "path": "/exports/blink/1.png"}},
+            "image_1 holds only a path ('/exports/blink/1.png') and no image bytes",
+        ),
+        (
+            {"image_1": "/exports/blink/1.png"},
+            "image_1 is '/exports/blink/1.png', expected embedded image bytes",
+        ),
+        ({"image_1": None}, "image_1 is empty (null)"),
+        ({"image_2": {"bytes": None, "path": "2.png"}}, "image_2 holds only a path ('2.png')"),
+        ({"prompt": None}, "prompt is None, expected text"),
+        ({"idx": None}, "idx is None, expected a string or an integer"),
+        ({"answer": None}, "answer is None, expected text"),
+        ({"choices": "one, two"}, "choices is the text 'one, two', expected a list of choices"),
+        ({"choices": "[1, 2]"}, "choices is [1, 2], expected a list of texts"),
+        ({"choices": ["one"]}, "choices is ['one'], expected at least two"),
+    ],
+    ids=[
+        "path-only",
+        "path-string",
+        "null-image",
+        "path-only-second",
+        "null-prompt",
+        "null-idx",
+        "null-answer",
+        "unreadable-choices-text",
+        "number-choices",
+        "one-choice",
+    ],
+)
+def test_hub_fields_of_the_wrong_type_are_bad_records(tmp_path, change, expected):
+    parquet = _write_hub_rows(tmp_path, [_hub_row(**change)])
+    loaded = read_hub_parquet([parquet])
+    assert loaded.docs == []
+    [problem] = loaded.problems
+    assert problem.startswith(f"{parquet} row 0 (record idx ") and expected in problem
+
+
+def test_hub_choices_written_as_the_text_of_a_list_are_a_list(tmp_path):
+    parquet = _write_hub_rows(tmp_path, [_hub_row(choices="['one', 'two']", answer="two")])
+    [doc] = read_hub_parquet([parquet]).docs
+    assert (doc["choices"], doc["answer"]) == (["one", "two"], "(B)")
+
+
+def test_a_utf8_byte_order_mark_is_accepted_and_other_encodings_name_the_line(tmp_path):
+    image = {"image": _png(tmp_path, "spatial_reasoning/blink/images/x.png")}
+    path = _write_records(tmp_path, [_record("first", "A", image), _record("second", "A", image)])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [doc["idx"] for doc in read_blink_jsonl(DataRoot(tmp_path)).docs] == ["first", "second"]
+
+    latin1 = json.dumps(_record("café", "A", image), ensure_ascii=False).encode("latin-1")
+    path.write_bytes(path.read_bytes() + latin1 + b"\n")
+    loaded = read_blink_jsonl(DataRoot(tmp_path))
+    assert [doc["idx"] for doc in loaded.docs] == ["first", "second"]
+    assert loaded.problems == [f"{path}:3: not UTF-8 text (invalid continuation byte at byte 12 of the line)"]
+
+
+@pytest.mark.parametrize(
+    ("sub_task", "expected"),
+    [
+        ("relative_depth", "sub_task 'relative_depth' must be spelled 'Relative_Depth', as BLINK spells it"),
+        ("Multi-View Reasoning", "must be spelled 'Multi-view_Reasoning'"),
+        ("Depth", "sub_task 'Depth' is none of BLINK's: Art_Style, Counting"),
+    ],
+)
+def test_sub_tasks_not_spelled_as_blink_are_bad_records_never_unused(tmp_path, sub_task, expected):
+    image = {"image": _png(tmp_path, "spatial_reasoning/blink/images/x.png")}
+    _write_records(
+        tmp_path, [_record("good", "A", image), _record("odd", "A", image) | {"sub_task": sub_task}]
+    )
+    loaded = read_blink(DataRoot(tmp_path), "Relative_Depth")
+    assert [doc["idx"] for doc in loaded.docs] == ["good"]
+    [problem] = loaded.problems
+    assert "(record id 'odd')" in problem and expected in problem
+
+
+def test_an_empty_blink_file_is_no_data_for_any_sub_task(tmp_path):
+    _write_records(tmp_path, [])
+    with pytest.raises(
+        SpatialDataError, match=r"no BLINK data for sub-task Counting; .* \(holds no records\)"
+    ):
+        read_blink(DataRoot(tmp_path), "Counting")
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["id", "sub_task", "conversations", "image", "image_1", "image_2"]), JSON_VALUES
+    )
+)
+def test_any_malformed_spatial_record_is_a_bad_record(tmp_path, fields):
+    image = {"image": _png(tmp_path, "spatial_reasoning/blink/images/x.png")}
+    record = _record("r", "A", image) | fields
+    _write_records(tmp_path, [record])
+    loaded = read_blink_jsonl(DataRoot(tmp_path))
+    assert len(loaded.docs) + len(loaded.problems) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(sorted(_hub_row())), JSON_VALUES))
+def test_any_malformed_hub_row_is_a_bad_record(fields):
+    with contextlib.suppress(BadRecord):
+        _hub_doc(_hub_row(**fields))
