@@ -74,7 +74,10 @@ def write_spatial_root(
     sat2_docs: int = 4,
     seed: int = 0,
 ) -> Path:
-    """Write `ROOT/spatial_reasoning/{blink,sat2_test}` jsonl files and PNG images; returns ROOT."""
+    """Write `ROOT/spatial_reasoning/{blink,sat2_test}` jsonl files and PNG images; returns ROOT.
+
+    With `sat2_docs=0` the root has no SAT-2 file at all: an empty one would be unusable data.
+    """
     root = Path(root)
     rng = random.Random(seed)
     blink = [
@@ -102,7 +105,8 @@ def write_spatial_root(
         )
         for i in range(sat2_docs)
     ]
-    _write_jsonl(root / "spatial_reasoning" / "sat2_test" / "sat2_test.jsonl", sat2)
+    if sat2:
+        _write_jsonl(root / "spatial_reasoning" / "sat2_test" / "sat2_test.jsonl", sat2)
     return root
 
 

@@ -1,8 +1,14 @@
 """`lmms-var check-data [ROOT]`: layouts, sub-tasks, doc counts and bad records of a data root."""
 
+import json
+
 from lmms_var.tasks import ENV_DATA_ROOT
+from lmms_var.tasks.data_root import DataRoot
+from lmms_var.testing.images import random_image
 from lmms_var.testing.spatial_data import write_hub_blink_root, write_spatial_root
 from lmms_var.tools.cli import main
+
+ALL_USABLE, SOME_BAD, NOTHING_USABLE = 0, 1, 2
 
 
 def test_spatial_layout_counts_docs_per_sub_task(tmp_path, capsys):
@@ -42,7 +48,7 @@ def test_bad_records_are_listed_and_fail_the_check(tmp_path, capsys):
     assert main(["check-data", str(root)]) == 1
     out = capsys.readouterr().out
     assert "blink_validation.jsonl): 2 docs, 1 bad records" in out
-    assert "bad records (2;" in out
+    assert "bad records and unusable files (2;" in out
     assert f"(record id 'Counting_0'): image not found: tried {missing}" in out
     assert "(record id 'sat2_1'): image_2 " in out and "sat2_1_2.png is unreadable" in out
 
@@ -63,3 +69,67 @@ def test_a_root_without_data_names_the_paths_tried(tmp_path, capsys):
     assert (
         f"error: data root {tmp_path} holds no spatial data; tried {tmp_path}/spatial_reasoning/blink" in err
     )
+
+
+def test_an_empty_blink_file_alone_is_no_usable_data(tmp_path, capsys):
+    root = DataRoot(tmp_path)
+    root.blink_jsonl.parent.mkdir(parents=True)
+    root.blink_jsonl.write_text("")
+    assert main(["check-data", str(tmp_path)]) == NOTHING_USABLE
+    out = capsys.readouterr().out
+    assert f"BLINK, spatial-reasoning layout ({root.blink_jsonl}): no records" in out
+    assert f"  {root.blink_jsonl} holds no records\n" in out
+    assert out.endswith("no usable spatial data: every spatial_* task would fail\n")
+
+
+def test_an_empty_file_next_to_usable_data_is_reported(tmp_path, capsys):
+    root = DataRoot(
+        write_spatial_root(tmp_path, blink_subtasks=("Counting",), docs_per_subtask=1, sat2_docs=1)
+    )
+    root.sat2_jsonl.write_text("\n")
+    assert main(["check-data", str(tmp_path)]) == SOME_BAD
+    assert f"  {root.sat2_jsonl} holds no records\n" in capsys.readouterr().out
+
+
+def test_the_demo_root_without_sat2_is_all_usable(tmp_path, capsys):
+    root = DataRoot(write_spatial_root(tmp_path, sat2_docs=0))
+    assert not root.sat2_jsonl.exists()
+    assert main(["check-data", str(tmp_path)]) == ALL_USABLE
+    assert f"SAT-2: none (no {root.sat2_jsonl})" in capsys.readouterr().out
+
+
+def test_misspelt_sub_tasks_and_refused_images_are_named(tmp_path, capsys):
+    root = DataRoot(
+        write_spatial_root(tmp_path, blink_subtasks=("Counting",), docs_per_subtask=3, sat2_docs=0)
+    )
+    records = [json.loads(line) for line in root.blink_jsonl.read_text().splitlines()]
+    records[0]["sub_task"] = "counting"
+    random_image(0, size=(20, 6000)).save(tmp_path / records[1]["image"])
+    root.blink_jsonl.write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert main(["check-data", str(tmp_path)]) == SOME_BAD
+    out = capsys.readouterr().out
+    assert "  Counting                    1 docs\n" in out
+    assert (
+        "(record id 'Counting_0'): sub_task 'counting' must be spelled 'Counting', as BLINK spells it" in out
+    )
+    assert "(record id 'Counting_1'): image " in out and "image processor refuses its size 20x6000" in out
+
+
+def test_a_root_whose_every_record_is_bad_has_no_usable_data(tmp_path, capsys):
+    root = DataRoot(
+        write_spatial_root(tmp_path, blink_subtasks=("Counting",), docs_per_subtask=2, sat2_docs=0)
+    )
+    root.blink_jsonl.write_bytes(root.blink_jsonl.read_text().replace("Counting", "counting").encode())
+    assert main(["check-data", str(tmp_path)]) == NOTHING_USABLE
+    assert "bad records and unusable files (2;" in capsys.readouterr().out
+
+
+def test_an_unreadable_parquet_is_listed_and_the_rest_still_checked(tmp_path, capsys):
+    write_hub_blink_root(tmp_path, blink_subtasks=("Counting", "Jigsaw"), docs_per_subtask=1)
+    [broken] = DataRoot(tmp_path).hub_parquet_files("Jigsaw")
+    broken.write_bytes(b"not parquet")
+    assert main(["check-data", str(tmp_path)]) == SOME_BAD
+    out = capsys.readouterr().out
+    assert "  Counting                    1 docs, 0 bad records\n" in out
+    assert "  Jigsaw                      no records\n" in out
+    assert f"  {broken} is not a readable parquet file" in out
