@@ -1,23 +1,29 @@
 """Render a `Leaderboard` as Markdown, CSV, HTML or LaTeX.
 
 md/html/latex cells read `62.50 (+4.17, p=0.031)`: the value, its delta against the baseline and the
-paired test's p-value where both runs logged samples; the best cell of each column is bold. CSV holds
-the values only, for scripts.
+paired test's p-value where both runs logged samples; the best cell of each column is bold. A `†`
+after the value marks a doc set that differs from the baseline's, explained in the notes under the
+table. CSV holds the values only, for scripts (the command prints the notes on stderr).
 """
 
 import csv
 import html
 import io
+import math
 from collections.abc import Callable
 
 from lmms_var.leaderboard.table import Cell, Column, Leaderboard
 
 FORMATS = ("md", "csv", "html", "latex")
 MISSING = "–"
+OTHER_DOCS = "†"
+NOT_A_NUMBER = "NaN"
 
 
 def format_number(value: float, column: Column) -> str:
-    """Percent with two decimals for accuracies, four decimals for any other metric."""
+    """Percent with two decimals for accuracies, four decimals for any other metric, NaN as NaN."""
+    if math.isnan(value):
+        return NOT_A_NUMBER
     return f"{value:.2f}" if column.percent else f"{value:.4f}"
 
 
@@ -46,12 +52,17 @@ def _caption(board: Leaderboard) -> str:
     return text
 
 
+def _caption_and_notes(board: Leaderboard) -> str:
+    return " ".join([_caption(board), *board.notes])
+
+
 def _cell_text(cell: Cell, column: Column, bold: str, escape: Callable[[str], str] = str) -> str:
     """`bold` is a `str.format` template for the best value; `escape` quotes text for the format."""
     if cell.value is None:
         return escape(MISSING)
     value = format_number(cell.value, column)
-    return (bold.format(value) if cell.best else value) + escape(_annotation(cell, column))
+    mark = OTHER_DOCS if cell.other_docs else ""
+    return (bold.format(value) if cell.best else value) + escape(mark + _annotation(cell, column))
 
 
 def to_markdown(board: Leaderboard) -> str:
@@ -63,7 +74,7 @@ def to_markdown(board: Leaderboard) -> str:
     for name, row in zip(board.runs, board.cells, strict=True):
         texts = [_cell_text(cell, column, "**{}**") for cell, column in zip(row, board.columns, strict=True)]
         lines.append("| " + " | ".join([name.replace("|", "\\|"), *texts]) + " |")
-    return "\n".join(lines) + "\n\n" + _caption(board) + "\n"
+    return "\n".join(lines) + "".join(f"\n\n{text}" for text in [_caption(board), *board.notes]) + "\n"
 
 
 def to_csv(board: Leaderboard) -> str:
@@ -92,7 +103,7 @@ def to_html(board: Leaderboard) -> str:
         )
     return (
         "<table>\n"
-        f"<caption>{html.escape(_caption(board))}</caption>\n"
+        f"<caption>{html.escape(_caption_and_notes(board))}</caption>\n"
         f"<thead><tr><th>run</th>{header}</tr></thead>\n"
         "<tbody>\n" + "\n".join(rows) + "\n</tbody>\n</table>\n"
     )
@@ -113,6 +124,7 @@ LATEX_SPECIALS = {
     ">": r"\textgreater{}",
     "|": r"\textbar{}",
     MISSING: "--",
+    OTHER_DOCS: r"\textsuperscript{\dag}",
 }
 
 
@@ -142,7 +154,7 @@ def to_latex(board: Leaderboard) -> str:
                 *rows,
                 r"\bottomrule",
                 r"\end{tabular}",
-                r"\caption{" + latex_escape(_caption(board)) + "}",
+                r"\caption{" + latex_escape(_caption_and_notes(board)) + "}",
                 r"\end{table}",
             ]
         )

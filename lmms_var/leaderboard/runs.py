@@ -3,11 +3,14 @@
 lmms-eval 0.7.3 writes `OUTPUT_PATH/<model name>/<date>_results.json` (the model-name folder is
 left out when the model args name no checkpoint) and, with `--log_samples`, one
 `<date>_samples_<task>.jsonl` per task next to it. Results of any task are read, not only ours.
+The results file also says how many docs each task evaluated (`n-samples`) and which tasks each group
+holds (`group_subtasks`): the leaderboard compares doc sets with them.
 """
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 RESULTS_SUFFIX = "_results.json"
 STDERR_MARK = "_stderr"
@@ -22,6 +25,8 @@ class TaskResult:
     higher_is_better: dict[str, bool]
     is_group: bool
     samples: Path | None = None  # the per-doc samples JSONL, when the run logged samples
+    docs: int | None = None  # docs evaluated (lmms-eval's n-samples "effective"), for tasks
+    subtasks: tuple[str, ...] = ()  # for groups: the tasks and groups it holds
 
 
 @dataclass
@@ -64,17 +69,41 @@ def _metric_values(entry: dict) -> dict[str, float]:
     return values
 
 
+def _section(results_file: Path, data: dict, key: str) -> dict[str, Any]:
+    """`data[key]` (absent: empty), checked to map names to objects as lmms-eval writes it."""
+    section = data.get(key, {})
+    if not isinstance(section, dict) or not all(isinstance(value, dict) for value in section.values()):
+        raise ValueError(
+            f"{results_file}: not an lmms-eval results file: {key!r} should map task names to objects, "
+            f"got {section!r:.80}"
+        )
+    return section
+
+
+def _evaluated_docs(entry: dict | None) -> int | None:
+    effective = (entry or {}).get("effective")
+    return effective if isinstance(effective, int) and not isinstance(effective, bool) else None
+
+
 def _task_results(results_file: Path, data: dict) -> dict[str, TaskResult]:
-    groups = set(data.get("groups", {}))
-    configs = data.get("configs", {})
-    higher = data.get("higher_is_better", {})
+    groups = set(_section(results_file, data, "groups"))
+    configs = _section(results_file, data, "configs")
+    higher = _section(results_file, data, "higher_is_better")
+    n_samples = _section(results_file, data, "n-samples")
+    group_subtasks = data.get("group_subtasks", {})
+    if not isinstance(group_subtasks, dict) or not all(isinstance(v, list) for v in group_subtasks.values()):
+        raise ValueError(
+            f"{results_file}: not an lmms-eval results file: 'group_subtasks' should map group names to "
+            f"lists of tasks, got {group_subtasks!r:.80}"
+        )
     date_id = results_file.name.removesuffix(RESULTS_SUFFIX)
     tasks = {}
-    for name, entry in data.get("results", {}).items():
+    for name, entry in _section(results_file, data, "results").items():
         metrics = _metric_values(entry)
         if not metrics:
             continue
-        listed = [item["metric"] for item in configs.get(name, {}).get("metric_list", []) if "metric" in item]
+        metric_list = configs.get(name, {}).get("metric_list", [])
+        listed = [item["metric"] for item in metric_list if isinstance(item, dict) and "metric" in item]
         primary = next((metric for metric in listed if metric in metrics), next(iter(metrics)))
         samples = results_file.parent / f"{date_id}_samples_{name}.jsonl"
         tasks[name] = TaskResult(
@@ -83,6 +112,8 @@ def _task_results(results_file: Path, data: dict) -> dict[str, TaskResult]:
             higher_is_better={metric: bool(flag) for metric, flag in higher.get(name, {}).items()},
             is_group=name in groups,
             samples=samples if samples.is_file() else None,
+            docs=_evaluated_docs(n_samples.get(name)),
+            subtasks=tuple(map(str, group_subtasks.get(name, []))),
         )
     return tasks
 
@@ -121,6 +152,8 @@ def load_run(path: str | Path) -> Run:
         if not isinstance(data, dict) or "results" not in data:
             raise ValueError(f"{results_file}: not an lmms-eval results file (no 'results' key)")
         config = data.get("config", {})
+        if not isinstance(config, dict):
+            raise ValueError(f"{results_file}: not an lmms-eval results file: 'config' is {config!r:.80}")
         model = str(config.get("model", ""))
         model_args = parse_model_args(config.get("model_args"))
         if run is None:

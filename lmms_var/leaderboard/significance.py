@@ -1,11 +1,18 @@
-"""Paired significance of a run against the baseline on one task, from lmms-eval's per-doc samples.
+"""Paired comparison of a run against the baseline on one task, from lmms-eval's per-doc samples.
 
-Both runs answered the same documents, so the test is paired by `doc_id`: exact McNemar when every
-per-doc score is 0/1 (accuracy-like metrics), a paired bootstrap of the mean difference otherwise.
+Docs are paired by what identifies them, never by position: lmms-eval's `doc_id` is the doc's index
+in the evaluated list, which shifts when a record is skipped, and its `doc_hash` hashes `str()` of
+the doc's images, which holds a memory address that differs between runs. The identity used is the
+doc as the samples file logs it (lmms-eval drops the images and keeps the text fields, record id
+included), so two runs share a doc when they evaluated the same record. The test is exact McNemar
+when every per-doc score is 0/1 (accuracy-like metrics), a paired bootstrap of the mean difference
+otherwise.
 """
 
+import hashlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +21,10 @@ import numpy as np
 # Keys under which tasks that log a dict per doc (e.g. BLINK's `blink_acc`) keep the doc's score.
 SCORE_KEYS = ("is_correct", "correct", "score", "acc", "accuracy")
 BOOTSTRAP_RESAMPLES = 10_000
+
+
+class SamplesError(ValueError):
+    """A samples file cannot be read (e.g. truncated); the message names the file and line."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +38,24 @@ class Significance:
     high: float | None = None
 
 
+@dataclass(frozen=True)
+class PairedScores:
+    """Per-doc scores of the docs both runs evaluated, in the same order, and each run's doc count."""
+
+    baseline: list[float]
+    run: list[float]
+    baseline_docs: int
+    run_docs: int
+
+    @property
+    def shared(self) -> int:
+        return len(self.baseline)
+
+    def mean_difference(self) -> float | None:
+        """Mean of `run - baseline` over the shared docs; None when they share none."""
+        return float(np.mean(self.run) - np.mean(self.baseline)) if self.shared else None
+
+
 def _doc_score(value: object) -> float | None:
     if isinstance(value, bool | int | float):
         return float(value)
@@ -35,23 +64,60 @@ def _doc_score(value: object) -> float | None:
     return None
 
 
-def read_doc_scores(samples: Path, metric: str) -> dict[int, float] | None:
-    """doc_id -> per-doc score of `metric`; None when the file cannot pair docs unambiguously.
+def doc_identity(sample: dict) -> str:
+    """What identifies the sample's doc across runs: its logged fields (record id included), else
+    lmms-eval's `doc_hash`, else, for files that log neither, its position."""
+    if isinstance(sample.get("doc"), dict):
+        text = json.dumps(sample["doc"], sort_keys=True, ensure_ascii=False, default=str)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return str(sample.get("doc_hash") or f"doc_id {sample.get('doc_id')}")
 
-    That is when a line lacks a numeric score for `metric`, or a doc appears twice (several
-    filters or repeats in one file): no test is better than a wrong one.
+
+def read_doc_scores(samples: Path, metric: str) -> dict[tuple[str, int], float] | None:
+    """(doc identity, occurrence) -> per-doc score of `metric`; None when the file cannot pair docs.
+
+    Identical docs (same logged fields) are told apart by the order they come in. None when a line
+    lacks a numeric score for `metric`, or a `doc_id` appears twice (several filters or repeats in
+    one file): no test is better than a wrong one. Raises `SamplesError` for a line that is not JSON.
     """
-    scores: dict[int, float] = {}
+    scores: dict[tuple[str, int], float] = {}
+    seen_ids: set = set()
+    occurrences: Counter[str] = Counter()
     with samples.open(encoding="utf-8") as lines:
-        for line in lines:
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            sample = json.loads(line)
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise SamplesError(
+                    f"{samples}:{number}: not a JSON line, the file may be truncated ({error})"
+                ) from error
+            if not isinstance(sample, dict):
+                raise SamplesError(f"{samples}:{number}: not a JSON object")
             score = _doc_score(sample.get(metric))
-            if score is None or sample.get("doc_id") in scores:
+            if score is None or sample.get("doc_id") in seen_ids:
                 return None
-            scores[sample["doc_id"]] = score
+            seen_ids.add(sample.get("doc_id"))
+            identity = doc_identity(sample)
+            scores[(identity, occurrences[identity])] = score
+            occurrences[identity] += 1
     return scores
+
+
+def pair_samples(baseline_samples: Path, run_samples: Path, metric: str) -> PairedScores | None:
+    """The scores of `metric` on the docs both sample files share; None when a file cannot pair docs."""
+    baseline_scores = read_doc_scores(baseline_samples, metric)
+    run_scores = read_doc_scores(run_samples, metric)
+    if baseline_scores is None or run_scores is None:
+        return None
+    shared = [key for key in baseline_scores if key in run_scores]
+    return PairedScores(
+        baseline=[baseline_scores[key] for key in shared],
+        run=[run_scores[key] for key in shared],
+        baseline_docs=len(baseline_scores),
+        run_docs=len(run_scores),
+    )
 
 
 def mcnemar_exact(baseline: list[float], run: list[float]) -> float:
@@ -76,17 +142,10 @@ def paired_bootstrap(baseline: list[float], run: list[float], seed: int = 0) -> 
     return Significance("bootstrap", p_value, len(differences), float(low), float(high))
 
 
-def paired_test(baseline_samples: Path, run_samples: Path, metric: str) -> Significance | None:
-    """Test `metric` on the docs both sample files share; None when the samples cannot be paired."""
-    baseline_scores = read_doc_scores(baseline_samples, metric)
-    run_scores = read_doc_scores(run_samples, metric)
-    if baseline_scores is None or run_scores is None:
+def paired_test(paired: PairedScores) -> Significance | None:
+    """Test the shared docs' scores; None when the runs share no doc."""
+    if not paired.shared:
         return None
-    shared = sorted(baseline_scores.keys() & run_scores.keys())
-    if not shared:
-        return None
-    baseline = [baseline_scores[doc] for doc in shared]
-    run = [run_scores[doc] for doc in shared]
-    if all(score in (0.0, 1.0) for score in baseline + run):
-        return Significance("mcnemar", mcnemar_exact(baseline, run), len(shared))
-    return paired_bootstrap(baseline, run)
+    if all(score in (0.0, 1.0) for score in paired.baseline + paired.run):
+        return Significance("mcnemar", mcnemar_exact(paired.baseline, paired.run), paired.shared)
+    return paired_bootstrap(paired.baseline, paired.run)

@@ -3,11 +3,12 @@
 The table holds numbers in display units (accuracies in percent); `formats` turns it into text.
 """
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmms_var.leaderboard.runs import Run
-from lmms_var.leaderboard.significance import Significance, paired_test
+from lmms_var.leaderboard.runs import Run, TaskResult
+from lmms_var.leaderboard.significance import SamplesError, Significance, pair_samples, paired_test
 
 VAR_MODEL = "qwen2_5_vl_var"
 # VAR's model args, in the order a run name lists them.
@@ -29,11 +30,31 @@ class Column:
 
 
 @dataclass(frozen=True)
+class DocCounts:
+    """Docs a run and the baseline evaluated for one cell, and how many of them both evaluated."""
+
+    shared: int | None  # None: unknown (no samples to pair docs by), only the counts are
+    baseline: int
+    run: int
+
+    @property
+    def same(self) -> bool:
+        """Whether both runs evaluated the same docs (as far as the results tell)."""
+        return self.baseline == self.run and self.shared in (None, self.baseline)
+
+
+@dataclass(frozen=True)
 class Cell:
-    value: float | None  # None: the run did not evaluate this task
-    delta: float | None = None  # value - baseline value, in display units
+    value: float | None  # None: the run did not evaluate this task; NaN: lmms-eval wrote NaN
+    delta: float | None = None  # value - baseline value, in display units (over shared docs only)
     significance: Significance | None = None
     best: bool = False
+    docs: DocCounts | None = None  # set where compared with the baseline and the counts are known
+
+    @property
+    def other_docs(self) -> bool:
+        """The cell's doc set differs from the baseline's (marked with a dagger)."""
+        return self.docs is not None and not self.docs.same
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,7 @@ class Leaderboard:
     columns: list[Column]
     cells: list[list[Cell]]  # [row][column]
     baseline: int | None  # row index of the baseline, None when there is none
+    notes: list[str] = field(default_factory=list)  # printed under the table
 
 
 def _var_arg(run: Run) -> bool:
@@ -98,7 +120,18 @@ def _find_baseline(runs: list[Run], names: list[str], baseline: str | None) -> i
     return matches[0]
 
 
-def _columns(runs: list[Run], metric: str | None) -> list[Column]:
+def _is_number(value: float | None) -> bool:
+    return value is not None and not math.isnan(value)
+
+
+def _columns(runs: list[Run], metric: str | None, notes: list[str]) -> list[Column]:
+    """One column per task, then per group; `--metric` where a task reports it (noted where not)."""
+    if metric is not None:
+        reported = {name for run in runs for result in run.tasks.values() for name in result.metrics}
+        if metric not in reported:
+            raise ValueError(
+                f"--metric {metric!r}: no task reports it; the runs report {', '.join(sorted(reported))}"
+            )
     first_seen: dict[str, Run] = {}
     for run in runs:
         for task in run.tasks:
@@ -114,11 +147,14 @@ def _columns(runs: list[Run], metric: str | None) -> list[Column]:
         )
         values = [other.tasks[task].metrics.get(chosen) for other in runs if task in other.tasks]
         percent = any(word in chosen.lower() for word in ACCURACY_WORDS) and all(
-            value is None or 0.0 <= value <= 1.0 for value in values
+            not _is_number(value) or 0.0 <= value <= 1.0 for value in values
         )
         columns.append(
             Column(task, chosen, result.is_group, percent, result.higher_is_better.get(chosen, True))
         )
+    if metric is not None and (lacking := [column for column in columns if column.metric != metric]):
+        shown = ", ".join(f"{column.task} (shows {column.metric})" for column in lacking)
+        notes.append(f"--metric {metric} is not reported by {shown}.")
     # Tasks first, then groups, each in the order the runs reported them.
     return sorted(columns, key=lambda column: column.is_group)
 
@@ -129,38 +165,160 @@ def _value(run: Run, column: Column) -> float | None:
     return value * 100 if value is not None and column.percent else value
 
 
-def _significance(run: Run, base: Run, column: Column) -> Significance | None:
-    if column.is_group or column.task not in run.tasks or column.task not in base.tasks:
-        return None
-    samples, base_samples = run.tasks[column.task].samples, base.tasks[column.task].samples
-    if samples is None or base_samples is None:
-        return None
-    return paired_test(base_samples, samples, column.metric)
+@dataclass(frozen=True)
+class Comparison:
+    """A cell against the baseline's: the difference, the paired test and the doc counts."""
+
+    delta: float | None
+    significance: Significance | None = None
+    docs: DocCounts | None = None
+
+
+def _compare_task(
+    result: TaskResult, base: TaskResult, column: Column, difference: float, notes: list[str]
+) -> Comparison:
+    """`difference` is the reported values' difference, right only where both runs evaluated the same docs."""
+    paired = None
+    if result.samples is not None and base.samples is not None:
+        try:
+            paired = pair_samples(base.samples, result.samples, column.metric)
+        except SamplesError as error:
+            notes.append(f"{error}: {column.task} has no paired test against this file.")
+    if paired is not None:
+        docs = DocCounts(paired.shared, paired.baseline_docs, paired.run_docs)
+        shared_difference = paired.mean_difference()
+        if not docs.same and shared_difference is not None and column.percent:
+            shared_difference *= 100
+        return Comparison(difference if docs.same else shared_difference, paired_test(paired), docs)
+    if result.docs is not None and base.docs is not None:
+        docs = DocCounts(None, base.docs, result.docs)
+        return Comparison(difference if docs.same else None, None, docs)
+    return Comparison(difference)
+
+
+def _leaf_tasks(run: Run, group: str) -> list[str]:
+    """The tasks (not groups) under `group`, at any depth."""
+    leaves = []
+    for name in run.tasks[group].subtasks:
+        if name in run.tasks and run.tasks[name].is_group:
+            leaves += _leaf_tasks(run, name)
+        else:
+            leaves.append(name)
+    return leaves
+
+
+def _compare_group(run: Run, column: Column, difference: float, tasks: dict[str, Comparison]) -> Comparison:
+    """A group differs from the baseline's where any of its tasks does; its value then has no delta,
+    since lmms-eval's group aggregate cannot be recomputed over shared docs."""
+    counts = [tasks[task].docs for task in _leaf_tasks(run, column.task) if task in tasks]
+    if not counts or any(docs is None for docs in counts):
+        return Comparison(difference)
+    shared = [docs.shared for docs in counts]
+    docs = DocCounts(
+        None if None in shared else sum(shared),
+        sum(docs.baseline for docs in counts),
+        sum(docs.run for docs in counts),
+    )
+    differs = any(not docs.same for docs in counts)
+    return Comparison(None if differs else difference, None, docs)
+
+
+def _doc_set_note(run_name: str, column: Column, cell: Cell) -> str:
+    docs = cell.docs
+    assert docs is not None
+    where = f"{column.task}{' (group)' if column.is_group else ''}, {run_name}"
+    if docs.shared is None:
+        return (
+            f"{where}: {docs.baseline} baseline / {docs.run} run docs (no samples to pair them by: no delta)"
+        )
+    counts = f"{docs.shared} shared / {docs.baseline} baseline / {docs.run} run docs"
+    if column.is_group:
+        return f"{where}: {counts} in its tasks (no delta: the group's value covers other docs)"
+    if not docs.shared:
+        return f"{where}: {counts} (no doc in common: no delta)"
+    return f"{where}: {counts}; delta and p-value over the {docs.shared} shared docs"
+
+
+def _same_docs_in_every_run(runs: list[Run], column: Column) -> bool:
+    """Without a baseline: whether the runs' doc counts for the task agree (as far as known)."""
+    counts = {run.tasks[column.task].docs for run in runs if column.task in run.tasks}
+    return len(counts - {None}) <= 1
+
+
+def _row_comparisons(
+    run: Run, base: Run, columns: list[Column], values: list, base_values: list, notes: list[str]
+) -> list[Comparison | None]:
+    """Each cell of `run` against the baseline's (None where either has no number); groups come last,
+    so their tasks are compared first."""
+    compared: dict[str, Comparison] = {}
+    for column, value, base_value in zip(columns, values, base_values, strict=True):
+        if not (_is_number(value) and _is_number(base_value)):
+            continue
+        difference = value - base_value
+        compared[column.task] = (
+            _compare_group(run, column, difference, compared)
+            if column.is_group
+            else _compare_task(run.tasks[column.task], base.tasks[column.task], column, difference, notes)
+        )
+    return [compared.get(column.task) for column in columns]
+
+
+def _best(
+    values: list[float | None], comparisons: list[Comparison | None], higher_is_better: bool
+) -> float | None:
+    """The best value among those over the baseline's docs, None where they do not differ."""
+    comparable = [
+        value
+        for value, comparison in zip(values, comparisons, strict=True)
+        if _is_number(value) and (comparison is None or comparison.docs is None or comparison.docs.same)
+    ]
+    return (max if higher_is_better else min)(comparable) if len(set(comparable)) > 1 else None
 
 
 def build_leaderboard(runs: list[Run], baseline: str | None = None, metric: str | None = None) -> Leaderboard:
-    """Rows in the order of `runs`; deltas and paired tests against `baseline` (default: first run with VAR off)."""
+    """Rows in the order of `runs`; deltas and paired tests against `baseline` (default: first run with
+    VAR off), over the docs both runs evaluated, and every cell whose doc set differs marked and noted."""
     if not runs:
         raise ValueError("RUN_DIR: give at least one lmms-eval output folder")
     names = run_names(runs)
     base_row = _find_baseline(runs, names, baseline)
-    columns = _columns(runs, metric)
+    notes: list[str] = []
+    columns = _columns(runs, metric, notes)
     values = [[_value(run, column) for column in columns] for run in runs]
+    comparisons = [
+        [None] * len(columns)
+        if base_row is None or row == base_row
+        else _row_comparisons(run, runs[base_row], columns, values[row], values[base_row], notes)
+        for row, run in enumerate(runs)
+    ]
     cells: list[list[Cell]] = [[] for _ in runs]
     for col, column in enumerate(columns):
-        present = [row_values[col] for row_values in values if row_values[col] is not None]
-        # A best cell only where runs differ: marking every tied cell says nothing.
-        best = (max if column.higher_is_better else min)(present) if len(set(present)) > 1 else None
-        base_value = values[base_row][col] if base_row is not None else None
-        for row, run in enumerate(runs):
-            value = values[row][col]
-            compared = value is not None and base_value is not None and row != base_row
-            cells[row].append(
-                Cell(
-                    value=value,
-                    delta=value - base_value if compared else None,
-                    significance=_significance(run, runs[base_row], column) if compared else None,
-                    best=value is not None and value == best,
-                )
-            )
-    return Leaderboard(runs=names, columns=columns, cells=cells, baseline=base_row)
+        column_values = [row_values[col] for row_values in values]
+        column_comparisons = [row_comparisons[col] for row_comparisons in comparisons]
+        best = (
+            _best(column_values, column_comparisons, column.higher_is_better)
+            if base_row is not None or _same_docs_in_every_run(runs, column)
+            else None
+        )
+        for row, (value, comparison) in enumerate(zip(column_values, column_comparisons, strict=True)):
+            comparison = comparison or Comparison(None)
+            docs = comparison.docs
+            is_best = best is not None and value == best and (docs is None or docs.same)
+            cells[row].append(Cell(value, comparison.delta, comparison.significance, is_best, docs))
+    dagger_notes = [
+        _doc_set_note(name, column, cell)
+        for name, row in zip(names, cells, strict=True)
+        for column, cell in zip(columns, row, strict=True)
+        if cell.other_docs
+    ]
+    if dagger_notes:
+        notes.append("† doc set differs from the baseline's: " + "; ".join(dagger_notes) + ".")
+    nan_cells = [
+        f"{column.task} ({name})"
+        for name, row in zip(names, values, strict=True)
+        for column, value in zip(columns, row, strict=True)
+        if value is not None and math.isnan(value)
+    ]
+    if nan_cells:
+        notes.append(f"NaN: lmms-eval wrote no number for {', '.join(nan_cells)}.")
+    return Leaderboard(runs=names, columns=columns, cells=cells, baseline=base_row, notes=notes)

@@ -27,7 +27,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--format", choices=FORMATS, default="md", help="output format (default: md)")
     parser.add_argument(
-        "--metric", metavar="NAME", help="metric to show where a task reports it (default: its first metric)"
+        "--metric",
+        metavar="NAME",
+        help="metric to show where a task reports it, noted where one does not (default: its first metric)",
     )
     parser.add_argument("--plot", metavar="FILE.png", type=Path, help="also save a bar chart of the deltas")
     parser.add_argument("--output", metavar="FILE", type=Path, help="write the table here instead of stdout")
@@ -39,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
 
     board = build_leaderboard([load_run(path) for path in args.run_dirs], args.baseline, args.metric)
     text = render(board, args.format)
+    if args.format == "csv":  # CSV holds values only; the notes (doc sets, NaN, --metric) go to stderr
+        for note in board.notes:
+            print(f"lmms-var leaderboard: note: {note}", file=sys.stderr)
     if args.output is not None:
         args.output.write_text(text, encoding="utf-8")
     else:

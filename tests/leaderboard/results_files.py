@@ -13,11 +13,14 @@ def write_run(
     samples: dict[str, list[dict]] | None = None,
     date_id: str = "20250101_120000",
     higher_is_better: dict[str, dict[str, bool]] | None = None,
+    n_samples: dict[str, int] | None = None,
 ) -> Path:
     """`results` maps task -> {metric: value} in metric_list order; returns the results file.
 
     Values are written under lmms-eval's `metric,none` keys next to stderr entries, so the reader has to
-    skip those; `samples` maps task -> per-doc sample lines.
+    skip those; `samples` maps task -> per-doc sample lines; `n_samples` task -> docs evaluated
+    (lmms-eval's `n-samples`; by default the number of sample lines where there are some). Groups
+    hold the other tasks (`group_subtasks`).
     """
     folder.mkdir(parents=True, exist_ok=True)
     entries = {
@@ -33,7 +36,14 @@ def write_run(
             for task, metrics in results.items()
             if task not in groups
         },
+        "group_subtasks": {group: [task for task in results if task not in groups] for group in groups},
         "higher_is_better": higher_is_better or {},
+        "n-samples": {
+            task: {"original": count, "effective": count}
+            for task, count in (
+                {task: len(lines) for task, lines in (samples or {}).items()} | (n_samples or {})
+            ).items()
+        },
         "config": {"model": model, "model_args": model_args},
     }
     results_file = folder / f"{date_id}_results.json"
@@ -50,6 +60,11 @@ def _metric_entry(metric: str, score: float):
     yield f"{metric}_stderr,none", "N/A"
 
 
-def doc_samples(metric: str, scores: list) -> list[dict]:
-    """Sample lines with one per-doc score each, doc ids 0..n-1."""
-    return [{"doc_id": doc, "target": "A", metric: score} for doc, score in enumerate(scores)]
+def doc_samples(metric: str, scores: list, ids: list[str] | None = None) -> list[dict]:
+    """Sample lines as lmms-eval logs them: `doc_id` is the position (0..n-1), `doc` the doc's text
+    fields with its record id (`ids`, by default "r0", "r1", ...), then the metric's per-doc score."""
+    ids = ids or [f"r{doc}" for doc in range(len(scores))]
+    return [
+        {"doc_id": doc, "doc": {"idx": idx, "question": "Q?"}, "target": "A", metric: score}
+        for doc, (idx, score) in enumerate(zip(ids, scores, strict=True))
+    ]

@@ -4,7 +4,7 @@ import pytest
 
 from lmms_var.leaderboard import build_leaderboard, load_run, render
 from lmms_var.leaderboard.significance import mcnemar_exact
-from tests.leaderboard.conftest import TOY_ANSWERS
+from tests.leaderboard.conftest import LIMIT, LIMITED_RUN, TOY_ANSWERS
 
 pytestmark = pytest.mark.slow
 
@@ -55,3 +55,22 @@ def test_real_outputs_second_metric_and_markdown(toy_runs):
     assert [cell.value for cell in board.cells[1][:2]] == [1.0, 1.0]
     text = render(board, "md")
     assert text.splitlines()[0] == "| run | lb_toy_a | lb_toy_b | lb_toy |"
+
+
+def test_a_limited_run_compares_on_shared_docs_and_is_marked(toy_runs):
+    """lmms-eval's own samples and n-samples of a `--limit 2` run against a full baseline."""
+    board = build_leaderboard(
+        [load_run(toy_runs["A"]), load_run(toy_runs[LIMITED_RUN])], baseline=str(toy_runs["A"])
+    )
+    for col, answers in enumerate(TOY_ANSWERS.values()):
+        cell = board.cells[1][col]
+        shared = answers[:LIMIT]
+        assert cell.value == pytest.approx(_accuracy("B", shared))
+        assert cell.delta == pytest.approx(_accuracy("B", shared) - _accuracy("A", shared))
+        assert (cell.docs.shared, cell.docs.baseline, cell.docs.run) == (LIMIT, len(answers), LIMIT)
+        assert cell.significance.docs == LIMIT and cell.other_docs and not cell.best
+    group = board.cells[1][2]
+    assert group.other_docs and group.delta is None
+    text = render(board, "md")
+    assert "lb_toy_a, dummy response=B: 2 shared / 5 baseline / 2 run docs" in text
+    assert "lb_toy (group), dummy response=B: 4 shared / 9 baseline / 4 run docs in its tasks" in text

@@ -1,6 +1,7 @@
 """Reading lmms-eval output folders into runs."""
 
 import json
+import re
 
 import pytest
 
@@ -85,3 +86,37 @@ def test_bad_run_dirs_get_clear_errors(tmp_path):
     (tmp_path / "x_results.json").write_text('{"scores": {}}')
     with pytest.raises(ValueError, match=r"x_results\.json: not an lmms-eval results file"):
         load_run(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"results": ["t", 0.5]}, "'results' should map task names to objects, got ['t', 0.5]"),
+        ({"results": {"t": 0.5}}, "'results' should map task names to objects"),
+        ({"configs": []}, "'configs' should map task names to objects, got []"),
+        ({"n-samples": {"t": 3}}, "'n-samples' should map task names to objects"),
+        ({"group_subtasks": {"g": "t"}}, "'group_subtasks' should map group names to lists of tasks"),
+        ({"config": "qwen"}, "'config' is 'qwen'"),
+    ],
+)
+def test_a_results_file_of_the_wrong_shape_is_named(tmp_path, change, expected):
+    results_file = write_run(tmp_path, "m", "", {"t": {"acc": 0.5}})
+    results_file.write_text(json.dumps(json.loads(results_file.read_text()) | change))
+    with pytest.raises(
+        ValueError, match=re.escape(f"{results_file}: not an lmms-eval results file: {expected}")
+    ):
+        load_run(tmp_path)
+
+
+def test_doc_counts_and_group_tasks_are_read(tmp_path):
+    write_run(
+        tmp_path,
+        "m",
+        "",
+        {"a": {"acc": 0.5}, "b": {"acc": 0.5}, "g": {"acc": 0.5}},
+        groups=("g",),
+        n_samples={"a": 4, "b": 2},
+    )
+    run = load_run(tmp_path)
+    assert (run.tasks["a"].docs, run.tasks["b"].docs, run.tasks["g"].docs) == (4, 2, None)
+    assert run.tasks["g"].subtasks == ("a", "b")

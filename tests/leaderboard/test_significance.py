@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.stats import binomtest
 
-from lmms_var.leaderboard.significance import mcnemar_exact, paired_bootstrap, paired_test, read_doc_scores
+from lmms_var.leaderboard.significance import (
+    SamplesError,
+    mcnemar_exact,
+    pair_samples,
+    paired_bootstrap,
+    paired_test,
+    read_doc_scores,
+)
 from tests.leaderboard.results_files import doc_samples
 
 
@@ -49,7 +56,8 @@ def test_doc_scores_read_numbers_bools_and_blink_style_dicts(tmp_path):
         {"doc_id": 2, "acc": {"id": 2, "pred": "A", "is_correct": False}},
         {"doc_id": 3, "acc": {"score": 0.5}},
     ]
-    assert read_doc_scores(_write(tmp_path / "s.jsonl", lines), "acc") == {0: 1.0, 1: 0.0, 2: 0.0, 3: 0.5}
+    scores = read_doc_scores(_write(tmp_path / "s.jsonl", lines), "acc")
+    assert list(scores.values()) == [1.0, 0.0, 0.0, 0.5]
 
 
 @pytest.mark.parametrize(
@@ -63,14 +71,40 @@ def test_doc_scores_read_numbers_bools_and_blink_style_dicts(tmp_path):
 def test_samples_that_cannot_be_paired_give_no_test(tmp_path, lines):
     path = _write(tmp_path / "s.jsonl", lines)
     assert read_doc_scores(path, "acc") is None
-    assert paired_test(path, path, "acc") is None
+    assert pair_samples(path, path, "acc") is None
 
 
 def test_paired_test_uses_only_shared_docs(tmp_path):
     baseline = _write(tmp_path / "b.jsonl", doc_samples("acc", [0, 0, 0, 1, 1]))
     run = _write(tmp_path / "r.jsonl", doc_samples("acc", [1, 1, 1]))
-    result = paired_test(baseline, run, "acc")
+    paired = pair_samples(baseline, run, "acc")
+    assert (paired.shared, paired.baseline_docs, paired.run_docs) == (3, 5, 3)
+    assert paired.mean_difference() == pytest.approx(1.0)
+    result = paired_test(paired)
     assert (result.method, result.docs) == ("mcnemar", 3)
     assert result.p_value == pytest.approx(mcnemar_exact([0, 0, 0], [1, 1, 1]))
     graded = _write(tmp_path / "g.jsonl", doc_samples("acc", [0.5, 1, 0]))
-    assert paired_test(baseline, graded, "acc").method == "bootstrap"
+    assert paired_test(pair_samples(baseline, graded, "acc")).method == "bootstrap"
+
+
+def test_docs_pair_by_their_logged_fields_not_by_position(tmp_path):
+    """A run that skipped record r1 logs r2 as doc_id 1: pairing by position would compare r1 with r2."""
+    baseline = _write(tmp_path / "b.jsonl", doc_samples("acc", [1, 0, 1], ids=["r0", "r1", "r2"]))
+    run = _write(tmp_path / "r.jsonl", doc_samples("acc", [1, 1], ids=["r0", "r2"]))
+    paired = pair_samples(baseline, run, "acc")
+    assert (paired.baseline, paired.run) == ([1.0, 1.0], [1.0, 1.0])
+    assert (paired.shared, paired.baseline_docs, paired.run_docs) == (2, 3, 2)
+
+
+def test_identical_docs_pair_in_order(tmp_path):
+    baseline = _write(tmp_path / "b.jsonl", doc_samples("acc", [1, 0], ids=["same", "same"]))
+    run = _write(tmp_path / "r.jsonl", doc_samples("acc", [0, 1], ids=["same", "same"]))
+    paired = pair_samples(baseline, run, "acc")
+    assert (paired.baseline, paired.run) == ([1.0, 0.0], [0.0, 1.0])
+
+
+def test_a_truncated_samples_file_is_named(tmp_path):
+    path = _write(tmp_path / "s.jsonl", doc_samples("acc", [1, 0]))
+    path.write_text(path.read_text()[:-10])
+    with pytest.raises(SamplesError, match=rf"{path}:2: not a JSON line, the file may be truncated"):
+        read_doc_scores(path, "acc")

@@ -1,8 +1,11 @@
 """Building the table from hand-written results: names, baseline, columns, percent, best, deltas."""
 
+import math
+
 import pytest
 
-from lmms_var.leaderboard import build_leaderboard, load_run
+from lmms_var.leaderboard import build_leaderboard, load_run, render
+from lmms_var.leaderboard.significance import mcnemar_exact
 from tests.leaderboard.results_files import doc_samples, write_run
 
 VAR = "qwen2_5_vl_var"
@@ -143,3 +146,131 @@ def test_significance_only_where_both_runs_logged_samples(tmp_path):
 def test_no_runs_is_an_error():
     with pytest.raises(ValueError, match="at least one"):
         build_leaderboard([])
+
+
+def test_runs_over_other_docs_compare_on_shared_docs_and_are_marked(tmp_path):
+    """A --limit 3 VAR run against an 8-doc baseline: delta and McNemar over the 3 shared docs only."""
+    base_scores, run_scores = [1, 0, 0, 0, 0, 0, 0, 0], [1, 0, 1]
+    runs = _runs(
+        tmp_path,
+        [
+            (VAR, "var=false", {"t": {"acc": 0.125}}, {"samples": {"t": doc_samples("acc", base_scores)}}),
+            (VAR, "var=true", {"t": {"acc": 2 / 3}}, {"samples": {"t": doc_samples("acc", run_scores)}}),
+        ],
+    )
+    board = build_leaderboard(runs)
+    cell = board.cells[1][0]
+    assert cell.value == pytest.approx(200 / 3)
+    assert cell.delta == pytest.approx(100 * (2 / 3 - 1 / 3))  # not 66.67 - 12.50
+    assert cell.significance.docs == 3
+    assert cell.significance.p_value == pytest.approx(mcnemar_exact([1, 0, 0], [1, 0, 1]))
+    assert (cell.docs.shared, cell.docs.baseline, cell.docs.run, cell.other_docs) == (3, 8, 3, True)
+    assert not cell.best and not board.cells[0][0].best  # values over different docs: no best
+    assert board.notes == [
+        "† doc set differs from the baseline's: t, qwen2_5_vl_var var=true: 3 shared / 8 baseline / 3 run docs; "
+        "delta and p-value over the 3 shared docs."
+    ]
+
+
+def test_a_skipped_record_shifts_no_pairing(tmp_path):
+    """The VAR run skipped record r1, so its doc_id 1 is r2: docs pair by record, not by position."""
+    runs = _runs(
+        tmp_path,
+        [
+            (
+                VAR,
+                "var=false",
+                {"t": {"acc": 1 / 3}},
+                {"samples": {"t": doc_samples("acc", [0, 1, 0], ["r0", "r1", "r2"])}},
+            ),
+            (
+                VAR,
+                "var=true",
+                {"t": {"acc": 0.0}},
+                {"samples": {"t": doc_samples("acc", [0, 0], ["r0", "r2"])}},
+            ),
+        ],
+    )
+    cell = build_leaderboard(runs).cells[1][0]
+    assert cell.delta == pytest.approx(0.0)  # r0 and r2: wrong in both runs
+    assert cell.significance.p_value == 1.0
+    assert (cell.docs.shared, cell.docs.baseline, cell.docs.run) == (2, 3, 2)
+
+
+def test_without_samples_the_doc_counts_are_compared(tmp_path):
+    runs = _runs(
+        tmp_path,
+        [
+            (VAR, "var=false", {"a": {"acc": 0.5}, "b": {"acc": 0.5}}, {"n_samples": {"a": 8, "b": 8}}),
+            (VAR, "var=true", {"a": {"acc": 0.75}, "b": {"acc": 0.75}}, {"n_samples": {"a": 3, "b": 8}}),
+        ],
+    )
+    board = build_leaderboard(runs)
+    a, b = board.cells[1]
+    assert (a.delta, a.other_docs, a.best) == (None, True, False)
+    assert (b.delta, b.other_docs, b.best) == (pytest.approx(25.0), False, True)
+    assert board.notes == [
+        "† doc set differs from the baseline's: a, qwen2_5_vl_var var=true: 8 baseline / 3 run docs "
+        "(no samples to pair them by: no delta)."
+    ]
+
+
+def test_a_group_with_a_task_over_other_docs_is_marked_without_delta(tmp_path):
+    samples = {"a": doc_samples("acc", [1, 0]), "b": doc_samples("acc", [1, 1])}
+    fewer = {"a": doc_samples("acc", [1]), "b": doc_samples("acc", [1, 1])}
+    runs = _runs(
+        tmp_path,
+        [
+            (
+                VAR,
+                "var=false",
+                {"a": {"acc": 0.5}, "b": {"acc": 1.0}, "g": {"acc": 0.75}},
+                {"groups": ("g",), "samples": samples},
+            ),
+            (
+                VAR,
+                "var=true",
+                {"a": {"acc": 1.0}, "b": {"acc": 1.0}, "g": {"acc": 1.0}},
+                {"groups": ("g",), "samples": fewer},
+            ),
+        ],
+    )
+    board = build_leaderboard(runs)
+    assert [column.task for column in board.columns] == ["a", "b", "g"]
+    a, b, group = board.cells[1]
+    assert a.other_docs and not b.other_docs and group.other_docs
+    assert group.delta is None and (group.docs.shared, group.docs.baseline, group.docs.run) == (3, 4, 3)
+    assert (
+        "g (group), qwen2_5_vl_var var=true: 3 shared / 4 baseline / 3 run docs in its tasks"
+        in board.notes[0]
+    )
+
+
+def test_an_unknown_metric_is_an_error_naming_the_metrics_there(tmp_path):
+    runs = _runs(tmp_path, [(VAR, "var=false", {"qa": {"exact_match": 0.5, "f1": 0.7}, "t": {"acc": 0.5}})])
+    with pytest.raises(
+        ValueError, match=r"--metric 'nosuchmetric': no task reports it; the runs report acc, exact_match, f1"
+    ):
+        build_leaderboard(runs, metric="nosuchmetric")
+    board = build_leaderboard(runs, metric="f1")
+    assert [column.metric for column in board.columns] == ["f1", "acc"]
+    assert board.notes == ["--metric f1 is not reported by t (shows acc)."]
+
+
+def test_nan_is_shown_as_missing_a_number_never_best(tmp_path):
+    runs = _runs(
+        tmp_path,
+        [
+            (VAR, "var=false", {"t": {"acc": 0.5}}),
+            (VAR, "var=true,p=0.4", {"t": {"acc": float("nan")}}),
+            (VAR, "var=true,p=0.8", {"t": {"acc": 0.25}}),
+        ],
+    )
+    board = build_leaderboard(runs)
+    assert board.columns[0].percent
+    nan_cell = board.cells[1][0]
+    assert math.isnan(nan_cell.value) and nan_cell.delta is None and not nan_cell.best
+    assert [row[0].best for row in board.cells] == [True, False, False]
+    assert board.notes == ["NaN: lmms-eval wrote no number for t (qwen2_5_vl_var var=true p=0.4)."]
+    text = render(board, "md")
+    assert "| qwen2_5_vl_var var=true p=0.4 | NaN |" in text and "**50.00**" in text

@@ -65,3 +65,50 @@ def test_bad_input_exits_2_with_a_message_naming_it(tmp_path, capsys):
     assert "lmms-var leaderboard: error: RUN_DIR" in capsys.readouterr().err
     assert main(["leaderboard", *runs, "--baseline", "qwen2_5_vl"]) == 2
     assert "--baseline 'qwen2_5_vl' names no single run" in capsys.readouterr().err
+
+
+def test_a_truncated_samples_file_is_named_and_the_table_still_printed(tmp_path, capsys):
+    runs = _two_runs(tmp_path)
+    [samples] = (tmp_path / "var").glob("*_samples_t.jsonl")
+    samples.write_text(samples.read_text()[:-20])
+    assert main(["leaderboard", *runs]) == 0
+    out = capsys.readouterr().out
+    assert "| qwen2_5_vl_var var=true p=0.4 | **100.00** (+50.00) |" in out
+    assert f"{samples}:2: not a JSON line, the file may be truncated" in out
+    assert "t has no paired test against this file." in out
+
+
+def test_other_doc_sets_are_marked_in_the_table_and_noted_under_it(tmp_path, capsys):
+    write_run(
+        tmp_path / "base",
+        "qwen2_5_vl_var",
+        "var=false",
+        {"t": {"acc": 0.5}},
+        samples={"t": doc_samples("acc", [0, 1, 0, 1])},
+    )
+    write_run(
+        tmp_path / "var",
+        "qwen2_5_vl_var",
+        "var=true",
+        {"t": {"acc": 1.0}},
+        samples={"t": doc_samples("acc", [1, 1])},
+    )
+    assert main(["leaderboard", str(tmp_path / "base"), str(tmp_path / "var")]) == 0
+    out = capsys.readouterr().out
+    assert "| qwen2_5_vl_var var=false | 50.00 |" in out  # no best over different doc sets
+    assert "| qwen2_5_vl_var var=true | 100.00† (+50.00, p=1.000) |" in out
+    assert out.rstrip().endswith(
+        "† doc set differs from the baseline's: t, qwen2_5_vl_var var=true: 2 shared / 4 baseline / 2 run docs; "
+        "delta and p-value over the 2 shared docs."
+    )
+    assert main(["leaderboard", str(tmp_path / "base"), str(tmp_path / "var"), "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[2] == "qwen2_5_vl_var var=true,100.00"
+    assert captured.err.startswith("lmms-var leaderboard: note: † doc set differs from the baseline's: t,")
+
+
+def test_an_unknown_metric_exits_2_naming_the_metrics(tmp_path, capsys):
+    assert main(["leaderboard", *_two_runs(tmp_path), "--metric", "nosuchmetric"]) == 2
+    assert (
+        "error: --metric 'nosuchmetric': no task reports it; the runs report acc" in capsys.readouterr().err
+    )
