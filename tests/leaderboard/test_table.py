@@ -274,3 +274,18 @@ def test_nan_is_shown_as_missing_a_number_never_best(tmp_path):
     assert board.notes == ["NaN: lmms-eval wrote no number for t (qwen2_5_vl_var var=true p=0.4)."]
     text = render(board, "md")
     assert "| qwen2_5_vl_var var=true p=0.4 | NaN |" in text and "**50.00**" in text
+
+
+def test_best_is_the_best_over_the_baselines_docs(tmp_path):
+    runs = _runs(
+        tmp_path,
+        [
+            (VAR, "var=false", {"t": {"acc": 0.5}}, {"n_samples": {"t": 8}}),
+            (VAR, "var=true,p=0.4", {"t": {"acc": 0.6}}, {"n_samples": {"t": 8}}),
+            (VAR, "var=true,p=0.8", {"t": {"acc": 0.9}}, {"n_samples": {"t": 3}}),
+        ],
+    )
+    assert [row[0].best for row in build_leaderboard(runs).cells] == [False, True, False]
+    # Without a baseline no cell is compared, so none is best when the doc counts differ.
+    runs = [runs[1], runs[2]]
+    assert [row[0].best for row in build_leaderboard(runs).cells] == [False, False]
