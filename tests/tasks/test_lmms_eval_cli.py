@@ -8,6 +8,7 @@ import pytest
 from lmms_var.tasks import BLINK_SUBTASKS, ENV_SKIP_BAD_RECORDS, SPATIAL_SUBTASKS, task_suffix
 from lmms_var.tasks.data_root import DataRoot
 from lmms_var.tasks.records import read_blink, read_sat2
+from lmms_var.testing.images import picture_in_mode, random_image
 from lmms_var.testing.spatial_data import write_hub_blink_root, write_spatial_root
 
 pytestmark = pytest.mark.slow
@@ -89,3 +90,30 @@ def test_tiny_qwen2_5_vl_answers_multi_image_questions(lmms_eval_cli, hub_root, 
         "val_Multi-view_Reasoning_2",
     ]
     assert all(0 < record["token_counts"][0]["output_tokens"] <= 16 for record in records)
+
+
+def test_records_the_model_cannot_take_are_skipped_not_fatal(lmms_eval_cli, tiny_checkpoint, tmp_path):
+    """The tiny Qwen2.5-VL over a root with an image its processor refuses (6000x20), a null question and
+    a 16-bit PNG: with the skip switch the run completes on the other docs (16-bit PNG included) and the
+    log counts the two skipped. (Unchecked, the 6000x20 image stops generation at its doc.)"""
+    root = write_spatial_root(
+        tmp_path / "root", blink_subtasks=("Counting",), docs_per_subtask=4, sat2_docs=0
+    )
+    blink = DataRoot(root).blink_jsonl
+    records = [json.loads(line) for line in blink.read_text().splitlines()]
+    random_image(0, size=(6000, 20)).save(root / records[0]["image"])
+    records[1]["conversations"][0]["value"] = None
+    stored, _ = picture_in_mode("I;16", size=(112, 84))
+    stored.save(root / records[2]["image"])
+    blink.write_text("".join(json.dumps(record) + "\n" for record in records))
+    model = (
+        "--model",
+        "qwen2_5_vl",
+        "--model_args",
+        f"pretrained={tiny_checkpoint},device=cpu,device_map=cpu",
+    )
+    args = (*model, "--gen_kwargs", "max_new_tokens=4")
+    results, log = lmms_eval_cli(root, "spatial_blink_counting", *args, env={ENV_SKIP_BAD_RECORDS: "1"})
+    assert results is not None, log[-3000:]
+    assert "spatial_blink_counting: skipped 2 of 4 records" in log
+    assert results["n-samples"]["spatial_blink_counting"]["effective"] == 2
