@@ -130,7 +130,7 @@ def _columns(runs: list[Run], metric: str | None, notes: list[str]) -> list[Colu
         reported = {name for run in runs for result in run.tasks.values() for name in result.metrics}
         if metric not in reported:
             raise ValueError(
-                f"--metric {metric!r}: no task reports it; the runs report {', '.join(sorted(reported))}"
+                f"metric {metric!r}: no task reports it; the runs report {', '.join(sorted(reported))}"
             )
     first_seen: dict[str, Run] = {}
     for run in runs:
@@ -154,7 +154,7 @@ def _columns(runs: list[Run], metric: str | None, notes: list[str]) -> list[Colu
         )
     if metric is not None and (lacking := [column for column in columns if column.metric != metric]):
         shown = ", ".join(f"{column.task} (shows {column.metric})" for column in lacking)
-        notes.append(f"--metric {metric} is not reported by {shown}.")
+        notes.append(f"metric {metric} is not reported by {shown}.")
     # Tasks first, then groups, each in the order the runs reported them.
     return sorted(columns, key=lambda column: column.is_group)
 

@@ -100,14 +100,14 @@ def gold_letter(gold: str, choices: list[str]) -> str:
 def _text(value: Any, what: str) -> str:
     """A field that must hold text (`what` names it), or `BadRecord`."""
     if not isinstance(value, str):
-        raise BadRecord(f"{what} is {value!r}, expected text")
+        raise BadRecord(f"{what} is {value!r:.80}, expected text")
     return value
 
 
 def _record_id(value: Any, what: str) -> str:
     """A record id: text or an integer (JSON ids are often numbers), as text."""
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise BadRecord(f"{what} is {value!r}, expected a string or an integer")
+        raise BadRecord(f"{what} is {value!r:.80}, expected a string or an integer")
     return str(value)
 
 
@@ -154,7 +154,7 @@ def check_image(source: Path | bytes, what: str) -> None:
 def _resolve_image(root: DataRoot, value: Any, key: str) -> str:
     """An image path of the spatial layout: absolute, or relative to ROOT or to ROOT/spatial_reasoning."""
     if not isinstance(value, str) or not value.strip():
-        raise BadRecord(f"{key} is {value!r}, expected a path relative to {root.path}")
+        raise BadRecord(f"{key} is {value!r:.80}, expected a path relative to {root.path}")
     relative = Path(value)
     candidates = (
         [relative]
@@ -172,10 +172,10 @@ def _conversation_values(conversations: Any) -> tuple[str, str]:
     """(question, gold) from `[{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]`."""
     expected = "conversations must be [{'from': 'human', 'value': ...}, {'from': 'gpt', 'value': ...}]"
     if not isinstance(conversations, list) or len(conversations) < 2:
-        raise BadRecord(f"{expected}, got {conversations!r}")
+        raise BadRecord(f"{expected}, got {conversations!r:.80}")
     turns = conversations[:2]
     if not all(isinstance(turn, dict) and "value" in turn for turn in turns):
-        raise BadRecord(f"{expected}, got {turns!r}")
+        raise BadRecord(f"{expected}, got {turns!r:.80}")
     return (
         _text(turns[0]["value"], "conversations[0] value (the question)"),
         _text(turns[1]["value"], "conversations[1] value (the gold answer)"),
@@ -240,7 +240,7 @@ def _jsonl_lines(path: Path) -> list[JsonlLine]:
         if not isinstance(record, dict) or "id" not in record:
             lines.append(JsonlLine(where, None, "not a JSON object with an 'id'"))
         else:
-            lines.append(JsonlLine(f"{where} (record id {record['id']!r})", record))
+            lines.append(JsonlLine(f"{where} (record id {record['id']!r:.80})", record))
     return lines
 
 
@@ -287,12 +287,12 @@ def hub_choices(value: Any) -> list[str]:
     if isinstance(value, str):
         try:
             value = ast.literal_eval(value)
-        except (ValueError, SyntaxError) as error:
-            raise BadRecord(f"choices is the text {value!r}, expected a list of choices") from error
+        except (ValueError, SyntaxError, RecursionError) as error:
+            raise BadRecord(f"choices is the text {value!r:.80}, expected a list of choices") from error
     if not isinstance(value, list | tuple) or not all(isinstance(choice, str) for choice in value):
-        raise BadRecord(f"choices is {value!r}, expected a list of texts")
+        raise BadRecord(f"choices is {value!r:.80}, expected a list of texts")
     if len(value) < 2:
-        raise BadRecord(f"choices is {value!r}, expected at least two")
+        raise BadRecord(f"choices is {value!r:.80}, expected at least two")
     return list(value)
 
 

@@ -249,12 +249,12 @@ def test_a_group_with_a_task_over_other_docs_is_marked_without_delta(tmp_path):
 def test_an_unknown_metric_is_an_error_naming_the_metrics_there(tmp_path):
     runs = _runs(tmp_path, [(VAR, "var=false", {"qa": {"exact_match": 0.5, "f1": 0.7}, "t": {"acc": 0.5}})])
     with pytest.raises(
-        ValueError, match=r"--metric 'nosuchmetric': no task reports it; the runs report acc, exact_match, f1"
+        ValueError, match=r"metric 'nosuchmetric': no task reports it; the runs report acc, exact_match, f1"
     ):
         build_leaderboard(runs, metric="nosuchmetric")
     board = build_leaderboard(runs, metric="f1")
     assert [column.metric for column in board.columns] == ["f1", "acc"]
-    assert board.notes == ["--metric f1 is not reported by t (shows acc)."]
+    assert board.notes == ["metric f1 is not reported by t (shows acc)."]
 
 
 def test_nan_is_shown_as_missing_a_number_never_best(tmp_path):
