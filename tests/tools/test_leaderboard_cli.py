@@ -109,6 +109,4 @@ def test_other_doc_sets_are_marked_in_the_table_and_noted_under_it(tmp_path, cap
 
 def test_an_unknown_metric_exits_2_naming_the_metrics(tmp_path, capsys):
     assert main(["leaderboard", *_two_runs(tmp_path), "--metric", "nosuchmetric"]) == 2
-    assert (
-        "error: metric 'nosuchmetric': no task reports it; the runs report acc" in capsys.readouterr().err
-    )
+    assert "error: metric 'nosuchmetric': no task reports it; the runs report acc" in capsys.readouterr().err
