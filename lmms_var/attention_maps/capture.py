@@ -214,7 +214,7 @@ def attention_maps(
         heads, head_rule = capture.selected_per_head.nonzero().flatten().tolist(), "selected"
     else:
         heads = list(range(config.num_attention_heads))
-        head_rule = "all" if settings.heads == "all" else "all (VAR selected no (head, row) pair)"
+        head_rule = "all" if settings.heads == "all" else "all: VAR selected none"
     picked = chosen_rows().tolist()
     scale = 1.0 / (len(layers) * len(heads) * len(picked))
     per_key = {

@@ -63,12 +63,15 @@ class _RecordingDocs:
 
 
 class _RecordingTasks(dict):
+    """Reads through `task_dict`'s own `__getitem__`, so an enclosing watcher's records too."""
+
     def __init__(self, task_dict: dict, seen: list[dict]) -> None:
         super().__init__(task_dict)
+        self._tasks = task_dict
         self._seen = seen
 
     def __getitem__(self, task):
-        return _RecordingDocs(super().__getitem__(task), (task,), self._seen)
+        return _RecordingDocs(self._tasks[task], (task,), self._seen)
 
 
 @contextmanager
