@@ -14,7 +14,8 @@ DEFINITIONS = {
     "after": "the same in the VAR run: the attention A' VAR redistributes to (VAR_SPEC.md step 4), averaged "
     "over the same layers, heads and rows",
     "heads": "query heads averaged over; `head_rule` 'selected': the heads VAR redistributed for at least one "
-    "chosen row in at least one chosen layer of the VAR run",
+    "chosen row in at least one chosen layer of the VAR run ('all: VAR selected none': all heads, as VAR "
+    "selected none)",
     "rows": "query positions (0-based, in the prompt's tokens) averaged over; `row_rule` 'last': the last "
     "prompt token, 'answer': the rows predicting the plain model's greedy answer (one forward over prompt + "
     "answer), 'all': every row VAR may change (text after the first visual token)",

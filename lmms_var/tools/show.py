@@ -101,19 +101,27 @@ def run(args: argparse.Namespace) -> int:
 
 
 def figure_for_prompt(
-    model, processor, prompt, config: VARConfig, output: Path, *, settings, model_name: str, note
-):
+    model,
+    processor,
+    prompt,
+    config: VARConfig,
+    output: Path,
+    *,
+    model_name: str,
+    settings=None,
+    note: str | None = None,
+):  # settings: a MapSettings (default MapSettings())
     """Attach VAR to `model` with `config`, draw `prompt`'s attention maps to `output` (+ JSON), detach.
 
     Returns the `AttentionMaps`. Shared by `lmms-var show` and `lmms-var demo`.
     """
-    from lmms_var.attention_maps import attention_maps, save_attention_maps
+    from lmms_var.attention_maps import MapSettings, attention_maps, save_attention_maps
     from lmms_var.patch import enable_var
     from lmms_var.sink_dims.calibration import encode_prompt
 
     inputs = encode_prompt(processor, prompt)
     with enable_var(model, config) as handle:
-        maps = attention_maps(handle, processor, inputs, settings)
+        maps = attention_maps(handle, processor, inputs, settings or MapSettings())
     save_attention_maps(maps, output, model=model_name, question=prompt.question, note=note)
     return maps
 
