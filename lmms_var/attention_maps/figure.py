@@ -146,7 +146,7 @@ def draw_figure(maps: AttentionMaps, *, model: str, question: str, note: str | N
         caption.text(0.5, 0.92, _caption(panel_map, maps), ha="center", va="top", fontsize=8, linespacing=1.4)
     colorbar = figure.colorbar(heat, cax=figure.add_subplot(grid[:, 2]))
     colorbar.solids.set_alpha(1.0)
-    colorbar.set_label("attention per visual token (square-root scale, shared by all panels)", fontsize=8)
+    colorbar.set_label("attention per visual token (square-root scale, all panels)", fontsize=8)
     for line, text in enumerate(header):
         is_note = note is not None and text == note
         figure.text(

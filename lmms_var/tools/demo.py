@@ -86,6 +86,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from lmms_var.attention_maps import MapSettings
     from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
     from lmms_var.config import VARConfig
     from lmms_var.leaderboard import build_leaderboard, load_run, render
@@ -138,8 +139,15 @@ def run(args: argparse.Namespace) -> int:
     model, processor = load_model(str(checkpoint), device="cpu", dtype="float32")
     config = VARConfig(sink_dims=spec.sink_dims, tau=TINY_TAU)
     prompt = data_prompts(data_root, num_samples=1)[0]
-    figure_for_prompt(
-        model, processor, prompt, config, figure, model_name="tiny demo model", note=RANDOM_MODEL_NOTE
+    figure_for_prompt(  # every row VAR may change: the last row alone may have no head VAR selects
+        model,
+        processor,
+        prompt,
+        config,
+        figure,
+        model_name="tiny demo model",
+        settings=MapSettings(rows="all"),
+        note=RANDOM_MODEL_NOTE,
     )
     print(f"Attention on the image before and after VAR, for one demo doc: {figure}")
     print(DISCLAIMER)
