@@ -16,8 +16,9 @@ layers, heads and rows are taken at the end, when the heads VAR selected are kno
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from lmms_var.attention_maps.family import decoder_layers, seen_images, text_config, visual_grids, with_answer
@@ -91,17 +92,6 @@ def _attention_for_run(model: torch.nn.Module, state: VARState, *, var: bool, ea
         config._attn_implementation, state.base_implementation = saved
 
 
-class _Capture:
-    """Per run: the chosen rows' attention summed over rows, per head and key; for the VAR run, A'."""
-
-    def __init__(self, num_heads: int, num_keys: int, device: torch.device) -> None:
-        self.before = torch.zeros(num_heads, num_keys, device=device)
-        self.after = torch.zeros(num_heads, num_keys, device=device)
-        self.selected_per_head = torch.zeros(num_heads, dtype=torch.long, device=device)
-        self.selected_pairs: dict[int, int] = {}
-        self.sink_positions: set[int] = set()
-
-
 def _eligible_rows(state: VARState) -> torch.Tensor:
     """Bool[B, T]: the rows VAR may change in this forward (spec step 2), as VAR's state holds them."""
     eligible = torch.zeros_like(state.visual)
@@ -144,6 +134,74 @@ def _plain_answer(handle: VARHandle, inputs: dict, max_new_tokens: int) -> torch
     return output[0, inputs["input_ids"].shape[1] :]
 
 
+@dataclass
+class _Capture:
+    """What the two runs leave: per head and key, the chosen rows' attention summed (`before` in the
+    plain run, VAR's `A'` as `after` in the VAR run), and VAR's selections and visual sinks."""
+
+    state: VARState
+    row_rule: str
+    predicting: range  # the rows of rule "last" or "answer": those predicting the answer's tokens
+    before: torch.Tensor  # Float32[H, T]
+    after: torch.Tensor  # Float32[H, T]
+    selected_per_head: torch.Tensor  # Long[H]
+    selected_pairs: dict[int, int] = field(default_factory=dict)  # layer -> (head, row) pairs
+    sink_positions: set[int] = field(default_factory=set)  # visual sinks in any chosen layer
+    _rows: torch.Tensor | None = None
+
+    def rows(self) -> torch.Tensor:
+        """Long[R]; for rule "all" read from VAR's state in the VAR run (it runs first)."""
+        if self._rows is None:
+            device = self.before.device
+            if self.row_rule == "all":
+                self._rows = _eligible_rows(self.state)[0].nonzero().flatten().to(device)
+            else:
+                self._rows = torch.tensor(list(self.predicting), device=device)
+            if self._rows.numel() == 0:
+                raise ValueError("the prompt has no text after its first visual token: no row VAR may change")
+        return self._rows
+
+    def var_hook(self, layer: int, output) -> None:
+        """`A'` of the chosen rows, from this run's `A` and what VAR recorded for this layer and prompt."""
+        state, rows = self.state, self.rows()
+        attn = _attention_rows(output, layer, rows)
+        if state.acts_on(layer):
+            visual, sinks = state.visual.to(attn.device), state.sinks[layer].to(attn.device)
+            query_mask = _eligible_rows(state).to(attn.device)[:, rows.to(attn.device)]
+            var = state.config
+            after, selected = redistribute_with_selection(
+                attn, visual, sinks, query_mask, p=var.p, rho=var.rho, summ=var.summ
+            )
+            self.sink_positions.update((sinks & visual)[0].nonzero().flatten().tolist())
+        else:  # a layer VAR leaves alone: A' is A
+            after, selected = attn, torch.zeros(attn.shape[:3], dtype=torch.bool, device=attn.device)
+        self.after += after[0].sum(dim=1).to(self.after.device)
+        self.selected_per_head += selected[0].sum(dim=1).to(self.after.device)
+        self.selected_pairs[layer] = int(selected.sum())
+
+    def plain_hook(self, layer: int, output) -> None:
+        self.before += _attention_rows(output, layer, self.rows())[0].sum(dim=1).to(self.before.device)
+
+    def heads(self, rule: str) -> tuple[list[int], str]:
+        """(heads, head_rule): those VAR selected, or all of them (asked, or VAR selected none)."""
+        if rule == "selected" and self.selected_per_head.any():
+            return self.selected_per_head.nonzero().flatten().tolist(), "selected"
+        return list(range(len(self.selected_per_head))), "all" if rule == "all" else "all: VAR selected none"
+
+
+def _panel_maps(
+    panels, images, per_key: dict[str, np.ndarray], sink_positions: set[int]
+) -> tuple[PanelMap, ...]:
+    """Each panel's slice of the per-key averages, as its grid, and its sinks as (row, col)."""
+    maps = []
+    for panel, image in zip(panels, images, strict=True):
+        start, stop = panel.tokens
+        sinks = tuple(divmod(p - start, panel.grid[1]) for p in sorted(sink_positions) if start <= p < stop)
+        grid = {name: values[start:stop].reshape(panel.grid) for name, values in per_key.items()}
+        maps.append(PanelMap(panel, grid["before"], grid["after"], sinks, image))
+    return tuple(maps)
+
+
 def attention_maps(
     handle: VARHandle, processor, inputs: Mapping, settings: MapSettings = MapSettings()
 ) -> AttentionMaps:
@@ -170,75 +228,39 @@ def attention_maps(
     if settings.rows == "answer":
         answer = _plain_answer(handle, inputs, settings.max_new_tokens)
         inputs = with_answer(inputs, answer)
-    config = text_config(model)
-    capture = _Capture(config.num_attention_heads, inputs["input_ids"].shape[1], device)
-    rows: list[torch.Tensor] = []
-
-    def chosen_rows() -> torch.Tensor:
-        if not rows:
-            if settings.rows == "all":
-                rows.append(_eligible_rows(state)[0].nonzero().flatten())
-            else:  # the rows predicting the answer's tokens (the prompt's last one alone for "last")
-                count = 1 if answer is None else len(answer)
-                rows.append(torch.arange(prompt_length - 1, prompt_length - 1 + count, device=device))
-            if rows[0].numel() == 0:
-                raise ValueError("the prompt has no text after its first visual token: no row VAR may change")
-        return rows[0]
-
-    def var_hook(layer: int, output) -> None:
-        picked = chosen_rows()
-        attn = _attention_rows(output, layer, picked)
-        if state.acts_on(layer):
-            visual, sinks = state.visual.to(attn.device), state.sinks[layer].to(attn.device)
-            query_mask = _eligible_rows(state).to(attn.device)[:, picked.to(attn.device)]
-            var = state.config
-            after, selected = redistribute_with_selection(
-                attn, visual, sinks, query_mask, p=var.p, rho=var.rho, summ=var.summ
-            )
-            capture.sink_positions.update((sinks & visual)[0].nonzero().flatten().tolist())
-        else:  # a layer VAR leaves alone: A' is A
-            after, selected = attn, torch.zeros(attn.shape[:3], dtype=torch.bool, device=attn.device)
-        capture.after += after[0].sum(dim=1).to(device)
-        capture.selected_per_head += selected[0].sum(dim=1).to(device)
-        capture.selected_pairs[layer] = int(selected.sum())
-
-    def plain_hook(layer: int, output) -> None:
-        capture.before += _attention_rows(output, layer, chosen_rows())[0].sum(dim=1).to(device)
-
+    heads, keys = text_config(model).num_attention_heads, inputs["input_ids"].shape[1]
+    capture = _Capture(
+        state=state,
+        row_rule=settings.rows,
+        predicting=range(prompt_length - 1, prompt_length - 1 + (1 if answer is None else len(answer))),
+        before=torch.zeros(heads, keys, device=device),
+        after=torch.zeros(heads, keys, device=device),
+        selected_per_head=torch.zeros(heads, dtype=torch.long, device=device),
+    )
     with _attention_for_run(model, state, var=True, eager=True):
-        after_logits = _run_and_capture(model, inputs, layers, var_hook, prompt_length)
+        after_logits = _run_and_capture(model, inputs, layers, capture.var_hook, prompt_length)
     with _attention_for_run(model, state, var=False, eager=True):
-        before_logits = _run_and_capture(model, inputs, layers, plain_hook, prompt_length)
+        before_logits = _run_and_capture(model, inputs, layers, capture.plain_hook, prompt_length)
 
-    if settings.heads == "selected" and capture.selected_per_head.any():
-        heads, head_rule = capture.selected_per_head.nonzero().flatten().tolist(), "selected"
-    else:
-        heads = list(range(config.num_attention_heads))
-        head_rule = "all" if settings.heads == "all" else "all: VAR selected none"
-    picked = chosen_rows().tolist()
-    scale = 1.0 / (len(layers) * len(heads) * len(picked))
+    heads, head_rule = capture.heads(settings.heads)
+    rows = capture.rows().tolist()
+    scale = 1.0 / (len(layers) * len(heads) * len(rows))
     per_key = {
         name: (sums[heads].sum(dim=0) * scale).double().cpu().numpy()
         for name, sums in (("before", capture.before), ("after", capture.after))
     }
-    images = seen_images(processor, inputs, grids, panels)
-    maps = []
-    for panel, image in zip(panels, images, strict=True):
-        start, stop = panel.tokens
-        cols = panel.grid[1]
-        sinks = tuple(divmod(p - start, cols) for p in sorted(capture.sink_positions) if start <= p < stop)
-        grid = {name: values[start:stop].reshape(panel.grid) for name, values in per_key.items()}
-        maps.append(PanelMap(panel, grid["before"], grid["after"], sinks, image))
     tokenizer = processor.tokenizer
     return AttentionMaps(
         layers=tuple(layers),
         heads=tuple(heads),
         head_rule=head_rule,
-        rows=tuple(picked),
+        rows=tuple(rows),
         row_rule=settings.rows,
         selected_pairs=capture.selected_pairs,
         var=state.config,
-        panels=tuple(maps),
+        panels=_panel_maps(
+            panels, seen_images(processor, inputs, grids, panels), per_key, capture.sink_positions
+        ),
         next_token={
             "before": tokenizer.decode([int(before_logits.argmax())]),
             "after": tokenizer.decode([int(after_logits.argmax())]),
