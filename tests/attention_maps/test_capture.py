@@ -27,13 +27,10 @@ LAYERS = (1, 2, 3)  # layer 1 is one VAR leaves alone: there A' is A
 
 @contextmanager
 def eager(model):
-    config = model.config.get_text_config()
-    saved = config._attn_implementation
-    config._attn_implementation = "eager"
-    try:
+    """Within: the text decoder runs transformers' eager attention, which returns attention weights."""
+    with pytest.MonkeyPatch.context() as switch:
+        switch.setattr(model.config.get_text_config(), "_attn_implementation", "eager")
         yield
-    finally:
-        config._attn_implementation = saved
 
 
 def redistributed_by_hand(attn, visual, sinks, allowed, config: VARConfig):
