@@ -16,6 +16,12 @@ HEAD_CHOICES = ("selected", "all")
 ROW_CHOICES = ("last", "answer", "all")
 DEFAULT_OUTPUT = Path("attention.png")
 _VAR_DEFAULTS = {field.name: field.default for field in fields(VARConfig)}
+VAR_OPTIONS = {
+    "tau": "sink threshold on the RMS-normalised hidden state",
+    "p": "fraction of sink attention kept",
+    "rho": "largest visual-sink share of image attention for a selected head",
+    "summ": "smallest image attention for a selected head",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,10 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--sink-dims", type=int, nargs="+", help="sink dimensions (default: published for the model)"
     )
-    for name in ("tau", "p", "rho", "summ"):
-        parser.add_argument(
-            f"--{name}", type=float, default=_VAR_DEFAULTS[name], help=f"default {_VAR_DEFAULTS[name]:g}"
-        )
+    for name, meaning in VAR_OPTIONS.items():
+        default = _VAR_DEFAULTS[name]
+        parser.add_argument(f"--{name}", type=float, default=default, help=f"{meaning} (default {default:g})")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="weights dtype (default: checkpoint's)"
@@ -88,14 +93,16 @@ def run(args: argparse.Namespace) -> int:
         note=random_model_note(args.model),
     )
     for panel_map in maps.panels:
-        before, after = panel_map.before, panel_map.after
+        panel, before, after = panel_map.panel, panel_map.before, panel_map.after
         print(
-            f"{panel_map.panel.label()} ({panel_map.panel.size[0]}x{panel_map.panel.size[1]} px): attention on it "
-            f"{panel_map.image_mass(before):.3f} -> {panel_map.image_mass(after):.3f}, on its "
-            f"{len(panel_map.sinks)} visual sinks {panel_map.sink_mass(before):.3f} -> "
-            f"{panel_map.sink_mass(after):.3f}"
+            f"{panel.label()} ({panel.size[0]}x{panel.size[1]} px): attention on it "
+            f"{panel_map.image_mass(before):.3f} -> {panel_map.image_mass(after):.3f}; on its visual sinks "
+            f"({len(panel_map.sinks)} tokens) {panel_map.sink_mass(before):.3f} -> {panel_map.sink_mass(after):.3f}"
         )
-    print(f"VAR redistributed {maps.total_selected_pairs} (head, row) pairs in layers {list(maps.layers)}")
+    print(
+        f"VAR redistributed {maps.total_selected_pairs} (head, row) pairs in layers {list(maps.layers)}; "
+        f"heads averaged: {list(maps.heads)} ({maps.head_rule})"
+    )
     print(f"wrote {output} and {output.with_suffix('.json')}")
     return 0
 
