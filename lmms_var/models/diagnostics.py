@@ -8,8 +8,8 @@ the (task, doc_id) of each batch row is learnt by watching which docs the upstre
 import argparse
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from loguru import logger as eval_logger
@@ -27,6 +27,16 @@ def output_path_from_argv(argv: list[str] | None = None) -> str | None:
     return known.output_path
 
 
+def run_output_folder(pretrained: str, argv: list[str] | None = None) -> Path | None:
+    """Where lmms-eval writes this model's results (`<output_path>/<model>`), or None without `--output_path`."""
+    output_path = output_path_from_argv(argv)
+    if output_path is None:
+        return None
+    from lmms_eval.utils import sanitize_model_name
+
+    return Path(output_path) / sanitize_model_name(pretrained)
+
+
 def resolve_diagnostics_path(
     diagnostics_path: str | None, pretrained: str, run_id: str, argv: list[str] | None = None
 ) -> Path | None:
@@ -34,12 +44,8 @@ def resolve_diagnostics_path(
     if diagnostics_path is not None:
         path = Path(diagnostics_path)
         return path if path.suffix == ".jsonl" else path / f"{run_id}_{DIAGNOSTICS_SUFFIX}"
-    output_path = output_path_from_argv(argv)
-    if output_path is None:
-        return None
-    from lmms_eval.utils import sanitize_model_name
-
-    return Path(output_path) / sanitize_model_name(pretrained) / f"{run_id}_{DIAGNOSTICS_SUFFIX}"
+    folder = run_output_folder(pretrained, argv)
+    return None if folder is None else folder / f"{run_id}_{DIAGNOSTICS_SUFFIX}"
 
 
 class _RecordingDocs:
@@ -57,12 +63,43 @@ class _RecordingDocs:
 
 
 class _RecordingTasks(dict):
+    """Reads through `task_dict`'s own `__getitem__`, so an enclosing watcher's records too."""
+
     def __init__(self, task_dict: dict, seen: list[dict]) -> None:
         super().__init__(task_dict)
+        self._tasks = task_dict
         self._seen = seen
 
     def __getitem__(self, task):
-        return _RecordingDocs(super().__getitem__(task), (task,), self._seen)
+        return _RecordingDocs(self._tasks[task], (task,), self._seen)
+
+
+@contextmanager
+def watching_generate(lm, after_generate: Callable[[list[dict], dict], None]) -> Iterator[None]:
+    """Within: after each `lm.model.generate(**inputs)`, `after_generate(docs, inputs)` with the batch
+    rows' docs as `{"task", "split", "doc_id"}`. Nests: an outer watcher runs after an inner one."""
+    seen: list[dict] = []
+    task_dict, model = lm.task_dict, lm.model
+    generate = model.generate
+    own_generate = model.__dict__.get("generate")  # an enclosing watcher's, restored on exit
+
+    def generate_and_watch(*args, **kwargs):
+        output = generate(*args, **kwargs)
+        docs = seen[:]
+        seen.clear()
+        after_generate(docs, kwargs)
+        return output
+
+    lm.task_dict = _RecordingTasks(task_dict, seen)
+    model.generate = generate_and_watch
+    try:
+        yield
+    finally:
+        lm.task_dict = task_dict
+        if own_generate is None:
+            del model.generate
+        else:
+            model.generate = own_generate
 
 
 class DiagnosticsRecorder:
@@ -74,26 +111,9 @@ class DiagnosticsRecorder:
         self.records: list[dict] = []
         self._unmatched_batches = 0
 
-    @contextmanager
-    def recording(self, lm) -> Iterator[None]:
+    def recording(self, lm) -> AbstractContextManager[None]:
         """Within: each `generate` of `lm.model` adds one record per batch row, keyed by its doc."""
-        seen: list[dict] = []
-        task_dict, model = lm.task_dict, lm.model
-        generate = model.generate
-
-        def generate_and_record(*args, **kwargs):
-            output = generate(*args, **kwargs)
-            self._add_batch(seen[:], self.handle.diagnostics())
-            seen.clear()
-            return output
-
-        lm.task_dict = _RecordingTasks(task_dict, seen)
-        model.generate = generate_and_record
-        try:
-            yield
-        finally:
-            lm.task_dict = task_dict
-            del model.generate
+        return watching_generate(lm, lambda docs, _inputs: self._add_batch(docs, self.handle.diagnostics()))
 
     def _add_batch(self, docs: list[dict], samples: list[dict]) -> None:
         if len(docs) != len(samples):

@@ -4,8 +4,10 @@ Prompting, batching and decoding are inherited from lmms-eval's own `Qwen2_5_VL`
 chat). Only `__init__` is re-implemented, because upstream's hard-codes what VAR runs must vary:
 `cuda` devices in multi-process runs, bfloat16, an assert that those runs are MULTI_GPU/FSDP (so no
 multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist. `generate_until`
-only adds diagnostics around upstream's.
+only adds diagnostics and attention maps around upstream's.
 """
+
+from contextlib import ExitStack
 
 import torch
 from accelerate import Accelerator, DistributedType
@@ -24,6 +26,7 @@ from lmms_var.models.args import (
     parse_positive_int,
     parse_var_options,
 )
+from lmms_var.models.attention_maps import parse_attention_maps
 from lmms_var.models.diagnostics import DiagnosticsRecorder, resolve_diagnostics_path
 from lmms_var.patch import VARHandle, enable_var
 from lmms_var.patch.attention import BASE_IMPLEMENTATIONS
@@ -59,6 +62,8 @@ class _VARQwen2_5_VL:
         except_last_layer: bool | str = True,
         diagnostics: bool | str = False,
         diagnostics_path: str | None = None,
+        attention_maps: int | str = 0,
+        attention_maps_path: str | None = None,
     ) -> None:
         lmms.__init__(self)
         options = parse_var_options(
@@ -77,6 +82,10 @@ class _VARQwen2_5_VL:
                 f"attn_implementation must be one of {list(BASE_IMPLEMENTATIONS)} with VAR on, "
                 f"got {attn_implementation!r}"
             )
+        run_id = get_datetime_str()
+        maps = parse_attention_maps(
+            attention_maps, attention_maps_path, var=options.enabled, pretrained=pretrained, run_id=run_id
+        )
         self.batch_size_per_gpu = parse_positive_int("batch_size", batch_size)
         self.accelerator = Accelerator()
         self._device, self.device_map = _placement(self.accelerator, device, device_map)
@@ -109,8 +118,9 @@ class _VARQwen2_5_VL:
         self.var_handle = self._attach_var(options, known)
         self._diagnostics = None
         if self.var_handle is not None and options.diagnostics:
-            path = resolve_diagnostics_path(options.diagnostics_path, pretrained, get_datetime_str())
+            path = resolve_diagnostics_path(options.diagnostics_path, pretrained, run_id)
             self._diagnostics = DiagnosticsRecorder(self.var_handle, path)
+        self._attention_maps = maps.recorder(self.var_handle, self.processor)
         self._distribute()
 
     def _attach_var(self, options: VAROptions, known: tuple[tuple[int, ...], str] | None) -> VARHandle | None:
@@ -154,12 +164,15 @@ class _VARQwen2_5_VL:
             eval_logger.info(f"qwen2_5_vl_var: {message}")
 
     def generate_until(self, requests):
-        """Upstream's generation; with diagnostics, one record per sample, flushed after the call."""
-        if self._diagnostics is None:
-            return super().generate_until(requests)
-        with self._diagnostics.recording(self):
+        """Upstream's generation; diagnostics (one record per sample, flushed after the call) and
+        attention maps watch its batches. Diagnostics first: they read VAR's state before maps rerun."""
+        with ExitStack() as watchers:
+            for recorder in (self._diagnostics, self._attention_maps):
+                if recorder is not None:
+                    watchers.enter_context(recorder.recording(self))
             results = super().generate_until(requests)
-        self._diagnostics.flush(self.accelerator)
+        if self._diagnostics is not None:
+            self._diagnostics.flush(self.accelerator)
         return results
 
 

@@ -1,7 +1,8 @@
 """`lmms-var demo`: the whole workflow offline, on an embedded tiny model and synthetic data.
 
 It saves a tiny random Qwen2.5-VL with planted sinks, writes a small synthetic spatial BLINK root,
-runs lmms-eval's real CLI with VAR off and on, and prints the leaderboard. The model is random, so
+runs lmms-eval's real CLI with VAR off and on, prints the leaderboard, and draws the attention on one
+doc's images before and after VAR (as `lmms-var show`). The model is random, so
 its accuracy means nothing: the demo shows the workflow, not VAR's effect.
 """
 
@@ -87,10 +88,16 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from lmms_var.attention_maps import MapSettings
+    from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
+    from lmms_var.config import VARConfig
     from lmms_var.leaderboard import build_leaderboard, load_run, render
     from lmms_var.models.diagnostics import summarise
+    from lmms_var.sink_dims.calibration import data_prompts
     from lmms_var.testing import TINY_TAU, TinySpec, save_tiny_checkpoint
     from lmms_var.testing.spatial_data import write_spatial_root
+    from lmms_var.tools.show import figure_for_prompt
+    from lmms_var.tools.sink_dims import load_model
 
     output = args.output if args.output is not None else Path(tempfile.mkdtemp(prefix="lmms_var_demo_"))
     if output.exists() and any(output.iterdir()):
@@ -130,6 +137,21 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\nWhat VAR did in the VAR run: {summarise(records, diagnostics).removeprefix('VAR diagnostics: ')}"
     )
+    figure = output / "attention_map.png"
+    model, processor = load_model(str(checkpoint), device="cpu", dtype="float32")
+    config = VARConfig(sink_dims=spec.sink_dims, tau=TINY_TAU)
+    prompt = data_prompts(data_root, num_samples=1)[0]
+    figure_for_prompt(  # every row VAR may change: the last row alone may have no head VAR selects
+        model,
+        processor,
+        prompt,
+        config,
+        figure,
+        model_name="tiny demo model",
+        settings=MapSettings(rows="all"),
+        note=RANDOM_MODEL_NOTE,
+    )
+    print(f"Attention on the image before and after VAR, for one demo doc: {figure}")
     print(DISCLAIMER)
     print(f"\nRecreate the table: lmms-var leaderboard {' '.join(str(folder) for folder in folders)}")
     return 0

@@ -26,7 +26,8 @@ def test_names_show_model_var_args_and_args_that_differ(tmp_path):
         [
             (
                 VAR,
-                "pretrained=/ckpt/a/Qwen-7B,var=true,p=0.6,rho=0.5,tau=20,device=cuda,diagnostics_path=/d.jsonl",
+                "pretrained=/ckpt/a/Qwen-7B,var=true,p=0.6,rho=0.5,tau=20,device=cuda,diagnostics_path=/d.jsonl,"
+                "attention_maps=2,attention_maps_path=/maps",
                 {"t": {"acc": 0.5}},
             ),
             (VAR, "pretrained=/ckpt/a/Qwen-7B,var=false,p=0.6,device=cuda", {"t": {"acc": 0.5}}),

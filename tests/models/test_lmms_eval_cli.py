@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.models.conftest import TINY_VAR_ARGS, Run
+from tests.models.test_attention_maps import assert_attention_maps
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +66,9 @@ def test_two_cpu_processes_match_one(single, lmms_eval_run, tiny_checkpoint):
 def test_batches_parity_and_bad_args_in_one_lmms_eval_process(
     single, lmms_eval_run, tiny_checkpoint, tmp_path
 ):
-    """Batch size 2 with VAR; var=false against lmms-eval's own qwen2_5_vl; three runs that must fail."""
-    diagnostics = tmp_path / "batched.jsonl"
+    """Batch size 2 with VAR (and attention maps of each task's first doc); var=false against lmms-eval's
+    own qwen2_5_vl; three runs that must fail."""
+    diagnostics, maps = tmp_path / "batched.jsonl", tmp_path / "maps"
     same_dtype = "var=false,dtype=bfloat16,min_pixels=3136,max_pixels=12544"
     runs = lmms_eval_run(
         "config",
@@ -75,7 +77,10 @@ def test_batches_parity_and_bad_args_in_one_lmms_eval_process(
                 "name": "batched",
                 "model": "qwen2_5_vl_var",
                 "batch_size": 2,
-                "model_args": model_args(tiny_checkpoint, f"{TINY_VAR_ARGS},diagnostics_path={diagnostics}"),
+                "model_args": model_args(
+                    tiny_checkpoint,
+                    f"{TINY_VAR_ARGS},diagnostics_path={diagnostics},attention_maps=1,attention_maps_path={maps}",
+                ),
             },
             {
                 "name": "var_off",
@@ -118,6 +123,8 @@ def test_batches_parity_and_bad_args_in_one_lmms_eval_process(
             reference["visual_sinks"],
             reference["text_sinks"],
         )
+    # The first doc of each task got its figure, cut out of its padded batch; diagnostics were unaffected.
+    assert_attention_maps(maps, {(r["task"], r["doc_id"]): r for r in batched_records}, doc_ids=(0,))
     assert var_off.predictions() == upstream.predictions()
     assert "qwen2_5_vl_var: VAR off (var=false)" in runs.log
     # Failing runs write no results, and the log carries the message itself, not only a traceback.

@@ -1,5 +1,6 @@
 """`lmms-var demo`: the offline workflow end to end through lmms-eval's real CLI."""
 
+import json
 import re
 
 import pytest
@@ -28,6 +29,9 @@ def test_demo_runs_var_off_and_on_and_prints_the_leaderboard(tmp_path, capsys):
     )
     assert acted and int(acted[1]) == int(acted[3]) > 0 and int(acted[2]) > 0
     assert DISCLAIMER in out
+    figure = tmp_path / "demo" / "attention_map.png"
+    assert f"Attention on the image before and after VAR, for one demo doc: {figure}" in out
+    assert figure.stat().st_size > 0 and json.loads(figure.with_suffix(".json").read_text())["images"]
     for name in RUNS:
         assert list((tmp_path / "demo" / "runs" / name).rglob("*_samples_spatial_blink_counting.jsonl"))
 

@@ -1,0 +1,105 @@
+"""The numbers behind an attention-map figure, and their JSON form (the figure's `.json` next to it)."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lmms_var.attention_maps.layout import VisualPanel
+from lmms_var.config import VARConfig
+
+# What the JSON's fields mean, written into every JSON so a reader needs nothing else.
+DEFINITIONS = {
+    "before": "attention each visual token receives in the plain model's run (VAR off), per token of the panel's "
+    "grid (rows x cols, row-major), averaged over `layers`, `heads` and `rows`",
+    "after": "the same in the VAR run: the attention A' VAR redistributes to (VAR_SPEC.md step 4), averaged "
+    "over the same layers, heads and rows",
+    "heads": "query heads averaged over; `head_rule` 'selected': the heads VAR redistributed for at least one "
+    "chosen row in at least one chosen layer of the VAR run ('all: VAR selected none': all heads, as VAR "
+    "selected none)",
+    "rows": "query positions (0-based, in the prompt's tokens) averaged over; `row_rule` 'last': the last "
+    "prompt token, 'answer': the rows predicting the plain model's greedy answer (one forward over prompt + "
+    "answer), 'all': every row VAR may change (text after the first visual token)",
+    "sinks": "[row, col] of the panel's visual tokens VAR found to be sinks (VAR_SPEC.md step 1) in at least "
+    "one chosen layer of the VAR run",
+    "image_mass": "sum of `before` and of `after` over the panel: its share of the averaged attention row",
+    "sink_mass": "sum of `before` and of `after` over the panel's `sinks`",
+    "selected_pairs": "per chosen layer, the (head, row) pairs among the chosen rows that VAR redistributed "
+    "(over all heads)",
+    "size": "[width, height] in pixels of the resized image the model saw",
+    "grid": "[rows, cols] of visual tokens; each covers a square of size[0] / cols pixels",
+}
+
+
+@dataclass(frozen=True)
+class PanelMap:
+    """One panel's heatmaps: per visual token of its grid, before and after VAR."""
+
+    panel: VisualPanel
+    before: np.ndarray  # Float64[rows, cols]
+    after: np.ndarray  # Float64[rows, cols]
+    sinks: tuple[tuple[int, int], ...]  # (row, col) of its visual sinks
+    image: np.ndarray  # Uint8[height, width, 3]: what the model saw
+
+    def image_mass(self, values: np.ndarray) -> float:
+        return float(values.sum())
+
+    def sink_mass(self, values: np.ndarray) -> float:
+        return float(sum(values[row, col] for row, col in self.sinks))
+
+    def to_json(self) -> dict:
+        panel = self.panel
+        return {
+            "kind": panel.kind,
+            "index": panel.index,
+            "group": panel.group,
+            "size": list(panel.size),
+            "grid": list(panel.grid),
+            "tokens": list(panel.tokens),
+            "before": self.before.tolist(),
+            "after": self.after.tolist(),
+            "sinks": [list(sink) for sink in self.sinks],
+            "image_mass": {"before": self.image_mass(self.before), "after": self.image_mass(self.after)},
+            "sink_mass": {"before": self.sink_mass(self.before), "after": self.sink_mass(self.after)},
+        }
+
+
+@dataclass(frozen=True)
+class AttentionMaps:
+    """Attention on every panel of one prompt, before and after VAR, and how it was averaged."""
+
+    layers: tuple[int, ...]
+    heads: tuple[int, ...]
+    head_rule: str
+    rows: tuple[int, ...]
+    row_rule: str
+    selected_pairs: dict[int, int]  # layer -> (head, row) pairs VAR redistributed among the rows
+    var: VARConfig
+    panels: tuple[PanelMap, ...]
+    next_token: dict[str, str]  # "before"/"after": the token each run predicts after the prompt
+    answer: str | None  # the plain model's greedy answer, for row_rule "answer"
+
+    @property
+    def total_selected_pairs(self) -> int:
+        return sum(self.selected_pairs.values())
+
+    def to_json(self) -> dict:
+        return {
+            "layers": list(self.layers),
+            "heads": list(self.heads),
+            "head_rule": self.head_rule,
+            "rows": list(self.rows),
+            "row_rule": self.row_rule,
+            "selected_pairs": {str(layer): count for layer, count in self.selected_pairs.items()},
+            "var": {
+                "sink_dims": list(self.var.sink_dims),
+                "tau": self.var.tau,
+                "p": self.var.p,
+                "rho": self.var.rho,
+                "summ": self.var.summ,
+                "except_last_layer": self.var.except_last_layer,
+            },
+            "next_token": self.next_token,
+            "answer": self.answer,
+            "images": [panel.to_json() for panel in self.panels],
+            "definitions": DEFINITIONS,
+        }

@@ -1,0 +1,120 @@
+"""`attention_maps=N`: an attention-map figure (and its JSON) for the first N docs of each task.
+
+After each `generate` of the upstream loop, the docs of the batch are known (`watching_generate`);
+for each doc whose id is below N, its prompt is taken out of the batch and run twice more, without
+and with VAR, as `lmms-var show` does. With `attention_maps=0` (the default) nothing is attached.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger as eval_logger
+
+from lmms_var.attention_maps import MapSettings, attention_maps, random_model_note, save_attention_maps
+from lmms_var.attention_maps.family import split_batch, visual_grids
+from lmms_var.models.args import ModelArgError, parse_positive_int
+from lmms_var.models.diagnostics import run_output_folder, watching_generate
+from lmms_var.patch import VARHandle
+
+MAPS_FOLDER_SUFFIX = "attention_maps"
+
+
+@dataclass(frozen=True)
+class AttentionMapOptions:
+    """How many docs per task get a figure (0: off), where figures go, and for which checkpoint."""
+
+    per_task: int
+    folder: Path | None
+    pretrained: str
+
+    def recorder(self, handle: VARHandle | None, processor) -> "AttentionMapRecorder | None":
+        """The recorder for `handle`'s model, or None when off (then nothing is attached at all)."""
+        if not self.per_task:
+            return None
+        return AttentionMapRecorder(handle, processor, self)
+
+
+def parse_attention_maps(
+    attention_maps: object, attention_maps_path: object, *, var: bool, pretrained: str, run_id: str
+) -> AttentionMapOptions:
+    """Check the two model args, and find the figures' folder, before any weights are loaded.
+
+    The folder is `attention_maps_path`, else `<run_id>_attention_maps` next to lmms-eval's outputs
+    for the model (as diagnostics).
+    """
+    per_task = (
+        0 if str(attention_maps).strip() == "0" else parse_positive_int("attention_maps", attention_maps)
+    )
+    if not per_task:
+        if attention_maps_path is not None:
+            raise ModelArgError(
+                "attention_maps_path is set but attention_maps=0; give attention_maps=N (docs per task)"
+            )
+        return AttentionMapOptions(0, None, pretrained)
+    if not var:
+        raise ModelArgError("attention_maps draws what VAR changes; it needs var=true")
+    if attention_maps_path is not None:
+        return AttentionMapOptions(per_task, Path(str(attention_maps_path)), pretrained)
+    folder = run_output_folder(pretrained)
+    if folder is None:
+        raise ModelArgError(
+            "attention_maps needs lmms-eval's --output_path or attention_maps_path= (runs started from "
+            "--config must give attention_maps_path=)"
+        )
+    return AttentionMapOptions(per_task, folder / f"{run_id}_{MAPS_FOLDER_SUFFIX}", pretrained)
+
+
+def figure_name(task: str, doc_id: int) -> str:
+    """`<task>_doc<doc_id>.png`, with anything but letters, digits, `-`, `_` and `.` in the task replaced."""
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', task)}_doc{doc_id}.png"
+
+
+class AttentionMapRecorder:
+    """Draws the figure of each doc with `doc_id < per_task`, once per (task, doc), as the run reaches it."""
+
+    def __init__(self, handle: VARHandle, processor, options: AttentionMapOptions) -> None:
+        self.handle, self.processor, self.options = handle, processor, options
+        self.drawn: set[tuple[str, int]] = set()
+
+    def recording(self, lm):
+        """Within: every batch `lm.model.generate` runs is checked for docs to draw."""
+        return watching_generate(lm, self._after_generate)
+
+    def _after_generate(self, docs: list[dict], inputs: dict) -> None:
+        wanted = [
+            (row, doc)
+            for row, doc in enumerate(docs)
+            if doc["doc_id"] is not None
+            and doc["doc_id"] < self.options.per_task
+            and (doc["task"], doc["doc_id"]) not in self.drawn
+        ]
+        if not wanted:
+            return
+        samples = split_batch(inputs, visual_grids(self.handle.model, self.processor, inputs))
+        if len(samples) != len(docs):
+            eval_logger.warning(
+                f"attention_maps: a batch of {len(samples)} prompts came with {len(docs)} docs; skipped"
+            )
+            return
+        for row, doc in wanted:
+            self.drawn.add((doc["task"], doc["doc_id"]))
+            self._draw(samples[row], doc)
+
+    def _draw(self, sample: dict, doc: dict) -> None:
+        path = self.options.folder / figure_name(doc["task"], doc["doc_id"])
+        try:
+            maps = attention_maps(self.handle, self.processor, sample, MapSettings())
+            after_visuals = sample["input_ids"][0, maps.panels[-1].panel.tokens[1] :].tolist()
+            text = self.processor.tokenizer.decode(after_visuals, skip_special_tokens=True)
+            save_attention_maps(
+                maps,
+                path,
+                model=self.options.pretrained,
+                question=f"({doc['task']} doc {doc['doc_id']}) {' '.join(text.split())}",
+                note=random_model_note(self.options.pretrained),
+            )
+        except (ValueError, RuntimeError, OSError) as error:  # a figure must not cost the evaluation
+            eval_logger.error(f"attention_maps: no figure for {doc['task']} doc {doc['doc_id']}: {error}")
+            return
+        eval_logger.info(f"attention_maps: wrote {path}")

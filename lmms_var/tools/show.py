@@ -1,0 +1,206 @@
+"""`lmms-var show`: attention maps on the image, before VAR and after, for one prompt.
+
+Runs the prompt (images first, then the question, in the model's own chat template) once without VAR
+and once with it, and writes one figure (`--output`, a PNG) and the numbers behind it (same name,
+`.json`). Every input is checked before the model's weights are loaded.
+"""
+
+import argparse
+import os
+from dataclasses import fields
+from pathlib import Path
+
+from lmms_var.config import VARConfig
+
+HEAD_CHOICES = ("selected", "all")
+ROW_CHOICES = ("last", "answer", "all")
+DEFAULT_OUTPUT = Path("attention.png")
+_VAR_DEFAULTS = {field.name: field.default for field in fields(VARConfig)}
+VAR_OPTIONS = {
+    "tau": "sink threshold on the RMS-normalised hidden state",
+    "p": "fraction of sink attention kept",
+    "rho": "largest visual-sink share of image attention for a selected head",
+    "summ": "smallest image attention for a selected head",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from lmms_var.tools.sink_dims import DTYPES
+
+    parser = subparsers.add_parser(
+        "show",
+        help="draw attention maps on the image before and after VAR",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
+    parser.add_argument(
+        "--image", type=Path, action="append", required=True, help="an image file (repeat for several)"
+    )
+    parser.add_argument("--question", required=True, help="the text after the images")
+    parser.add_argument("--layers", type=int, nargs="+", help="decoder layers (default: the middle third)")
+    parser.add_argument(
+        "--heads", choices=HEAD_CHOICES, default="selected", help="heads VAR selected (default) or all"
+    )
+    parser.add_argument(
+        "--rows",
+        choices=ROW_CHOICES,
+        default="last",
+        help="query rows: the last prompt token (default), the plain model's answer, or every row VAR may change",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=_positive_int,
+        default=32,
+        help="longest answer for --rows answer (default 32)",
+    )
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help=f"PNG to write (default {DEFAULT_OUTPUT})"
+    )
+    parser.add_argument(
+        "--sink-dims", type=int, nargs="+", help="sink dimensions (default: published for the model)"
+    )
+    for name, meaning in VAR_OPTIONS.items():
+        default = _VAR_DEFAULTS[name]
+        parser.add_argument(f"--{name}", type=float, default=default, help=f"{meaning} (default {default:g})")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="auto", help="weights dtype (default: checkpoint's)"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmms_var.attention_maps import MapSettings, random_model_note
+    from lmms_var.sink_dims.calibration import CalibrationPrompt
+    from lmms_var.tools.sink_dims import load_model
+
+    images = tuple(_read_image(path) for path in args.image)
+    output = _writable_png(args.output)
+    config = _var_config(args)
+    settings = MapSettings(
+        layers=args.layers, heads=args.heads, rows=args.rows, max_new_tokens=args.max_new_tokens
+    )
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    maps = figure_for_prompt(
+        model,
+        processor,
+        CalibrationPrompt(images, args.question),
+        config,
+        output,
+        settings=settings,
+        model_name=args.model,
+        note=random_model_note(args.model),
+    )
+    for panel_map in maps.panels:
+        panel, before, after = panel_map.panel, panel_map.before, panel_map.after
+        print(
+            f"{panel.label()} ({panel.size[0]}x{panel.size[1]} px): attention on it "
+            f"{panel_map.image_mass(before):.3f} -> {panel_map.image_mass(after):.3f}; on its visual sinks "
+            f"({len(panel_map.sinks)} tokens) {panel_map.sink_mass(before):.3f} -> {panel_map.sink_mass(after):.3f}"
+        )
+    print(
+        f"VAR redistributed {maps.total_selected_pairs} (head, row) pairs in layers {list(maps.layers)}; "
+        f"heads averaged: {list(maps.heads)} ({maps.head_rule})"
+    )
+    print(f"wrote {output} and {output.with_suffix('.json')}")
+    return 0
+
+
+def figure_for_prompt(
+    model,
+    processor,
+    prompt,
+    config: VARConfig,
+    output: Path,
+    *,
+    model_name: str,
+    settings=None,
+    note: str | None = None,
+):  # settings: a MapSettings (default MapSettings())
+    """Attach VAR to `model` with `config`, draw `prompt`'s attention maps to `output` (+ JSON), detach.
+
+    Returns the `AttentionMaps`. Shared by `lmms-var show` and `lmms-var demo`.
+    """
+    from lmms_var.attention_maps import MapSettings, attention_maps, save_attention_maps
+    from lmms_var.patch import enable_var
+    from lmms_var.sink_dims.calibration import encode_prompt
+
+    inputs = encode_prompt(processor, prompt)
+    with enable_var(model, config) as handle:
+        maps = attention_maps(handle, processor, inputs, settings or MapSettings())
+    save_attention_maps(maps, output, model=model_name, question=prompt.question, note=note)
+    return maps
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _read_image(path: Path):
+    """The image as RGB, or a ValueError naming `--image` (before any weights are loaded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise ValueError(f"--image {path}: no such file")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"--image {path}: not an image Pillow can read ({error})") from None
+
+
+def _writable_png(path: Path) -> Path:
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--output {path}: must end in .png")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output {path}: cannot create its folder ({error})") from None
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"--output {path}: not writable")
+    return path
+
+
+def _var_config(args: argparse.Namespace) -> VARConfig:
+    """VAR's settings, checked against the model's config (image support, layers, sink dims) before loading."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    from lmms_var.attention_maps import resolve_layers
+    from lmms_var.sink_dims.known import lookup_known
+
+    try:
+        model_config = AutoConfig.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"--model {args.model}: not a model folder or Hub id with a config.json ({error})"
+        ) from None
+    if model_config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise ValueError(
+            f"--model {args.model}: a {model_config.model_type!r} model takes no images; "
+            "show needs a vision-language model VAR supports"
+        )
+    text_config = model_config.get_text_config()
+    try:
+        resolve_layers(args.layers, text_config.num_hidden_layers)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from None
+    dims = args.sink_dims
+    if dims is None:
+        known = lookup_known(args.model, model_config)
+        if known is None:
+            raise ValueError(
+                f"--sink-dims: no published sink dims for {args.model}; pass them (e.g. --sink-dims 458 2570) or "
+                f"find them with `lmms-var find-sink-dims --model {args.model} --output dims.json`"
+            )
+        dims = known.sink_dims
+    bad = [dim for dim in dims if not 0 <= dim < text_config.hidden_size]
+    if bad:
+        raise ValueError(f"--sink-dims {bad}: beyond the model's hidden size {text_config.hidden_size}")
+    try:
+        return VARConfig(sink_dims=tuple(dims), tau=args.tau, p=args.p, rho=args.rho, summ=args.summ)
+    except ValueError as error:  # "VARConfig.p must be in [0, 1]" -> "--p must be in [0, 1]"
+        raise ValueError(str(error).replace("VARConfig.", "--").replace("sink_dims", "sink-dims")) from None

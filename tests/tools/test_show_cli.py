@@ -1,0 +1,136 @@
+"""`lmms-var show` on the tiny checkpoint: a PNG and its JSON, and clear messages for bad inputs."""
+
+import json
+
+import pytest
+from PIL import Image
+from transformers import Qwen2Config
+
+from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
+from lmms_var.testing.images import random_image
+from lmms_var.tools import show
+from lmms_var.tools.cli import build_parser, main
+from tests.conftest import TINY_SPEC, TINY_TAU
+
+TINY_ARGS = ["--sink-dims", *map(str, TINY_SPEC.sink_dims), "--tau", str(TINY_TAU)]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("show_images")
+    paths = [folder / "wide.png", folder / "tall.jpg"]
+    random_image(1, size=(200, 120)).save(paths[0])
+    random_image(2, size=(90, 160)).save(paths[1])
+    return paths
+
+
+def show_args(checkpoint, images, output, *extra: str, var_args: list[str] = TINY_ARGS) -> list[str]:
+    image_args = [arg for path in images for arg in ("--image", str(path))]
+    question = ["--question", "Which is on the left?"]
+    return [
+        "show",
+        "--model",
+        str(checkpoint),
+        *image_args,
+        *question,
+        "--output",
+        str(output),
+        *var_args,
+        *extra,
+    ]
+
+
+def test_show_writes_a_png_and_its_json(tiny_checkpoint, images, tmp_path, capsys):
+    output = tmp_path / "maps" / "attention.png"
+    assert main(show_args(tiny_checkpoint, images, output, "--rows", "all")) == 0
+    with Image.open(output) as figure:
+        assert figure.format == "PNG" and figure.width > 500
+    data = json.loads(output.with_suffix(".json").read_text())
+    assert data["layers"] == [2] and data["row_rule"] == "all" and data["note"] == RANDOM_MODEL_NOTE
+    assert data["var"]["sink_dims"] == list(TINY_SPEC.sink_dims) and data["var"]["tau"] == TINY_TAU
+    assert len(data["images"]) == 2
+    for entry in data["images"]:
+        rows, cols = entry["grid"]
+        assert entry["size"] == [cols * 28, rows * 28]
+        assert len(entry["before"]) == len(entry["after"]) == rows and len(entry["before"][0]) == cols
+        assert set(entry["image_mass"]) == set(entry["sink_mass"]) == {"before", "after"}
+    assert data["images"][0]["size"][0] > data["images"][0]["size"][1]  # the wide image stays wide
+    out = capsys.readouterr().out
+    assert "image 1 (" in out and f"wrote {output} and {output.with_suffix('.json')}" in out
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading weights fails the test: every bad input must be reported before."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("weights were loaded before the bad input was reported")
+
+    monkeypatch.setattr("lmms_var.tools.sink_dims.load_model", refuse)
+
+
+def error_of(args: list[str], capsys) -> str:
+    assert main(args) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_are_reported_before_loading_weights(
+    tiny_checkpoint, images, tmp_path, capsys, no_weights
+):
+    output = tmp_path / "attention.png"
+    missing = tmp_path / "missing.png"
+    assert f"--image {missing}: no such file" in error_of(
+        show_args(tiny_checkpoint, [missing], output), capsys
+    )
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    assert f"--image {broken}: not an image Pillow can read" in error_of(
+        show_args(tiny_checkpoint, [broken], output), capsys
+    )
+    assert "--layers must be decoder layers in [0, 4), got [1, 7]" in error_of(
+        show_args(tiny_checkpoint, images, output, "--layers", "1", "7"), capsys
+    )
+    text_only = tmp_path / "text_only"
+    Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2).save_pretrained(text_only)
+    assert f"--model {text_only}: a 'qwen2' model takes no images" in error_of(
+        show_args(text_only, images, output), capsys
+    )
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert f"--output {blocker / 'attention.png'}: cannot create its folder" in error_of(
+        show_args(tiny_checkpoint, images, blocker / "attention.png"), capsys
+    )
+    assert "--output" in error_of(show_args(tiny_checkpoint, images, tmp_path / "attention.jpg"), capsys)
+    assert "--p must be in [0, 1], got 2.0" in error_of(
+        show_args(tiny_checkpoint, images, output, "--p", "2"), capsys
+    )
+    assert "--sink-dims: no published sink dims for" in error_of(
+        show_args(tiny_checkpoint, images, output, var_args=[]), capsys
+    )
+    assert "--sink-dims [500]: beyond the model's hidden size 128" in error_of(
+        show_args(tiny_checkpoint, images, output, var_args=["--sink-dims", "500"]), capsys
+    )
+    assert not output.exists()
+
+
+def test_show_is_registered_with_the_issues_options():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    options = {o for a in action.choices["show"]._actions for o in a.option_strings}
+    assert {
+        "--model",
+        "--image",
+        "--question",
+        "--layers",
+        "--heads",
+        "--rows",
+        "--output",
+        "--sink-dims",
+        "--tau",
+        "--p",
+        "--rho",
+        "--summ",
+        "--device",
+        "--dtype",
+    } <= options
+    assert show.HEAD_CHOICES == ("selected", "all") and show.ROW_CHOICES == ("last", "answer", "all")
