@@ -21,10 +21,12 @@ from lmms_var.models.args import (
     ModelArgError,
     VAROptions,
     parse_dtype,
+    parse_journal,
     parse_positive_int,
     parse_var_options,
 )
 from lmms_var.models.diagnostics import DiagnosticsRecorder, resolve_diagnostics_path
+from lmms_var.models.journal import Journal, journal_settings, resolve_journal_dir
 from lmms_var.patch import VARHandle, enable_var
 from lmms_var.patch.attention import BASE_IMPLEMENTATIONS
 from lmms_var.sink_dims.known import lookup_known
@@ -59,7 +61,9 @@ class _VARQwen2_5_VL:
         except_last_layer: bool | str = True,
         diagnostics: bool | str = False,
         diagnostics_path: str | None = None,
+        journal: str | bool = AUTO,
     ) -> None:
+        model_args = {name: value for name, value in locals().items() if name != "self"}  # for the journal
         lmms.__init__(self)
         options = parse_var_options(
             var=var,
@@ -78,6 +82,7 @@ class _VARQwen2_5_VL:
                 f"got {attn_implementation!r}"
             )
         self.batch_size_per_gpu = parse_positive_int("batch_size", batch_size)
+        journal_dir = resolve_journal_dir(parse_journal(journal), pretrained)
         self.accelerator = Accelerator()
         self._device, self.device_map = _placement(self.accelerator, device, device_map)
         # Resolve known dims from the config alone, so an unknown model fails before loading weights.
@@ -111,6 +116,13 @@ class _VARQwen2_5_VL:
         if self.var_handle is not None and options.diagnostics:
             path = resolve_diagnostics_path(options.diagnostics_path, pretrained, get_datetime_str())
             self._diagnostics = DiagnosticsRecorder(self.var_handle, path)
+        self._journal = None
+        if journal_dir is not None:
+            var_config = None if self.var_handle is None else self.var_handle.config
+            settings = journal_settings(
+                model_args, model=self._model, var_config=var_config, model_class=type(self).__name__
+            )
+            self._journal = Journal(journal_dir, settings, rank=self.accelerator.process_index)
         self._distribute()
 
     def _attach_var(self, options: VAROptions, known: tuple[tuple[int, ...], str] | None) -> VARHandle | None:
@@ -154,6 +166,12 @@ class _VARQwen2_5_VL:
             eval_logger.info(f"qwen2_5_vl_var: {message}")
 
     def generate_until(self, requests):
+        """Answers from the journal (if on), the other requests computed by `_generate_until`."""
+        if self._journal is None:
+            return self._generate_until(requests)
+        return self._journal.generate_until(self, requests, self._generate_until)
+
+    def _generate_until(self, requests):
         """Upstream's generation; with diagnostics, one record per sample, flushed after the call."""
         if self._diagnostics is None:
             return super().generate_until(requests)
