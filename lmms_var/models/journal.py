@@ -108,15 +108,12 @@ def journal_settings(
 def _checkpoint_identity(model: torch.nn.Module) -> dict:
     """The weights' name and what changes with them: the Hub commit, or a local folder's file sizes and times."""
     folder = Path(model.name_or_path)
-    files = (
-        sorted(
-            [path.name, path.stat().st_size, path.stat().st_mtime_ns]
-            for path in folder.iterdir()
-            if path.is_file()
-        )
-        if folder.is_dir()
-        else []
-    )
+    files = []
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                status = path.stat()
+                files.append([path.name, status.st_size, status.st_mtime_ns])
     return {
         "name_or_path": model.name_or_path,
         "commit": getattr(model.config, "_commit_hash", None),
@@ -186,7 +183,10 @@ def _hash_file(path: str, size: int, mtime_ns: int) -> str:
 
 
 class Journal:
-    """The answers of earlier runs with the same settings, and this process's file to add to them."""
+    """The answers of earlier runs with the same settings, and this process's file to add to them.
+
+    `directory` exists (`resolve_journal_dir` makes it); `rank` is this process's index in the run.
+    """
 
     def __init__(self, directory: Path, settings: Mapping[str, object], rank: int) -> None:
         self.fingerprint = _sha256_json(settings)
@@ -253,19 +253,17 @@ class Journal:
         """(request, key, answer) triples, in one write and an fsync: a kill mid-write tears only the last line."""
         if not entries:
             return
-        lines = "".join(
-            json.dumps(
-                {"key": key, "task": task, "doc_id": doc_id, "response": text},
-                ensure_ascii=False,
-            )
-            + "\n"
-            for (task, _, doc_id), key, text in ((_request_doc(r), k, t) for r, k, t in entries)
-        ).encode()
+        lines = []
+        for request, key, text in entries:
+            task, _, doc_id = _request_doc(request)
+            entry = {"key": key, "task": task, "doc_id": doc_id, "response": text}
+            lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
+        data = "".join(lines).encode()
         descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             written = 0
-            while written < len(lines):
-                written += os.write(descriptor, lines[written:])
+            while written < len(data):
+                written += os.write(descriptor, data[written:])
             os.fsync(descriptor)
         finally:
             os.close(descriptor)

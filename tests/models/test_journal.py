@@ -74,6 +74,7 @@ class FakeModel:
         self.rank, self.world_size = 0, 1
         self.batch_size, self.reads_per_doc = batch_size, reads_per_doc
         self.fail_at_batch: int | None = None
+        self.report = lambda answer: answer  # what add_partial is told
         self.computed: list[int] = []  # doc ids generated, in order
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
@@ -91,7 +92,8 @@ class FakeModel:
             for i, doc in zip(batch, docs[:: self.reads_per_doc], strict=True):
                 results[i] = answer_of(doc)
                 self.computed.append(requests[i].args[3])
-                self.cache_hook.add_partial("generate_until", (requests[i].args[0], GEN_KWARGS), results[i])
+                partial = self.report(results[i])
+                self.cache_hook.add_partial("generate_until", (requests[i].args[0], GEN_KWARGS), partial)
         return results
 
 
@@ -202,6 +204,32 @@ def test_batches_that_cannot_be_matched_are_journaled_when_the_call_returns(tmp_
     assert {entry["doc_id"]: entry["response"] for entry in entries(tmp_path)} == {
         i: answer_of(doc) for i, doc in enumerate(docs)
     }
+
+
+def test_entries_of_other_settings_never_answer_even_when_copied_into_this_settings_file(tmp_path):
+    docs = make_docs(2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = Journal(tmp_path / "a", SETTINGS, rank=0)
+    run(first, FakeModel(docs), make_requests(docs))
+    other_settings = {"model_args": {"pretrained": "tiny", "p": 0.8}}
+    first.path.rename(Journal(tmp_path / "b", other_settings, rank=0).path)
+    model = FakeModel(docs)
+    run(Journal(tmp_path / "b", other_settings, rank=0), model, make_requests(docs))
+    assert sorted(model.computed) == [0, 1]
+
+
+def test_the_returned_answer_wins_over_a_different_reported_one(tmp_path, log_lines):
+    docs = make_docs(2)
+    model = FakeModel(docs)
+    model.report = lambda answer: answer.upper()
+    run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs))
+    assert any("answered a request differently than its batch reported" in line for line in log_lines)
+    resumed = FakeModel(docs)
+    assert run(Journal(tmp_path, SETTINGS, rank=0), resumed, make_requests(docs)) == [
+        answer_of(d) for d in docs
+    ]
+    assert resumed.computed == []
 
 
 def test_repeated_requests_get_one_entry_each(tmp_path):
