@@ -336,3 +336,15 @@ def test_the_model_journals_its_batches_and_a_new_instance_answers_from_them(
     with pytest.raises(AssertionError, match="generated although"):
         other.generate_until(model_tests.requests(kind))
     assert "0 of 4 requests answered from the journal" in log_lines
+
+
+def test_an_unusable_journal_folder_fails_before_the_weights_load(tiny_checkpoint, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights loaded before the model args were checked")
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "from_pretrained", refuse)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ModelArgError, match="qwen2_5_vl_var: invalid model_args: journal must be a folder"):
+        model_tests.CLASSES["chat"](
+            pretrained=str(tiny_checkpoint), sink_dims="17;93", journal=str(tmp_path / "file")
+        )
