@@ -4,7 +4,7 @@ Prompting, batching and decoding are inherited from lmms-eval's own `Qwen2_5_VL`
 chat). Only `__init__` is re-implemented, because upstream's hard-codes what VAR runs must vary:
 `cuda` devices in multi-process runs, bfloat16, an assert that those runs are MULTI_GPU/FSDP (so no
 multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist. `generate_until`
-only adds diagnostics around upstream's.
+only adds the journal and diagnostics around upstream's.
 """
 
 import torch
