@@ -14,7 +14,7 @@ VAR_MODEL = "qwen2_5_vl_var"
 # VAR's model args, in the order a run name lists them.
 VAR_ARGS = ("var", "p", "rho", "tau", "summ", "sink_dims", "except_last_layer")
 # Model args that change what is logged, never a prediction: they stay out of run names.
-LOGGING_ARGS = ("diagnostics", "diagnostics_path", "attention_maps", "attention_maps_path")
+LOGGING_ARGS = ("diagnostics", "diagnostics_path", "attention_maps", "attention_maps_path", "journal")
 FALSE_WORDS = {"false", "0", "no", "off"}
 # Metrics whose [0, 1] values are rates, shown in percent.
 ACCURACY_WORDS = ("acc", "match", "correct")

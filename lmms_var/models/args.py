@@ -88,6 +88,18 @@ def parse_sink_dims(value: object) -> tuple[int, ...] | str | None:
     return tuple(dims)
 
 
+def parse_journal(value: object) -> str | None:
+    """`auto`, a folder path, or None for `off` (lmms-eval hands `false` and `0` over as False and 0)."""
+    text = str(value).strip()
+    if value is None or text.lower() in _FALSE:
+        return None
+    if text.lower() == AUTO:
+        return AUTO
+    if isinstance(value, bool) or text.lower() in _TRUE or not text:
+        raise ModelArgError(f"journal must be auto, off or a folder path, got {value!r}")
+    return text
+
+
 def parse_dtype(value: object, device: str) -> torch.dtype:
     """Default bfloat16 on CUDA (as upstream), float32 on CPU (where bfloat16 is slow and lossy)."""
     if value is None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+from lmms_eval.utils import sanitize_model_name
 from loguru import logger as eval_logger
 
 from lmms_var.patch import VARHandle
@@ -32,8 +33,6 @@ def run_output_folder(pretrained: str, argv: list[str] | None = None) -> Path | 
     output_path = output_path_from_argv(argv)
     if output_path is None:
         return None
-    from lmms_eval.utils import sanitize_model_name
-
     return Path(output_path) / sanitize_model_name(pretrained)
 
 

@@ -4,7 +4,7 @@ Prompting, batching and decoding are inherited from lmms-eval's own `Qwen2_5_VL`
 chat). Only `__init__` is re-implemented, because upstream's hard-codes what VAR runs must vary:
 `cuda` devices in multi-process runs, bfloat16, an assert that those runs are MULTI_GPU/FSDP (so no
 multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist. `generate_until`
-only adds diagnostics and attention maps around upstream's.
+only adds the journal, diagnostics and attention maps around upstream's.
 """
 
 from contextlib import ExitStack
@@ -23,11 +23,13 @@ from lmms_var.models.args import (
     ModelArgError,
     VAROptions,
     parse_dtype,
+    parse_journal,
     parse_positive_int,
     parse_var_options,
 )
 from lmms_var.models.attention_maps import parse_attention_maps
 from lmms_var.models.diagnostics import DiagnosticsRecorder, resolve_diagnostics_path
+from lmms_var.models.journal import Journal, journal_settings, resolve_journal_dir
 from lmms_var.patch import VARHandle, enable_var
 from lmms_var.patch.attention import BASE_IMPLEMENTATIONS
 from lmms_var.sink_dims.known import lookup_known
@@ -64,7 +66,9 @@ class _VARQwen2_5_VL:
         diagnostics_path: str | None = None,
         attention_maps: int | str = 0,
         attention_maps_path: str | None = None,
+        journal: str | bool = AUTO,
     ) -> None:
+        model_args = {name: value for name, value in locals().items() if name != "self"}  # for the journal
         lmms.__init__(self)
         options = parse_var_options(
             var=var,
@@ -87,6 +91,7 @@ class _VARQwen2_5_VL:
             attention_maps, attention_maps_path, var=options.enabled, pretrained=pretrained, run_id=run_id
         )
         self.batch_size_per_gpu = parse_positive_int("batch_size", batch_size)
+        journal_dir = resolve_journal_dir(parse_journal(journal), pretrained)
         self.accelerator = Accelerator()
         self._device, self.device_map = _placement(self.accelerator, device, device_map)
         # Resolve known dims from the config alone, so an unknown model fails before loading weights.
@@ -121,6 +126,13 @@ class _VARQwen2_5_VL:
             path = resolve_diagnostics_path(options.diagnostics_path, pretrained, run_id)
             self._diagnostics = DiagnosticsRecorder(self.var_handle, path)
         self._attention_maps = maps.recorder(self.var_handle, self.processor)
+        self._journal = None
+        if journal_dir is not None:
+            var_config = None if self.var_handle is None else self.var_handle.config
+            settings = journal_settings(
+                model_args, model=self._model, var_config=var_config, model_class=type(self).__name__
+            )
+            self._journal = Journal(journal_dir, settings, rank=self.accelerator.process_index)
         self._distribute()
 
     def _attach_var(self, options: VAROptions, known: tuple[tuple[int, ...], str] | None) -> VARHandle | None:
@@ -164,6 +176,12 @@ class _VARQwen2_5_VL:
             eval_logger.info(f"qwen2_5_vl_var: {message}")
 
     def generate_until(self, requests):
+        """Answers from the journal (if on), the other requests computed by `_generate_until`."""
+        if self._journal is None:
+            return self._generate_until(requests)
+        return self._journal.generate_until(self, requests, self._generate_until)
+
+    def _generate_until(self, requests):
         """Upstream's generation; diagnostics (one record per sample, flushed after the call) and
         attention maps watch its batches. Diagnostics first: they read VAR's state before maps rerun."""
         with ExitStack() as watchers:

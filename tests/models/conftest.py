@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from lmms_var.tasks import ENV_DATA_ROOT, TASKS_PATH
+from lmms_var.testing import TinySpec, save_tiny_checkpoint
 from lmms_var.testing.spatial_data import write_spatial_root
 from tests.conftest import TINY_SPEC, TINY_TAU
 
@@ -59,6 +60,12 @@ class Run:
 
 
 @pytest.fixture(scope="session")
+def letters_checkpoint(tmp_path_factory) -> Path:
+    """A tiny checkpoint that answers a letter chosen by the prompt, so docs get different answers."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("letters"), TinySpec(answers_letters=True))
+
+
+@pytest.fixture(scope="session")
 def small_spatial_root(tmp_path_factory) -> Path:
     return write_spatial_root(
         tmp_path_factory.mktemp("small_spatial_root"),
@@ -70,15 +77,23 @@ def small_spatial_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def lmms_eval_run(tmp_path_factory, small_spatial_root):
-    """`run(name, *cli_args, processes=1, configs=None)` -> Run, offline, each in its own folder.
+    """`run(name, *cli_args, processes=1, configs=None, output=None)` -> Run, offline, each in its own folder.
 
     `processes=2` launches `torchrun` on CPU (gloo), as the README documents; `configs` runs several
     evaluations in one lmms-eval process from a `--config` YAML list (each entry sets its own
-    `output_path` under the run's folder, named by its `name` key).
+    `output_path` under the run's folder, named by its `name` key); `output` reuses a given
+    `--output_path` (an earlier run's, to resume it) instead of a fresh one.
     """
 
-    def run(name: str, *cli_args: str, processes: int = 1, configs: list[dict] | None = None) -> Run:
+    def run(
+        name: str,
+        *cli_args: str,
+        processes: int = 1,
+        configs: list[dict] | None = None,
+        output: Path | None = None,
+    ) -> Run:
         folder = tmp_path_factory.mktemp(name)
+        output = output or folder / "output"
         env = {key: value for key, value in os.environ.items() if not key.startswith("LMMS_VAR_")}
         env |= {
             "HF_HUB_OFFLINE": "1",
@@ -102,7 +117,7 @@ def lmms_eval_run(tmp_path_factory, small_spatial_root):
             (folder / "config.yaml").write_text(yaml.safe_dump(entries))
             args += ["--config", str(folder / "config.yaml")]
         else:
-            args += ["--output_path", str(folder / "output")]
+            args += ["--output_path", str(output)]
         done = subprocess.run(
             [sys.executable, *launcher, "-m", "lmms_eval", *args],
             env=env,
@@ -111,6 +126,6 @@ def lmms_eval_run(tmp_path_factory, small_spatial_root):
             text=True,
             timeout=600,
         )
-        return Run(folder / "output", done.stdout + done.stderr)
+        return Run(output, done.stdout + done.stderr)
 
     return run

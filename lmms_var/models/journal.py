@@ -1,0 +1,445 @@
+"""The journal: each answer kept as soon as its batch is decoded, so a stopped run resumes where it was.
+
+lmms-eval's `--use_cache` stores answers only when `generate_until` returns, and its key leaves out
+the images. The journal appends every answer to `<folder>/<settings>-rank<r>.jsonl` (one file per
+process, one write and an fsync per batch) under a key made of all that decides it: the model's
+settings (`journal_settings`: the model args that change outputs, the checkpoint, the resolved VAR
+config, dtype, library versions), and the request's inputs (prompt, generation kwargs, every image,
+array or media file by the SHA-256 of its bytes). A rerun answers the requests whose key it finds
+and sends only the others to upstream's `generate_until`.
+
+Upstream's loop hands each batch's answers to `cache_hook.add_partial` right after decoding, without
+saying which request they answer; it reads the batch's docs from `task_dict`, in batch order, just
+before generating. So a batch's answers are matched one to one with the docs read since the previous
+batch; a batch whose counts disagree is not streamed, and its answers are journaled when the call
+returns, from upstream's own results.
+"""
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import re
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from lmms_eval.api.instance import Instance, unwrap_generation_output
+from loguru import logger as eval_logger
+from PIL import Image
+
+from lmms_var.config import VARConfig
+from lmms_var.models.args import AUTO, ModelArgError
+from lmms_var.models.diagnostics import run_output_folder
+
+JOURNAL_FOLDER = "journal"
+# Bump when what a key covers changes, so that no older journal is read with another meaning.
+FORMAT_VERSION = 1
+# Model args that place the work or log it but never change an answer: left out of the settings.
+NOT_OUTPUT_ARGS = frozenset(
+    {"device", "device_map", "batch_size", "diagnostics", "diagnostics_path", "journal"}
+    | {"attention_maps", "attention_maps_path"}
+)
+_VERSIONED_PACKAGES = ("lmms-var", "lmms-eval", "transformers", "torch")
+_REMOTE_URL = re.compile(r"https?://\S+")
+_LONGEST_PATH = 4096
+
+DocKey = tuple[str, str, int]  # (task, split, doc_id), as upstream reads a doc from `task_dict`
+
+
+class UnfingerprintableInput(TypeError):
+    """A request input whose content cannot be hashed here (a remote URL, an unknown object)."""
+
+
+def resolve_journal_dir(journal: str | None, pretrained: str, argv: list[str] | None = None) -> Path | None:
+    """The folder for `journal` (as `parse_journal` returns it), created now so a bad one fails early.
+
+    A path is used as given; `auto` is lmms-eval's output folder for the model,
+    `<output_path>/<model>/journal`, or None (no journal) when the command line has no `--output_path`.
+    """
+    if journal is None:
+        return None
+    if journal == AUTO:
+        folder = run_output_folder(pretrained, argv)
+        if folder is None:
+            return None
+        directory = folder / JOURNAL_FOLDER
+    else:
+        directory = Path(journal).expanduser()
+    if directory.exists() and not directory.is_dir():
+        raise ModelArgError(
+            f"journal must be a folder (it holds one file per process), got the file {directory}"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ModelArgError(
+            f"journal folder {directory} cannot be created: {error.strerror or error}"
+        ) from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ModelArgError(f"journal folder {directory} is not writable; give journal=PATH or journal=off")
+    return directory
+
+
+def journal_settings(
+    model_args: Mapping[str, object],
+    *,
+    model: torch.nn.Module,
+    var_config: VARConfig | None,
+    model_class: str,
+) -> dict:
+    """What decides a model's answers besides the request itself; journals are kept per settings."""
+    return {
+        "format": FORMAT_VERSION,
+        "model_class": model_class,
+        "model_args": {name: value for name, value in model_args.items() if name not in NOT_OUTPUT_ARGS},
+        "checkpoint": _checkpoint_identity(model),
+        "dtype": str(model.dtype),
+        "var": None if var_config is None else dataclasses.asdict(var_config),
+        "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
+    }
+
+
+def _checkpoint_identity(model: torch.nn.Module) -> dict:
+    """The weights' name and what changes with them: the Hub commit, or a local folder's file sizes and times."""
+    folder = Path(model.name_or_path)
+    files = []
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                status = path.stat()
+                files.append([path.name, status.st_size, status.st_mtime_ns])
+    return {
+        "name_or_path": model.name_or_path,
+        "commit": getattr(model.config, "_commit_hash", None),
+        "files": files,
+    }
+
+
+def content_fingerprint(value: object) -> object:
+    """A JSON-able stand-in for a request input: text and numbers as they are; images, arrays, bytes and
+    files that a string names by the SHA-256 of their content, so an edited image changes the key."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str):
+        if _REMOTE_URL.fullmatch(value):
+            raise UnfingerprintableInput(f"a remote URL ({value[:100]})")
+        return {"file": value, "sha256": _file_sha256(Path(value))} if _names_a_file(value) else value
+    if isinstance(value, Path):
+        return {"file": str(value), "sha256": _file_sha256(value)} if value.is_file() else str(value)
+    if isinstance(value, bytes | bytearray):
+        return {"bytes": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, Image.Image):
+        return {"image": _sha256(value.mode, value.size, value.getpalette(), value.tobytes())}
+    if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+        array = np.ascontiguousarray(value)
+        return {"array": _sha256(str(array.dtype), array.shape, array.tobytes())}
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        return {"tensor": _sha256(str(tensor.dtype), tuple(tensor.shape), raw)}
+    if isinstance(value, Mapping):
+        return {str(key): content_fingerprint(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [content_fingerprint(item) for item in value]
+    if hasattr(value, "model_dump"):  # lmms-eval's pydantic chat messages
+        return content_fingerprint(value.model_dump())
+    raise UnfingerprintableInput(f"a {type(value).__name__}")
+
+
+def _sha256(*parts: object) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part if isinstance(part, bytes) else repr(part).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _sha256_json(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _names_a_file(text: str) -> bool:
+    return len(text) < _LONGEST_PATH and "\n" not in text and os.path.isfile(text)
+
+
+def _file_sha256(path: Path) -> str:
+    status = path.stat()
+    return _hash_file(str(path.resolve()), status.st_size, status.st_mtime_ns)
+
+
+@functools.cache
+def _hash_file(path: str, size: int, mtime_ns: int) -> str:
+    """Cached by size and time, so a video shared by many requests is read once per process."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+class Journal:
+    """The answers of earlier runs with the same settings, and this process's file to add to them.
+
+    `directory` exists (`resolve_journal_dir` makes it); `rank` is this process's index in the run.
+    """
+
+    def __init__(self, directory: Path, settings: Mapping[str, object], rank: int) -> None:
+        self.fingerprint = _sha256_json(settings)
+        prefix = self.fingerprint[:16]
+        self.path = directory / f"{prefix}-rank{rank}.jsonl"
+        pattern = f"{prefix}-rank*.jsonl"
+        self._answers, unreadable = _read_answers(sorted(directory.glob(pattern)))
+        self._warned: set[str] = set()
+        _end_with_newline(self.path)
+        if rank != 0:
+            return
+        settings_path = directory / f"{prefix}.json"
+        if not settings_path.exists():  # for people: what the files' keys cover
+            _write_atomically(settings_path, json.dumps(settings, indent=2, sort_keys=True, default=str))
+        eval_logger.info(
+            f"journal: {directory / pattern} holds {len(self._answers)} answers from earlier runs with "
+            f"these settings ({settings_path.name})"
+        )
+        for path, count in unreadable.items():
+            eval_logger.warning(
+                f"journal: ignored {count} unreadable line(s) in {path} (a write cut short by a kill)"
+            )
+
+    def generate_until(
+        self, lm, requests: Sequence[Instance], generate: Callable[[list[Instance]], list]
+    ) -> list:
+        """Answers from the journal; `generate` for the others, each journaled as soon as its batch is decoded.
+
+        Results come back in the order of `requests`, as lmms-eval expects.
+        """
+        keys = self._keys(lm.task_dict, requests)
+        results: list = [None if key is None else self._answers.get(key) for key in keys]
+        missing = [index for index, result in enumerate(results) if result is None]
+        ranks = f" (rank {lm.rank} of {lm.world_size})" if lm.world_size > 1 else ""
+        eval_logger.info(
+            f"{len(requests) - len(missing)} of {len(requests)} requests answered from the journal{ranks}"
+        )
+        follower = _BatchFollower(self, [(requests[index], keys[index]) for index in missing])
+        with _following(lm, follower):
+            computed = generate([requests[index] for index in missing])
+        unstreamed = []
+        for position, (index, result) in enumerate(zip(missing, computed, strict=True)):
+            results[index] = result
+            text, _ = unwrap_generation_output(result)
+            streamed = follower.streamed.get(position)
+            if keys[index] is not None and isinstance(text, str) and streamed != text:
+                if streamed is not None:
+                    self._warn_once(
+                        "mismatch",
+                        f"journal: {type(lm).__name__} answered a request differently "
+                        "than its batch reported; the journal keeps the returned answer",
+                    )
+                unstreamed.append((requests[index], keys[index], text))
+        if follower.lost:
+            self._warn_once(
+                "lost",
+                f"journal: cannot match {type(lm).__name__}'s batches to its requests; "
+                "their answers were journaled only when generate_until returned",
+            )
+        self.append(unstreamed)
+        return results
+
+    def append(self, entries: Sequence[tuple[Instance, str, str]]) -> None:
+        """(request, key, answer) triples, in one write and an fsync: a kill mid-write tears only the last line."""
+        if not entries:
+            return
+        lines = []
+        for request, key, text in entries:
+            task, _, doc_id = _request_doc(request)
+            entry = {"key": key, "task": task, "doc_id": doc_id, "response": text}
+            lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
+        data = "".join(lines).encode()
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(descriptor, data[written:])
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        self._answers.update((key, text) for _, key, text in entries)
+
+    def _keys(self, task_dict, requests: Sequence[Instance]) -> list[str | None]:
+        """Each request's key: its inputs' hash, numbered among equal requests (repeats, duplicate docs)."""
+        seen: Counter[str] = Counter()
+        keys: list[str | None] = []
+        for request in requests:
+            content = self._content_hash(task_dict, request)
+            if content is None:
+                keys.append(None)
+                continue
+            keys.append(f"{content}:{seen[content]}")
+            seen[content] += 1
+        return keys
+
+    def _content_hash(self, task_dict, request: Instance) -> str | None:
+        """Hash of the settings and every input but the doc's address; doc-reading functions are applied."""
+        *inputs, doc_id, task, split = request.args
+        doc = task_dict[task][split][doc_id]
+        try:
+            content = [content_fingerprint(value(doc) if callable(value) else value) for value in inputs]
+        except UnfingerprintableInput as error:
+            self._warn_once(
+                "unfingerprintable",
+                f"journal: a request of {task} holds {error}, whose content cannot be hashed; "
+                "such requests are always computed, never journaled",
+            )
+            return None
+        return _sha256_json([self.fingerprint, content])
+
+    def _warn_once(self, topic: str, message: str) -> None:
+        if topic not in self._warned:
+            self._warned.add(topic)
+            eval_logger.warning(message)
+
+
+def _doc_key(task: object, split: object, doc_id: object) -> DocKey:
+    return str(task), str(split), int(doc_id)
+
+
+def _request_doc(request: Instance) -> DocKey:
+    """The doc a request reads: lmms-eval's generation requests end with (doc_id, task, split)."""
+    doc_id, task, split = request.args[-3:]
+    return _doc_key(task, split, doc_id)
+
+
+class _BatchFollower:
+    """Pairs upstream's answers with the docs it read for the batch, and journals each batch as it ends."""
+
+    def __init__(self, journal: Journal, missing: Sequence[tuple[Instance, str | None]]) -> None:
+        self._journal = journal
+        self._missing = missing
+        self._pending: dict[DocKey, deque[int]] = defaultdict(deque)
+        for position, (request, _) in enumerate(missing):
+            self._pending[_request_doc(request)].append(position)
+        self._reads: list[DocKey] = []
+        self._answers: list[object] = []
+        self.streamed: dict[int, str] = {}  # position in `missing` -> the answer journaled for it
+        self.lost = False  # a batch could not be matched: stop streaming for this call
+
+    def doc_read(self, doc: DocKey) -> None:
+        if self._answers:  # a read after answers starts the next batch
+            self.end_batch()
+        self._reads.append(doc)
+
+    def answered(self, answers: list) -> None:
+        self._answers.extend(answers)
+
+    def end_batch(self) -> None:
+        reads, answers = self._reads, self._answers
+        self._reads, self._answers = [], []
+        if self.lost or not answers:
+            return
+        positions = [self._pending[doc].popleft() if self._pending[doc] else None for doc in reads]
+        if len(positions) != len(answers) or None in positions:
+            self.lost = True
+            return
+        entries = []
+        for position, answer in zip(positions, answers, strict=True):
+            request, key = self._missing[position]
+            if key is not None and isinstance(answer, str):
+                self.streamed[position] = answer
+                entries.append((request, key, answer))
+        self._journal.append(entries)
+
+
+class _RecordedDocs:
+    """`task_dict` as upstream reads it, `[task][split][doc_id]`, telling `on_read` about each doc read."""
+
+    def __init__(self, inner, path: tuple, on_read: Callable[[DocKey], None]) -> None:
+        self._inner, self._path, self._on_read = inner, path, on_read
+
+    def __getitem__(self, key):
+        value = self._inner[key]
+        if len(self._path) < 2:  # a task or a split: keep recording below it
+            return _RecordedDocs(value, (*self._path, key), self._on_read)
+        self._on_read(_doc_key(*self._path, key))
+        return value
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def __iter__(self):
+        return iter(self._inner)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __contains__(self, key) -> bool:
+        return key in self._inner
+
+
+class _AnswerHook:
+    """Stands in for `lm.cache_hook`: passes every partial on, and hands `generate_until` answers over."""
+
+    def __init__(self, inner, on_answers: Callable[[list], None]) -> None:
+        self._inner, self._on_answers = inner, on_answers
+
+    def add_partial(self, attr: str, request, result) -> None:
+        self._inner.add_partial(attr, request, result)
+        if attr == "generate_until":
+            # One answer per call, or one list per batch (some upstream models).
+            self._on_answers(result if isinstance(result, list) else [result])
+
+
+@contextmanager
+def _following(lm, follower: _BatchFollower) -> Iterator[None]:
+    """Within: `lm` reports its doc reads and answers to `follower`; the batch it last finished is journaled."""
+    task_dict, cache_hook = lm.task_dict, lm.cache_hook
+    lm.task_dict = _RecordedDocs(task_dict, (), follower.doc_read)
+    lm.cache_hook = _AnswerHook(cache_hook, follower.answered)
+    try:
+        yield
+    finally:
+        lm.task_dict, lm.cache_hook = task_dict, cache_hook
+        follower.end_batch()
+
+
+def _read_answers(paths: Sequence[Path]) -> tuple[dict[str, str], dict[Path, int]]:
+    """key -> answer from journal files (a later line wins), and how many unreadable lines each file had."""
+    answers: dict[str, str] = {}
+    unreadable: dict[Path, int] = {}
+    for path in paths:
+        with path.open("rb") as file:
+            for line in file:
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # a line torn by a kill (UnicodeDecodeError is a ValueError too)
+                    entry = None
+                if (
+                    isinstance(entry, dict)
+                    and isinstance(entry.get("key"), str)
+                    and isinstance(entry.get("response"), str)
+                ):
+                    answers[entry["key"]] = entry["response"]
+                else:
+                    unreadable[path] = unreadable.get(path, 0) + 1
+    return answers, unreadable
+
+
+def _end_with_newline(path: Path) -> None:
+    """Close a line torn by a kill, so the next append starts a line of its own."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as file:
+        file.seek(-1, os.SEEK_END)
+        if file.read(1) != b"\n":
+            file.write(b"\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)

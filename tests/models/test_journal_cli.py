@@ -1,0 +1,60 @@
+"""Resuming through the real `lmms-eval` CLI: a run killed mid-way, then the same command again."""
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.models.conftest import TINY_VAR_ARGS, Run
+
+pytestmark = pytest.mark.slow
+
+KILL_SWITCH = Path(__file__).resolve().parent / "kill_switch"
+COUNT_LINE = re.compile(r"(\d+) of (\d+) requests answered from the journal")
+
+
+@pytest.fixture(scope="module")
+def command(letters_checkpoint) -> tuple[str, ...]:
+    return ("--model", "qwen2_5_vl_var", "--model_args", f"pretrained={letters_checkpoint},{TINY_VAR_ARGS}")
+
+
+def answered(run: Run) -> tuple[int, int]:
+    """(answered from the journal, requests), summed over the processes' count lines."""
+    counts = [tuple(map(int, found)) for found in COUNT_LINE.findall(run.log)]
+    assert counts, run.log[-3000:]
+    return sum(n for n, _ in counts), sum(m for _, m in counts)
+
+
+def metrics(run: Run) -> dict:
+    results = run.results()
+    assert results is not None, run.log[-3000:]
+    return results["results"]
+
+
+def test_a_killed_run_resumes_with_other_process_counts(lmms_eval_run, command, monkeypatch):
+    """Killed after one batch, then resumed on two processes: the results of an uninterrupted run."""
+    uninterrupted = lmms_eval_run("uninterrupted", *command)
+    assert answered(uninterrupted) == (0, 4)
+    assert (uninterrupted.model_dir() / "journal").is_dir()
+    assert len(set(uninterrupted.predictions().values())) > 1  # docs differ, so a mix-up would show
+
+    with monkeypatch.context() as patch:
+        patch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [str(KILL_SWITCH), os.environ.get("PYTHONPATH")]))
+        )
+        patch.setenv("JOURNAL_TEST_KILL_AFTER_BATCHES", "1")
+        killed = lmms_eval_run("killed", *command)
+    assert killed.results() is None, killed.log[-3000:]
+    (journal_file,) = killed.output.rglob("journal/*-rank0.jsonl")
+    assert len(journal_file.read_text().splitlines()) == 1
+
+    resumed = lmms_eval_run("resumed", *command, processes=2, output=killed.output)
+    assert answered(resumed) == (1, 4)
+    assert "(rank 1 of 2)" in resumed.log
+    assert metrics(resumed) == metrics(uninterrupted)
+    assert resumed.predictions() == uninterrupted.predictions()
+    assert sorted(path.name.split("-")[1] for path in journal_file.parent.glob("*.jsonl")) == [
+        "rank0.jsonl",
+        "rank1.jsonl",
+    ]
