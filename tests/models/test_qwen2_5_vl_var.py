@@ -11,7 +11,7 @@ from loguru import logger
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from lmms_var.models.args import ModelArgError
-from lmms_var.models.qwen2_5_vl_var import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
+from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
 from lmms_var.testing.images import random_image
 from tests.conftest import TINY_TAU
 

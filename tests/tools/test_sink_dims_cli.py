@@ -91,7 +91,7 @@ def test_a_path_that_is_not_a_qwen_model_is_named(tmp_path, capsys, kind):
     err = _error(capsys, ["find-sink-dims", "--model", str(path), "--output", str(tmp_path / "o.json")])
     assert f"lmms-var find-sink-dims: error: --model {path}: " in err
     expected = (
-        "expected a qwen2_5_vl checkpoint, got 'llama'" if kind == "other model type" else "not a model"
+        "VAR supports model types qwen2_5_vl (Qwen2.5-VL)" if kind == "other model type" else "not a model"
     )
     assert expected in err
 

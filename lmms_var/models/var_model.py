@@ -1,25 +1,32 @@
-"""lmms-eval's Qwen2.5-VL with VAR attached: same prompting, batching and decoding, portable loading.
+"""lmms-eval's own models with VAR attached: same prompting, batching and decoding, portable loading.
 
-Prompting, batching and decoding are inherited from lmms-eval's own `Qwen2_5_VL` classes (simple and
-chat). Only `__init__` is re-implemented, because upstream's hard-codes what VAR runs must vary:
-`cuda` devices in multi-process runs, bfloat16, an assert that those runs are MULTI_GPU/FSDP (so no
-multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist. `generate_until`
-only adds diagnostics around upstream's.
+`VARModel` is the part every registered model shares; `lmms_var.models.classes` puts it first in the
+bases of each backbone's upstream class (simple and chat), so prompting, batching and decoding are
+upstream's. Only `__init__` is re-implemented, because upstream's hard-codes what VAR runs must vary:
+`cuda` devices in multi-process runs, dtypes, an assert that those runs are MULTI_GPU/FSDP (so no
+multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist. The backbone says
+what upstream's `__init__` sets (`LmmsEvalModel`), so `var=false` reproduces upstream's predictions.
+`generate_until` adds diagnostics around upstream's and lets generation errors through where
+upstream would answer "" instead.
 """
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import ClassVar
 
 import torch
 from accelerate import Accelerator, DistributedType
 from lmms_eval.api.model import lmms
-from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as Qwen2_5_VLChat
-from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as Qwen2_5_VLSimple
 from lmms_eval.utils import get_datetime_str
 from loguru import logger as eval_logger
-from transformers import AutoConfig, AutoProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoConfig
 
+from lmms_var.backbones import Backbone, UnsupportedModelError, backbone_for_config
 from lmms_var.models.args import (
     AUTO,
     ModelArgError,
     VAROptions,
+    parse_bool,
     parse_dtype,
     parse_positive_int,
     parse_var_options,
@@ -30,26 +37,19 @@ from lmms_var.patch.attention import BASE_IMPLEMENTATIONS
 from lmms_var.sink_dims.known import lookup_known
 
 
-class _VARQwen2_5_VL:
-    """The shared part of the simple and chat classes; put first in their bases so it wins."""
+class VARModel:
+    """The shared part of every VAR model class; `backbone` is set by the class built for it."""
+
+    backbone: ClassVar[Backbone]
 
     def __init__(
         self,
-        pretrained: str = "Qwen/Qwen2.5-VL-3B-Instruct",
+        pretrained: str | None = None,
         device: str | None = None,
         device_map: str | None = None,
         dtype: str | None = None,
         batch_size: int | str = 1,
-        use_cache: bool = True,
         attn_implementation: str = "sdpa",
-        min_pixels: int = 256 * 28 * 28,
-        max_pixels: int = 1605632,
-        max_num_frames: int = 32,
-        fps: float | None = None,
-        system_prompt: str | None = "You are a helpful assistant.",
-        interleave_visuals: bool = False,
-        reasoning_prompt: str | None = None,
-        max_length: int = 2048,
         var: bool | str = True,
         sink_dims: int | str | None = None,
         tau: float = 20.0,
@@ -59,52 +59,69 @@ class _VARQwen2_5_VL:
         except_last_layer: bool | str = True,
         diagnostics: bool | str = False,
         diagnostics_path: str | None = None,
+        **upstream_args,
     ) -> None:
         lmms.__init__(self)
-        options = parse_var_options(
-            var=var,
-            sink_dims=sink_dims,
-            tau=tau,
-            rho=rho,
-            summ=summ,
-            p=p,
-            except_last_layer=except_last_layer,
-            diagnostics=diagnostics,
-            diagnostics_path=diagnostics_path,
-        )
+        spec = self.backbone.lmms_eval
+        pretrained = pretrained or spec.default_pretrained
+        args = spec.upstream_arguments(upstream_args)
+        try:
+            options = parse_var_options(
+                var=var,
+                sink_dims=sink_dims,
+                tau=tau,
+                rho=rho,
+                summ=summ,
+                p=p,
+                except_last_layer=except_last_layer,
+                diagnostics=diagnostics,
+                diagnostics_path=diagnostics_path,
+            )
+            self._load(pretrained, options, args, device, device_map, dtype, batch_size, attn_implementation)
+        except ModelArgError as error:
+            raise error.for_model(spec.model_id) from None
+
+    def _load(self, pretrained, options, args, device, device_map, dtype, batch_size, attn_implementation):
+        """Everything upstream's `__init__` does, in its order, with arguments checked before weights load."""
+        spec = self.backbone.lmms_eval
+        flash = spec.flash_attention_flag
+        if flash and parse_bool(flash, args[flash]):
+            attn_implementation = "flash_attention_2"
         if options.enabled and attn_implementation not in BASE_IMPLEMENTATIONS:
             raise ModelArgError(
                 f"attn_implementation must be one of {list(BASE_IMPLEMENTATIONS)} with VAR on, "
                 f"got {attn_implementation!r}"
             )
         self.batch_size_per_gpu = parse_positive_int("batch_size", batch_size)
+        if spec.max_batch_size is not None and self.batch_size_per_gpu > spec.max_batch_size:
+            raise ModelArgError(
+                f"batch_size must be at most {spec.max_batch_size}: lmms-eval's {spec.upstream_id} "
+                f"generates {spec.max_batch_size} prompt(s) at a time, got {self.batch_size_per_gpu}"
+            )
         self.accelerator = Accelerator()
         self._device, self.device_map = _placement(self.accelerator, device, device_map)
-        # Resolve known dims from the config alone, so an unknown model fails before loading weights.
-        model_config = AutoConfig.from_pretrained(pretrained)
+        hub_options = spec.hub_options(args)
+        # Read the config alone first: a checkpoint of another family, or unknown sink dims, must
+        # fail before any weights are loaded.
+        model_config = AutoConfig.from_pretrained(pretrained, **hub_options)
+        self._check_family(pretrained, model_config)
         known = _known_sink_dims(options, pretrained, model_config)
 
-        self._model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            pretrained,
-            dtype=parse_dtype(dtype, self._device.type),
-            device_map=self.device_map,
-            attn_implementation=attn_implementation,
-        ).eval()
-        # The attributes upstream's generate_until reads, set as upstream sets them.
-        self.max_pixels = max_pixels
-        self.min_pixels = min_pixels
-        self.max_num_frames = max_num_frames
-        self.fps = fps
-        self.reasoning_prompt = reasoning_prompt.replace("\\n", "\n") if reasoning_prompt else None
-        self.processor = AutoProcessor.from_pretrained(
-            pretrained, max_pixels=max_pixels, min_pixels=min_pixels
+        self._model = (
+            self.backbone.loader_class()
+            .from_pretrained(
+                pretrained,
+                dtype=parse_dtype(dtype, self._device.type, spec.cuda_dtype),
+                device_map=self.device_map,
+                attn_implementation=attn_implementation,
+                **hub_options,
+            )
+            .eval()
         )
-        self._tokenizer = AutoTokenizer.from_pretrained(pretrained)
-        self.system_prompt = system_prompt
-        self.interleave_visuals = interleave_visuals
+        # The attributes upstream's generate_until reads, set as upstream sets them.
+        for name, value in spec.state(pretrained, args).items():
+            setattr(self, name, value)
         self._config = self._model.config
-        self._max_length = max_length
-        self.use_cache = use_cache
 
         self.var_handle = self._attach_var(options, known)
         self._diagnostics = None
@@ -113,19 +130,33 @@ class _VARQwen2_5_VL:
             self._diagnostics = DiagnosticsRecorder(self.var_handle, path)
         self._distribute()
 
+    def _check_family(self, pretrained: str, model_config) -> None:
+        backbone = self.backbone
+        if getattr(model_config, "model_type", None) == backbone.model_type:
+            return
+        try:
+            hint = f"run it with --model {backbone_for_config(model_config).lmms_eval.model_id}"
+        except UnsupportedModelError as error:
+            hint = str(error)
+        raise ModelArgError(
+            f"pretrained={pretrained} is a {model_config.model_type!r} checkpoint, not "
+            f"{backbone.model_type!r} ({backbone.family}); {hint}"
+        )
+
     def _attach_var(self, options: VAROptions, known: tuple[tuple[int, ...], str] | None) -> VARHandle | None:
         if not options.enabled:
-            self._log("VAR off (var=false): plain Qwen2.5-VL")
+            self._log(f"VAR off (var=false): plain {self.backbone.family}")
             return None
         if known is None:  # sink_dims=auto
             from lmms_var.sink_dims.auto import auto_sink_dims
 
-            dims, source = auto_sink_dims(self._model, self.processor, tau=options.tau)
+            processor = getattr(self, self.backbone.lmms_eval.processor_attribute)
+            dims, source = auto_sink_dims(self._model, processor, tau=options.tau)
             known = tuple(dims), f"sink_dims=auto ({source})"
         dims, source = known
         config = options.config(dims)
         handle = enable_var(self._model, config, diagnostics=options.diagnostics)
-        layers = config.active_layers(len(self._model.model.language_model.layers))
+        layers = config.active_layers(len(self.backbone.decoder_layers(self._model)))
         self._log(
             f"VAR on: sink_dims={list(dims)} from {source}; tau={config.tau} rho={config.rho} "
             f"summ={config.summ} p={config.p} except_last_layer={config.except_last_layer} "
@@ -151,16 +182,46 @@ class _VARQwen2_5_VL:
 
     def _log(self, message: str) -> None:
         if self.accelerator.is_main_process:
-            eval_logger.info(f"qwen2_5_vl_var: {message}")
+            eval_logger.info(f"{self.backbone.lmms_eval.model_id}: {message}")
 
     def generate_until(self, requests):
         """Upstream's generation; with diagnostics, one record per sample, flushed after the call."""
-        if self._diagnostics is None:
-            return super().generate_until(requests)
-        with self._diagnostics.recording(self):
-            results = super().generate_until(requests)
+        with _generation_errors_raised(self.model):
+            if self._diagnostics is None:
+                return super().generate_until(requests)
+            with self._diagnostics.recording(self):
+                results = super().generate_until(requests)
         self._diagnostics.flush(self.accelerator)
         return results
+
+
+class _GenerationFailed(BaseException):
+    """Carries a generation error past upstream loops that catch `Exception` and answer "" instead
+    (lmms-eval's llava_hf): a run whose model cannot generate must fail, not score empty answers."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@contextmanager
+def _generation_errors_raised(model: torch.nn.Module) -> Iterator[None]:
+    generate = model.generate
+
+    def generate_or_fail(*args, **kwargs):
+        try:
+            return generate(*args, **kwargs)
+        except Exception as error:
+            raise _GenerationFailed(error) from error
+
+    model.generate = generate_or_fail
+    try:
+        yield
+    except _GenerationFailed as failure:
+        raise failure.error from None
+    finally:
+        # The diagnostics recorder, entered inside, may already have removed the instance attribute.
+        vars(model).pop("generate", None)
 
 
 def _placement(
@@ -190,7 +251,7 @@ def _known_sink_dims(
         return options.sink_dims, "model args"
     entry = lookup_known(pretrained, model_config)
     if entry is None:
-        text_config = getattr(model_config, "text_config", None) or model_config
+        text_config = model_config.get_text_config()
         raise ModelArgError(
             f"no published sink_dims for {pretrained!r} (model_type={model_config.model_type}, "
             f"hidden_size={text_config.hidden_size}, num_hidden_layers={text_config.num_hidden_layers}) "
@@ -200,11 +261,3 @@ def _known_sink_dims(
             "dims.json`; var=false runs without VAR"
         )
     return entry.sink_dims, f"configs/sink_dims.yaml ({entry.name}, published in {entry.source})"
-
-
-class Qwen2_5_VL_VAR(_VARQwen2_5_VL, Qwen2_5_VLSimple):
-    """`qwen2_5_vl_var` for simple (doc_to_visual/doc_to_text) tasks, as `--force_simple` selects."""
-
-
-class Qwen2_5_VL_VAR_Chat(_VARQwen2_5_VL, Qwen2_5_VLChat):
-    """`qwen2_5_vl_var` for chat (doc_to_messages) tasks: lmms-eval's default for this model."""
