@@ -6,9 +6,12 @@ in the test matrix).
 """
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
+from lmms_var.backbones.llava import LLAVA
 from lmms_var.backbones.qwen2_5_vl import QWEN2_5_VL
+from lmms_var.backbones.qwen2_vl import QWEN2_VL
+from lmms_var.backbones.qwen3_vl import QWEN3_VL
 
-BACKBONES: tuple[Backbone, ...] = (QWEN2_5_VL,)
+BACKBONES: tuple[Backbone, ...] = (QWEN2_5_VL, QWEN2_VL, QWEN3_VL, LLAVA)
 
 __all__ = [
     "BACKBONES",
