@@ -14,6 +14,8 @@ from lmms_var.backbones import (
     backbone_for_config,
     backbone_for_model_type,
 )
+from lmms_var.testing.tiny_families import TINY_FAMILIES
+from tests.conftest import FAMILIES
 
 
 def test_every_backbone_is_found_by_its_model_type_config_and_model():
@@ -24,6 +26,11 @@ def test_every_backbone_is_found_by_its_model_type_config_and_model():
         assert backbone_for(SimpleNamespace(config=config)) is backbone
     assert len({backbone.model_type for backbone in BACKBONES}) == len(BACKBONES)
     assert len({backbone.lmms_eval.model_id for backbone in BACKBONES}) == len(BACKBONES)
+
+
+def test_every_backbone_has_a_tiny_checkpoint_in_the_test_matrix():
+    supported = sorted(backbone.model_type for backbone in BACKBONES)
+    assert sorted(TINY_FAMILIES) == supported and sorted(FAMILIES) == supported
 
 
 def test_an_unsupported_model_names_every_supported_family():
