@@ -54,11 +54,27 @@ def family_model(family, tiny_models):
 
 
 @pytest.fixture(scope="session")
-def family_checkpoint(family, tiny_checkpoint, tmp_path_factory) -> Path:
+def tiny_checkpoints(tiny_checkpoint, tmp_path_factory):
+    """`get(model_type)` -> that family's saved tiny checkpoint folder, saved once.
+
+    Tests that parametrise a model type themselves use this, not `family_checkpoint`: a test's own
+    parametrisation of `family` would mix with the fixture's parameters in pytest's cache.
+    """
+    saved = {TINY_SPEC.model_type: tiny_checkpoint}
+
+    def get(model_type: str) -> Path:
+        if model_type not in saved:
+            folder = tmp_path_factory.mktemp(f"tiny_{model_type}")
+            saved[model_type] = save_tiny_checkpoint(folder, TinySpec(model_type=model_type))
+        return saved[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_checkpoint(family, tiny_checkpoints) -> Path:
     """Each family's tiny checkpoint, saved with `save_pretrained`."""
-    if family == TINY_SPEC.model_type:
-        return tiny_checkpoint
-    return save_tiny_checkpoint(tmp_path_factory.mktemp(f"tiny_{family}"), TinySpec(model_type=family))
+    return tiny_checkpoints(family)
 
 
 @pytest.fixture(scope="session")

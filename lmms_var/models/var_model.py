@@ -65,7 +65,8 @@ class VARModel:
         spec = self.backbone.lmms_eval
         pretrained = pretrained or spec.default_pretrained
         args = spec.upstream_arguments(upstream_args)
-        try:
+        # Upstream's `__init__`, in its order, with every argument checked before weights load.
+        with _errors_naming(spec.model_id):
             options = parse_var_options(
                 var=var,
                 sink_dims=sink_dims,
@@ -77,58 +78,52 @@ class VARModel:
                 diagnostics=diagnostics,
                 diagnostics_path=diagnostics_path,
             )
-            self._load(pretrained, options, args, device, device_map, dtype, batch_size, attn_implementation)
-        except ModelArgError as error:
-            raise error.for_model(spec.model_id) from None
+            flash = spec.flash_attention_flag
+            if flash and parse_bool(flash, args[flash]):
+                attn_implementation = "flash_attention_2"
+            if options.enabled and attn_implementation not in BASE_IMPLEMENTATIONS:
+                raise ModelArgError(
+                    f"attn_implementation must be one of {list(BASE_IMPLEMENTATIONS)} with VAR on, "
+                    f"got {attn_implementation!r}"
+                )
+            self.batch_size_per_gpu = parse_positive_int("batch_size", batch_size)
+            if spec.max_batch_size is not None and self.batch_size_per_gpu > spec.max_batch_size:
+                raise ModelArgError(
+                    f"batch_size must be at most {spec.max_batch_size}: lmms-eval's {spec.upstream_id} "
+                    f"generates {spec.max_batch_size} prompt(s) at a time, got {self.batch_size_per_gpu}"
+                )
+            self.accelerator = Accelerator()
+            self._device, self.device_map = _placement(self.accelerator, device, device_map)
+            hub_options = spec.hub_options(args)
+            # Read the config alone first: a checkpoint of another family, or unknown sink dims, must
+            # fail before any weights are loaded.
+            model_config = AutoConfig.from_pretrained(pretrained, **hub_options)
+            self._check_family(pretrained, model_config)
+            known = _known_sink_dims(options, pretrained, model_config)
+            load_dtype = parse_dtype(dtype, self._device.type, spec.cuda_dtype)
 
-    def _load(self, pretrained, options, args, device, device_map, dtype, batch_size, attn_implementation):
-        """Everything upstream's `__init__` does, in its order, with arguments checked before weights load."""
-        spec = self.backbone.lmms_eval
-        flash = spec.flash_attention_flag
-        if flash and parse_bool(flash, args[flash]):
-            attn_implementation = "flash_attention_2"
-        if options.enabled and attn_implementation not in BASE_IMPLEMENTATIONS:
-            raise ModelArgError(
-                f"attn_implementation must be one of {list(BASE_IMPLEMENTATIONS)} with VAR on, "
-                f"got {attn_implementation!r}"
+            self._model = (
+                self.backbone.loader_class()
+                .from_pretrained(
+                    pretrained,
+                    dtype=load_dtype,
+                    device_map=self.device_map,
+                    attn_implementation=attn_implementation,
+                    **hub_options,
+                )
+                .eval()
             )
-        self.batch_size_per_gpu = parse_positive_int("batch_size", batch_size)
-        if spec.max_batch_size is not None and self.batch_size_per_gpu > spec.max_batch_size:
-            raise ModelArgError(
-                f"batch_size must be at most {spec.max_batch_size}: lmms-eval's {spec.upstream_id} "
-                f"generates {spec.max_batch_size} prompt(s) at a time, got {self.batch_size_per_gpu}"
-            )
-        self.accelerator = Accelerator()
-        self._device, self.device_map = _placement(self.accelerator, device, device_map)
-        hub_options = spec.hub_options(args)
-        # Read the config alone first: a checkpoint of another family, or unknown sink dims, must
-        # fail before any weights are loaded.
-        model_config = AutoConfig.from_pretrained(pretrained, **hub_options)
-        self._check_family(pretrained, model_config)
-        known = _known_sink_dims(options, pretrained, model_config)
+            # The attributes upstream's generate_until reads, set as upstream sets them.
+            for name, value in spec.state(pretrained, args).items():
+                setattr(self, name, value)
+            self._config = self._model.config
 
-        self._model = (
-            self.backbone.loader_class()
-            .from_pretrained(
-                pretrained,
-                dtype=parse_dtype(dtype, self._device.type, spec.cuda_dtype),
-                device_map=self.device_map,
-                attn_implementation=attn_implementation,
-                **hub_options,
-            )
-            .eval()
-        )
-        # The attributes upstream's generate_until reads, set as upstream sets them.
-        for name, value in spec.state(pretrained, args).items():
-            setattr(self, name, value)
-        self._config = self._model.config
-
-        self.var_handle = self._attach_var(options, known)
-        self._diagnostics = None
-        if self.var_handle is not None and options.diagnostics:
-            path = resolve_diagnostics_path(options.diagnostics_path, pretrained, get_datetime_str())
-            self._diagnostics = DiagnosticsRecorder(self.var_handle, path)
-        self._distribute()
+            self.var_handle = self._attach_var(options, known)
+            self._diagnostics = None
+            if self.var_handle is not None and options.diagnostics:
+                path = resolve_diagnostics_path(options.diagnostics_path, pretrained, get_datetime_str())
+                self._diagnostics = DiagnosticsRecorder(self.var_handle, path)
+            self._distribute()
 
     def _check_family(self, pretrained: str, model_config) -> None:
         backbone = self.backbone
@@ -193,6 +188,15 @@ class VARModel:
                 results = super().generate_until(requests)
         self._diagnostics.flush(self.accelerator)
         return results
+
+
+@contextmanager
+def _errors_naming(model_id: str) -> Iterator[None]:
+    """Model-arg errors raised within start with the model being configured: `<model>: invalid ...`."""
+    try:
+        yield
+    except ModelArgError as error:
+        raise error.for_model(model_id) from None
 
 
 class _GenerationFailed(BaseException):

@@ -274,5 +274,9 @@ def save_tiny_checkpoint(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     model, processor = build_tiny_model(spec)
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    if spec.family.processor_only_chat_template:
+        template = path / "chat_template.jinja"  # read by the tokenizer too
+        (path / "chat_template.json").write_text(json.dumps({"chat_template": template.read_text()}))
+        template.unlink()
     (path / "tiny_spec.json").write_text(json.dumps(asdict(spec), indent=2))
     return path

@@ -147,7 +147,9 @@ class TinyFamily:
     text_sink_tokens: tuple[str, ...]  # tokens whose embedding carries the planted text sinks
     visual_tokens: tuple[str, ...]  # placeholders of images (and videos, where the family has them)
     end_of_answer: str  # the token that ends a generated answer
-    video: bool = True
+    # llava-hf's repos keep the chat template in the processor's legacy `chat_template.json`, so their
+    # tokenizer has none (lmms-eval's simple llava_hf then uses its own Vicuna template).
+    processor_only_chat_template: bool = False
 
 
 def qwen_tokenizer() -> Qwen2Tokenizer:
@@ -322,7 +324,11 @@ def _llava_config(shape: TinyShape, tokenizer) -> LlavaConfig:
     )
 
 
-_QWEN = {"text_sink_tokens": ("<|im_start|>",), "end_of_answer": "<|im_end|>"}
+_QWEN = {
+    "text_sink_tokens": ("<|im_start|>",),
+    "visual_tokens": ("<|image_pad|>", "<|video_pad|>"),
+    "end_of_answer": "<|im_end|>",
+}
 TINY_FAMILIES: dict[str, TinyFamily] = {
     family.model_type: family
     for family in (
@@ -330,21 +336,18 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
             "qwen2_vl",
             _qwen_processor(Qwen2VLProcessor, Qwen2VLVideoProcessor, patch_size=14),
             _qwen2_vl_config,
-            visual_tokens=("<|image_pad|>", "<|video_pad|>"),
             **_QWEN,
         ),
         TinyFamily(
             "qwen2_5_vl",
             _qwen_processor(Qwen2_5_VLProcessor, Qwen2VLVideoProcessor, patch_size=14),
             _qwen2_5_vl_config,
-            visual_tokens=("<|image_pad|>", "<|video_pad|>"),
             **_QWEN,
         ),
         TinyFamily(
             "qwen3_vl",
             _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, patch_size=16),
             _qwen3_vl_config,
-            visual_tokens=("<|image_pad|>", "<|video_pad|>"),
             **_QWEN,
         ),
         TinyFamily(
@@ -354,7 +357,7 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
             text_sink_tokens=("<s>",),
             visual_tokens=("<image>",),
             end_of_answer="</s>",
-            video=False,
+            processor_only_chat_template=True,
         ),
     )
 }
