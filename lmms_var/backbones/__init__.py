@@ -5,7 +5,7 @@ list it in `BACKBONES`; the README's "Adding a backbone" says what else (a tiny 
 in the test matrix).
 """
 
-from lmms_var.backbones.base import Backbone, LmmsEvalModel
+from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
 from lmms_var.backbones.llava import LLAVA
 from lmms_var.backbones.qwen2_5_vl import QWEN2_5_VL
 from lmms_var.backbones.qwen2_vl import QWEN2_VL
@@ -18,6 +18,7 @@ __all__ = [
     "Backbone",
     "LmmsEvalModel",
     "UnsupportedModelError",
+    "VisualGrid",
     "backbone_for",
     "backbone_for_config",
     "backbone_for_model_type",

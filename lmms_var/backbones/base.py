@@ -25,6 +25,28 @@ def _no_options(_args: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+@dataclass(frozen=True)
+class VisualGrid:
+    """How one image's (or video's) visual tokens tile the picture the model saw.
+
+    The picture was resized to `height` x `width` pixels; its tokens come `frames` x `rows` x `cols`,
+    frame by frame, row-major, each covering `height / rows` x `width / cols` pixels (a video's frame
+    is a group of `temporal_patch_size` input frames). The i-th grid of a kind covers the i-th run of
+    that kind's placeholder tokens in the batch.
+    """
+
+    kind: str  # "image" or "video"
+    frames: int
+    rows: int
+    cols: int
+    height: int
+    width: int
+
+    @property
+    def tokens(self) -> int:
+        return self.frames * self.rows * self.cols
+
+
 @dataclass(frozen=True, eq=False)  # one instance per family: compared and hashed by identity
 class LmmsEvalModel:
     """lmms-eval's own model for a family, described so that ours, with `var=false`, reproduces it.
@@ -87,6 +109,8 @@ class Backbone:
     # First and last linear layer of the vision-to-text projector, under the multimodal module.
     projector: tuple[str, str]
     lmms_eval: LmmsEvalModel
+    # (processor outputs, processor) -> one `VisualGrid` per image, then per video, in batch order.
+    visual_grids: Callable[[Mapping[str, Any], Any], list[VisualGrid]]
     # Other modules whose outputs are added to the text residual stream at visual positions (e.g.
     # Qwen3-VL's deepstack mergers), as glob patterns under the multimodal module.
     visual_residual_writers: tuple[str, ...] = ()

@@ -8,7 +8,18 @@ error, answering "" instead (our model lets the error through).
 from collections.abc import Mapping
 from typing import Any
 
-from lmms_var.backbones.base import Backbone, LmmsEvalModel
+from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
+
+
+def _visual_grids(inputs: Mapping[str, Any], processor) -> list[VisualGrid]:
+    """One grid per image: the crop the vision tower saw, cut into `patch_size` squares (its class
+    token dropped, as the "default" feature strategy does)."""
+    pixel_values = inputs.get("pixel_values")
+    if pixel_values is None:
+        return []
+    height, width = pixel_values.shape[-2:]
+    patch = processor.patch_size
+    return [VisualGrid("image", 1, height // patch, width // patch, height, width)] * pixel_values.shape[0]
 
 
 def _hub_options(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -37,6 +48,7 @@ LLAVA = Backbone(
     loader="LlavaForConditionalGeneration",
     visual_token_attributes=("image_token_id",),
     projector=("multi_modal_projector.linear_1", "multi_modal_projector.linear_2"),
+    visual_grids=_visual_grids,
     lmms_eval=LmmsEvalModel(
         model_id="llava_hf_var",
         upstream_id="llava_hf",

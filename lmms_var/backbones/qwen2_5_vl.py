@@ -1,7 +1,7 @@
 """Qwen2.5-VL (`qwen2_5_vl`): lmms-eval's `qwen2_5_vl` (simple and chat) loads bfloat16."""
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen2_vl import qwen_state
+from lmms_var.backbones.qwen2_vl import qwen_state, qwen_visual_grids
 
 QWEN2_5_VL = Backbone(
     family="Qwen2.5-VL",
@@ -9,6 +9,7 @@ QWEN2_5_VL = Backbone(
     loader="Qwen2_5_VLForConditionalGeneration",
     visual_token_attributes=("image_token_id", "video_token_id"),
     projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
+    visual_grids=qwen_visual_grids,
     lmms_eval=LmmsEvalModel(
         model_id="qwen2_5_vl_var",
         upstream_id="qwen2_5_vl",

@@ -8,7 +8,20 @@ selects flash attention with `use_flash_attention_2`, and defaults to smaller im
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from lmms_var.backbones.base import Backbone, LmmsEvalModel
+from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
+
+
+def qwen_visual_grids(inputs: Mapping[str, Any], processor) -> list[VisualGrid]:
+    """Qwen-VL grids from `image_grid_thw` / `video_grid_thw` (in patches; tokens merge
+    `merge_size` x `merge_size` patches)."""
+    image_processor = processor.image_processor
+    merge, patch = image_processor.merge_size, image_processor.patch_size
+    return [
+        VisualGrid(kind, frames, height // merge, width // merge, height * patch, width * patch)
+        for kind in ("image", "video")
+        if inputs.get(f"{kind}_grid_thw") is not None
+        for frames, height, width in inputs[f"{kind}_grid_thw"].tolist()
+    ]
 
 
 def qwen_state(stored: tuple[str, ...]) -> Callable[[str, Mapping[str, Any]], dict[str, Any]]:
@@ -38,6 +51,7 @@ QWEN2_VL = Backbone(
     loader="Qwen2VLForConditionalGeneration",
     visual_token_attributes=("image_token_id", "video_token_id"),
     projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
+    visual_grids=qwen_visual_grids,
     lmms_eval=LmmsEvalModel(
         model_id="qwen2_vl_var",
         upstream_id="qwen2_vl",

@@ -11,7 +11,7 @@ to `"cuda"`; it also loads MoE and Qwen3.5 checkpoints, which are other model ty
 """
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen2_vl import qwen_state
+from lmms_var.backbones.qwen2_vl import qwen_state, qwen_visual_grids
 
 QWEN3_VL = Backbone(
     family="Qwen3-VL",
@@ -21,6 +21,7 @@ QWEN3_VL = Backbone(
     projector=("visual.merger.linear_fc1", "visual.merger.linear_fc2"),
     visual_residual_writers=("visual.deepstack_merger_list.*.linear_fc2",),
     query_key_norms=("self_attn.q_norm", "self_attn.k_norm"),
+    visual_grids=qwen_visual_grids,
     lmms_eval=LmmsEvalModel(
         model_id="qwen3_vl_var",
         upstream_id="qwen3_vl",
