@@ -226,10 +226,15 @@ def _qwen_processor(processor_class, video_processor_class, patch_size: int) -> 
     return build
 
 
-def _qwen2_vl_config(shape: TinyShape, tokenizer) -> Qwen2VLConfig:
+def _qwen2_text_config(shape: TinyShape, tokenizer) -> dict:
+    """Qwen2-VL's and Qwen2.5-VL's text config: multimodal rotary sections, a large rotary base."""
     rope = {"type": "mrope", "mrope_section": shape.mrope_section()}
+    return shape.text_config(tokenizer, rope_scaling=rope, rope_theta=1_000_000.0)
+
+
+def _qwen2_vl_config(shape: TinyShape, tokenizer) -> Qwen2VLConfig:
     return Qwen2VLConfig(
-        text_config=shape.text_config(tokenizer, rope_scaling=rope, rope_theta=1_000_000.0),
+        text_config=_qwen2_text_config(shape, tokenizer),
         vision_config={
             "depth": shape.vision_depth,
             "embed_dim": shape.vision_hidden_size,
@@ -242,9 +247,8 @@ def _qwen2_vl_config(shape: TinyShape, tokenizer) -> Qwen2VLConfig:
 
 
 def _qwen2_5_vl_config(shape: TinyShape, tokenizer) -> Qwen2_5_VLConfig:
-    rope = {"type": "mrope", "mrope_section": shape.mrope_section()}
     return Qwen2_5_VLConfig(
-        text_config=shape.text_config(tokenizer, rope_scaling=rope, rope_theta=1_000_000.0),
+        text_config=_qwen2_text_config(shape, tokenizer),
         vision_config={
             "depth": shape.vision_depth,
             "hidden_size": shape.vision_hidden_size,

@@ -24,7 +24,7 @@ def test_finds_exactly_the_planted_channels_without_data(planted):
 
 
 def test_finds_the_planted_channels_of_every_family(family, family_model):
-    result = find_sink_dims(*family_model, tau=TINY_TAU, prompts=builtin_prompts(4))
+    result = find_sink_dims(*family_model, tau=TINY_TAU, prompts=builtin_prompts(2))
     assert result.sink_dims == TINY_SPEC.sink_dims
     facts = TINY_FAMILIES[family]
     for dim in TINY_SPEC.sink_dims:
