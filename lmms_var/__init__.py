@@ -1,17 +1,23 @@
-"""lmms-var: Visual Attention Redistribution (VAR) for Qwen2.5-VL, as an lmms-eval model.
+"""lmms-var: Visual Attention Redistribution (VAR) for vision-language models, as lmms-eval models.
 
-`VARConfig` is light; `enable_var` and `VARHandle` import torch and transformers, so they load on
-first use (keeps `lmms-var --help` and the lmms-eval entry point fast).
+`VARConfig` is light; `enable_var`, `VARHandle` and `config_from_model` import torch and
+transformers, so they load on first use (keeps `lmms-var --help` and the lmms-eval entry point fast).
 """
 
 from lmms_var.config import VARConfig
 
-__all__ = ["VARConfig", "VARHandle", "enable_var"]
+__all__ = ["VARConfig", "VARHandle", "config_from_model", "enable_var"]
+# Public names served on first use, and the module each comes from.
+_LAZY = {
+    "VARHandle": "lmms_var.patch",
+    "enable_var": "lmms_var.patch",
+    "config_from_model": "lmms_var.sink_dims.auto",
+}
 
 
 def __getattr__(name: str):
-    if name in ("VARHandle", "enable_var"):
-        from lmms_var import patch
+    if name in _LAZY:
+        import importlib
 
-        return getattr(patch, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'lmms_var' has no attribute {name!r}")

@@ -1,4 +1,8 @@
-"""VARConfig: the hyper-parameters of one VAR run, validated once so every layer can trust them."""
+"""VARConfig: the hyper-parameters of one VAR run, validated once so every layer can trust them.
+
+This module imports nothing else from the package, so every layer can use it. A config with measured
+sink dims comes from `lmms_var.config_from_model` (in `sink_dims.auto`, the layer that measures).
+"""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,17 +40,6 @@ class VARConfig:
         _check_range("summ", self.summ, 0.0, 1.0)
         if not _is_number(self.tau) or not self.tau > 0:
             raise ValueError(f"VARConfig.tau must be > 0, got {self.tau!r}")
-
-    @classmethod
-    def from_model(cls, model, processor, *, tau: float = 20.0, **kwargs) -> "VARConfig":
-        """A config with the model's measured sink dims (`sink_dims=auto`): cached after the first call.
-
-        `model` and `processor` are a Qwen2.5-VL model and its processor; `kwargs` are the other fields.
-        """
-        from lmms_var.sink_dims.auto import auto_sink_dims
-
-        sink_dims, _source = auto_sink_dims(model, processor, tau=tau)
-        return cls(sink_dims=sink_dims, tau=tau, **kwargs)
 
     def active_layers(self, num_layers: int) -> range:
         """Decoder layers VAR acts on: never the first two, and not the last with `except_last_layer`."""

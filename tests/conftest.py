@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny checkpoints with planted sinks and synthetic spatial data, built once per session."""
+"""Shared fixtures: tiny checkpoints with planted sinks and synthetic spatial data, built once per session.
+
+`FAMILIES` is the test matrix: one tiny checkpoint per supported backbone (`lmms_var.backbones`);
+tests that take `family_model` or `family_checkpoint` run once per entry.
+"""
 
 from pathlib import Path
 
@@ -7,8 +11,9 @@ import pytest
 from lmms_var.testing import TINY_TAU, TinySpec, build_tiny_model, save_tiny_checkpoint
 from lmms_var.testing.spatial_data import write_spatial_root
 
-__all__ = ["TINY_SPEC", "TINY_TAU"]
+__all__ = ["FAMILIES", "TINY_SPEC", "TINY_TAU"]
 TINY_SPEC = TinySpec()
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava")
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +26,55 @@ def tiny_model():
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A saved tiny Qwen2.5-VL checkpoint folder (model + processor + tokenizer)."""
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny_qwen2_5_vl"), TINY_SPEC)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_model):
+    """`get(model_type)` -> (model, processor) of that family's tiny checkpoint, built once. Do not mutate."""
+    built = {TINY_SPEC.model_type: tiny_model}
+
+    def get(model_type: str):
+        if model_type not in built:
+            built[model_type] = build_tiny_model(TinySpec(model_type=model_type))
+        return built[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family(request) -> str:
+    """Each model type of the test matrix in turn."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def family_model(family, tiny_models):
+    """(model, processor) of each family's tiny checkpoint, planted in TINY_SPEC.sink_dims. Do not mutate."""
+    return tiny_models(family)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tiny_checkpoint, tmp_path_factory):
+    """`get(model_type)` -> that family's saved tiny checkpoint folder, saved once.
+
+    Tests that parametrise a model type themselves use this, not `family_checkpoint`: a test's own
+    parametrisation of `family` would mix with the fixture's parameters in pytest's cache.
+    """
+    saved = {TINY_SPEC.model_type: tiny_checkpoint}
+
+    def get(model_type: str) -> Path:
+        if model_type not in saved:
+            folder = tmp_path_factory.mktemp(f"tiny_{model_type}")
+            saved[model_type] = save_tiny_checkpoint(folder, TinySpec(model_type=model_type))
+        return saved[model_type]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_checkpoint(family, tiny_checkpoints) -> Path:
+    """Each family's tiny checkpoint, saved with `save_pretrained`."""
+    return tiny_checkpoints(family)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from lmms_var.attention_maps.layout import IMAGE, VIDEO, VisualGrids, VisualPanel
-from lmms_var.patch.enable import multimodal_model
+from lmms_var.backbones import backbone_for
 
 # The processor outputs the model's forward takes; generation settings are not among them.
 MODEL_INPUTS = (
@@ -34,17 +34,17 @@ _GRIDS = {IMAGE: "image_grid_thw", VIDEO: "video_grid_thw"}
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     """The text decoder's layers (their `self_attn` modules return attention weights under eager)."""
-    return multimodal_model(model).language_model.layers
+    return backbone_for(model).decoder_layers(model)
 
 
 def text_config(model: torch.nn.Module):
     """The config whose `_attn_implementation` the text decoder's attention reads."""
-    return multimodal_model(model).language_model.config
+    return backbone_for(model).text_config(model)
 
 
 def visual_grids(model: torch.nn.Module, processor, inputs: Mapping) -> VisualGrids:
     """The layout inputs of a processor's outputs: token ids, grids, patch and merge sizes."""
-    config = multimodal_model(model).config
+    config = backbone_for(model).multimodal_model(model).config
 
     def thws(kind: str) -> tuple[tuple[int, int, int], ...]:
         grid = inputs.get(_GRIDS[kind])

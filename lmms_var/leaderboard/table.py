@@ -7,10 +7,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmms_var.backbones import BACKBONES
 from lmms_var.leaderboard.runs import Run, TaskResult
 from lmms_var.leaderboard.significance import SamplesError, Significance, pair_samples, paired_test
 
-VAR_MODEL = "qwen2_5_vl_var"
+# The lmms-eval models this project registers (VAR on unless `var=false`).
+VAR_MODELS = frozenset(backbone.lmms_eval.model_id for backbone in BACKBONES)
 # VAR's model args, in the order a run name lists them.
 VAR_ARGS = ("var", "p", "rho", "tau", "summ", "sink_dims", "except_last_layer")
 # Model args that change what is logged, never a prediction: they stay out of run names.
@@ -67,13 +69,13 @@ class Leaderboard:
 
 
 def _var_arg(run: Run) -> bool:
-    """The `var` model arg; the VAR model defaults to on."""
+    """The `var` model arg; the VAR models default to on."""
     return run.model_args.get("var", "true").lower() not in FALSE_WORDS
 
 
 def var_enabled(run: Run) -> bool:
-    """VAR is on for the VAR model unless `var` says otherwise; any other model is a baseline."""
-    return run.model == VAR_MODEL and _var_arg(run)
+    """VAR is on for a VAR model unless `var` says otherwise; any other model is a baseline."""
+    return run.model in VAR_MODELS and _var_arg(run)
 
 
 def _short(value: str) -> str:
@@ -91,7 +93,7 @@ def run_names(runs: list[Run]) -> list[str]:
     names = []
     for run in runs:
         parts = [run.model or "model"]
-        if run.model == VAR_MODEL or "var" in run.model_args:
+        if run.model in VAR_MODELS or "var" in run.model_args:
             var_on = _var_arg(run)
             parts.append(f"var={str(var_on).lower()}")
             # With VAR off its hyper-parameters change nothing, so they stay out of the name.

@@ -1,4 +1,4 @@
-"""Model-arg parsing for `qwen2_5_vl_var`: lmms-eval hands `k=v` values over already half-parsed.
+"""Model-arg parsing for the VAR models: lmms-eval hands `k=v` values over already half-parsed.
 
 lmms-eval turns `true`/`false` into bools, digit strings into ints and decimals into floats before
 the model sees them (`sink_dims=458` arrives as 458, `var=false` as False), so every parser here
@@ -28,10 +28,15 @@ DTYPES = {
 
 
 class ModelArgError(ValueError):
-    """A bad `--model_args` value; the message starts with the model name so it stands out in logs."""
+    """A bad `--model_args` value; the model being configured adds its name (`for_model`), so the
+    message reads `qwen2_5_vl_var: invalid model_args: ...` and stands out in logs."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(f"qwen2_5_vl_var: invalid model_args: {message}")
+    def __init__(self, message: str, model: str | None = None) -> None:
+        super().__init__(f"{model + ': ' if model else ''}invalid model_args: {message}")
+        self.message, self.model = message, model
+
+    def for_model(self, model: str) -> "ModelArgError":
+        return self if self.model else ModelArgError(self.message, model)
 
 
 def parse_bool(name: str, value: object) -> bool:
@@ -100,13 +105,17 @@ def parse_journal(value: object) -> str | None:
     return text
 
 
-def parse_dtype(value: object, device: str) -> torch.dtype:
-    """Default bfloat16 on CUDA (as upstream), float32 on CPU (where bfloat16 is slow and lossy)."""
+def parse_dtype(value: object, device: str, cuda_default: str = "bfloat16") -> torch.dtype | str:
+    """Default `cuda_default` on CUDA (upstream's: bfloat16, or "auto" for the checkpoint's own dtype),
+    float32 on CPU (where bfloat16 is slow and lossy)."""
     if value is None:
-        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    dtype = DTYPES.get(str(value).strip().lower())
+        value = cuda_default if str(device).startswith("cuda") else "float32"
+    text = str(value).strip().lower()
+    if text == AUTO:
+        return AUTO
+    dtype = DTYPES.get(text)
     if dtype is None:
-        raise ModelArgError(f"dtype must be one of {sorted(DTYPES)}, got {value!r}")
+        raise ModelArgError(f"dtype must be one of {[AUTO, *sorted(DTYPES)]}, got {value!r}")
     return dtype
 
 

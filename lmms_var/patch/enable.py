@@ -1,4 +1,7 @@
-"""`enable_var`: attach VAR to a Hugging Face Qwen2.5-VL model without touching its modeling file.
+"""`enable_var`: attach VAR to a Hugging Face vision-language model without touching its modeling file.
+
+The model's `Backbone` (`lmms_var.backbones`) says where its text decoder, layers and attention
+modules are and which tokens are visual; any family with a backbone works.
 
 Three attachment points, all undone by `VARHandle.remove()`:
 - the text config's attention implementation is switched to a registered VAR function wrapping the
@@ -13,11 +16,10 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from lmms_var.backbones import Backbone, backbone_for
 from lmms_var.config import VARConfig
 from lmms_var.patch.attention import STATE_ATTRIBUTE, registered_name
 from lmms_var.patch.state import VARState
-
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl",)
 
 
 @dataclass
@@ -56,21 +58,6 @@ class VARHandle:
         self.remove()
 
 
-def multimodal_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module that owns `visual` and `language_model` (ForConditionalGeneration wraps it as `.model`)."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"VAR supports model types {list(SUPPORTED_MODEL_TYPES)}, got {model_type!r} "
-            f"({type(model).__name__})"
-        )
-    inner = model.model if hasattr(model, "model") and hasattr(model.model, "language_model") else model
-    if not hasattr(inner, "language_model"):
-        raise ValueError(f"{type(model).__name__} has no `language_model`; pass the Qwen2.5-VL model itself")
-    return inner
-
-
 def _past_length(cache) -> int:
     """Positions already in the cache (transformers 5 no longer passes `cache_position`)."""
     return 0 if cache is None else int(cache.get_seq_length())
@@ -85,7 +72,7 @@ def enable_var(
     compile: bool = False,
     use_triton: bool = True,
 ) -> VARHandle:
-    """Attach VAR to `model` (a Qwen2.5-VL model); returns a handle whose `remove()` undoes it.
+    """Attach VAR to `model` (of a family in `lmms_var.backbones`); returns a handle whose `remove()` undoes it.
 
     `fused=False` materialises full attention rows (the slow reference); `diagnostics=True` records
     per-sample sink counts and redistributed mass, read with `handle.diagnostics()`.
@@ -94,9 +81,9 @@ def enable_var(
     `use_triton=False` keeps the PyTorch path (for comparison); `compile=True` runs that path's
     per-row arithmetic through `torch.compile`.
     """
-    inner = multimodal_model(model)
-    text_model = inner.language_model
-    text_config = text_model.config
+    backbone = backbone_for(model)
+    inner = backbone.multimodal_model(model)
+    text_config = backbone.text_config(model)
     hidden_size = text_config.hidden_size
     bad_dims = [d for d in config.sink_dims if d >= hidden_size]
     if bad_dims:
@@ -104,15 +91,15 @@ def enable_var(
             f"sink_dims {bad_dims} are >= the model's hidden size {hidden_size}; "
             "sink dimensions must be hidden-state channels of this model"
         )
-    layers = text_model.layers
-    if any(hasattr(layer.self_attn, STATE_ATTRIBUTE) for layer in layers):
+    layers = backbone.decoder_layers(model)
+    attention_modules = [backbone.attention_of(layer) for layer in layers]
+    if any(hasattr(module, STATE_ATTRIBUTE) for module in attention_modules):
         raise RuntimeError("VAR is already enabled on this model; call remove() on the first handle")
     base = text_config._attn_implementation or "eager"
     name = registered_name(base)
-    top_config = inner.config
     state = VARState(
         config=config,
-        visual_token_ids=(top_config.image_token_id, top_config.video_token_id),
+        visual_token_ids=backbone.visual_token_ids(inner.config),
         active_layers=frozenset(config.active_layers(len(layers))),
         base_implementation=base,
         fused=fused,
@@ -122,21 +109,27 @@ def enable_var(
     )
     handle = VARHandle(model=model, state=state, _text_config=text_config)
 
-    def start_prompt(_module, args, kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        state.start_forward(input_ids, kwargs.get("attention_mask"), _past_length(cache))
-
-    handle._hooks.append(inner.register_forward_pre_hook(start_prompt, with_kwargs=True))
-    for index, layer in enumerate(layers):
-        setattr(layer.self_attn, STATE_ATTRIBUTE, state)
-        handle._attention_modules.append(layer.self_attn)
+    handle._hooks.append(inner.register_forward_pre_hook(_prompt_starter(state, backbone), with_kwargs=True))
+    for index, (layer, attention) in enumerate(zip(layers, attention_modules, strict=True)):
+        setattr(attention, STATE_ATTRIBUTE, state)
+        handle._attention_modules.append(attention)
         if index in state.active_layers:
             handle._hooks.append(
                 layer.register_forward_pre_hook(_sink_finder(state, index), with_kwargs=True)
             )
     text_config._attn_implementation = name
     return handle
+
+
+def _prompt_starter(state: VARState, backbone: Backbone):
+    """The multimodal module's pre-hook: every forward starts a prompt (empty cache) or extends it."""
+
+    def start_prompt(_module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = next((kwargs[name] for name in backbone.cache_kwargs if kwargs.get(name) is not None), None)
+        state.start_forward(input_ids, kwargs.get("attention_mask"), _past_length(cache))
+
+    return start_prompt
 
 
 def _sink_finder(state: VARState, layer: int):

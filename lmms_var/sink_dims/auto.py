@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from lmms_var.config import VARConfig
 from lmms_var.sink_dims.finder import find_sink_dims, model_name
 
 logger = logging.getLogger(__name__)
@@ -111,3 +112,13 @@ def _read_cached(path: Path) -> tuple[int, ...] | None:
         logger.warning("ignoring sink-dims cache %s: no valid dims in it; measuring again", path)
         return None
     return dims
+
+
+def config_from_model(model: torch.nn.Module, processor, *, tau: float = 20.0, **kwargs) -> VARConfig:
+    """A `VARConfig` with the model's measured sink dims (`sink_dims=auto`): cached after the first call.
+
+    `model` and `processor` are a supported model (`lmms_var.backbones`) and its processor; `kwargs`
+    are the config's other fields.
+    """
+    sink_dims, _source = auto_sink_dims(model, processor, tau=tau)
+    return VARConfig(sink_dims=sink_dims, tau=tau, **kwargs)

@@ -35,7 +35,7 @@ class CalibrationPrompt:
 
 def builtin_prompts(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0) -> list[CalibrationPrompt]:
     """`num_samples` deterministic prompts with one or two generated images each."""
-    # Imported here: `lmms_var.testing` pulls in the Qwen2.5-VL modeling code, which `--help` must not.
+    # Imported here: `lmms_var.testing` pulls in transformers' modeling code, which `--help` must not.
     from lmms_var.testing.images import random_image
 
     _check_num_samples(num_samples)

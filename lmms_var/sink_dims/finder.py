@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lmms_var.backbones import backbone_for
 from lmms_var.core import rms_normalized
-from lmms_var.patch.enable import multimodal_model
 from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts, encode_prompt
 
 DEFAULT_TAU = 20.0
@@ -69,11 +69,6 @@ def model_name(model: torch.nn.Module) -> str:
     return getattr(model.config, "_name_or_path", "") or type(model).__name__
 
 
-def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The text decoder's layers of a Qwen2.5-VL model (raises a clear error for other models)."""
-    return multimodal_model(model).language_model.layers
-
-
 def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     """`layers` checked against the model, or the default `2 .. num_layers - 1`."""
     if layers is None:
@@ -92,7 +87,7 @@ def layer_input_hooks(
     model: torch.nn.Module, layers: Sequence[int], on_input: Callable[[int, torch.Tensor], None]
 ) -> Iterator[None]:
     """Call `on_input(layer, hidden_states)` with the residual stream entering each of `layers`."""
-    modules = decoder_layers(model)
+    modules = backbone_for(model).decoder_layers(model)
     handles = []
     for index in layers:
 
@@ -189,9 +184,9 @@ def find_sink_dims(
     if not 0 < min_consistency <= 1:
         raise ValueError(f"--min-consistency must be in (0, 1], got {min_consistency!r}")
     prompts = builtin_prompts() if prompts is None else list(prompts)
-    num_layers = len(decoder_layers(model))
-    layers = resolve_layers(layers, num_layers)
-    hidden_size = model.config.get_text_config().hidden_size
+    backbone = backbone_for(model)
+    layers = resolve_layers(layers, len(backbone.decoder_layers(model)))
+    hidden_size = backbone.text_config(model).hidden_size
     settings = {"tau": tau, "max_token_fraction": max_token_fraction, "quiet_fraction": quiet_fraction}
     stats = _ChannelStats(hidden_size, layers, settings)
     with layer_input_hooks(model, layers, stats.add), torch.no_grad():

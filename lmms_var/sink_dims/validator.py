@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from lmms_var.backbones import backbone_for
 from lmms_var.core import find_sink_tokens
 from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts
 from lmms_var.sink_dims.finder import (
     DEFAULT_TAU,
-    decoder_layers,
     encoded_prompts,
     layer_input_hooks,
     model_name,
@@ -97,9 +97,8 @@ def outsized_attention(
 
 
 @contextmanager
-def _eager_attention(model: torch.nn.Module) -> Iterator[None]:
+def _eager_attention(text_config) -> Iterator[None]:
     """Run the text decoder with eager attention, the kernel that returns attention weights."""
-    text_config = model.config.get_text_config()
     previous = text_config._attn_implementation
     text_config._attn_implementation = "eager"
     try:
@@ -123,12 +122,13 @@ def validate_sink_dims(
 ) -> ValidationResult:
     """Compare the sinks `dims` and `tau` detect with the tokens receiving outsized attention."""
     dims = tuple(dims)
-    hidden_size = model.config.get_text_config().hidden_size
-    check_dims(dims, hidden_size)
+    backbone = backbone_for(model)
+    text_config = backbone.text_config(model)
+    check_dims(dims, text_config.hidden_size)
     if not tau > 0:
         raise ValueError(f"--tau must be > 0, got {tau!r}")
     prompts = builtin_prompts() if prompts is None else list(prompts)
-    modules = decoder_layers(model)
+    modules = backbone.decoder_layers(model)
     layers = resolve_layers(layers, len(modules))
     counts = {layer: dict.fromkeys(("detected", "outsized", "both", "scored"), 0) for layer in layers}
     detected: dict[int, torch.Tensor] = {}
@@ -144,13 +144,13 @@ def validate_sink_dims(
         counts[layer]["scored"] += int(scored.sum())
 
     hooks = [
-        modules[layer].self_attn.register_forward_hook(
+        backbone.attention_of(modules[layer]).register_forward_hook(
             lambda _module, _args, output, layer=layer: compare(layer, output[1])
         )
         for layer in layers
     ]
     try:
-        with layer_input_hooks(model, layers, detect), _eager_attention(model), torch.no_grad():
+        with layer_input_hooks(model, layers, detect), _eager_attention(text_config), torch.no_grad():
             for inputs in encoded_prompts(
                 model, processor, prompts, progress=progress, desc="validate-sink-dims"
             ):

@@ -13,7 +13,9 @@ TOOL_MODULES = ("check_data", "tasks_path", "sink_dims", "leaderboard", "demo", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmms-var", description="VAR for Qwen2.5-VL in lmms-eval: tools.")
+    parser = argparse.ArgumentParser(
+        prog="lmms-var", description="VAR (Visual Attention Redistribution) in lmms-eval: tools."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in TOOL_MODULES:
         importlib.import_module(f"lmms_var.tools.{name}").register(subparsers)

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lmms_var.attention_maps import MapSettings
     from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
+    from lmms_var.backbones import backbone_for_model_type
     from lmms_var.config import VARConfig
     from lmms_var.leaderboard import build_leaderboard, load_run, render
     from lmms_var.models.diagnostics import summarise
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     diagnostics = output / "var_diagnostics.jsonl"
     configs = [
         {
-            "model": "qwen2_5_vl_var",
+            "model": backbone_for_model_type(spec.model_type).lmms_eval.model_id,
             "model_args": f"{common},{var_args.format(tau=TINY_TAU, diagnostics=diagnostics)}",
             "tasks": DEMO_TASK,
             "include_path": str(TASKS_DIR),

@@ -1,6 +1,6 @@
 """`lmms-var find-sink-dims` and `lmms-var validate-sink-dims`: measure and check a model's sink dims.
 
-Both load a Qwen2.5-VL checkpoint (a local folder or a Hub id), run prompts through it (the built-in
+Both load a checkpoint of a supported family (`lmms_var.backbones`; a local folder or a Hub id), run prompts through it (the built-in
 calibration prompts, or BLINK records of a spatial root with `--data`), write a JSON report and print
 a short table.
 """
@@ -9,7 +9,6 @@ import argparse
 import json
 from pathlib import Path
 
-SUPPORTED_MODEL_TYPE = "qwen2_5_vl"
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
@@ -19,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from lmms_var.sink_dims.validator import DEFAULT_ATTENTION_FACTOR, DEFAULT_MIN_DISTANCE
 
     def common(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--model", required=True, help="Qwen2.5-VL checkpoint folder or Hub id")
+        parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
         parser.add_argument("--data", type=Path, help="spatial root; default: built-in calibration prompts")
         parser.add_argument("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, help="prompts to run")
         parser.add_argument(
@@ -111,12 +110,13 @@ def run_validate(args: argparse.Namespace) -> int:
 def load_model(path: str, *, device: str | None, dtype: str, dims: list[int] | None = None):
     """(model, processor) from a checkpoint folder or Hub id, in eval mode.
 
-    The config is read first, so a path that is not a Qwen2.5-VL model, or `dims` beyond its hidden
-    size, fail before any weights are loaded.
+    The config is read first, so a path that is not a supported model, or `dims` beyond its hidden
+    size, fail before any weights are loaded; the backbone names the class that loads it.
     """
     import torch
-    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor
 
+    from lmms_var.backbones import UnsupportedModelError, backbone_for_config
     from lmms_var.sink_dims.validator import check_dims
 
     try:
@@ -125,14 +125,14 @@ def load_model(path: str, *, device: str | None, dtype: str, dims: list[int] | N
         raise ValueError(
             f"--model {path}: not a model folder or Hub id with a config.json ({error})"
         ) from error
-    if config.model_type != SUPPORTED_MODEL_TYPE:
-        raise ValueError(
-            f"--model {path}: expected a {SUPPORTED_MODEL_TYPE} checkpoint, got {config.model_type!r}"
-        )
+    try:
+        backbone = backbone_for_config(config)
+    except UnsupportedModelError as error:
+        raise ValueError(f"--model {path}: {error}") from None
     if dims is not None:
         check_dims(dims, config.get_text_config().hidden_size)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+    model = backbone.loader_class().from_pretrained(
         path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map=device
     )
     return model.eval(), AutoProcessor.from_pretrained(path)

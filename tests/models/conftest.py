@@ -1,4 +1,4 @@
-"""Runs of the real `lmms-eval` CLI with `qwen2_5_vl_var` on the tiny checkpoint and the spatial tasks."""
+"""Runs of the real `lmms-eval` CLI with our models on the tiny checkpoints and the spatial tasks."""
 
 import json
 import os
@@ -10,19 +10,45 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lmms_var.backbones import Backbone
 from lmms_var.tasks import ENV_DATA_ROOT, TASKS_PATH
 from lmms_var.testing import TinySpec, save_tiny_checkpoint
 from lmms_var.testing.spatial_data import write_spatial_root
-from tests.conftest import TINY_SPEC, TINY_TAU
+from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
 
 TASKS_DIR = TASKS_PATH
 TASKS = "spatial_blink_spatial_relation,spatial_blink_multi_view_reasoning"
 # One- and two-image questions, two docs each; short answers keep the tiny model fast.
 COMMON_ARGS = ["--tasks", TASKS, "--include_path", str(TASKS_DIR), "--gen_kwargs", "max_new_tokens=4"]
-# The tiny checkpoint's planted sinks, its tau, and small images.
-TINY_VAR_ARGS = (
-    f"sink_dims={';'.join(map(str, TINY_SPEC.sink_dims))},tau={TINY_TAU:g},min_pixels=3136,max_pixels=12544"
-)
+# The tiny checkpoints' planted sinks and their tau; small images; the CPU for our models, which
+# default to CUDA where there is one (upstream's runs get device=cpu,device_map=cpu).
+TINY_SINKS = f"sink_dims={';'.join(map(str, TINY_SPEC.sink_dims))},tau={TINY_TAU:g}"
+SMALL_IMAGES = "min_pixels=3136,max_pixels=12544"
+ON_CPU = "device=cpu"
+TINY_VAR_ARGS = f"{TINY_SINKS},{SMALL_IMAGES},{ON_CPU}"
+# The families beyond Qwen2.5-VL, whose CLI runs share the Qwen2.5-VL runs' lmms-eval processes.
+OTHER_FAMILIES = tuple(family for family in FAMILIES if family != TINY_SPEC.model_type)
+
+
+def image_args(backbone: Backbone) -> str:
+    """`SMALL_IMAGES` where the family's model takes pixel bounds (Qwen), else nothing."""
+    return SMALL_IMAGES if "min_pixels" in backbone.lmms_eval.upstream_args else ""
+
+
+def join_args(*parts: str) -> str:
+    return ",".join(part for part in parts if part)
+
+
+@pytest.fixture(scope="session")
+def answering_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """OTHER_FAMILIES' tiny checkpoints wired to answer with a letter that depends on the image, so
+    their per-doc predictions differ between docs (a random head often emits special tokens only)."""
+    return {
+        family: save_tiny_checkpoint(
+            tmp_path_factory.mktemp(f"answering_{family}"), TinySpec(model_type=family, answers_letters=True)
+        )
+        for family in OTHER_FAMILIES
+    }
 
 
 @dataclass

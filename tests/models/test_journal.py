@@ -25,7 +25,7 @@ from lmms_var.models.journal import (
 )
 from lmms_var.testing.images import random_image
 from tests.conftest import TINY_TAU
-from tests.models import test_qwen2_5_vl_var as model_tests
+from tests.models import test_var_model as model_tests
 
 TASK, SPLIT = "synthetic", "test"
 SETTINGS = {"model_args": {"pretrained": "tiny", "p": 0.6}}

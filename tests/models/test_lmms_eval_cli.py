@@ -1,11 +1,27 @@
-"""End to end through the real `lmms-eval` CLI: the plugin model on the tiny checkpoint, spatial tasks."""
+"""End to end through the real `lmms-eval` CLI: our models on the tiny checkpoints, spatial tasks.
+
+Three lmms-eval launches in all: one process for Qwen2.5-VL from the command line; one process that
+runs every other evaluation from a `--config` list (batching, var=false against lmms-eval's own
+model for every family, bad args); and two CPU processes (torchrun) for every family at once.
+"""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.models.conftest import TINY_VAR_ARGS, Run
+from lmms_var.backbones import backbone_for_model_type
+from tests.models.conftest import (
+    ON_CPU,
+    OTHER_FAMILIES,
+    SMALL_IMAGES,
+    TINY_SINKS,
+    TINY_VAR_ARGS,
+    Run,
+    image_args,
+    join_args,
+)
 from tests.models.test_attention_maps import assert_attention_maps
 
 pytestmark = pytest.mark.slow
@@ -18,7 +34,44 @@ EXPECTED_DOCS = {
 
 
 def model_args(checkpoint: Path, extra: str = TINY_VAR_ARGS) -> str:
-    return f"pretrained={checkpoint},{extra}" if extra else f"pretrained={checkpoint}"
+    return join_args(f"pretrained={checkpoint}", extra)
+
+
+def var_on(family: str, checkpoint: Path, name: str) -> dict:
+    """A --config entry: the family's VAR model on, diagnostics in the run's own folder."""
+    backbone = backbone_for_model_type(family)
+    return {
+        "name": name,
+        "model": backbone.lmms_eval.model_id,
+        # Relative paths resolve in the launch folder, which holds every run's output folder.
+        "model_args": model_args(
+            checkpoint, join_args(TINY_SINKS, image_args(backbone), ON_CPU, f"diagnostics_path={name}")
+        ),
+    }
+
+
+def parity_runs(family: str, checkpoint: Path) -> list[dict]:
+    """VAR on, var=false, and lmms-eval's own model with the same dtype on the CPU."""
+    backbone = backbone_for_model_type(family)
+    spec = backbone.lmms_eval
+    same_dtype = "dtype=bfloat16" if spec.cuda_dtype == "bfloat16" else ""
+    return [
+        var_on(family, checkpoint, f"{family}_var"),
+        {
+            "name": f"{family}_off",
+            "model": spec.model_id,
+            "model_args": model_args(
+                checkpoint, join_args("var=false", same_dtype, image_args(backbone), ON_CPU)
+            ),
+        },
+        {
+            "name": f"{family}_upstream",
+            "model": spec.upstream_id,
+            "model_args": model_args(
+                checkpoint, join_args("device=cpu,device_map=cpu", image_args(backbone))
+            ),
+        },
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +84,59 @@ def single(lmms_eval_run, tiny_checkpoint) -> Run:
         "--model_args",
         model_args(tiny_checkpoint, TINY_VAR_ARGS + ",diagnostics=true"),
     )
+
+
+@pytest.fixture(scope="module")
+def config_runs(lmms_eval_run, tiny_checkpoint, answering_checkpoints, tmp_path_factory) -> Path:
+    """One lmms-eval process, every run from a --config list; returns the folder holding their outputs."""
+    batched_folder = tmp_path_factory.mktemp("batched")
+    diagnostics, maps = batched_folder / "batched.jsonl", batched_folder / "maps"
+    same_dtype = f"var=false,dtype=bfloat16,{SMALL_IMAGES},{ON_CPU}"
+    runs = lmms_eval_run(
+        "config",
+        configs=[
+            {
+                "name": "batched",
+                "model": "qwen2_5_vl_var",
+                "batch_size": 2,
+                "model_args": model_args(
+                    tiny_checkpoint,
+                    f"{TINY_VAR_ARGS},diagnostics_path={diagnostics},"
+                    f"attention_maps=1,attention_maps_path={maps}",
+                ),
+            },
+            {
+                "name": "var_off",
+                "model": "qwen2_5_vl_var",
+                "model_args": model_args(tiny_checkpoint, same_dtype),
+            },
+            {
+                "name": "upstream",
+                "model": "qwen2_5_vl",
+                "model_args": model_args(tiny_checkpoint, f"device=cpu,device_map=cpu,{SMALL_IMAGES}"),
+            },
+            *(run for family in OTHER_FAMILIES for run in parity_runs(family, answering_checkpoints[family])),
+            {
+                "name": "bad_p",
+                "model": "qwen2_5_vl_var",
+                "model_args": model_args(tiny_checkpoint, "sink_dims=17,p=2"),
+            },
+            {
+                "name": "bad_dims",
+                "model": "qwen2_5_vl_var",
+                "model_args": model_args(tiny_checkpoint, "sink_dims=abc"),
+            },
+            {"name": "unknown", "model": "qwen2_5_vl_var", "model_args": model_args(tiny_checkpoint, "")},
+        ],
+    )
+    (runs.output.parent / "batched_diagnostics.jsonl").write_text(diagnostics.read_text())
+    shutil.copytree(maps, runs.output.parent / "batched_maps")
+    (runs.output.parent / "lmms_eval.log").write_text(runs.log)
+    return runs.output.parent
+
+
+def config_run(folder: Path, name: str) -> Run:
+    return Run(folder / name, (folder / "lmms_eval.log").read_text())
 
 
 def test_single_process_with_diagnostics_next_to_the_outputs(single):
@@ -47,74 +153,21 @@ def test_single_process_with_diagnostics_next_to_the_outputs(single):
     assert "VAR diagnostics: 4 samples" in single.log
 
 
-def test_two_cpu_processes_match_one(single, lmms_eval_run, tiny_checkpoint):
-    """torchrun with ACCELERATE_USE_CPU (gloo): same per-doc predictions and diagnostics as one process."""
-    double = lmms_eval_run(
-        "double",
-        "--model",
-        "qwen2_5_vl_var",
-        "--model_args",
-        model_args(tiny_checkpoint, TINY_VAR_ARGS + ",diagnostics=true"),
-        processes=2,
+def test_batches_parity_and_bad_args_in_one_lmms_eval_process(single, config_runs):
+    """Batch size 2 with VAR (and attention maps of each task's first doc); var=false against
+    lmms-eval's own qwen2_5_vl; runs that must fail."""
+    batched, var_off, upstream = (
+        config_run(config_runs, name) for name in ("batched", "var_off", "upstream")
     )
-    assert double.results() is not None, double.log[-3000:]
-    assert "Using 2 processes (DistributedType.MULTI_CPU)" in double.log
-    assert double.predictions() == single.predictions()
-    assert double.diagnostics() == single.diagnostics()
-
-
-def test_batches_parity_and_bad_args_in_one_lmms_eval_process(
-    single, lmms_eval_run, tiny_checkpoint, tmp_path
-):
-    """Batch size 2 with VAR (and attention maps of each task's first doc); var=false against lmms-eval's
-    own qwen2_5_vl; three runs that must fail."""
-    diagnostics, maps = tmp_path / "batched.jsonl", tmp_path / "maps"
-    same_dtype = "var=false,dtype=bfloat16,min_pixels=3136,max_pixels=12544"
-    runs = lmms_eval_run(
-        "config",
-        configs=[
-            {
-                "name": "batched",
-                "model": "qwen2_5_vl_var",
-                "batch_size": 2,
-                "model_args": model_args(
-                    tiny_checkpoint,
-                    f"{TINY_VAR_ARGS},diagnostics_path={diagnostics},attention_maps=1,attention_maps_path={maps}",
-                ),
-            },
-            {
-                "name": "var_off",
-                "model": "qwen2_5_vl_var",
-                "model_args": model_args(tiny_checkpoint, same_dtype),
-            },
-            {
-                "name": "upstream",
-                "model": "qwen2_5_vl",
-                "model_args": model_args(
-                    tiny_checkpoint, "device=cpu,device_map=cpu,min_pixels=3136,max_pixels=12544"
-                ),
-            },
-            {
-                "name": "bad_p",
-                "model": "qwen2_5_vl_var",
-                "model_args": model_args(tiny_checkpoint, "sink_dims=17,p=2"),
-            },
-            {
-                "name": "bad_dims",
-                "model": "qwen2_5_vl_var",
-                "model_args": model_args(tiny_checkpoint, "sink_dims=abc"),
-            },
-            {"name": "unknown", "model": "qwen2_5_vl_var", "model_args": model_args(tiny_checkpoint, "")},
-        ],
-    )
-    folder = runs.output.parent
-    batched, var_off, upstream = (Run(folder / name, runs.log) for name in ("batched", "var_off", "upstream"))
+    log = batched.log
     for run in (batched, var_off, upstream):
-        assert run.results() is not None, runs.log[-3000:]
+        assert run.results() is not None, log[-3000:]
         assert set(run.predictions()) == EXPECTED_DOCS
     # Batching changes neither which doc a record belongs to nor the sinks found in it.
     by_doc = {(r["task"], r["doc_id"]): r for r in single.diagnostics()}
-    batched_records = [json.loads(line) for line in diagnostics.read_text().splitlines()]
+    batched_records = [
+        json.loads(line) for line in (config_runs / "batched_diagnostics.jsonl").read_text().splitlines()
+    ]
     assert {(r["task"], r["doc_id"]) for r in batched_records} == EXPECTED_DOCS
     for record in batched_records:
         reference = by_doc[record["task"], record["doc_id"]]
@@ -124,14 +177,56 @@ def test_batches_parity_and_bad_args_in_one_lmms_eval_process(
             reference["text_sinks"],
         )
     # The first doc of each task got its figure, cut out of its padded batch; diagnostics were unaffected.
-    assert_attention_maps(maps, {(r["task"], r["doc_id"]): r for r in batched_records}, doc_ids=(0,))
+    assert_attention_maps(
+        config_runs / "batched_maps", {(r["task"], r["doc_id"]): r for r in batched_records}, doc_ids=(0,)
+    )
     assert var_off.predictions() == upstream.predictions()
-    assert "qwen2_5_vl_var: VAR off (var=false)" in runs.log
+    assert "qwen2_5_vl_var: VAR off (var=false)" in log
     # Failing runs write no results, and the log carries the message itself, not only a traceback.
     for name in ("bad_p", "bad_dims", "unknown"):
-        assert Run(folder / name, "").results() is None
-    assert (
-        "Error during evaluation: qwen2_5_vl_var: invalid model_args: p must be in [0, 1], got 2" in runs.log
+        assert config_run(config_runs, name).results() is None
+    assert "Error during evaluation: qwen2_5_vl_var: invalid model_args: p must be in [0, 1], got 2" in log
+    assert "invalid model_args: sink_dims must be non-negative integers separated by ';'" in log
+    assert "invalid model_args: no published sink_dims for" in log and "sink_dims=auto" in log
+
+
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_every_family_runs_with_var_and_matches_upstream_without(config_runs, family):
+    """VAR on writes results and redistributes attention; var=false gives lmms-eval's own predictions."""
+    spec = backbone_for_model_type(family).lmms_eval
+    on, off, upstream = (config_run(config_runs, f"{family}_{kind}") for kind in ("var", "off", "upstream"))
+    for run in (on, off, upstream):
+        assert run.results() is not None, on.log[-3000:]
+        assert set(run.predictions()) == EXPECTED_DOCS
+    assert f"{spec.model_id}: VAR on: sink_dims=[17, 93] from model args" in on.log
+    diagnostics = on.diagnostics()
+    assert {(r["task"], r["doc_id"]) for r in diagnostics} == EXPECTED_DOCS
+    assert any(r["visual_sinks"][0] > 0 and r["redistributed_rows"] > 0 for r in diagnostics)
+    assert off.predictions() == upstream.predictions()
+    # The letter-answering checkpoints answer per image: the comparison is not between empty answers.
+    assert len({str(prediction) for prediction in upstream.predictions().values()}) > 1
+
+
+def test_two_cpu_processes_match_one(
+    single, config_runs, lmms_eval_run, tiny_checkpoint, answering_checkpoints
+):
+    """torchrun with ACCELERATE_USE_CPU (gloo), every family in turn: the per-doc predictions and
+    diagnostics of one process."""
+    double = lmms_eval_run(
+        "double",
+        configs=[
+            var_on("qwen2_5_vl", tiny_checkpoint, "qwen2_5_vl_var"),
+            *(var_on(family, answering_checkpoints[family], f"{family}_var") for family in OTHER_FAMILIES),
+        ],
+        processes=2,
     )
-    assert "invalid model_args: sink_dims must be non-negative integers separated by ';'" in runs.log
-    assert "invalid model_args: no published sink_dims for" in runs.log and "sink_dims=auto" in runs.log
+    assert "Using 2 processes (DistributedType.MULTI_CPU)" in double.log
+    expected = {
+        "qwen2_5_vl": single,
+        **{family: config_run(config_runs, f"{family}_var") for family in OTHER_FAMILIES},
+    }
+    for family, one_process in expected.items():
+        two_processes = Run(double.output.parent / f"{family}_var", double.log)
+        assert two_processes.results() is not None, double.log[-3000:]
+        assert two_processes.predictions() == one_process.predictions()
+        assert two_processes.diagnostics() == one_process.diagnostics()

@@ -5,6 +5,8 @@ import pytest
 from lmms_var.testing.images import random_images
 
 QUESTIONS = ("Which point is closer to the camera? (A) red (B) blue", "How many objects are there?")
+# The padded batch's prompts, as (number of images, question).
+BATCH = [(2, QUESTIONS[0]), (1, QUESTIONS[1])]
 
 
 def chat_text(processor, n_images: int, question: str, video: bool = False) -> str:
@@ -24,5 +26,10 @@ def prompt_inputs(processor, specs: list[tuple[int, str]], seed: int = 5):
 
 @pytest.fixture(scope="session")
 def padded_batch(tiny_model):
-    _, processor = tiny_model
-    return prompt_inputs(processor, [(2, QUESTIONS[0]), (1, QUESTIONS[1])])
+    return prompt_inputs(tiny_model[1], BATCH)
+
+
+@pytest.fixture(scope="session")
+def family_batch(family_model):
+    """The padded batch for each family of the test matrix."""
+    return prompt_inputs(family_model[1], BATCH)

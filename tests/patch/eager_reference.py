@@ -1,7 +1,10 @@
-"""An eager VAR written from the spec alone, independent of `lmms_var.patch`, to check the fused path.
+"""An eager VAR written from the spec alone, independent of `lmms_var.patch` and `lmms_var.backbones`.
 
-It materialises the full attention of every layer, finds sinks with its own hooks and applies the
-core's redistribution to every allowed row — the straightforward (slow) way the spec reads.
+It materialises the full attention of every layer, finds sinks with its own hooks at prefill and
+applies the core's redistribution to every allowed row — the straightforward (slow) way the spec
+reads — at prefill and at every decode step of `generate`. What it knows about a family (the visual
+placeholder tokens) comes from the testing package; every family in the test matrix keeps its text
+decoder at `model.model.language_model`.
 """
 
 from contextlib import contextmanager
@@ -12,21 +15,27 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from lmms_var import VARConfig
 from lmms_var.core import find_sink_tokens, redistribute_attention
+from lmms_var.testing.tiny_families import TINY_FAMILIES
 
 NAME = "test_eager_var"
 
 
+def visual_token_ids(model_type: str, processor) -> list[int]:
+    """Ids of a family's image and video placeholder tokens, from the testing package's facts."""
+    return processor.tokenizer.convert_tokens_to_ids(list(TINY_FAMILIES[model_type].visual_tokens))
+
+
 @contextmanager
-def eager_var(model, config: VARConfig, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """Run `model` (prefill only) with the reference eager VAR for this one batch."""
-    visual_ids = torch.tensor(
-        [model.config.image_token_id, model.config.video_token_id], device=input_ids.device
-    )
-    visual = torch.isin(input_ids, visual_ids)
-    valid = attention_mask.bool()
+def eager_var(model, config: VARConfig, inputs, visual_ids: list[int]):
+    """Run `model` with the reference eager VAR on this one prompt batch (a forward or a `generate`)."""
+    input_ids, valid = inputs["input_ids"], inputs["attention_mask"].bool()
+    prompt_length = input_ids.shape[1]
+    visual = torch.isin(input_ids, torch.tensor(visual_ids, device=input_ids.device))
+    # Spec step 2: at prefill the text after the first visual token; at decode the new token's row.
     allowed_rows = (visual.cumsum(1) > 0) & ~visual & valid
-    layers = model.model.language_model.layers
-    active = set(config.active_layers(len(layers)))
+    decode_rows = visual.any(dim=1)
+    text_model = model.get_submodule("model.language_model")
+    active = set(config.active_layers(len(text_model.layers)))
     sinks: dict[int, torch.Tensor] = {}
 
     def attention(module, query, key, value, mask, scaling, dropout=0.0, **kwargs):
@@ -35,11 +44,16 @@ def eager_var(model, config: VARConfig, input_ids: torch.Tensor, attention_mask:
         scores = query.float() @ key.transpose(-1, -2) * scaling + mask.float()
         attn = torch.softmax(scores, dim=-1)
         if module.layer_idx in active:
+            new = key.shape[2] - prompt_length  # generated positions: never visual, never sinks
+            if query.shape[2] == prompt_length:
+                rows = allowed_rows
+            else:
+                rows = decode_rows[:, None].expand(-1, query.shape[2])
             attn = redistribute_attention(
                 attn,
-                visual,
-                sinks[module.layer_idx],
-                allowed_rows,
+                torch.nn.functional.pad(visual, (0, new)),
+                torch.nn.functional.pad(sinks[module.layer_idx], (0, new)),
+                rows,
                 p=config.p,
                 rho=config.rho,
                 summ=config.summ,
@@ -49,16 +63,18 @@ def eager_var(model, config: VARConfig, input_ids: torch.Tensor, attention_mask:
     def sink_hook(index):
         def hook(_module, args, kwargs):
             hidden = kwargs.get("hidden_states", args[0] if args else None)
-            sinks[index] = find_sink_tokens(hidden, config.sink_dims, config.tau, valid)
+            if hidden.shape[1] == prompt_length:  # prefill: decode steps reuse its sinks
+                sinks[index] = find_sink_tokens(hidden, config.sink_dims, config.tau, valid)
 
         return hook
 
     AttentionInterface.register(NAME, attention)
     AttentionMaskInterface.register(NAME, eager_mask)
-    text_config = model.model.language_model.config
+    text_config = text_model.config
     original = text_config._attn_implementation
     hooks = [
-        layer.register_forward_pre_hook(sink_hook(i), with_kwargs=True) for i, layer in enumerate(layers)
+        layer.register_forward_pre_hook(sink_hook(i), with_kwargs=True)
+        for i, layer in enumerate(text_model.layers)
     ]
     text_config._attn_implementation = NAME
     try:

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from lmms_var import enable_var
-from tests.patch.eager_reference import eager_var
-from tests.patch.test_enable_var import CONFIG, logits, valid_logits
+from tests.patch.test_enable_var import CONFIG, logits, reference, valid_logits
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -21,12 +20,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
         (torch.float32, 1e-4, {"use_triton": False, "compile": True}),
     ],
 )
-def test_fused_equals_reference_on_cuda(tiny_model, padded_batch, dtype, atol, options):
-    model = copy.deepcopy(tiny_model[0]).to("cuda", dtype)
-    inputs = {k: (v.to(dtype) if v.is_floating_point() else v).to("cuda") for k, v in padded_batch.items()}
+def test_fused_equals_reference_on_cuda(family, family_model, family_batch, dtype, atol, options):
+    model = copy.deepcopy(family_model[0]).to("cuda", dtype)
+    inputs = {k: (v.to(dtype) if v.is_floating_point() else v).to("cuda") for k, v in family_batch.items()}
     base = logits(model, inputs)
-    with eager_var(model, CONFIG, inputs["input_ids"], inputs["attention_mask"]):
-        reference = logits(model, inputs).float()
+    with reference(model, CONFIG, family, family_model[1], inputs):
+        expected = logits(model, inputs).float()
     with enable_var(model, CONFIG, diagnostics=True, **options) as handle:
         patched = logits(model, inputs).float()
         assert all(sample["redistributed_rows"] > 0 for sample in handle.diagnostics())
@@ -38,7 +37,7 @@ def test_fused_equals_reference_on_cuda(tiny_model, padded_batch, dtype, atol, o
     )
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
     assert (patched - base.float()).abs().max() > 0
-    for a, b in zip(valid_logits(inputs, patched), valid_logits(inputs, reference), strict=True):
+    for a, b in zip(valid_logits(inputs, patched), valid_logits(inputs, expected), strict=True):
         torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 

@@ -1,4 +1,8 @@
-"""Model-level VAR on the tiny checkpoint: exactness, isolation, restoration, errors."""
+"""Model-level VAR on the tiny checkpoints: exactness, isolation, restoration, errors.
+
+Tests taking `family` run for every family of the test matrix (`tests.conftest.FAMILIES`); the
+others use the tiny Qwen2.5-VL.
+"""
 
 import copy
 
@@ -8,9 +12,10 @@ import torch
 from lmms_var import VARConfig, enable_var
 from lmms_var.testing import TinySpec, build_tiny_model
 from lmms_var.testing.images import random_images
+from lmms_var.testing.tiny_families import TINY_FAMILIES
 from tests.conftest import TINY_SPEC, TINY_TAU
-from tests.patch.conftest import QUESTIONS, chat_text, prompt_inputs
-from tests.patch.eager_reference import eager_var
+from tests.patch.conftest import BATCH, QUESTIONS, chat_text, prompt_inputs
+from tests.patch.eager_reference import eager_var, visual_token_ids
 
 CONFIG = VARConfig(sink_dims=TINY_SPEC.sink_dims, tau=TINY_TAU, p=0.6, rho=0.5, summ=0.2)
 
@@ -26,26 +31,46 @@ def model(tiny_model):
     return copy.deepcopy(tiny_model[0])
 
 
+@pytest.fixture
+def family_copy(family_model):
+    """A private copy of each family's tiny model."""
+    return copy.deepcopy(family_model[0])
+
+
+def text_model(model):
+    """Where every family of the matrix keeps its text decoder (independent of `lmms_var.backbones`)."""
+    return model.get_submodule("model.language_model")
+
+
+def reference(model, config: VARConfig, family: str, processor, inputs):
+    """The independent eager VAR for `inputs` of a model of `family`."""
+    return eager_var(model, config, inputs, visual_token_ids(family, processor))
+
+
 def valid_logits(inputs, values: torch.Tensor) -> list[torch.Tensor]:
     """Per sample, logits at its non-padding positions (left padding differs between batchings)."""
     return [values[b][inputs["attention_mask"][b].bool()] for b in range(values.shape[0])]
 
 
-def test_var_changes_the_output_and_finds_planted_sinks(model, padded_batch):
-    base = logits(model, padded_batch)
-    with enable_var(model, CONFIG, diagnostics=True) as handle:
-        patched = logits(model, padded_batch)
+def test_var_changes_the_output_and_finds_planted_sinks(family, family_copy, family_model, family_batch):
+    base = logits(family_copy, family_batch)
+    with enable_var(family_copy, CONFIG, diagnostics=True) as handle:
+        patched = logits(family_copy, family_batch)
         report = handle.diagnostics()
     assert (patched - base).abs().max() > 1e-3
-    assert [sample["text_sinks"] for sample in report] == [[3], [3]]  # one <|im_start|> per chat turn
+    # Every planted text token is a sink (Qwen: one <|im_start|> per chat turn; LLaVA: <s>), no other.
+    tokenizer = family_model[1].tokenizer
+    planted = torch.tensor(tokenizer.convert_tokens_to_ids(list(TINY_FAMILIES[family].text_sink_tokens)))
+    per_sample = torch.isin(family_batch["input_ids"], planted).sum(dim=1).tolist()
+    assert [sample["text_sinks"] for sample in report] == [[count] for count in per_sample]
     assert all(sample["visual_sinks"][0] > 0 for sample in report)
     assert all(sample["redistributed_rows"] > 0 and sample["moved_mass"] > 0 for sample in report)
 
 
-def test_p_one_equals_the_unpatched_model(model, padded_batch):
-    base = logits(model, padded_batch)
-    with enable_var(model, VARConfig(CONFIG.sink_dims, tau=TINY_TAU, p=1.0)):
-        assert torch.equal(logits(model, padded_batch), base)
+def test_p_one_equals_the_unpatched_model(family_copy, family_batch):
+    base = logits(family_copy, family_batch)
+    with enable_var(family_copy, VARConfig(CONFIG.sink_dims, tau=TINY_TAU, p=1.0)):
+        assert torch.equal(logits(family_copy, family_batch), base)
 
 
 def test_no_visual_sink_equals_the_unpatched_model(model, padded_batch):
@@ -54,14 +79,14 @@ def test_no_visual_sink_equals_the_unpatched_model(model, padded_batch):
         assert torch.equal(logits(model, padded_batch), base)
 
 
-def test_fused_equals_independent_eager_reference(model, padded_batch):
-    with eager_var(model, CONFIG, padded_batch["input_ids"], padded_batch["attention_mask"]):
-        reference = logits(model, padded_batch)
+def test_fused_equals_independent_eager_reference(family, family_copy, family_model, family_batch):
+    with reference(family_copy, CONFIG, family, family_model[1], family_batch):
+        expected = logits(family_copy, family_batch)
     for fused in (True, False):
-        with enable_var(model, CONFIG, fused=fused):
-            patched = logits(model, padded_batch)
+        with enable_var(family_copy, CONFIG, fused=fused):
+            patched = logits(family_copy, family_batch)
         for mine, theirs in zip(
-            valid_logits(padded_batch, patched), valid_logits(padded_batch, reference), strict=True
+            valid_logits(family_batch, patched), valid_logits(family_batch, expected), strict=True
         ):
             torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
 
@@ -79,13 +104,13 @@ def test_eager_base_kernel_gives_the_same_result(model, padded_batch):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
-def test_batch_equals_prompts_one_by_one(model, tiny_model, padded_batch):
-    processor = tiny_model[1]
-    with enable_var(model, CONFIG):
-        batched = valid_logits(padded_batch, logits(model, padded_batch))
+def test_batch_equals_prompts_one_by_one(family_copy, family_model, family_batch):
+    processor = family_model[1]
+    with enable_var(family_copy, CONFIG):
+        batched = valid_logits(family_batch, logits(family_copy, family_batch))
         singles = [
-            logits(model, prompt_inputs(processor, [spec], seed=5 + index))[0]
-            for index, spec in enumerate([(2, QUESTIONS[0]), (1, QUESTIONS[1])])
+            logits(family_copy, prompt_inputs(processor, [spec], seed=5 + index))[0]
+            for index, spec in enumerate(BATCH)
         ]
     for one, alone in zip(batched, singles, strict=True):
         torch.testing.assert_close(one, alone, atol=1e-4, rtol=0)
@@ -119,36 +144,35 @@ def test_two_patched_models_do_not_interfere(tiny_model):
     assert torch.equal(out_2, solo_2)
 
 
-def test_remove_restores_the_model(model, padded_batch):
-    base = logits(model, padded_batch)
-    text_config = model.model.language_model.config
+def test_remove_restores_the_model(family_copy, family_batch):
+    model = family_copy
+    base = logits(model, family_batch)
+    text_config = text_model(model).config
     implementation = text_config._attn_implementation
     handle = enable_var(model, CONFIG)
     assert text_config._attn_implementation != implementation
     handle.remove()
     handle.remove()  # idempotent
     assert text_config._attn_implementation == implementation
-    assert not any(layer._forward_pre_hooks for layer in model.model.language_model.layers)
+    assert not any(layer._forward_pre_hooks for layer in text_model(model).layers)
     assert not model.model._forward_pre_hooks
-    assert torch.equal(logits(model, padded_batch), base)
+    assert not any(hasattr(layer.self_attn, "_lmms_var_state") for layer in text_model(model).layers)
+    assert torch.equal(logits(model, family_batch), base)
     enable_var(model, CONFIG).remove()  # can be enabled again
 
 
-def test_generation_fused_equals_eager(model, padded_batch):
-    runs = []
+def test_generation_equals_independent_eager_reference(family, family_copy, family_model, family_batch):
+    """Generated tokens and every step's logits, fused and slow path, against the reference's."""
+    options = {"max_new_tokens": 5, "min_new_tokens": 5, "do_sample": False}
+    options |= {"output_logits": True, "return_dict_in_generate": True}
+    with reference(family_copy, CONFIG, family, family_model[1], family_batch):
+        expected = family_copy.generate(**family_batch, **options)
     for fused in (True, False):
-        with enable_var(model, CONFIG, fused=fused):
-            out = model.generate(
-                **padded_batch,
-                max_new_tokens=6,
-                do_sample=False,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
-        runs.append(out)
-    assert torch.equal(runs[0].sequences, runs[1].sequences)
-    for fused_step, eager_step in zip(runs[0].logits, runs[1].logits, strict=True):
-        torch.testing.assert_close(fused_step, eager_step, atol=1e-4, rtol=0)
+        with enable_var(family_copy, CONFIG, fused=fused):
+            generated = family_copy.generate(**family_batch, **options)
+        assert torch.equal(generated.sequences, expected.sequences)
+        for step, expected_step in zip(generated.logits, expected.logits, strict=True):
+            torch.testing.assert_close(step, expected_step, atol=1e-4, rtol=0)
 
 
 def test_decode_rows_are_redistributed(model, padded_batch):
@@ -183,26 +207,26 @@ def test_video_tokens_are_visual(model, tiny_model):
     inputs = processor(
         text=[chat_text(processor, 1, QUESTIONS[1], video=True)], videos=frames, return_tensors="pt"
     )
-    with eager_var(model, CONFIG, inputs["input_ids"], inputs["attention_mask"]):
-        reference = logits(model, inputs)
+    with reference(model, CONFIG, TINY_SPEC.model_type, processor, inputs):
+        expected = logits(model, inputs)
     with enable_var(model, CONFIG, diagnostics=True) as handle:
         patched = logits(model, inputs)
         report = handle.diagnostics()[0]
     assert report["visual_tokens"] == int((inputs["input_ids"] == model.config.video_token_id).sum())
     assert report["visual_sinks"][0] > 0
-    torch.testing.assert_close(patched, reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(patched, expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_models(model, padded_batch, dtype):
+def test_half_precision_models(model, tiny_model, padded_batch, dtype):
     model = model.to(dtype)
     inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in padded_batch.items()}
-    with eager_var(model, CONFIG, inputs["input_ids"], inputs["attention_mask"]):
-        reference = logits(model, inputs).float()
+    with reference(model, CONFIG, TINY_SPEC.model_type, tiny_model[1], inputs):
+        expected = logits(model, inputs).float()
     with enable_var(model, CONFIG, diagnostics=True) as handle:
         patched = logits(model, inputs).float()
         assert all(sample["redistributed_rows"] > 0 for sample in handle.diagnostics())
-    for a, b in zip(valid_logits(padded_batch, patched), valid_logits(padded_batch, reference), strict=True):
+    for a, b in zip(valid_logits(padded_batch, patched), valid_logits(padded_batch, expected), strict=True):
         torch.testing.assert_close(a, b, atol=5e-2, rtol=0)
 
 

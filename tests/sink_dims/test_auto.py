@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from lmms_var.config import VARConfig
+from lmms_var import VARConfig, config_from_model
 from lmms_var.sink_dims.auto import CACHE_ENV, auto_sink_dims, cache_dir, cache_key
 from lmms_var.sink_dims.finder import find_sink_dims
 from lmms_var.testing import build_tiny_model
@@ -62,8 +62,8 @@ def test_a_corrupt_cache_entry_is_measured_again(tiny_model, isolated_cache, cap
 
 def test_config_from_model_uses_the_measured_dims_and_logs_their_source(tiny_model, caplog):
     with caplog.at_level(logging.INFO, logger="lmms_var.sink_dims.auto"):
-        config = VARConfig.from_model(*tiny_model, tau=TINY_TAU, p=0.4)
-        again = VARConfig.from_model(*tiny_model, tau=TINY_TAU, p=0.4)
+        config = config_from_model(*tiny_model, tau=TINY_TAU, p=0.4)
+        again = config_from_model(*tiny_model, tau=TINY_TAU, p=0.4)
     assert config == again == VARConfig(sink_dims=(17, 93), tau=TINY_TAU, p=0.4)
     assert "sink dims of Qwen2_5_VLForConditionalGeneration: [17, 93] (measured)" in caplog.text
     assert "[17, 93] (cache:" in caplog.text

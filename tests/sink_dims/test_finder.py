@@ -6,7 +6,8 @@ import torch
 from lmms_var.sink_dims.calibration import builtin_prompts, data_prompts
 from lmms_var.sink_dims.finder import find_sink_dims, resolve_layers
 from lmms_var.testing import TinySpec, build_tiny_model
-from tests.conftest import TINY_TAU
+from lmms_var.testing.tiny_families import TINY_FAMILIES
+from tests.conftest import TINY_SPEC, TINY_TAU
 
 
 def test_finds_exactly_the_planted_channels_without_data(planted):
@@ -20,6 +21,16 @@ def test_finds_exactly_the_planted_channels_without_data(planted):
         # The planted sources: the <|im_start|> embedding and a few visual tokens.
         assert set(evidence["tokens"]) == {"<|im_start|>", "<|image_pad|>"}
         assert set(evidence["layers"]) == {"2", "3"}
+
+
+def test_finds_the_planted_channels_of_every_family(family, family_model):
+    result = find_sink_dims(*family_model, tau=TINY_TAU, prompts=builtin_prompts(2))
+    assert result.sink_dims == TINY_SPEC.sink_dims
+    facts = TINY_FAMILIES[family]
+    for dim in TINY_SPEC.sink_dims:
+        evidence = result.evidence["dims"][str(dim)]
+        assert evidence["consistency"] == 1.0
+        assert set(evidence["tokens"]) == {*facts.text_sink_tokens, facts.visual_tokens[0]}
 
 
 def test_finds_the_planted_channels_on_spatial_records(tiny_model, spatial_root):

@@ -9,27 +9,35 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from lmms_var.backbones import backbone_for_model_type
 from lmms_var.sink_dims.known import find_yaml, known_sink_dims, load_known
 
 REPO = Path(__file__).resolve().parents[2]
+LOT = "aimagelab/LoT src/retrieval_module/retrieval.py"
+VAR_CODE = "MICV-yonsei/VisAttnSink src/logic/constants.py"
 PUBLISHED = {
-    "Qwen/Qwen2.5-VL-3B-Instruct": (318, 1874, 1819),
-    "Qwen/Qwen2.5-VL-7B-Instruct": (458, 2570),
-    "Qwen/Qwen2.5-VL-32B-Instruct": (4675, 3094),
+    "Qwen/Qwen2.5-VL-3B-Instruct": ((318, 1874, 1819), LOT),
+    "Qwen/Qwen2.5-VL-7B-Instruct": ((458, 2570), LOT),
+    "Qwen/Qwen2.5-VL-32B-Instruct": ((4675, 3094), LOT),
+    "Qwen/Qwen2-VL-7B-Instruct": ((458, 2570), "the VAR paper's appendix"),
+    "llava-hf/llava-1.5-7b-hf": ((2533, 1415), VAR_CODE),
+    "llava-hf/llava-1.5-13b-hf": ((2100, 4743), VAR_CODE),
 }
 
 
-def qwen_config(hidden_size: int, num_hidden_layers: int, model_type: str = "qwen2_5_vl"):
-    """The shape of a transformers 5 Qwen2.5-VL config: architecture fields live in `text_config`."""
-    text = SimpleNamespace(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers)
+def qwen_config(hidden_size: int, num_hidden_layers: int, model_type: str = "qwen2_5_vl", **text):
+    """The shape of a transformers 5 multimodal config: architecture fields live in `text_config`."""
+    text = SimpleNamespace(hidden_size=hidden_size, num_hidden_layers=num_hidden_layers, **text)
     return SimpleNamespace(model_type=model_type, text_config=text)
 
 
 def test_yaml_holds_the_published_values_with_their_source():
     assert find_yaml() == REPO / "configs" / "sink_dims.yaml"
     entries = {entry.name: entry for entry in load_known()}
-    assert {name: entry.sink_dims for name, entry in entries.items()} == PUBLISHED
-    assert all("aimagelab/LoT" in entry.source for entry in entries.values())
+    assert set(entries) == set(PUBLISHED)
+    for name, (dims, source) in PUBLISHED.items():
+        assert entries[name].sink_dims == dims and source in entries[name].source
+        backbone_for_model_type(entries[name].config["model_type"])  # a supported family
 
 
 @pytest.mark.parametrize(
@@ -42,11 +50,17 @@ def test_lookup_by_name(pretrained):
 def test_lookup_by_config_finds_renamed_copies():
     assert known_sink_dims("/ckpt/my-finetune", qwen_config(2048, 36)) == (318, 1874, 1819)
     assert known_sink_dims("/ckpt/snapshots/abc123", qwen_config(5120, 64)) == (4675, 3094)
+    assert known_sink_dims("/ckpt/qwen2", qwen_config(3584, 28, model_type="qwen2_vl")) == (458, 2570)
+    llava_13b = qwen_config(5120, 40, model_type="llava", intermediate_size=13824)
+    assert known_sink_dims("/ckpt/llava-finetune", llava_13b) == (2100, 4743)
 
 
 def test_unknown_models_have_no_dims():
     assert known_sink_dims("Qwen/Qwen2.5-VL-72B-Instruct", qwen_config(8192, 80)) is None
-    assert known_sink_dims("/ckpt/other", qwen_config(3584, 28, model_type="qwen2_vl")) is None
+    assert known_sink_dims("/ckpt/other", qwen_config(8192, 80, model_type="qwen2_vl")) is None
+    # A LLaVA on Mistral-7B is as wide and deep as LLaVA-1.5-7B, but its MLP is not Llama-2's.
+    mistral = qwen_config(4096, 32, model_type="llava", intermediate_size=14336)
+    assert known_sink_dims("/ckpt/bakllava", mistral) is None
     assert known_sink_dims("/ckpt/tiny", None) is None
 
 

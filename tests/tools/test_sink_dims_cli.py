@@ -19,17 +19,19 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_find_writes_the_planted_dims_and_prints_a_table(tiny_checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava"])  # loaded through the backbone
+def test_find_writes_the_planted_dims_and_prints_a_table(model_type, tiny_checkpoints, tmp_path, capsys):
+    checkpoint = tiny_checkpoints(model_type)
     output = tmp_path / "out" / "dims.json"
-    args = ["--model", str(tiny_checkpoint), "--tau", TAU, "--num-samples", "4", "--output", str(output)]
+    args = ["--model", str(checkpoint), "--tau", TAU, "--num-samples", "4", "--output", str(output)]
     assert main(["find-sink-dims", *args]) == 0
     report = json.loads(output.read_text())
-    assert report["model"] == str(tiny_checkpoint)
+    assert report["model"] == str(checkpoint)
     assert report["sink_dims"] == [17, 93]
     assert report["evidence"]["num_prompts"] == 4 and report["evidence"]["prompts"] == "builtin"
     assert set(report["evidence"]["dims"]) == {"17", "93"}
     out = capsys.readouterr().out
-    assert f"sink dims of {tiny_checkpoint}: [17, 93]" in out and f"wrote {output}" in out
+    assert f"sink dims of {checkpoint}: [17, 93]" in out and f"wrote {output}" in out
 
 
 def test_find_on_a_spatial_root(tiny_checkpoint, spatial_root, tmp_path):
@@ -91,7 +93,7 @@ def test_a_path_that_is_not_a_qwen_model_is_named(tmp_path, capsys, kind):
     err = _error(capsys, ["find-sink-dims", "--model", str(path), "--output", str(tmp_path / "o.json")])
     assert f"lmms-var find-sink-dims: error: --model {path}: " in err
     expected = (
-        "expected a qwen2_5_vl checkpoint, got 'llama'" if kind == "other model type" else "not a model"
+        "VAR supports model types qwen2_5_vl (Qwen2.5-VL)" if kind == "other model type" else "not a model"
     )
     assert expected in err
 

@@ -1,4 +1,7 @@
-"""The model class driven directly with lmms-eval `Instance`s on the tiny checkpoint (no CLI)."""
+"""The model classes driven directly with lmms-eval `Instance`s on the tiny checkpoints (no CLI).
+
+Tests taking `family` run for every backbone of the test matrix; the others on the tiny Qwen2.5-VL.
+"""
 
 import functools
 import json
@@ -8,12 +11,12 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.models import get_model
 from loguru import logger
-from transformers import Qwen2_5_VLForConditionalGeneration
 
+from lmms_var.backbones import backbone_for_model_type
 from lmms_var.models.args import ModelArgError
-from lmms_var.models.qwen2_5_vl_var import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
+from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
 from lmms_var.testing.images import random_image
-from tests.conftest import TINY_TAU
+from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
 
 TASK, SPLIT = "synthetic", "test"
 # Small images keep prompts short; the four sizes give four different visual-token counts.
@@ -28,6 +31,29 @@ DOCS = [
 ]
 GEN_KWARGS = {"max_new_tokens": 6, "temperature": 0, "until": ["\n\n"]}
 CLASSES = {"chat": Qwen2_5_VL_VAR_Chat, "simple": Qwen2_5_VL_VAR}
+QWEN2_5_VL = backbone_for_model_type(TINY_SPEC.model_type)
+
+
+# The classes compared with upstream here: the lmms-eval CLI tests run every family's default class on
+# chat tasks (the chat class where upstream has one), so this covers the simple classes beside them.
+PARITY_HERE = [
+    (TINY_SPEC.model_type, "chat"),
+    *((family, "simple") for family in FAMILIES if backbone_for_model_type(family).lmms_eval.chat_class),
+]
+
+
+def model_args(backbone, **args) -> dict:
+    """Small images where the family takes pixel bounds, and the largest batch it allows (up to 2).
+
+    Tests add `device="cpu"` (ours) or `device="cpu", device_map="cpu"` (upstream): both default to
+    CUDA where there is one."""
+    spec = backbone.lmms_eval
+    pixels = PIXELS if "min_pixels" in spec.upstream_args else {}
+    return {"batch_size": min(2, spec.max_batch_size or 2), **pixels, **args}
+
+
+def var_class(backbone, kind: str) -> type:
+    return get_model(backbone.lmms_eval.model_id, force_simple=kind == "simple")
 
 
 def _doc_to_messages(doc: dict) -> list[dict]:
@@ -55,26 +81,24 @@ def requests(kind: str) -> list[Instance]:
     return made
 
 
-@pytest.fixture
-def generated_ids(monkeypatch) -> list[list[list[int]]]:
+def spy_generated_ids(monkeypatch, loader: type) -> list[list[list[int]]]:
     """Token ids of every `generate` call (per batch, per row), captured below lmms-eval's decoding."""
     calls: list[list[list[int]]] = []
-    original = Qwen2_5_VLForConditionalGeneration.generate
+    original = loader.generate
 
     def spy(self, *args, **kwargs):
         output = original(self, *args, **kwargs)
         calls.append(output[:, kwargs["input_ids"].shape[1] :].tolist())
         return output
 
-    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", spy)
+    monkeypatch.setattr(loader, "generate", spy)
     return calls
 
 
-@pytest.fixture
-def prefill_logits(monkeypatch) -> list[torch.Tensor]:
+def spy_prefill_logits(monkeypatch, loader: type) -> list[torch.Tensor]:
     """Next-token logits of every prefill forward: where VAR acts, they must move."""
     calls: list[torch.Tensor] = []
-    original = Qwen2_5_VLForConditionalGeneration.forward
+    original = loader.forward
 
     @functools.wraps(original)  # generate() inspects forward's signature
     def spy(self, *args, **kwargs):
@@ -83,8 +107,13 @@ def prefill_logits(monkeypatch) -> list[torch.Tensor]:
             calls.append(output.logits[:, -1].detach().clone())
         return output
 
-    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "forward", spy)
+    monkeypatch.setattr(loader, "forward", spy)
     return calls
+
+
+@pytest.fixture
+def prefill_logits(monkeypatch) -> list[torch.Tensor]:
+    return spy_prefill_logits(monkeypatch, QWEN2_5_VL.loader_class())
 
 
 @pytest.fixture
@@ -102,19 +131,27 @@ def generate(lm, kind: str, ids: list) -> tuple[list[str], list]:
     return texts, ids[start:]
 
 
-@pytest.mark.parametrize("kind", ["chat", "simple"])
-def test_var_off_matches_upstream_qwen2_5_vl(tiny_checkpoint, kind, generated_ids):
-    """var=false is lmms-eval's own model: same dtype (upstream forces bfloat16), same tokens."""
-    upstream_class = get_model("qwen2_5_vl", force_simple=kind == "simple")
-    upstream = upstream_class(
-        pretrained=str(tiny_checkpoint), device="cpu", device_map="cpu", batch_size=2, **PIXELS
-    )
-    ours = CLASSES[kind](pretrained=str(tiny_checkpoint), var=False, dtype="bfloat16", batch_size=2, **PIXELS)
+@pytest.mark.parametrize(("model_type", "kind"), PARITY_HERE)
+def test_var_off_matches_upstream(model_type, kind, tiny_checkpoints, monkeypatch):
+    """var=false is lmms-eval's own model: same dtype (upstream's on a GPU), same tokens.
+
+    Upstream runs on the CPU with device=cpu,device_map=cpu (its defaults need CUDA, and llava_hf's
+    `device_map=""` no longer loads in transformers 5); ours needs only the dtype where upstream
+    forces bfloat16.
+    """
+    backbone = backbone_for_model_type(model_type)
+    spec = backbone.lmms_eval
+    generated_ids = spy_generated_ids(monkeypatch, backbone.loader_class())
+    upstream_class = get_model(spec.upstream_id, force_simple=kind == "simple")
+    common = model_args(backbone, pretrained=str(tiny_checkpoints(model_type)))
+    upstream = upstream_class(device="cpu", device_map="cpu", **common)
+    dtype = {"dtype": "bfloat16"} if spec.cuda_dtype == "bfloat16" else {}
+    ours = var_class(backbone, kind)(var=False, device="cpu", **dtype, **common)
     assert isinstance(ours, upstream_class) and ours.var_handle is None
-    assert ours.model.dtype == upstream.model.dtype == torch.bfloat16
+    assert ours.model.dtype == upstream.model.dtype
     upstream_out = generate(upstream, kind, generated_ids)
     assert generate(ours, kind, generated_ids) == upstream_out
-    assert len(upstream_out[1]) == 2  # two batches of two: left padding is exercised
+    assert len(upstream_out[1]) == len(DOCS) // common["batch_size"]  # batches of two pad on the left
 
 
 @pytest.mark.parametrize("kind", ["chat", "simple"])
@@ -122,7 +159,7 @@ def test_var_on_changes_logits_and_records_each_doc(
     tiny_checkpoint, tmp_path, kind, prefill_logits, log_lines
 ):
     path = tmp_path / "diagnostics.jsonl"
-    common = dict(pretrained=str(tiny_checkpoint), batch_size=2, **PIXELS)
+    common = dict(pretrained=str(tiny_checkpoint), batch_size=2, device="cpu", **PIXELS)
     on = CLASSES[kind](sink_dims="17;93", tau=TINY_TAU, p=0.0, diagnostics_path=str(path), **common)
     assert on.model.dtype == torch.float32  # the CPU default
     assert on.var_handle.config.sink_dims == (17, 93) and on.var_handle.config.p == 0.0
@@ -152,20 +189,35 @@ def test_var_on_changes_logits_and_records_each_doc(
     assert any("VAR on: sink_dims=[17, 93] from model args" in line for line in log_lines)
 
 
-def test_sink_dims_auto_measures_then_reuses_the_cache(tiny_checkpoint, tmp_path, monkeypatch, log_lines):
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava"])  # both attributes processors are kept in
+def test_sink_dims_auto_measures_then_reuses_the_cache(
+    model_type, tiny_checkpoints, tmp_path, monkeypatch, log_lines
+):
     monkeypatch.setenv("LMMS_VAR_CACHE_DIR", str(tmp_path))
+    backbone = backbone_for_model_type(model_type)
+    checkpoint = tiny_checkpoints(model_type)
     for source in ("sink_dims=auto (measured)", "sink_dims=auto (cache:"):
-        lm = Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), sink_dims="auto", tau=TINY_TAU, **PIXELS)
+        args = model_args(backbone, pretrained=str(checkpoint), sink_dims="auto", tau=TINY_TAU, device="cpu")
+        lm = var_class(backbone, "chat")(**args)
         assert lm.var_handle.config.sink_dims == (17, 93)
         assert any(f"from {source}" in line for line in log_lines)
 
 
-def test_published_dims_are_looked_up_by_checkpoint_name(tiny_checkpoint, tmp_path):
-    """A checkpoint named like the 7B gets its published dims, which the tiny model is too narrow for."""
-    renamed = tmp_path / "Qwen2.5-VL-7B-Instruct"
-    renamed.symlink_to(tiny_checkpoint, target_is_directory=True)
-    with pytest.raises(ValueError, match=r"sink_dims \[458, 2570\] are >= the model's hidden size 128"):
-        Qwen2_5_VL_VAR_Chat(pretrained=str(renamed), **PIXELS)
+@pytest.mark.parametrize(
+    ("model_type", "name", "dims"),
+    [
+        ("qwen2_5_vl", "Qwen2.5-VL-7B-Instruct", "458, 2570"),
+        ("qwen2_vl", "Qwen2-VL-7B-Instruct", "458, 2570"),
+        ("llava", "llava-1.5-13b-hf", "2100, 4743"),
+    ],
+)
+def test_published_dims_are_looked_up_by_checkpoint_name(model_type, name, dims, tiny_checkpoints, tmp_path):
+    """A checkpoint named like a published one gets its dims, which the tiny model is too narrow for."""
+    renamed = tmp_path / name
+    renamed.symlink_to(tiny_checkpoints(model_type), target_is_directory=True)
+    backbone = backbone_for_model_type(model_type)
+    with pytest.raises(ValueError, match=rf"sink_dims \[{dims}\] are >= the model's hidden size 128"):
+        var_class(backbone, "simple")(**model_args(backbone, pretrained=str(renamed), device="cpu"))
 
 
 @pytest.fixture
@@ -175,7 +227,7 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("weights loaded before the model args were checked")
 
-    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "from_pretrained", refuse)
+    monkeypatch.setattr(QWEN2_5_VL.loader_class(), "from_pretrained", refuse)
 
 
 def test_unknown_model_without_sink_dims_says_how_to_get_them(tiny_checkpoint, no_weights):
@@ -205,5 +257,37 @@ def test_bad_model_args_are_rejected_by_name(tiny_checkpoint, no_weights, args, 
 
 
 def test_unknown_model_arg_is_named(tiny_checkpoint, no_weights):
-    with pytest.raises(TypeError, match="rh0"):
+    with pytest.raises(TypeError, match=r"qwen2_5_vl_var got unexpected model_args \['rh0'\]"):
         Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), rh0=0.3)
+
+
+def test_a_checkpoint_of_another_family_names_the_model_to_use(tiny_checkpoint, no_weights):
+    with pytest.raises(ModelArgError) as error:
+        get_model("qwen2_vl_var")(pretrained=str(tiny_checkpoint))
+    assert str(error.value) == (
+        f"qwen2_vl_var: invalid model_args: pretrained={tiny_checkpoint} is a 'qwen2_5_vl' checkpoint, "
+        "not 'qwen2_vl' (Qwen2-VL); run it with --model qwen2_5_vl_var"
+    )
+
+
+def test_llava_takes_one_prompt_at_a_time(no_weights, tiny_checkpoint):
+    with pytest.raises(
+        ModelArgError, match=r"llava_hf_var: invalid model_args: batch_size must be at most 1"
+    ):
+        get_model("llava_hf_var")(pretrained=str(tiny_checkpoint), batch_size=2)
+
+
+def test_a_generation_error_fails_the_run_where_upstream_answers_empty(tiny_checkpoints, monkeypatch):
+    """lmms-eval's llava_hf logs a failed `generate` and answers "": ours lets the error through."""
+    backbone = backbone_for_model_type("llava")  # the upstream that swallows them
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("generation broke")
+
+    common = model_args(backbone, pretrained=str(tiny_checkpoints("llava")))
+    upstream = get_model(backbone.lmms_eval.upstream_id)(device="cpu", device_map="cpu", **common)
+    ours = var_class(backbone, "chat")(sink_dims="17;93", tau=TINY_TAU, device="cpu", **common)
+    monkeypatch.setattr(backbone.loader_class(), "generate", broken)
+    assert generate(upstream, "chat", [])[0] == [""] * len(DOCS)
+    with pytest.raises(RuntimeError, match="generation broke"):
+        generate(ours, "chat", [])

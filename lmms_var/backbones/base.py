@@ -1,0 +1,178 @@
+"""`Backbone`: the table that says everything family-specific about one vision-language model family.
+
+One file per family (`qwen2_5_vl.py`, ...) fills one `Backbone`; `lmms_var.backbones` collects them.
+Everything above this layer (patch, sink_dims, models, tools) asks a `Backbone` where a model's text
+decoder, layers and attention modules are and which tokens are visual, so none of it names a family.
+
+Paths are attribute paths as `torch.nn.Module.get_submodule` reads them. This module and the family
+files import neither torch nor transformers at import time: lmms-eval imports the registry (through
+our entry point) while it starts, and that must stay fast. Transformers classes are named and
+resolved when a model is loaded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def _no_options(_args: Mapping[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class VisualGrid:
+    """How one image's (or video's) visual tokens tile the picture the model saw.
+
+    The picture was resized to `height` x `width` pixels; its tokens come `frames` x `rows` x `cols`,
+    frame by frame, row-major, each covering `height / rows` x `width / cols` pixels (a video's frame
+    is a group of `temporal_patch_size` input frames). The i-th grid of a kind covers the i-th run of
+    that kind's placeholder tokens in the batch.
+    """
+
+    kind: str  # "image" or "video"
+    frames: int
+    rows: int
+    cols: int
+    height: int
+    width: int
+
+    @property
+    def tokens(self) -> int:
+        return self.frames * self.rows * self.cols
+
+
+@dataclass(frozen=True, eq=False)  # one instance per family: compared and hashed by identity
+class LmmsEvalModel:
+    """lmms-eval's own model for a family, described so that ours, with `var=false`, reproduces it.
+
+    Our model takes the VAR model args, `pretrained`, `device`, `device_map`, `dtype`, `batch_size`
+    and `attn_implementation` itself; every other model arg is upstream's, listed in `upstream_args`
+    with upstream's default. `state(pretrained, args)` returns the attributes upstream's `__init__`
+    sets besides the model and devices (processor, tokenizer, pixels, ...), which upstream's
+    `generate_until` reads. Upstream classes are named by import path: backbones never import lmms-eval.
+    """
+
+    model_id: str  # the model this project registers, e.g. "qwen2_5_vl_var"
+    upstream_id: str  # lmms-eval's own, e.g. "qwen2_5_vl"
+    simple_class: str  # import path of upstream's simple (doc_to_visual) class
+    chat_class: str | None  # import path of upstream's chat (doc_to_messages) class, if it has one
+    default_pretrained: str
+    upstream_args: Mapping[str, Any]
+    state: Callable[[str, Mapping[str, Any]], dict[str, Any]]
+    # The dtype upstream loads with on a GPU: "bfloat16" where it forces it, "auto" for the checkpoint's.
+    cuda_dtype: str = "bfloat16"
+    # Keyword arguments for every `from_pretrained` (config, model) from upstream's args (e.g. revision).
+    hub_options: Callable[[Mapping[str, Any]], dict[str, Any]] = _no_options
+    # An upstream boolean arg that selects flash attention (Qwen2-VL's `use_flash_attention_2`).
+    flash_attention_flag: str | None = None
+    # Upstream's generation loop takes at most this many prompts per batch (None: any).
+    max_batch_size: int | None = None
+    # The attribute `state` sets to the model's processor (the finder needs it for `sink_dims=auto`).
+    processor_attribute: str = "processor"
+
+    def upstream_arguments(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Upstream's args with its defaults filled in; a `TypeError` names any arg neither model takes."""
+        unknown = sorted(set(given) - set(self.upstream_args))
+        if unknown:
+            raise TypeError(
+                f"{self.model_id} got unexpected model_args {unknown}; besides VAR's own it takes "
+                f"lmms-eval's {self.upstream_id} args {sorted(self.upstream_args)}"
+            )
+        return {**self.upstream_args, **given}
+
+    @property
+    def class_stem(self) -> str:
+        """Upstream's simple class name, e.g. `Qwen2_5_VL`: ours are `<stem>_VAR` and `<stem>_VAR_Chat`."""
+        return self.simple_class.rsplit(".", 1)[1]
+
+
+@dataclass(frozen=True, eq=False)  # one instance per family: compared and hashed by identity
+class Backbone:
+    """Where VAR attaches in one family's transformers models, and how lmms-eval runs the family.
+
+    `multimodal` modules own the text decoder at `text_model`; a loaded checkpoint (a
+    `...ForConditionalGeneration`) wraps one as `.model`. Paths below `text_model` follow the
+    Llama convention that all supported families share; a family overrides only what differs.
+    """
+
+    family: str  # the name people use, e.g. "Qwen2.5-VL"
+    model_type: str  # transformers' `config.model_type`
+    loader: str  # the transformers class that loads a checkpoint, e.g. "Qwen2_5_VLForConditionalGeneration"
+    # Config attributes holding the ids of visual placeholder tokens (image, and video where there is one).
+    visual_token_attributes: tuple[str, ...]
+    # First and last linear layer of the vision-to-text projector, under the multimodal module.
+    projector: tuple[str, str]
+    lmms_eval: LmmsEvalModel
+    # (processor outputs, processor) -> one `VisualGrid` per image, then per video, in batch order.
+    visual_grids: Callable[[Mapping[str, Any], Any], list[VisualGrid]]
+    # Other modules whose outputs are added to the text residual stream at visual positions (e.g.
+    # Qwen3-VL's deepstack mergers), as glob patterns under the multimodal module.
+    visual_residual_writers: tuple[str, ...] = ()
+    text_model: str = "language_model"
+    layers: str = "layers"  # under the text model
+    attention: str = "self_attn"  # under a decoder layer
+    query: str = "self_attn.q_proj"
+    key: str = "self_attn.k_proj"
+    attention_output: str = "self_attn.o_proj"
+    mlp_output: str = "mlp.down_proj"
+    # Per-head normalisation of queries and keys before the rotary embedding (Qwen3), if any.
+    query_key_norms: tuple[str, str] | None = None
+    # Keyword names under which the multimodal module's forward receives the KV cache.
+    cache_kwargs: tuple[str, ...] = ("cache", "past_key_values")
+
+    def multimodal_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module that owns the text decoder: `model.model` of a loaded checkpoint, or `model` itself."""
+        inner = getattr(model, "model", None)
+        if inner is not None and hasattr(inner, self.text_model):
+            return inner
+        if hasattr(model, self.text_model):
+            return model
+        raise ValueError(
+            f"{type(model).__name__} has no `{self.text_model}`; pass the {self.family} model itself"
+        )
+
+    def text_model_of(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.multimodal_model(model).get_submodule(self.text_model)
+
+    def decoder_layers(self, model: torch.nn.Module) -> torch.nn.ModuleList:
+        return self.text_model_of(model).get_submodule(self.layers)
+
+    def attention_of(self, layer: torch.nn.Module) -> torch.nn.Module:
+        """A decoder layer's attention module (the one that calls the registered attention function)."""
+        return layer.get_submodule(self.attention)
+
+    def text_config(self, model: torch.nn.Module):
+        """The config the text decoder's attention reads (its `_attn_implementation` picks the kernel)."""
+        return self.text_model_of(model).config
+
+    def visual_token_ids(self, config) -> tuple[int, ...]:
+        """Ids of the visual placeholder tokens, from the model's (top-level) config."""
+        return tuple(getattr(config, name) for name in self.visual_token_attributes)
+
+    def projector_layers(self, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(first, last) linear layer of the vision-to-text projector."""
+        multimodal = self.multimodal_model(model)
+        first, last = self.projector
+        return multimodal.get_submodule(first), multimodal.get_submodule(last)
+
+    def visual_writers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        """Every module whose output enters the text residual stream as visual features."""
+        multimodal = self.multimodal_model(model)
+        extra = [
+            module
+            for name, module in multimodal.named_modules()
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.visual_residual_writers)
+        ]
+        return [self.projector_layers(model)[1], *extra]
+
+    def loader_class(self) -> type:
+        """The transformers class that loads this family's checkpoints (imports its modeling file)."""
+        import transformers  # here, not at the top: see the module docstring
+
+        return getattr(transformers, self.loader)

@@ -1,0 +1,78 @@
+"""Qwen2-VL (`qwen2_vl`), and the lmms-eval setup its successors Qwen2.5-VL and Qwen3-VL share.
+
+lmms-eval's `qwen2_vl` has a simple class only, loads the checkpoint's own dtype (`torch_dtype="auto"`),
+selects flash attention with `use_flash_attention_2`, and defaults to smaller images than
+`qwen2_5_vl` (`min_pixels=3136`, `max_pixels=602112`).
+"""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
+
+
+def qwen_visual_grids(inputs: Mapping[str, Any], processor) -> list[VisualGrid]:
+    """Qwen-VL grids from `image_grid_thw` / `video_grid_thw` (in patches; tokens merge
+    `merge_size` x `merge_size` patches)."""
+    image_processor = processor.image_processor
+    merge, patch = image_processor.merge_size, image_processor.patch_size
+    return [
+        VisualGrid(kind, frames, height // merge, width // merge, height * patch, width * patch)
+        for kind in ("image", "video")
+        if inputs.get(f"{kind}_grid_thw") is not None
+        for frames, height, width in inputs[f"{kind}_grid_thw"].tolist()
+    ]
+
+
+def qwen_state(stored: tuple[str, ...]) -> Callable[[str, Mapping[str, Any]], dict[str, Any]]:
+    """What lmms-eval's Qwen-VL `__init__`s set: the `stored` args under their own names, the reasoning
+    prompt with `\\n` unescaped, the length limit, a processor with the pixel bounds and a tokenizer."""
+
+    def state(pretrained: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        from transformers import AutoProcessor, AutoTokenizer  # see base.py's docstring
+
+        reasoning_prompt = args["reasoning_prompt"]
+        return {
+            **{name: args[name] for name in stored},
+            "reasoning_prompt": reasoning_prompt.replace("\\n", "\n") if reasoning_prompt else None,
+            "_max_length": args.get("max_length", 2048),
+            "processor": AutoProcessor.from_pretrained(
+                pretrained, max_pixels=args["max_pixels"], min_pixels=args["min_pixels"]
+            ),
+            "_tokenizer": AutoTokenizer.from_pretrained(pretrained),
+        }
+
+    return state
+
+
+QWEN2_VL = Backbone(
+    family="Qwen2-VL",
+    model_type="qwen2_vl",
+    loader="Qwen2VLForConditionalGeneration",
+    visual_token_attributes=("image_token_id", "video_token_id"),
+    projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
+    visual_grids=qwen_visual_grids,
+    lmms_eval=LmmsEvalModel(
+        model_id="qwen2_vl_var",
+        upstream_id="qwen2_vl",
+        simple_class="lmms_eval.models.simple.qwen2_vl.Qwen2_VL",
+        chat_class=None,
+        default_pretrained="Qwen/Qwen2-VL-7B-Instruct",
+        upstream_args={
+            "use_cache": True,
+            "use_flash_attention_2": False,
+            "max_length": 2048,
+            "max_pixels": 602112,
+            "min_pixels": 3136,
+            "max_num_frames": 32,
+            "system_prompt": "You are a helpful assistant.",
+            "interleave_visuals": False,
+            "reasoning_prompt": None,
+        },
+        state=qwen_state(
+            ("use_cache", "max_pixels", "min_pixels", "max_num_frames", "system_prompt", "interleave_visuals")
+        ),
+        cuda_dtype="auto",
+        flash_attention_flag="use_flash_attention_2",
+    ),
+)

@@ -1,0 +1,301 @@
+"""lmms-eval's own models with VAR attached: same prompting, batching and decoding, portable loading.
+
+`VARModel` is the part every registered model shares; `lmms_var.models.classes` puts it first in the
+bases of each backbone's upstream class (simple and chat), so prompting, batching and decoding are
+upstream's. Only `__init__` is re-implemented, because upstream's hard-codes what VAR runs must vary:
+`cuda` devices in multi-process runs, dtypes, an assert that those runs are MULTI_GPU/FSDP (so no
+multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist. The backbone says
+what upstream's `__init__` sets (`LmmsEvalModel`), so `var=false` reproduces upstream's predictions.
+`generate_until` adds the journal, diagnostics and attention maps around upstream's and lets
+generation errors through where upstream would answer "" instead.
+"""
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import ClassVar
+
+import torch
+from accelerate import Accelerator, DistributedType
+from lmms_eval.api.model import lmms
+from lmms_eval.utils import get_datetime_str
+from loguru import logger as eval_logger
+from transformers import AutoConfig
+
+from lmms_var.backbones import Backbone, UnsupportedModelError, backbone_for_config
+from lmms_var.models.args import (
+    AUTO,
+    ModelArgError,
+    VAROptions,
+    parse_bool,
+    parse_dtype,
+    parse_journal,
+    parse_positive_int,
+    parse_var_options,
+)
+from lmms_var.models.attention_maps import parse_attention_maps
+from lmms_var.models.diagnostics import DiagnosticsRecorder, resolve_diagnostics_path
+from lmms_var.models.journal import Journal, journal_settings, resolve_journal_dir
+from lmms_var.patch import VARHandle, enable_var
+from lmms_var.patch.attention import BASE_IMPLEMENTATIONS
+from lmms_var.sink_dims.known import lookup_known
+
+
+class VARModel:
+    """The shared part of every VAR model class; `backbone` is set by the class built for it."""
+
+    backbone: ClassVar[Backbone]
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        device: str | None = None,
+        device_map: str | None = None,
+        dtype: str | None = None,
+        batch_size: int | str = 1,
+        attn_implementation: str = "sdpa",
+        var: bool | str = True,
+        sink_dims: int | str | None = None,
+        tau: float = 20.0,
+        rho: float = 0.5,
+        summ: float = 0.2,
+        p: float = 0.6,
+        except_last_layer: bool | str = True,
+        diagnostics: bool | str = False,
+        diagnostics_path: str | None = None,
+        attention_maps: int | str = 0,
+        attention_maps_path: str | None = None,
+        journal: str | bool = AUTO,
+        **upstream_args,
+    ) -> None:
+        # Every arg as given, for the journal's settings (taken first, so args added later are in).
+        model_args = {
+            name: value for name, value in locals().items() if name not in ("self", "upstream_args")
+        }
+        model_args |= upstream_args
+        lmms.__init__(self)
+        spec = self.backbone.lmms_eval
+        pretrained = pretrained or spec.default_pretrained
+        args = spec.upstream_arguments(upstream_args)
+        # Upstream's `__init__`, in its order, with every argument checked before weights load.
+        with _errors_naming(spec.model_id):
+            options = parse_var_options(
+                var=var,
+                sink_dims=sink_dims,
+                tau=tau,
+                rho=rho,
+                summ=summ,
+                p=p,
+                except_last_layer=except_last_layer,
+                diagnostics=diagnostics,
+                diagnostics_path=diagnostics_path,
+            )
+            flash = spec.flash_attention_flag
+            if flash and parse_bool(flash, args[flash]):
+                attn_implementation = "flash_attention_2"
+            if options.enabled and attn_implementation not in BASE_IMPLEMENTATIONS:
+                raise ModelArgError(
+                    f"attn_implementation must be one of {list(BASE_IMPLEMENTATIONS)} with VAR on, "
+                    f"got {attn_implementation!r}"
+                )
+            run_id = get_datetime_str()
+            maps = parse_attention_maps(
+                attention_maps, attention_maps_path, var=options.enabled, pretrained=pretrained, run_id=run_id
+            )
+            self.batch_size_per_gpu = parse_positive_int("batch_size", batch_size)
+            if spec.max_batch_size is not None and self.batch_size_per_gpu > spec.max_batch_size:
+                raise ModelArgError(
+                    f"batch_size must be at most {spec.max_batch_size}: lmms-eval's {spec.upstream_id} "
+                    f"generates {spec.max_batch_size} prompt(s) at a time, got {self.batch_size_per_gpu}"
+                )
+            journal_dir = resolve_journal_dir(parse_journal(journal), pretrained)
+            self.accelerator = Accelerator()
+            self._device, self.device_map = _placement(self.accelerator, device, device_map)
+            hub_options = spec.hub_options(args)
+            # Read the config alone first: a checkpoint of another family, or unknown sink dims, must
+            # fail before any weights are loaded.
+            model_config = AutoConfig.from_pretrained(pretrained, **hub_options)
+            self._check_family(pretrained, model_config)
+            known = _known_sink_dims(options, pretrained, model_config)
+            load_dtype = parse_dtype(dtype, self._device.type, spec.cuda_dtype)
+
+            self._model = (
+                self.backbone.loader_class()
+                .from_pretrained(
+                    pretrained,
+                    dtype=load_dtype,
+                    device_map=self.device_map,
+                    attn_implementation=attn_implementation,
+                    **hub_options,
+                )
+                .eval()
+            )
+            # The attributes upstream's generate_until reads, set as upstream sets them.
+            for name, value in spec.state(pretrained, args).items():
+                setattr(self, name, value)
+            self._config = self._model.config
+
+            self.var_handle = self._attach_var(options, known)
+            self._diagnostics = None
+            if self.var_handle is not None and options.diagnostics:
+                path = resolve_diagnostics_path(options.diagnostics_path, pretrained, run_id)
+                self._diagnostics = DiagnosticsRecorder(self.var_handle, path)
+            self._attention_maps = maps.recorder(self.var_handle, getattr(self, spec.processor_attribute))
+            self._journal = None
+            if journal_dir is not None:
+                var_config = None if self.var_handle is None else self.var_handle.config
+                settings = journal_settings(
+                    model_args, model=self._model, var_config=var_config, model_class=type(self).__name__
+                )
+                self._journal = Journal(journal_dir, settings, rank=self.accelerator.process_index)
+            self._distribute()
+
+    def _check_family(self, pretrained: str, model_config) -> None:
+        backbone = self.backbone
+        if getattr(model_config, "model_type", None) == backbone.model_type:
+            return
+        try:
+            hint = f"run it with --model {backbone_for_config(model_config).lmms_eval.model_id}"
+        except UnsupportedModelError as error:
+            hint = str(error)
+        raise ModelArgError(
+            f"pretrained={pretrained} is a {model_config.model_type!r} checkpoint, not "
+            f"{backbone.model_type!r} ({backbone.family}); {hint}"
+        )
+
+    def _attach_var(self, options: VAROptions, known: tuple[tuple[int, ...], str] | None) -> VARHandle | None:
+        if not options.enabled:
+            self._log(f"VAR off (var=false): plain {self.backbone.family}")
+            return None
+        if known is None:  # sink_dims=auto
+            from lmms_var.sink_dims.auto import auto_sink_dims
+
+            processor = getattr(self, self.backbone.lmms_eval.processor_attribute)
+            dims, source = auto_sink_dims(self._model, processor, tau=options.tau)
+            known = tuple(dims), f"sink_dims=auto ({source})"
+        dims, source = known
+        config = options.config(dims)
+        handle = enable_var(self._model, config, diagnostics=options.diagnostics)
+        layers = config.active_layers(len(self.backbone.decoder_layers(self._model)))
+        self._log(
+            f"VAR on: sink_dims={list(dims)} from {source}; tau={config.tau} rho={config.rho} "
+            f"summ={config.summ} p={config.p} except_last_layer={config.except_last_layer} "
+            f"(layers {layers.start}..{layers.stop - 1}); diagnostics {'on' if options.diagnostics else 'off'}"
+        )
+        return handle
+
+    def _distribute(self) -> None:
+        """Data parallelism as upstream, but for any distributed type (gloo CPU runs included)."""
+        accelerator = self.accelerator
+        if accelerator.num_processes == 1:
+            self._rank, self._world_size = 0, 1
+            return
+        if accelerator.distributed_type == DistributedType.FSDP:
+            self._model = accelerator.prepare(self._model)
+        else:
+            self._model = accelerator.prepare_model(self._model, evaluation_mode=True)
+        self._log(
+            f"Using {accelerator.num_processes} processes ({accelerator.distributed_type}) with data parallelism"
+        )
+        self._rank = accelerator.process_index
+        self._world_size = accelerator.num_processes
+
+    def _log(self, message: str) -> None:
+        if self.accelerator.is_main_process:
+            eval_logger.info(f"{self.backbone.lmms_eval.model_id}: {message}")
+
+    def generate_until(self, requests):
+        """Answers from the journal (if on), the other requests computed by `_generate_until`; a
+        generation error fails the call even where upstream would answer "" instead."""
+        with _generation_errors_raised(self.model):
+            if self._journal is None:
+                return self._generate_until(requests)
+            return self._journal.generate_until(self, requests, self._generate_until)
+
+    def _generate_until(self, requests):
+        """Upstream's generation; diagnostics (one record per sample, flushed after the call) and
+        attention maps watch its batches. Diagnostics first: they read VAR's state before maps rerun."""
+        with ExitStack() as watchers:
+            for recorder in (self._diagnostics, self._attention_maps):
+                if recorder is not None:
+                    watchers.enter_context(recorder.recording(self))
+            results = super().generate_until(requests)
+        if self._diagnostics is not None:
+            self._diagnostics.flush(self.accelerator)
+        return results
+
+
+@contextmanager
+def _errors_naming(model_id: str) -> Iterator[None]:
+    """Model-arg errors raised within start with the model being configured: `<model>: invalid ...`."""
+    try:
+        yield
+    except ModelArgError as error:
+        raise error.for_model(model_id) from None
+
+
+class _GenerationFailed(BaseException):
+    """Carries a generation error past upstream loops that catch `Exception` and answer "" instead
+    (lmms-eval's llava_hf): a run whose model cannot generate must fail, not score empty answers."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@contextmanager
+def _generation_errors_raised(model: torch.nn.Module) -> Iterator[None]:
+    generate = model.generate
+
+    def generate_or_fail(*args, **kwargs):
+        try:
+            return generate(*args, **kwargs)
+        except Exception as error:
+            raise _GenerationFailed(error) from error
+
+    model.generate = generate_or_fail
+    try:
+        yield
+    except _GenerationFailed as failure:
+        raise failure.error from None
+    finally:
+        # The diagnostics recorder, entered inside, may already have removed the instance attribute.
+        vars(model).pop("generate", None)
+
+
+def _placement(
+    accelerator: Accelerator, device: str | None, device_map: str | None
+) -> tuple[torch.device, str]:
+    """(device for inputs, device_map for loading). Upstream moves inputs to `cuda` when device_map is auto."""
+    if accelerator.num_processes > 1:
+        if device_map == "auto":
+            raise ModelArgError(
+                "device_map=auto spreads one model over the GPUs of a single process; it cannot be combined "
+                f"with {accelerator.num_processes} processes (drop it for data parallelism)"
+            )
+        return accelerator.device, str(accelerator.device)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device_map == "auto" and device.type != "cuda":
+        raise ModelArgError(f"device_map=auto needs CUDA GPUs, got device={device}")
+    return device, device_map or str(device)
+
+
+def _known_sink_dims(
+    options: VAROptions, pretrained: str, model_config
+) -> tuple[tuple[int, ...], str] | None:
+    """(dims, where they came from) unless VAR is off or they are to be measured (`sink_dims=auto`)."""
+    if not options.enabled or options.sink_dims == AUTO:
+        return None
+    if options.sink_dims is not None:
+        return options.sink_dims, "model args"
+    entry = lookup_known(pretrained, model_config)
+    if entry is None:
+        text_config = model_config.get_text_config()
+        raise ModelArgError(
+            f"no published sink_dims for {pretrained!r} (model_type={model_config.model_type}, "
+            f"hidden_size={text_config.hidden_size}, num_hidden_layers={text_config.num_hidden_layers}) "
+            "in configs/sink_dims.yaml. VAR needs the backbone's sink dimensions: pass them as "
+            "sink_dims=458;2570 (';'-separated hidden channels) in --model_args, measure them with "
+            f"sink_dims=auto, or find them once with `lmms-var find-sink-dims --model {pretrained} --output "
+            "dims.json`; var=false runs without VAR"
+        )
+    return entry.sink_dims, f"configs/sink_dims.yaml ({entry.name}, published in {entry.source})"

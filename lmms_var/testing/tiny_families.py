@@ -1,0 +1,367 @@
+"""One tiny random checkpoint per supported family: its tokenizer, processor, chat template and config.
+
+`tiny_checkpoint.build_tiny_model` builds the model from these and plants sinks the same way for every
+family, driven by the family's `Backbone`. The facts tests need about a family (which tokens are
+visual, which carry the planted text sink) are stated here, independently of `lmms_var.backbones`.
+"""
+
+import json
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    CLIPImageProcessor,
+    LlamaTokenizer,
+    LlavaConfig,
+    LlavaProcessor,
+    PretrainedConfig,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLConfig,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+    Qwen3VLConfig,
+    Qwen3VLProcessor,
+    Qwen3VLVideoProcessor,
+)
+
+# Every special token of the Qwen-VL tokenizers, in their order.
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+QWEN_EXTRA_TOKENS = [
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+]
+
+# The Qwen-VL chat template (images and videos become vision placeholders).
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# llava-hf/llava-1.5's processor chat template: each turn's images, then its text.
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+CORPUS = [
+    "You are a helpful assistant.",
+    "Which point is closer to the camera? Answer with the option's letter from the given choices directly.",
+    "(A) the red point (B) the blue point (C) left (D) right. The answer is (B).",
+    "Is the car on the left or the right of the tree? How many objects are there? above below behind",
+    "Question: Options: Picture 1 2 3 4 video image first second third fourth same different yes no",
+    string.ascii_letters + string.digits + string.punctuation,
+]
+LLAVA_CORPUS = [
+    *CORPUS,
+    "USER: ASSISTANT: A chat between a curious user and an artificial intelligence assistant.",
+]
+VOCAB_SIZE = 400
+
+
+@dataclass(frozen=True)
+class TinyShape:
+    """The sizes a family's tiny config needs (a view of `TinySpec`, which imports this module)."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vision_hidden_size: int
+    vision_depth: int
+    vision_heads: int
+    min_pixels: int
+    max_pixels: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    def text_config(self, tokenizer, **extra) -> dict:
+        """The text decoder's config entries every family shares (rotary base large: see planting)."""
+        return {
+            "vocab_size": len(tokenizer),
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "max_position_embeddings": 32768,
+            "bos_token_id": tokenizer.bos_token_id or tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            **extra,
+        }
+
+    def mrope_section(self) -> list[int]:
+        """Qwen's multimodal rotary sections (temporal, height, width) summing to half the head dim."""
+        half = self.head_dim // 2
+        temporal = half // 4
+        return [temporal, (half - temporal) // 2, half - temporal - (half - temporal) // 2]
+
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """How to build one family's tiny checkpoint, and what tests may know about it."""
+
+    model_type: str
+    processor: Callable[[TinyShape], ProcessorMixin]
+    config: Callable[[TinyShape, object], PretrainedConfig]  # (shape, tokenizer) -> config
+    text_sink_tokens: tuple[str, ...]  # tokens whose embedding carries the planted text sinks
+    visual_tokens: tuple[str, ...]  # placeholders of images (and videos, where the family has them)
+    end_of_answer: str  # the token that ends a generated answer
+    # llava-hf's repos keep the chat template in the processor's legacy `chat_template.json`, so their
+    # tokenizer has none (lmms-eval's simple llava_hf then uses its own Vicuna template).
+    processor_only_chat_template: bool = False
+
+
+def qwen_tokenizer() -> Qwen2Tokenizer:
+    """A small byte-level BPE wrapped as Qwen2's tokenizer with Qwen's special tokens."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(CORPUS * 4, trainer=trainer)
+    tokenizer = Qwen2Tokenizer(
+        tokenizer_object=bpe,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS,
+    )
+    tokenizer.add_tokens(QWEN_EXTRA_TOKENS)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def llama_tokenizer() -> LlamaTokenizer:
+    """A small SentencePiece-style BPE (byte fallback) as Llama's tokenizer: `<s>` starts every prompt."""
+    special_tokens = ["<unk>", "<s>", "</s>", *(f"<0x{value:02X}>" for value in range(256))]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE + len(special_tokens),
+        special_tokens=special_tokens,
+        initial_alphabet=sorted(set("".join(LLAVA_CORPUS))),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(LLAVA_CORPUS * 4, trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [
+        tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in model["merges"]
+    ]
+    tokenizer = LlamaTokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        pad_token="<pad>",
+        add_bos_token=True,
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _qwen_ids(tokenizer) -> dict:
+    tokens = {
+        "image_token_id": "<|image_pad|>",
+        "video_token_id": "<|video_pad|>",
+        "vision_start_token_id": "<|vision_start|>",
+        "vision_end_token_id": "<|vision_end|>",
+    }
+    return {name: tokenizer.convert_tokens_to_ids(token) for name, token in tokens.items()}
+
+
+def _qwen_processor(processor_class, video_processor_class, patch_size: int) -> Callable:
+    def build(shape: TinyShape) -> ProcessorMixin:
+        pixels = {"min_pixels": shape.min_pixels, "max_pixels": shape.max_pixels, "patch_size": patch_size}
+        return processor_class(
+            image_processor=Qwen2VLImageProcessor(**pixels),
+            tokenizer=qwen_tokenizer(),
+            video_processor=video_processor_class(**pixels),
+            chat_template=QWEN_CHAT_TEMPLATE,
+        )
+
+    return build
+
+
+def _qwen2_text_config(shape: TinyShape, tokenizer) -> dict:
+    """Qwen2-VL's and Qwen2.5-VL's text config: multimodal rotary sections, a large rotary base."""
+    rope = {"type": "mrope", "mrope_section": shape.mrope_section()}
+    return shape.text_config(tokenizer, rope_scaling=rope, rope_theta=1_000_000.0)
+
+
+def _qwen2_vl_config(shape: TinyShape, tokenizer) -> Qwen2VLConfig:
+    return Qwen2VLConfig(
+        text_config=_qwen2_text_config(shape, tokenizer),
+        vision_config={
+            "depth": shape.vision_depth,
+            "embed_dim": shape.vision_hidden_size,
+            "hidden_size": shape.hidden_size,
+            "mlp_ratio": 2,
+            "num_heads": shape.vision_heads,
+        },
+        **_qwen_ids(tokenizer),
+    )
+
+
+def _qwen2_5_vl_config(shape: TinyShape, tokenizer) -> Qwen2_5_VLConfig:
+    return Qwen2_5_VLConfig(
+        text_config=_qwen2_text_config(shape, tokenizer),
+        vision_config={
+            "depth": shape.vision_depth,
+            "hidden_size": shape.vision_hidden_size,
+            "intermediate_size": shape.vision_hidden_size * 2,
+            "num_heads": shape.vision_heads,
+            "out_hidden_size": shape.hidden_size,
+            "fullatt_block_indexes": [shape.vision_depth - 1],
+            "window_size": 112,
+        },
+        **_qwen_ids(tokenizer),
+    )
+
+
+def _qwen3_vl_config(shape: TinyShape, tokenizer) -> Qwen3VLConfig:
+    rope = {"rope_type": "default", "rope_theta": 1_000_000.0}
+    rope |= {"mrope_section": shape.mrope_section(), "mrope_interleaved": True}
+    return Qwen3VLConfig(
+        # Qwen3 has no attention bias; the tiny one enables it, so the planted sink heads can be wired.
+        text_config=shape.text_config(
+            tokenizer, head_dim=shape.head_dim, attention_bias=True, rope_parameters=rope
+        ),
+        vision_config={
+            "depth": shape.vision_depth,
+            "hidden_size": shape.vision_hidden_size,
+            "intermediate_size": shape.vision_hidden_size * 2,
+            "num_heads": shape.vision_heads,
+            "out_hidden_size": shape.hidden_size,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [0],  # one deepstack merger, adding into layer 0's output
+        },
+        **_qwen_ids(tokenizer),
+    )
+
+
+# LLaVA's vision side: square crops of LLAVA_IMAGE_SIDE pixels cut into LLAVA_PATCH-pixel patches.
+LLAVA_IMAGE_SIDE = 56
+LLAVA_PATCH = 7
+
+
+def _llava_processor(_shape: TinyShape) -> LlavaProcessor:
+    side = {"height": LLAVA_IMAGE_SIDE, "width": LLAVA_IMAGE_SIDE}
+    return LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": LLAVA_IMAGE_SIDE}, crop_size=side),
+        tokenizer=llama_tokenizer(),
+        patch_size=LLAVA_PATCH,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,  # CLIP's class token, which the "default" strategy drops
+    )
+
+
+def _llava_config(shape: TinyShape, tokenizer) -> LlavaConfig:
+    text = shape.text_config(
+        tokenizer,
+        model_type="llama",
+        # Llama has no attention bias; the tiny one enables it, so the planted sink heads can be wired.
+        attention_bias=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+    )
+    return LlavaConfig(
+        text_config=text,
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": shape.vision_hidden_size,
+            "intermediate_size": shape.vision_hidden_size * 2,
+            "num_hidden_layers": shape.vision_depth,
+            "num_attention_heads": shape.vision_heads,
+            "image_size": LLAVA_IMAGE_SIDE,
+            "patch_size": LLAVA_PATCH,
+            "projection_dim": shape.vision_hidden_size,
+        },
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(LLAVA_IMAGE_SIDE // LLAVA_PATCH) ** 2,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+_QWEN = {
+    "text_sink_tokens": ("<|im_start|>",),
+    "visual_tokens": ("<|image_pad|>", "<|video_pad|>"),
+    "end_of_answer": "<|im_end|>",
+}
+TINY_FAMILIES: dict[str, TinyFamily] = {
+    family.model_type: family
+    for family in (
+        TinyFamily(
+            "qwen2_vl",
+            _qwen_processor(Qwen2VLProcessor, Qwen2VLVideoProcessor, patch_size=14),
+            _qwen2_vl_config,
+            **_QWEN,
+        ),
+        TinyFamily(
+            "qwen2_5_vl",
+            _qwen_processor(Qwen2_5_VLProcessor, Qwen2VLVideoProcessor, patch_size=14),
+            _qwen2_5_vl_config,
+            **_QWEN,
+        ),
+        TinyFamily(
+            "qwen3_vl",
+            _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, patch_size=16),
+            _qwen3_vl_config,
+            **_QWEN,
+        ),
+        TinyFamily(
+            "llava",
+            _llava_processor,
+            _llava_config,
+            text_sink_tokens=("<s>",),
+            visual_tokens=("<image>",),
+            end_of_answer="</s>",
+            processor_only_chat_template=True,
+        ),
+    )
+}
