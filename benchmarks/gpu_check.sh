@@ -7,6 +7,6 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())"
-python3 -m pytest -q -p no:cacheprovider tests/core tests/patch/test_cuda.py tests/patch/test_row_kernels.py 2>&1 | tail -n 40 | tee "$OUT/tests.log"
+python3 -m pytest -q -p no:cacheprovider tests/core tests/patch/test_cuda.py tests/attention_maps/test_cuda.py tests/patch/test_row_kernels.py 2>&1 | tail -n 40 | tee "$OUT/tests.log"
 python3 benchmarks/bench_var.py --preset gpu-3b --repeats "${REPEATS:-5}" ${BENCH_ARGS:-} --json "$OUT/bench_gpu_3b.json" 2>&1 | tee "$OUT/bench_gpu_3b.log"
 python3 benchmarks/bench_row_kernels.py 2>&1 | tee "$OUT/row_kernels.log"

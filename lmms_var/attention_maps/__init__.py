@@ -1,19 +1,19 @@
 """Attention maps on the image, before and after VAR: capture, token-to-pixel layout, figure and JSON.
 
 Above `patch` (it runs a model with a `VARHandle`), below `models` and `tools` (`lmms-var show`,
-the `attention_maps=N` model arg, the demo). `family` holds what depends on the model family.
+the `attention_maps=N` model arg, the demo). What depends on the model family comes from its
+backbone (`lmms_var.backbones`): the grids, the pictures the model saw, the processor outputs it takes.
 """
 
 from lmms_var.attention_maps.capture import MapSettings, attention_maps, default_layers, resolve_layers
 from lmms_var.attention_maps.figure import draw_figure, random_model_note, save_attention_maps
-from lmms_var.attention_maps.layout import VisualGrids, VisualPanel, visual_panels
+from lmms_var.attention_maps.layout import VisualPanel, visual_panels
 from lmms_var.attention_maps.maps import AttentionMaps, PanelMap
 
 __all__ = [
     "AttentionMaps",
     "MapSettings",
     "PanelMap",
-    "VisualGrids",
     "VisualPanel",
     "attention_maps",
     "default_layers",

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lmms_var.attention_maps.family import decoder_layers, seen_images, text_config, visual_grids, with_answer
-from lmms_var.attention_maps.layout import visual_panels
+from lmms_var.attention_maps.inputs import model_inputs, with_answer
+from lmms_var.attention_maps.layout import panel_pictures, visual_panels
 from lmms_var.attention_maps.maps import AttentionMaps, PanelMap
+from lmms_var.backbones import Backbone, backbone_for
+from lmms_var.config import VARConfig
 from lmms_var.core import redistribute_with_selection
 from lmms_var.patch import VARHandle, VARState
 from lmms_var.patch.attention import registered_name
@@ -75,13 +77,16 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return chosen
 
 
+# VAR's state (`VARState`) is read in the next three functions only: what the VAR run recorded.
+
+
 @contextmanager
 def _attention_for_run(model: torch.nn.Module, state: VARState, *, var: bool, eager: bool) -> Iterator[None]:
     """Within: the text decoder runs VAR's attention or the model's own (VAR bypassed), eager or not.
 
     VAR wraps `state.base_implementation`, so an eager VAR run swaps that too; both are restored.
     """
-    config = text_config(model)
+    config = backbone_for(model).text_config(model)
     saved = config._attn_implementation, state.base_implementation
     base = EAGER if eager else state.base_implementation
     state.base_implementation = base
@@ -96,6 +101,14 @@ def _eligible_rows(state: VARState) -> torch.Tensor:
     """Bool[B, T]: the rows VAR may change in this forward (spec step 2), as VAR's state holds them."""
     eligible = torch.zeros_like(state.visual)
     return eligible.scatter_(1, state.rows.to(eligible.device), state.row_valid.to(eligible.device))
+
+
+def _recorded_sinks(state: VARState, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(visual Bool[B, T], sinks Bool[B, T]) VAR recorded for `layer` in this forward; None where VAR
+    leaves the layer alone."""
+    if not state.acts_on(layer):
+        return None
+    return state.visual, state.sinks[layer]
 
 
 def _attention_rows(output, layer: int, rows: torch.Tensor) -> torch.Tensor:
@@ -116,10 +129,11 @@ def _run_and_capture(
     Returns the logits after the prompt (only those are computed: a long prompt's vocabulary-sized
     logits would cost more than the attention).
     """
-    modules = decoder_layers(model)
+    backbone = backbone_for(model)
+    modules = backbone.decoder_layers(model)
     with ExitStack() as stack, torch.no_grad():
         for layer in layers:
-            handle = modules[layer].self_attn.register_forward_hook(
+            handle = backbone.attention_of(modules[layer]).register_forward_hook(
                 lambda _module, _args, output, layer=layer: hook(layer, output)
             )
             stack.callback(handle.remove)
@@ -140,6 +154,7 @@ class _Capture:
     plain run, VAR's `A'` as `after` in the VAR run), and VAR's selections and visual sinks."""
 
     state: VARState
+    config: VARConfig
     row_rule: str
     predicting: range  # the rows of rule "last" or "answer": those predicting the answer's tokens
     before: torch.Tensor  # Float32[H, T]
@@ -165,10 +180,11 @@ class _Capture:
         """`A'` of the chosen rows, from this run's `A` and what VAR recorded for this layer and prompt."""
         state, rows = self.state, self.rows()
         attn = _attention_rows(output, layer, rows)
-        if state.acts_on(layer):
-            visual, sinks = state.visual.to(attn.device), state.sinks[layer].to(attn.device)
+        recorded = _recorded_sinks(state, layer)
+        if recorded is not None:
+            visual, sinks = (mask.to(attn.device) for mask in recorded)
             query_mask = _eligible_rows(state).to(attn.device)[:, rows.to(attn.device)]
-            var = state.config
+            var = self.config
             after, selected = redistribute_with_selection(
                 attn, visual, sinks, query_mask, p=var.p, rho=var.rho, summ=var.summ
             )
@@ -202,35 +218,47 @@ def _panel_maps(
     return tuple(maps)
 
 
+def _panels_and_pictures(backbone: Backbone, model: torch.nn.Module, processor, inputs: Mapping):
+    """The prompt's panels and, per panel, the picture the model saw (from the processor's outputs)."""
+    grids = backbone.visual_grids(inputs, processor)
+    placeholder_ids = backbone.placeholder_ids(model.config)
+    panels = visual_panels(inputs["input_ids"][0].tolist(), grids, placeholder_ids)
+    if not panels:
+        raise ValueError("inputs hold no image or video tokens: there is no attention on an image to draw")
+    return panels, panel_pictures(panels, grids, backbone.processor_outputs.pictures(inputs, processor))
+
+
 def attention_maps(
     handle: VARHandle, processor, inputs: Mapping, settings: MapSettings = MapSettings()
 ) -> AttentionMaps:
     """Attention maps of one prompt (a batch of one) before and after VAR, as `handle` configures VAR.
 
-    `inputs` are the processor's outputs for the prompt (`family.MODEL_INPUTS`); `handle.model` is
-    left as it was found. Raises `ValueError` for a batch, a prompt without visual tokens, or
-    `settings.layers` outside the model.
+    `inputs` are the processor's outputs for the prompt (those the forward takes are used: see
+    `Backbone.processor_outputs`); `handle.model` is left as it was found. Raises `ValueError` for a
+    batch, a prompt without visual tokens, or `settings.layers` outside the model.
     """
     model, state = handle.model, handle.state
-    device = model.device
-    inputs = {key: value.to(device) if torch.is_tensor(value) else value for key, value in inputs.items()}
+    backbone, device = backbone_for(model), model.device
+    inputs = {
+        key: value.to(device) if torch.is_tensor(value) else value
+        for key, value in model_inputs(backbone, inputs).items()
+    }
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError(
-            f"inputs must hold one prompt, got a batch of {inputs['input_ids'].shape[0]} (see family.split_batch)"
+            f"inputs must hold one prompt, got a batch of {inputs['input_ids'].shape[0]} "
+            "(see lmms_var.attention_maps.inputs.split_batch)"
         )
-    layers = resolve_layers(settings.layers, len(decoder_layers(model)))
-    grids = visual_grids(model, processor, inputs)
-    panels = visual_panels(inputs["input_ids"][0].tolist(), grids)
-    if not panels:
-        raise ValueError("inputs hold no image or video tokens: there is no attention on an image to draw")
+    layers = resolve_layers(settings.layers, len(backbone.decoder_layers(model)))
+    panels, pictures = _panels_and_pictures(backbone, model, processor, inputs)
     prompt_length = inputs["input_ids"].shape[1]
     answer = None
     if settings.rows == "answer":
         answer = _plain_answer(handle, inputs, settings.max_new_tokens)
-        inputs = with_answer(inputs, answer)
-    heads, keys = text_config(model).num_attention_heads, inputs["input_ids"].shape[1]
+        inputs = with_answer(backbone, inputs, answer)
+    heads, keys = backbone.text_config(model).num_attention_heads, inputs["input_ids"].shape[1]
     capture = _Capture(
         state=state,
+        config=handle.config,
         row_rule=settings.rows,
         predicting=range(prompt_length - 1, prompt_length - 1 + (1 if answer is None else len(answer))),
         before=torch.zeros(heads, keys, device=device),
@@ -257,10 +285,8 @@ def attention_maps(
         rows=tuple(rows),
         row_rule=settings.rows,
         selected_pairs=capture.selected_pairs,
-        var=state.config,
-        panels=_panel_maps(
-            panels, seen_images(processor, inputs, grids, panels), per_key, capture.sink_positions
-        ),
+        var=handle.config,
+        panels=_panel_maps(panels, pictures, per_key, capture.sink_positions),
         next_token={
             "before": tokenizer.decode([int(before_logits.argmax())]),
             "after": tokenizer.decode([int(after_logits.argmax())]),

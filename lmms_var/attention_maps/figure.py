@@ -71,7 +71,7 @@ def _caption(panel_map: PanelMap, maps: AttentionMaps) -> str:
     before, after = panel_map.before, panel_map.after
     return (
         f"{panel.label()}: {width}x{height} px as the model saw it, {rows}x{cols} tokens of "
-        f"{panel.token_pixels}x{panel.token_pixels} px\n"
+        f"{panel.token_size[0]}x{panel.token_size[1]} px\n"
         f"attention on it {panel_map.image_mass(before):.3f} before, {panel_map.image_mass(after):.3f} after  ·  "
         f"on its {_count(len(panel_map.sinks), 'visual sink')} (outlined) {panel_map.sink_mass(before):.3f} before, "
         f"{panel_map.sink_mass(after):.3f} after\n"

@@ -1,33 +1,20 @@
 """Which visual tokens of a prompt cover which pixels: the token-to-pixel mapping behind every panel.
 
-A vision tower cuts each image (or each group of video frames) into square patches, merges
-`merge_size x merge_size` neighbouring patches into one visual token, and the text model sees those
-tokens row by row, left to right. Qwen2-VL-style processors say how in their outputs: per image or
-video, a grid `(t, h, w)` in patches (`image_grid_thw`, `video_grid_thw`); the image the model saw is
-`w * patch_size` pixels wide and `h * patch_size` high, and each of its `(h / merge) x (w / merge)`
-tokens covers a square of `patch_size * merge_size` pixels (28 for Qwen2.5-VL). A video has one such
-grid per *temporal patch group* (`temporal_patch_size` consecutive frames), one after the other.
-
-`visual_panels` is pure: the family-specific numbers come in through `VisualGrids`, so one function
-serves every family whose processor reports grids this way.
+The family's backbone reads the processor's outputs into one `VisualGrid` per image or video
+(`Backbone.visual_grids`): the picture the model saw is `width` x `height` pixels, cut into `rows` x
+`cols` tokens, one token per `width / cols` x `height / rows` block, row by row, left to right. A
+video repeats that grid once per *temporal patch group* (`frames`), one after the other.
+`visual_panels` is pure: it places those grids on the prompt's placeholder tokens, whatever the family.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-IMAGE, VIDEO = "image", "video"
+from lmms_var.backbones import VisualGrid
+from lmms_var.backbones.base import VISUAL_KINDS
 
-
-@dataclass(frozen=True)
-class VisualGrids:
-    """The processor's word on one prompt's visuals (a batch of one), and the geometry to read it with."""
-
-    image_token_id: int
-    video_token_id: int | None
-    image_grids: tuple[tuple[int, int, int], ...]  # (t, h, w) in patches, one per image, in prompt order
-    video_grids: tuple[tuple[int, int, int], ...]  # (t, h, w) in patches, one per video, in prompt order
-    patch_size: int  # pixels per patch side
-    merge_size: int  # patches per visual token side
+IMAGE, VIDEO = VISUAL_KINDS
 
 
 @dataclass(frozen=True)
@@ -42,9 +29,9 @@ class VisualPanel:
     tokens: tuple[int, int]  # [start, stop) positions of its visual tokens in the prompt
 
     @property
-    def token_pixels(self) -> int:
-        """Side in pixels of the square each token covers."""
-        return self.size[0] // self.grid[1]
+    def token_size(self) -> tuple[int, int]:
+        """(width, height) in pixels of the block each token covers."""
+        return self.size[0] // self.grid[1], self.size[1] // self.grid[0]
 
     def label(self) -> str:
         """`image 1`, or `video 1, temporal group 2` (1-based, as people count)."""
@@ -54,58 +41,89 @@ class VisualPanel:
 
     def pixel_box(self, row: int, col: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) pixels of the token at (row, col) of this panel's grid."""
-        side = self.token_pixels
-        return col * side, row * side, (col + 1) * side, (row + 1) * side
+        width, height = self.token_size
+        return col * width, row * height, (col + 1) * width, (row + 1) * height
 
 
-def visual_panels(input_ids: Sequence[int], grids: VisualGrids) -> list[VisualPanel]:
+def _per_kind(grids: Sequence[VisualGrid]) -> list[tuple[str, int, VisualGrid]]:
+    """(kind, index among that kind's grids, grid) for each grid, in the given order."""
+    counted: dict[str, int] = {}
+    indexed = []
+    for grid in grids:
+        indexed.append((grid.kind, counted.get(grid.kind, 0), grid))
+        counted[grid.kind] = counted.get(grid.kind, 0) + 1
+    return indexed
+
+
+def visual_panels(
+    input_ids: Sequence[int], grids: Sequence[VisualGrid], placeholder_ids: Mapping[str, int]
+) -> list[VisualPanel]:
     """One panel per image and per video temporal group, in prompt order.
 
-    `input_ids` is one prompt's token ids (no batch dimension). Each image (video) takes the next
-    `t * h * w / merge_size**2` placeholder positions of its kind; a panel's tokens must be
-    contiguous. Raises `ValueError` when the grids and the placeholders disagree.
+    `input_ids` is one prompt's token ids (no batch dimension), `grids` its visuals' grids (the
+    i-th grid of a kind takes the next `grid.tokens` placeholders of that kind, `placeholder_ids[kind]`).
+    A panel's tokens must be contiguous. Raises `ValueError` when the grids and the placeholders disagree.
     """
     ids = [int(token) for token in input_ids]
+    kinds = {grid.kind for grid in grids} | set(placeholder_ids)
+    unknown = sorted(kinds - set(placeholder_ids))
+    if unknown:
+        raise ValueError(
+            f"grids: {unknown} visuals, but the model has placeholders for {sorted(placeholder_ids)} only"
+        )
+    positions = {kind: [p for p, token in enumerate(ids) if token == placeholder_ids[kind]] for kind in kinds}
+    used = dict.fromkeys(kinds, 0)
     panels = []
-    for kind, token_id, thws in (
-        (IMAGE, grids.image_token_id, grids.image_grids),
-        (VIDEO, grids.video_token_id, grids.video_grids),
-    ):
-        positions = [position for position, token in enumerate(ids) if token == token_id]
-        used = 0
-        for index, (t, h, w) in enumerate(thws):
-            if h % grids.merge_size or w % grids.merge_size:
-                raise ValueError(
-                    f"grids: {kind} {index} grid (t={t}, h={h}, w={w}) is not divisible by merge_size "
-                    f"{grids.merge_size}"
-                )
-            rows, cols = h // grids.merge_size, w // grids.merge_size
-            size = (w * grids.patch_size, h * grids.patch_size)
-            for group in range(t):
-                span = positions[used : used + rows * cols]
-                used += rows * cols
-                if len(span) < rows * cols:
-                    raise ValueError(
-                        f"input_ids: {len(positions)} {kind} placeholder tokens, fewer than the grids "
-                        f"{list(thws)} need"
-                    )
-                if span[-1] - span[0] + 1 != len(span):
-                    raise ValueError(
-                        f"input_ids: the tokens of {kind} {index} group {group} are not contiguous"
-                    )
-                panels.append(
-                    VisualPanel(
-                        kind=kind,
-                        index=index,
-                        group=None if kind == IMAGE else group,
-                        size=size,
-                        grid=(rows, cols),
-                        tokens=(span[0], span[-1] + 1),
-                    )
-                )
-        if used != len(positions):
+    for kind, index, grid in _per_kind(grids):
+        if grid.width % grid.cols or grid.height % grid.rows:
             raise ValueError(
-                f"input_ids: {len(positions)} {kind} placeholder tokens, but the grids {list(thws)} "
-                f"account for {used}"
+                f"grids: {kind} {index}'s {grid.rows} x {grid.cols} tokens do not tile its "
+                f"{grid.width} x {grid.height} px picture in whole pixels"
+            )
+        for group in range(grid.frames):
+            count = grid.rows * grid.cols
+            span = positions[kind][used[kind] : used[kind] + count]
+            used[kind] += count
+            if len(span) < count:
+                raise ValueError(
+                    f"input_ids: {len(positions[kind])} {kind} placeholder tokens, fewer than the grids need"
+                )
+            if span[-1] - span[0] + 1 != len(span):
+                raise ValueError(f"input_ids: the tokens of {kind} {index} group {group} are not contiguous")
+            panels.append(
+                VisualPanel(
+                    kind=kind,
+                    index=index,
+                    group=None if kind == IMAGE else group,
+                    size=(grid.width, grid.height),
+                    grid=(grid.rows, grid.cols),
+                    tokens=(span[0], span[-1] + 1),
+                )
+            )
+    for kind in kinds:
+        if used[kind] != len(positions[kind]):
+            raise ValueError(
+                f"input_ids: {len(positions[kind])} {kind} placeholder tokens, but the grids account for {used[kind]}"
             )
     return sorted(panels, key=lambda panel: panel.tokens[0])
+
+
+def panel_pictures(
+    panels: Sequence[VisualPanel], grids: Sequence[VisualGrid], pictures: Sequence[Any]
+) -> list[Any]:
+    """Uint8[H, W, 3] per panel: its picture, from `pictures` (per grid, Uint8[frames, H, W, 3]).
+
+    Raises `ValueError` when a picture's shape is not its grid's (the two are read from different
+    processor outputs: the pixels and the grids).
+    """
+    if len(pictures) != len(grids):
+        raise ValueError(f"{len(pictures)} pictures for {len(grids)} visual grids")
+    by_visual = {}
+    for (kind, index, grid), picture in zip(_per_kind(grids), pictures, strict=True):
+        if tuple(picture.shape) != (grid.frames, grid.height, grid.width, 3):
+            raise ValueError(
+                f"{kind} {index}: the processor's pixels are {tuple(picture.shape)}, its grid says "
+                f"{grid.frames} x {grid.height} x {grid.width} x 3"
+            )
+        by_visual[kind, index] = picture
+    return [by_visual[panel.kind, panel.index][panel.group or 0] for panel in panels]

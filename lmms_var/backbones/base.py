@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     import torch
 
 
+# The kinds of `VisualGrid`, in the order of `Backbone.visual_token_attributes`.
+VISUAL_KINDS = ("image", "video")
+
+
 def _no_options(_args: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
@@ -35,7 +39,7 @@ class VisualGrid:
     that kind's placeholder tokens in the batch.
     """
 
-    kind: str  # "image" or "video"
+    kind: str  # one of VISUAL_KINDS
     frames: int
     rows: int
     cols: int
@@ -45,6 +49,29 @@ class VisualGrid:
     @property
     def tokens(self) -> int:
         return self.frames * self.rows * self.cols
+
+
+@dataclass(frozen=True)
+class ProcessorOutputs:
+    """How to read a family's processor outputs for a batch of prompts, beyond the grids.
+
+    `token_inputs` are `[batch, tokens]` (`input_ids`, `attention_mask`, and any other holds 0 at a
+    text token); `visual_inputs` describe the images and videos; together they are what the model's
+    forward takes. `cut_visuals(inputs, kind, first, stop)` cuts the `visual_inputs` of the `kind`
+    visuals `[first, stop)` of the batch (in processor order) out, as the processor gives them for
+    those visuals alone. `pictures(inputs, processor)` gives, per `VisualGrid` in the order
+    `visual_grids` gives them, Uint8[frames, height, width, 3]: the picture the vision tower was
+    given (a video's frame: the first of its temporal group), the processor's normalisation undone.
+    """
+
+    token_inputs: tuple[str, ...]
+    visual_inputs: tuple[str, ...]
+    cut_visuals: Callable[[Mapping[str, Any], str, int, int], dict[str, Any]]
+    pictures: Callable[[Mapping[str, Any], Any], list[Any]]
+
+    @property
+    def model_inputs(self) -> tuple[str, ...]:
+        return self.token_inputs + self.visual_inputs
 
 
 @dataclass(frozen=True, eq=False)  # one instance per family: compared and hashed by identity
@@ -111,6 +138,8 @@ class Backbone:
     lmms_eval: LmmsEvalModel
     # (processor outputs, processor) -> one `VisualGrid` per image, then per video, in batch order.
     visual_grids: Callable[[Mapping[str, Any], Any], list[VisualGrid]]
+    # Which processor outputs the forward takes, one prompt's out of a batch, the pictures seen.
+    processor_outputs: ProcessorOutputs
     # Other modules whose outputs are added to the text residual stream at visual positions (e.g.
     # Qwen3-VL's deepstack mergers), as glob patterns under the multimodal module.
     visual_residual_writers: tuple[str, ...] = ()
@@ -154,6 +183,10 @@ class Backbone:
     def visual_token_ids(self, config) -> tuple[int, ...]:
         """Ids of the visual placeholder tokens, from the model's (top-level) config."""
         return tuple(getattr(config, name) for name in self.visual_token_attributes)
+
+    def placeholder_ids(self, config) -> dict[str, int]:
+        """`{"image": id, "video": id}` (video where the family has one), from the model's config."""
+        return dict(zip(VISUAL_KINDS, self.visual_token_ids(config), strict=False))
 
     def projector_layers(self, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(first, last) linear layer of the vision-to-text projector."""

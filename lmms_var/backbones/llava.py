@@ -8,7 +8,8 @@ error, answering "" instead (our model lets the error through).
 from collections.abc import Mapping
 from typing import Any
 
-from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
+from lmms_var.backbones.base import Backbone, LmmsEvalModel, ProcessorOutputs, VisualGrid
+from lmms_var.backbones.pixels import seen_pictures
 
 
 def _visual_grids(inputs: Mapping[str, Any], processor) -> list[VisualGrid]:
@@ -20,6 +21,17 @@ def _visual_grids(inputs: Mapping[str, Any], processor) -> list[VisualGrid]:
     height, width = pixel_values.shape[-2:]
     patch = processor.patch_size
     return [VisualGrid("image", 1, height // patch, width // patch, height, width)] * pixel_values.shape[0]
+
+
+def _cut_visuals(inputs: Mapping[str, Any], _kind: str, first: int, stop: int) -> dict[str, Any]:
+    """The images `[first, stop)`: one `pixel_values` entry each."""
+    return {"pixel_values": inputs["pixel_values"][first:stop]}
+
+
+def _pictures(inputs: Mapping[str, Any], processor) -> list[Any]:
+    """Per image, Uint8[1, H, W, 3]: CLIP's processor resized it (shortest edge) and cropped the centre
+    square (336 x 336 for LLaVA-1.5); `pixel_values` holds that square as it is."""
+    return [picture[None] for picture in seen_pictures(inputs["pixel_values"], processor.image_processor)]
 
 
 def _hub_options(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,6 +61,12 @@ LLAVA = Backbone(
     visual_token_attributes=("image_token_id",),
     projector=("multi_modal_projector.linear_1", "multi_modal_projector.linear_2"),
     visual_grids=_visual_grids,
+    processor_outputs=ProcessorOutputs(
+        token_inputs=("input_ids", "attention_mask"),
+        visual_inputs=("pixel_values",),
+        cut_visuals=_cut_visuals,
+        pictures=_pictures,
+    ),
     lmms_eval=LmmsEvalModel(
         model_id="llava_hf_var",
         upstream_id="llava_hf",

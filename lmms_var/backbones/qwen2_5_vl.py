@@ -2,6 +2,7 @@
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
 from lmms_var.backbones.qwen2_vl import qwen_state, qwen_visual_grids
+from lmms_var.backbones.qwen_vl_outputs import QWEN_VL_OUTPUTS
 
 QWEN2_5_VL = Backbone(
     family="Qwen2.5-VL",
@@ -10,6 +11,7 @@ QWEN2_5_VL = Backbone(
     visual_token_attributes=("image_token_id", "video_token_id"),
     projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
     visual_grids=qwen_visual_grids,
+    processor_outputs=QWEN_VL_OUTPUTS,
     lmms_eval=LmmsEvalModel(
         model_id="qwen2_5_vl_var",
         upstream_id="qwen2_5_vl",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
+from lmms_var.backbones.qwen_vl_outputs import QWEN_VL_OUTPUTS
 
 
 def qwen_visual_grids(inputs: Mapping[str, Any], processor) -> list[VisualGrid]:
@@ -52,6 +53,7 @@ QWEN2_VL = Backbone(
     visual_token_attributes=("image_token_id", "video_token_id"),
     projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
     visual_grids=qwen_visual_grids,
+    processor_outputs=QWEN_VL_OUTPUTS,
     lmms_eval=LmmsEvalModel(
         model_id="qwen2_vl_var",
         upstream_id="qwen2_vl",

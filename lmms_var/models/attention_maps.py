@@ -12,7 +12,7 @@ from pathlib import Path
 from loguru import logger as eval_logger
 
 from lmms_var.attention_maps import MapSettings, attention_maps, random_model_note, save_attention_maps
-from lmms_var.attention_maps.family import split_batch, visual_grids
+from lmms_var.attention_maps.inputs import split_batch
 from lmms_var.models.args import ModelArgError, parse_positive_int
 from lmms_var.models.diagnostics import run_output_folder, watching_generate
 from lmms_var.patch import VARHandle
@@ -91,7 +91,7 @@ class AttentionMapRecorder:
         ]
         if not wanted:
             return
-        samples = split_batch(inputs, visual_grids(self.handle.model, self.processor, inputs))
+        samples = split_batch(self.handle.model, self.processor, inputs)
         if len(samples) != len(docs):
             eval_logger.warning(
                 f"attention_maps: a batch of {len(samples)} prompts came with {len(docs)} docs; skipped"

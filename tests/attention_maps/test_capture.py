@@ -3,7 +3,7 @@
 "Before": transformers' own `output_attentions` of the plain model. "After": the VAR run's attention
 (`output_attentions` with VAR on an eager base), sinks found from its hidden states, and spec step 4
 written out here by hand. Both averaged over the chosen layers, heads and rows, then compared per
-visual token with what `attention_maps` puts on every panel.
+visual token with what `attention_maps` puts on every panel, for every family of the test matrix.
 """
 
 from contextlib import contextmanager
@@ -17,8 +17,10 @@ from lmms_var.attention_maps import MapSettings, attention_maps, default_layers,
 from lmms_var.attention_maps.figure import draw_figure
 from lmms_var.core import find_sink_tokens
 from lmms_var.testing.images import random_image
-from tests.conftest import TINY_SPEC, TINY_TAU
+from lmms_var.testing.tiny_families import TINY_FAMILIES
+from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
 from tests.patch.conftest import QUESTIONS, chat_text, prompt_inputs
+from tests.patch.eager_reference import visual_token_ids
 
 # except_last_layer=False: VAR acts on layers 2 and 3 of the 4-layer tiny model, so averages span two.
 CONFIG = VARConfig(sink_dims=TINY_SPEC.sink_dims, tau=TINY_TAU, except_last_layer=False)
@@ -47,10 +49,10 @@ def redistributed_by_hand(attn, visual, sinks, allowed, config: VARConfig):
     return torch.where(selected[..., None], moved, attn), selected
 
 
-def independent_maps(model, inputs, rows_rule: str):
+def independent_maps(model, processor, model_type: str, inputs, rows_rule: str):
     """Per key (before, after), the heads used and the visual sink positions, without `attention_maps`."""
     ids = inputs["input_ids"][0]
-    visual = (ids == model.config.image_token_id) | (ids == model.config.video_token_id)
+    visual = torch.isin(ids, torch.tensor(visual_token_ids(model_type, processor)))
     allowed = (visual.cumsum(0) > 0) & ~visual
     rows = allowed.nonzero().flatten() if rows_rule == "all" else torch.tensor([len(ids) - 1])
     with torch.no_grad(), eager(model):
@@ -90,17 +92,36 @@ def image_and_video(processor):
     return processor(text=[text], images=[random_image(9)], videos=[frames], return_tensors="pt")
 
 
-@pytest.mark.parametrize("make_inputs", [two_images, image_and_video])
-@pytest.mark.parametrize("rows", ["last", "all"])
-def test_every_panel_holds_the_averaged_attention_before_and_after_var(tiny_model, make_inputs, rows):
-    model, processor = tiny_model
+# Every family with two images and every row VAR may change; Qwen2.5-VL also with the last row only;
+# the families that take videos with a video of two temporal groups after an image.
+HONEST_CASES = [
+    *((model_type, two_images, "all") for model_type in FAMILIES),
+    (TINY_SPEC.model_type, two_images, "last"),
+    *(
+        (model_type, image_and_video, "all")
+        for model_type in FAMILIES
+        if len(TINY_FAMILIES[model_type].visual_tokens) > 1
+    ),
+]
+
+
+@pytest.mark.parametrize(("model_type", "make_inputs", "rows"), HONEST_CASES)
+def test_every_panel_holds_the_averaged_attention_before_and_after_var(
+    tiny_models, model_type, make_inputs, rows
+):
+    model, processor = tiny_models(model_type)
     inputs = make_inputs(processor)
-    expected, heads, expected_rows, sink_positions, pairs = independent_maps(model, inputs, rows)
+    expected, heads, expected_rows, sink_positions, pairs = independent_maps(
+        model, processor, model_type, inputs, rows
+    )
     with enable_var(model, CONFIG) as handle:
         maps = attention_maps(handle, processor, inputs, MapSettings(layers=LAYERS, rows=rows))
     assert (maps.layers, list(maps.heads), list(maps.rows)) == (LAYERS, heads, expected_rows)
     assert maps.head_rule == "selected" and maps.total_selected_pairs == pairs > 0
     assert len(maps.panels) == (2 if make_inputs is two_images else 3)  # a video of 4 frames: 2 groups
+    visual = torch.isin(inputs["input_ids"][0], torch.tensor(visual_token_ids(model_type, processor)))
+    drawn = [position for panel_map in maps.panels for position in range(*panel_map.panel.tokens)]
+    assert drawn == visual.nonzero().flatten().tolist()  # every visual token on one panel, in prompt order
     for panel_map in maps.panels:
         start, stop = panel_map.panel.tokens
         data = panel_map.to_json()

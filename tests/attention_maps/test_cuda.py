@@ -1,4 +1,4 @@
-"""Attention maps on a CUDA device give the CPU's numbers (skipped without a GPU).
+"""Attention maps on a CUDA device give the CPU's numbers, for every family (skipped without a GPU).
 
 There VAR runs its Triton kernels for the layer outputs while the maps read eager attention, so this
 also checks that the eager switch for the two runs works with them.
@@ -22,8 +22,8 @@ def maps_on(model, processor, inputs):
         return attention_maps(handle, processor, inputs, MapSettings(layers=LAYERS, rows="all", heads="all"))
 
 
-def test_maps_on_cuda_match_the_cpu(tiny_model):
-    model, processor = tiny_model
+def test_maps_on_cuda_match_the_cpu(family_model):
+    model, processor = family_model
     inputs = two_images(processor)
     on_cpu = maps_on(model, processor, inputs)
     on_gpu = maps_on(copy.deepcopy(model).to("cuda"), processor, inputs)
@@ -35,9 +35,9 @@ def test_maps_on_cuda_match_the_cpu(tiny_model):
         assert np.abs(gpu.image.astype(int) - cpu.image.astype(int)).max() <= 1
 
 
-def test_maps_in_bfloat16_are_close_to_float32(tiny_model):
+def test_maps_in_bfloat16_are_close_to_float32(family_model):
     """bfloat16 attention has 3 significant digits, and a token near tau may flip: masses stay close."""
-    model, processor = tiny_model
+    model, processor = family_model
     inputs = two_images(processor)
     on_cpu = maps_on(model, processor, inputs)
     in_bf16 = maps_on(copy.deepcopy(model).to("cuda", torch.bfloat16), processor, inputs)

@@ -37,7 +37,7 @@ def model_args(checkpoint: Path, extra: str = TINY_VAR_ARGS) -> str:
     return join_args(f"pretrained={checkpoint}", extra)
 
 
-def var_on(family: str, checkpoint: Path, name: str) -> dict:
+def var_on(family: str, checkpoint: Path, name: str, extra: str = "") -> dict:
     """A --config entry: the family's VAR model on, diagnostics in the run's own folder."""
     backbone = backbone_for_model_type(family)
     return {
@@ -45,7 +45,7 @@ def var_on(family: str, checkpoint: Path, name: str) -> dict:
         "model": backbone.lmms_eval.model_id,
         # Relative paths resolve in the launch folder, which holds every run's output folder.
         "model_args": model_args(
-            checkpoint, join_args(TINY_SINKS, image_args(backbone), ON_CPU, f"diagnostics_path={name}")
+            checkpoint, join_args(TINY_SINKS, image_args(backbone), ON_CPU, f"diagnostics_path={name}", extra)
         ),
     }
 
@@ -56,7 +56,7 @@ def parity_runs(family: str, checkpoint: Path) -> list[dict]:
     spec = backbone.lmms_eval
     same_dtype = "dtype=bfloat16" if spec.cuda_dtype == "bfloat16" else ""
     return [
-        var_on(family, checkpoint, f"{family}_var"),
+        var_on(family, checkpoint, f"{family}_var", f"attention_maps=1,attention_maps_path={family}_maps"),
         {
             "name": f"{family}_off",
             "model": spec.model_id,
@@ -192,7 +192,8 @@ def test_batches_parity_and_bad_args_in_one_lmms_eval_process(single, config_run
 
 @pytest.mark.parametrize("family", OTHER_FAMILIES)
 def test_every_family_runs_with_var_and_matches_upstream_without(config_runs, family):
-    """VAR on writes results and redistributes attention; var=false gives lmms-eval's own predictions."""
+    """VAR on writes results, redistributes attention and draws each task's first doc; var=false gives
+    lmms-eval's own predictions."""
     spec = backbone_for_model_type(family).lmms_eval
     on, off, upstream = (config_run(config_runs, f"{family}_{kind}") for kind in ("var", "off", "upstream"))
     for run in (on, off, upstream):
@@ -202,6 +203,9 @@ def test_every_family_runs_with_var_and_matches_upstream_without(config_runs, fa
     diagnostics = on.diagnostics()
     assert {(r["task"], r["doc_id"]) for r in diagnostics} == EXPECTED_DOCS
     assert any(r["visual_sinks"][0] > 0 and r["redistributed_rows"] > 0 for r in diagnostics)
+    assert_attention_maps(
+        config_runs / f"{family}_maps", {(r["task"], r["doc_id"]): r for r in diagnostics}, doc_ids=(0,)
+    )
     assert off.predictions() == upstream.predictions()
     # The letter-answering checkpoints answer per image: the comparison is not between empty answers.
     assert len({str(prediction) for prediction in upstream.predictions().values()}) > 1

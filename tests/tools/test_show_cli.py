@@ -1,4 +1,4 @@
-"""`lmms-var show` on the tiny checkpoint: a PNG and its JSON, and clear messages for bad inputs."""
+"""`lmms-var show` on every family's tiny checkpoint: a PNG and its JSON, and clear messages for bad inputs."""
 
 import json
 
@@ -10,7 +10,7 @@ from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
 from lmms_var.testing.images import random_image
 from lmms_var.tools import show
 from lmms_var.tools.cli import build_parser, main
-from tests.conftest import TINY_SPEC, TINY_TAU
+from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
 
 TINY_ARGS = ["--sink-dims", *map(str, TINY_SPEC.sink_dims), "--tau", str(TINY_TAU)]
 
@@ -40,9 +40,10 @@ def show_args(checkpoint, images, output, *extra: str, var_args: list[str] = TIN
     ]
 
 
-def test_show_writes_a_png_and_its_json(tiny_checkpoint, images, tmp_path, capsys):
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_show_writes_a_png_and_its_json(tiny_checkpoints, model_type, images, tmp_path, capsys):
     output = tmp_path / "maps" / "attention.png"
-    assert main(show_args(tiny_checkpoint, images, output, "--rows", "all")) == 0
+    assert main(show_args(tiny_checkpoints(model_type), images, output, "--rows", "all")) == 0
     with Image.open(output) as figure:
         assert figure.format == "PNG" and figure.width > 500
     data = json.loads(output.with_suffix(".json").read_text())
@@ -51,10 +52,17 @@ def test_show_writes_a_png_and_its_json(tiny_checkpoint, images, tmp_path, capsy
     assert len(data["images"]) == 2
     for entry in data["images"]:
         rows, cols = entry["grid"]
-        assert entry["size"] == [cols * 28, rows * 28]
+        width, height = entry["size"]
+        assert (
+            width % cols == 0
+            and height % rows == 0
+            and entry["tokens"][1] - entry["tokens"][0] == rows * cols
+        )
         assert len(entry["before"]) == len(entry["after"]) == rows and len(entry["before"][0]) == cols
         assert set(entry["image_mass"]) == set(entry["sink_mass"]) == {"before", "after"}
-    assert data["images"][0]["size"][0] > data["images"][0]["size"][1]  # the wide image stays wide
+    # The wide image is wide and the tall one tall as the model saw them (or square: a centre crop).
+    (wide_width, wide_height), (tall_width, tall_height) = (entry["size"] for entry in data["images"])
+    assert wide_width >= wide_height and tall_width <= tall_height
     out = capsys.readouterr().out
     assert "image 1 (" in out and f"wrote {output} and {output.with_suffix('.json')}" in out
 
