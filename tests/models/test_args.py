@@ -56,7 +56,9 @@ def test_bad_sink_dims_name_the_argument(value):
         parse_sink_dims(value)
 
 
-@pytest.mark.parametrize(("name", "value"), [("p", 2), ("rho", -0.1), ("summ", 1.5), ("tau", 0)])
+@pytest.mark.parametrize(
+    ("name", "value"), [("p", 2), ("rho", -0.1), ("summ", 1.5), ("tau", 0), ("tau", "inf"), ("tau", "nan")]
+)
 def test_out_of_range_hyper_parameters_name_the_argument(name, value):
     with pytest.raises(ModelArgError, match=rf"invalid model_args: {name} must be"):
         options(**{name: value})
