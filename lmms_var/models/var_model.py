@@ -126,8 +126,11 @@ class VARModel:
             with model_arg_checks():
                 if maps.folder is not None:
                     check_output_folder(maps.folder, "attention_maps_path")
-                if options.enabled and options.sink_dims == AUTO:
+            if options.enabled and options.sink_dims == AUTO:
+                try:
                     checked_cache_dir()
+                except ValueError as error:
+                    raise ModelArgError(f"sink_dims=auto: {error}") from None
             self.accelerator = Accelerator()
             self._device, self.device_map = _placement(self.accelerator, device, device_map)
             hub_options = spec.hub_options(args)

@@ -340,7 +340,7 @@ def test_a_cache_folder_that_is_a_file_fails_sink_dims_auto_before_loading(
     with pytest.raises(ModelArgError) as error:
         Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), sink_dims="auto")
     assert str(error.value) == (
-        "qwen2_5_vl_var: invalid model_args: the sink-dims cache folder (from $LMMS_VAR_CACHE_DIR) "
+        "qwen2_5_vl_var: invalid model_args: sink_dims=auto: the sink-dims cache folder (from $LMMS_VAR_CACHE_DIR) "
         f"{a_file} is a file; give a folder"
     )
 
