@@ -7,8 +7,14 @@ Each check raises a `ValueError` naming the argument as its caller knows it (`wh
 the package, so every layer can use it; torch is imported only by the device check.
 """
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def check_output_file(path: str | Path, what: str) -> Path:
@@ -48,7 +54,7 @@ def _check_creatable(path: Path, what: str) -> None:
         raise ValueError(f"{what} {path} cannot be created: this user cannot write in {ancestor}")
 
 
-def check_device(device: str, what: str):
+def check_device(device: str, what: str) -> torch.device:
     """`device` parsed as a `torch.device` that exists here (a `cuda` device needs a visible GPU)."""
     import torch  # here: the other checks serve `lmms-var --help`, which must not wait for torch
 
