@@ -4,6 +4,7 @@ This module imports nothing else from the package, so every layer can use it. A 
 sink dims comes from `lmms_var.config_from_model` (in `sink_dims.auto`, the layer that measures).
 """
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,8 +39,9 @@ class VARConfig:
         _check_range("p", self.p, 0.0, 1.0)
         _check_range("rho", self.rho, 0.0, 1.0)
         _check_range("summ", self.summ, 0.0, 1.0)
-        if not _is_number(self.tau) or not self.tau > 0:
-            raise ValueError(f"VARConfig.tau must be > 0, got {self.tau!r}")
+        # An infinite tau finds no sink anywhere: VAR would silently change nothing.
+        if not _is_number(self.tau) or not 0 < self.tau < math.inf:
+            raise ValueError(f"VARConfig.tau must be a finite number > 0, got {self.tau!r}")
 
     def active_layers(self, num_layers: int) -> range:
         """Decoder layers VAR acts on: never the first two, and not the last with `except_last_layer`."""

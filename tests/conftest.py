@@ -7,6 +7,7 @@ tests that take `family_model` or `family_checkpoint` run once per entry.
 from pathlib import Path
 
 import pytest
+from loguru import logger
 
 from lmms_var.testing import TINY_TAU, TinySpec, build_tiny_model, save_tiny_checkpoint
 from lmms_var.testing.spatial_data import write_spatial_root
@@ -14,6 +15,15 @@ from lmms_var.testing.spatial_data import write_spatial_root
 __all__ = ["FAMILIES", "TINY_SPEC", "TINY_TAU"]
 TINY_SPEC = TinySpec()
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava")
+
+
+@pytest.fixture
+def log_lines() -> list[str]:
+    """Messages loguru (lmms-eval's logger, and ours in lmms-eval runs) logs during the test, INFO and up."""
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
+    yield lines
+    logger.remove(sink)
 
 
 @pytest.fixture(scope="session")

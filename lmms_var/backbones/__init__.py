@@ -5,6 +5,8 @@ list it in `BACKBONES`; the README's "Adding a backbone" says what else (a tiny 
 in the test matrix).
 """
 
+import os
+
 from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
 from lmms_var.backbones.llava import LLAVA
 from lmms_var.backbones.qwen2_5_vl import QWEN2_5_VL
@@ -22,6 +24,7 @@ __all__ = [
     "backbone_for",
     "backbone_for_config",
     "backbone_for_model_type",
+    "checkpoint_config",
 ]
 
 
@@ -52,3 +55,29 @@ def backbone_for(model) -> Backbone:
     """The backbone of a loaded model (a `...ForConditionalGeneration` or its inner multimodal module)."""
     config = getattr(model, "config", None)
     return backbone_for_model_type(getattr(config, "model_type", None), type(model).__name__)
+
+
+def checkpoint_config(pretrained: str, what: str, **hub_options):
+    """The config of a checkpoint (a local folder or a Hub id), read alone, before any weights load.
+
+    A `ValueError` starting with `what` (the argument as the caller names it: `pretrained=`,
+    `--model `) says why it cannot be read: no such folder, a folder without a config.json, or the
+    Hub's own answer. `hub_options` go to `from_pretrained` (e.g. `revision`).
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id  # see base.py's docstring
+    from transformers import AutoConfig
+
+    if os.path.isdir(pretrained) and not os.path.isfile(os.path.join(pretrained, "config.json")):
+        raise ValueError(f"{what}{pretrained}: a folder without a config.json, not a checkpoint")
+    if not os.path.exists(pretrained):
+        try:
+            validate_repo_id(pretrained)
+        except HFValidationError:
+            raise ValueError(
+                f"{what}{pretrained}: no such folder (give a checkpoint folder or a Hub model id such as "
+                f"{BACKBONES[0].lmms_eval.default_pretrained})"
+            ) from None
+    try:
+        return AutoConfig.from_pretrained(pretrained, **hub_options)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{what}{pretrained}: not a checkpoint folder or Hub model id ({error})") from None

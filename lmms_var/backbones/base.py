@@ -29,6 +29,10 @@ def _no_options(_args: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _no_checks(_args: Mapping[str, Any]) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class VisualGrid:
     """How one image's (or video's) visual tokens tile the picture the model saw.
@@ -102,16 +106,14 @@ class LmmsEvalModel:
     max_batch_size: int | None = None
     # The attribute `state` sets to the model's processor (the finder needs it for `sink_dims=auto`).
     processor_attribute: str = "processor"
+    # Checks of upstream's args (all filled in) that upstream lacks; a `ValueError` names the arg.
+    check_upstream_args: Callable[[Mapping[str, Any]], None] = _no_checks
 
     def upstream_arguments(self, given: Mapping[str, Any]) -> dict[str, Any]:
-        """Upstream's args with its defaults filled in; a `TypeError` names any arg neither model takes."""
-        unknown = sorted(set(given) - set(self.upstream_args))
-        if unknown:
-            raise TypeError(
-                f"{self.model_id} got unexpected model_args {unknown}; besides VAR's own it takes "
-                f"lmms-eval's {self.upstream_id} args {sorted(self.upstream_args)}"
-            )
-        return {**self.upstream_args, **given}
+        """Upstream's args (`given`, all among `upstream_args`) with its defaults filled in, checked."""
+        arguments = {**self.upstream_args, **given}
+        self.check_upstream_args(arguments)
+        return arguments
 
     @property
     def class_stem(self) -> str:
@@ -154,6 +156,9 @@ class Backbone:
     query_key_norms: tuple[str, str] | None = None
     # Keyword names under which the multimodal module's forward receives the KV cache.
     cache_kwargs: tuple[str, ...] = ("cache", "past_key_values")
+    # (width, height) -> why the family's image processor, with its defaults, would refuse an image
+    # of that size (asking the processor's own code), or None when it takes it. None: it takes any.
+    image_size_refusal: Callable[[int, int], str | None] | None = None
 
     def multimodal_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module that owns the text decoder: `model.model` of a loaded checkpoint, or `model` itself."""

@@ -2,7 +2,8 @@
 
 lmms-eval's `llava_hf` (simple and chat) loads `dtype=auto` (the checkpoint's), generates one prompt
 at a time, keeps the processor as `_image_processor` with left padding, and catches every generation
-error, answering "" instead (our model lets the error through).
+error, answering "" instead (our model lets the error through). Its CLIP image processor takes an
+image of any size (shortest side resized, then a centre crop), so it has no `image_size_refusal`.
 """
 
 from collections.abc import Mapping

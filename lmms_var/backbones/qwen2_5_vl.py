@@ -1,7 +1,12 @@
 """Qwen2.5-VL (`qwen2_5_vl`): lmms-eval's `qwen2_5_vl` (simple and chat) loads bfloat16."""
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen2_vl import qwen_state, qwen_visual_grids
+from lmms_var.backbones.qwen2_vl import (
+    qwen_image_size_refusal,
+    qwen_pixel_bounds,
+    qwen_state,
+    qwen_visual_grids,
+)
 from lmms_var.backbones.qwen_vl_outputs import QWEN_VL_OUTPUTS
 
 QWEN2_5_VL = Backbone(
@@ -12,6 +17,7 @@ QWEN2_5_VL = Backbone(
     projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
     visual_grids=qwen_visual_grids,
     processor_outputs=QWEN_VL_OUTPUTS,
+    image_size_refusal=qwen_image_size_refusal,
     lmms_eval=LmmsEvalModel(
         model_id="qwen2_5_vl_var",
         upstream_id="qwen2_5_vl",
@@ -29,6 +35,7 @@ QWEN2_5_VL = Backbone(
             "reasoning_prompt": None,
             "max_length": 2048,
         },
+        check_upstream_args=qwen_pixel_bounds,
         state=qwen_state(
             (
                 "use_cache",

@@ -25,6 +25,43 @@ def qwen_visual_grids(inputs: Mapping[str, Any], processor) -> list[VisualGrid]:
     ]
 
 
+def qwen_image_size_refusal(width: int, height: int) -> str | None:
+    """Why the Qwen-VL image processor (Qwen2-VL's, which Qwen2.5-VL and Qwen3-VL use too) would
+    refuse a `width` x `height` image: its own `smart_resize` is asked, with the processor's defaults.
+    It refuses an aspect ratio over 200 (e.g. 6000x20), in the middle of generation."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import (  # see base.py's docstring
+        Qwen2VLImageProcessor,
+        smart_resize,
+    )
+
+    processor = Qwen2VLImageProcessor
+    try:
+        smart_resize(
+            height,
+            width,
+            factor=processor.patch_size * processor.merge_size,
+            min_pixels=processor.size["shortest_edge"],
+            max_pixels=processor.size["longest_edge"],
+        )
+    except (ValueError, ZeroDivisionError) as error:
+        return str(error) or type(error).__name__
+    return None
+
+
+def qwen_pixel_bounds(args: Mapping[str, Any]) -> None:
+    """lmms-eval's Qwen-VL models hand `min_pixels` and `max_pixels` to the processor, which takes a
+    minimum above the maximum without a word (and then resizes every image against one of them)."""
+    bounds = {name: args[name] for name in ("min_pixels", "max_pixels")}
+    for name, value in bounds.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise ValueError(f"{name} must be a positive number of pixels, got {value!r}")
+    if bounds["min_pixels"] > bounds["max_pixels"]:
+        raise ValueError(
+            f"min_pixels must be at most max_pixels, got min_pixels={bounds['min_pixels']} > "
+            f"max_pixels={bounds['max_pixels']}"
+        )
+
+
 def qwen_state(stored: tuple[str, ...]) -> Callable[[str, Mapping[str, Any]], dict[str, Any]]:
     """What lmms-eval's Qwen-VL `__init__`s set: the `stored` args under their own names, the reasoning
     prompt with `\\n` unescaped, the length limit, a processor with the pixel bounds and a tokenizer."""
@@ -54,6 +91,7 @@ QWEN2_VL = Backbone(
     projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
     visual_grids=qwen_visual_grids,
     processor_outputs=QWEN_VL_OUTPUTS,
+    image_size_refusal=qwen_image_size_refusal,
     lmms_eval=LmmsEvalModel(
         model_id="qwen2_vl_var",
         upstream_id="qwen2_vl",
@@ -76,5 +114,6 @@ QWEN2_VL = Backbone(
         ),
         cuda_dtype="auto",
         flash_attention_flag="use_flash_attention_2",
+        check_upstream_args=qwen_pixel_bounds,
     ),
 )

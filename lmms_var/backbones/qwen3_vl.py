@@ -11,7 +11,12 @@ to `"cuda"`; it also loads MoE and Qwen3.5 checkpoints, which are other model ty
 """
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen2_vl import qwen_state, qwen_visual_grids
+from lmms_var.backbones.qwen2_vl import (
+    qwen_image_size_refusal,
+    qwen_pixel_bounds,
+    qwen_state,
+    qwen_visual_grids,
+)
 from lmms_var.backbones.qwen_vl_outputs import QWEN_VL_OUTPUTS
 
 QWEN3_VL = Backbone(
@@ -24,6 +29,7 @@ QWEN3_VL = Backbone(
     query_key_norms=("self_attn.q_norm", "self_attn.k_norm"),
     visual_grids=qwen_visual_grids,
     processor_outputs=QWEN_VL_OUTPUTS,
+    image_size_refusal=qwen_image_size_refusal,
     lmms_eval=LmmsEvalModel(
         model_id="qwen3_vl_var",
         upstream_id="qwen3_vl",
@@ -42,6 +48,7 @@ QWEN3_VL = Backbone(
             "enable_thinking": None,
             "reasoning_prompt": None,
         },
+        check_upstream_args=qwen_pixel_bounds,
         state=qwen_state(
             (
                 "use_cache",

@@ -5,6 +5,13 @@ from pathlib import Path
 from lmms_var.leaderboard.table import Leaderboard
 
 
+def plot_formats() -> list[str]:
+    """The file suffixes (without the dot) `plot_deltas` can save to: matplotlib's, read without drawing."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return sorted(FigureCanvasAgg.get_supported_filetypes())
+
+
 def plot_deltas(board: Leaderboard, path: str | Path):
     """Save grouped bars (one group per task, one bar per compared run) to `path`; returns the figure."""
     import matplotlib

@@ -5,14 +5,18 @@ the model sees them (`sink_dims=458` arrives as 458, `var=false` as False), so e
 accepts those as well as strings. Each error names the model arg and what it expected.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from lmms_eval.utils import _smart_comma_split, handle_arg_string
 
 from lmms_var.config import VARConfig
 
 AUTO = "auto"
+# lmms-eval passes its own `--batch_size` to every model, 1 when the command line leaves it out.
+LMMS_EVAL_DEFAULT_BATCH_SIZE = 1
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 DTYPES = {
@@ -37,6 +41,69 @@ class ModelArgError(ValueError):
 
     def for_model(self, model: str) -> "ModelArgError":
         return self if self.model else ModelArgError(self.message, model)
+
+
+@contextmanager
+def model_arg_checks() -> Iterator[None]:
+    """Within: a `ValueError` of a check shared with other callers (paths, devices, checkpoints, the
+    backbone's upstream args) becomes a `ModelArgError`, so the log shows it as one."""
+    try:
+        yield
+    except ModelArgError:
+        raise
+    except ValueError as error:
+        raise ModelArgError(str(error)) from None
+
+
+def parse_model_args(arg_string: str) -> dict[str, object]:
+    """`--model_args` as lmms-eval parses them (`k=v,k=v`, commas inside quotes or brackets kept,
+    values typed), but a piece that is not `k=v` or an arg given twice is a `ModelArgError`."""
+    args: dict[str, object] = {}
+    previous = None
+    for piece in _smart_comma_split(arg_string.strip()):
+        name, equals, text = piece.partition("=")
+        name = name.strip()
+        if not equals or not name:
+            hint = ""
+            if previous == "sink_dims":
+                hint = f"; separate sink dims with ';': sink_dims={args[previous]};{piece}"
+            elif previous is not None:
+                hint = f" (after {previous}={args[previous]})"
+            raise ModelArgError(
+                f"{piece!r} is not an arg=value pair{hint}; commas separate model args (k=v,k=v)"
+            )
+        if name in args:
+            raise ModelArgError(f"{name} is given twice ({name}={args[name]} and {name}={text})")
+        args[name] = handle_arg_string(text)
+        previous = name
+    return args
+
+
+def merge_lmms_eval_options(model_args: Mapping[str, object], options: Mapping[str, object]) -> dict:
+    """The model args with the options lmms-eval passes every model (`--batch_size`, `--device`,
+    `--max_batch_size`; None when not given) added.
+
+    `--model_args` decides `batch_size` when lmms-eval's `--batch_size` is its default 1; an arg given
+    both ways with different values is an error, so no run silently uses the one the user did not mean.
+    """
+    merged = dict(model_args)
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "max_batch_size":
+            raise ModelArgError(
+                f"lmms-eval's --max_batch_size {value} applies to --batch_size auto, which this model does "
+                "not take; give batch_size=N"
+            )
+        if name not in merged:
+            merged[name] = value
+        elif str(merged[name]) != str(value) and not (
+            name == "batch_size" and str(value) == str(LMMS_EVAL_DEFAULT_BATCH_SIZE)
+        ):
+            raise ModelArgError(
+                f"{name}={merged[name]} in --model_args and lmms-eval's --{name} {value} differ; give one of them"
+            )
+    return merged
 
 
 def parse_bool(name: str, value: object) -> bool:

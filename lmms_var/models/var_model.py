@@ -10,33 +10,40 @@ what upstream's `__init__` sets (`LmmsEvalModel`), so `var=false` reproduces ups
 generation errors through where upstream would answer "" instead.
 """
 
+import inspect
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from accelerate import Accelerator, DistributedType
 from lmms_eval.api.model import lmms
 from lmms_eval.utils import get_datetime_str
 from loguru import logger as eval_logger
-from transformers import AutoConfig
 
-from lmms_var.backbones import Backbone, UnsupportedModelError, backbone_for_config
+from lmms_var.backbones import Backbone, UnsupportedModelError, backbone_for_config, checkpoint_config
+from lmms_var.checks import check_device, check_output_file, check_output_folder
 from lmms_var.models.args import (
     AUTO,
     ModelArgError,
     VAROptions,
+    merge_lmms_eval_options,
+    model_arg_checks,
     parse_bool,
     parse_dtype,
     parse_journal,
+    parse_model_args,
     parse_positive_int,
     parse_var_options,
 )
 from lmms_var.models.attention_maps import parse_attention_maps
 from lmms_var.models.diagnostics import DiagnosticsRecorder, resolve_diagnostics_path
 from lmms_var.models.journal import Journal, journal_settings, resolve_journal_dir
+from lmms_var.models.sink_check import FirstBatchSinkCheck
 from lmms_var.patch import VARHandle, enable_var
 from lmms_var.patch.attention import BASE_IMPLEMENTATIONS
+from lmms_var.sink_dims.auto import auto_sink_dims, checked_cache_dir
 from lmms_var.sink_dims.known import lookup_known
 
 
@@ -75,9 +82,16 @@ class VARModel:
         lmms.__init__(self)
         spec = self.backbone.lmms_eval
         pretrained = pretrained or spec.default_pretrained
-        args = spec.upstream_arguments(upstream_args)
         # Upstream's `__init__`, in its order, with every argument checked before weights load.
         with _errors_naming(spec.model_id):
+            unknown = sorted(set(upstream_args) - set(spec.upstream_args))
+            if unknown:
+                raise ModelArgError(
+                    f"unknown arg(s) {unknown}: {spec.model_id} takes {sorted(VAR_MODEL_ARGS)} and "
+                    f"lmms-eval's {spec.upstream_id} args {sorted(spec.upstream_args)}"
+                )
+            with model_arg_checks():
+                args = spec.upstream_arguments(upstream_args)
             options = parse_var_options(
                 var=var,
                 sink_dims=sink_dims,
@@ -108,12 +122,22 @@ class VARModel:
                     f"generates {spec.max_batch_size} prompt(s) at a time, got {self.batch_size_per_gpu}"
                 )
             journal_dir = resolve_journal_dir(parse_journal(journal), pretrained)
+            diagnostics_file = _diagnostics_file(options, pretrained, run_id)
+            with model_arg_checks():
+                if maps.folder is not None:
+                    check_output_folder(maps.folder, "attention_maps_path")
+            if options.enabled and options.sink_dims == AUTO:
+                try:
+                    checked_cache_dir()
+                except ValueError as error:
+                    raise ModelArgError(f"sink_dims=auto: {error}") from None
             self.accelerator = Accelerator()
             self._device, self.device_map = _placement(self.accelerator, device, device_map)
             hub_options = spec.hub_options(args)
             # Read the config alone first: a checkpoint of another family, or unknown sink dims, must
             # fail before any weights are loaded.
-            model_config = AutoConfig.from_pretrained(pretrained, **hub_options)
+            with model_arg_checks():
+                model_config = checkpoint_config(pretrained, "pretrained=", **hub_options)
             self._check_family(pretrained, model_config)
             known = _known_sink_dims(options, pretrained, model_config)
             load_dtype = parse_dtype(dtype, self._device.type, spec.cuda_dtype)
@@ -135,10 +159,12 @@ class VARModel:
             self._config = self._model.config
 
             self.var_handle = self._attach_var(options, known)
+            self._sink_check = None
+            if self.var_handle is not None and self.accelerator.is_main_process:
+                self._sink_check = FirstBatchSinkCheck(self.var_handle, spec.model_id, pretrained)
             self._diagnostics = None
             if self.var_handle is not None and options.diagnostics:
-                path = resolve_diagnostics_path(options.diagnostics_path, pretrained, run_id)
-                self._diagnostics = DiagnosticsRecorder(self.var_handle, path)
+                self._diagnostics = DiagnosticsRecorder(self.var_handle, diagnostics_file)
             self._attention_maps = maps.recorder(self.var_handle, getattr(self, spec.processor_attribute))
             self._journal = None
             if journal_dir is not None:
@@ -148,6 +174,15 @@ class VARModel:
                 )
                 self._journal = Journal(journal_dir, settings, rank=self.accelerator.process_index)
             self._distribute()
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
+        """How lmms-eval builds the model from `--model_args` and its own options (`--batch_size`,
+        `--device`, ...): as upstream's, but a piece that is not `k=v` (`sink_dims=17,93`) fails naming
+        it, and `batch_size=N` in `--model_args` works (lmms-eval passes its own `--batch_size` too)."""
+        with _errors_naming(cls.backbone.lmms_eval.model_id):
+            args = merge_lmms_eval_options(parse_model_args(arg_string), additional_config or {})
+        return cls(**args)
 
     def _check_family(self, pretrained: str, model_config) -> None:
         backbone = self.backbone
@@ -167,8 +202,6 @@ class VARModel:
             self._log(f"VAR off (var=false): plain {self.backbone.family}")
             return None
         if known is None:  # sink_dims=auto
-            from lmms_var.sink_dims.auto import auto_sink_dims
-
             processor = getattr(self, self.backbone.lmms_eval.processor_attribute)
             dims, source = auto_sink_dims(self._model, processor, tau=options.tau)
             known = tuple(dims), f"sink_dims=auto ({source})"
@@ -213,9 +246,10 @@ class VARModel:
 
     def _generate_until(self, requests):
         """Upstream's generation; diagnostics (one record per sample, flushed after the call) and
-        attention maps watch its batches. Diagnostics first: they read VAR's state before maps rerun."""
+        attention maps watch its batches, after the first batch's sink check. Those reading VAR's state
+        come first (a watcher entered earlier runs earlier), before attention maps rerun the model."""
         with ExitStack() as watchers:
-            for recorder in (self._diagnostics, self._attention_maps):
+            for recorder in (self._sink_check, self._diagnostics, self._attention_maps):
                 if recorder is not None:
                     watchers.enter_context(recorder.recording(self))
             results = super().generate_until(requests)
@@ -273,10 +307,26 @@ def _placement(
                 f"with {accelerator.num_processes} processes (drop it for data parallelism)"
             )
         return accelerator.device, str(accelerator.device)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        with model_arg_checks():
+            device = check_device(device, "device")
     if device_map == "auto" and device.type != "cuda":
         raise ModelArgError(f"device_map=auto needs CUDA GPUs, got device={device}")
     return device, device_map or str(device)
+
+
+def _diagnostics_file(options: VAROptions, pretrained: str, run_id: str) -> Path | None:
+    """Where diagnostics go (None: only the log's summary), checked to be writable before loading."""
+    if not options.enabled or not options.diagnostics:
+        return None
+    path = resolve_diagnostics_path(options.diagnostics_path, pretrained, run_id)
+    if path is not None:
+        what = "diagnostics_path" if options.diagnostics_path else "diagnostics file (next to --output_path)"
+        with model_arg_checks():
+            check_output_file(path, what)
+    return path
 
 
 def _known_sink_dims(
@@ -299,3 +349,7 @@ def _known_sink_dims(
             "dims.json`; var=false runs without VAR"
         )
     return entry.sink_dims, f"configs/sink_dims.yaml ({entry.name}, published in {entry.source})"
+
+
+# VARModel's own model args (every other one is upstream's), for the message naming an unknown one.
+VAR_MODEL_ARGS = tuple(inspect.signature(VARModel.__init__).parameters)[1:-1]

@@ -1,6 +1,6 @@
 """Attach the VAR core to a Hugging Face model: attention registry, forward hooks, per-model state."""
 
 from lmms_var.patch.enable import VARHandle, enable_var
-from lmms_var.patch.state import VARState
+from lmms_var.patch.state import PromptSinks, VARState
 
-__all__ = ["VARHandle", "VARState", "enable_var"]
+__all__ = ["PromptSinks", "VARHandle", "VARState", "enable_var"]

@@ -19,7 +19,7 @@ from torch.utils.hooks import RemovableHandle
 from lmms_var.backbones import Backbone, backbone_for
 from lmms_var.config import VARConfig
 from lmms_var.patch.attention import STATE_ATTRIBUTE, registered_name
-from lmms_var.patch.state import VARState
+from lmms_var.patch.state import PromptSinks, VARState
 
 
 @dataclass
@@ -40,6 +40,11 @@ class VARHandle:
     def diagnostics(self) -> list[dict]:
         """What VAR did for each sample of the last prompt batch (needs `diagnostics=True`)."""
         return self.state.diagnostics()
+
+    def prefill_sinks(self) -> list[PromptSinks]:
+        """Per prompt of the last prefill: its visual tokens and the visual sinks VAR found among them,
+        over all its layers (no sink: VAR changed nothing). Synchronises the GPU: read it after `generate`."""
+        return self.state.prefill_sinks()
 
     def remove(self) -> None:
         if self._removed:

@@ -25,6 +25,14 @@ class LayerActivity:
     moved_mass: torch.Tensor
 
 
+@dataclass(frozen=True)
+class PromptSinks:
+    """One prompt of the last prefill: its visual tokens, and the visual sinks found among them."""
+
+    visual_tokens: int
+    visual_sinks: int  # (layer, visual token) pairs detected as sinks, over the layers VAR acts on
+
+
 @dataclass
 class VARState:
     """Positions seen since the last prefill, per-layer sinks and key plans, optional diagnostics."""
@@ -184,4 +192,19 @@ class VARState:
                 "visual_tokens": int(visual_tokens[b]),
             }
             for b in range(len(visual_tokens))
+        ]
+
+    def prefill_sinks(self) -> list[PromptSinks]:
+        """Per prompt of the last prefill, from the sink masks kept for it; one synchronisation per
+        layer, so call it after `generate` (once, say), never inside the forward."""
+        if self.visual is None:
+            return []
+        visual_tokens = self.visual.sum(dim=1).cpu()
+        visual_sinks = torch.zeros_like(visual_tokens)
+        for sinks in self.sinks.values():
+            visual = self.visual[:, : sinks.shape[1]].to(sinks.device)
+            visual_sinks += (sinks & visual).sum(dim=1).cpu()
+        return [
+            PromptSinks(visual_tokens=tokens, visual_sinks=found)
+            for tokens, found in zip(visual_tokens.tolist(), visual_sinks.tolist(), strict=True)
         ]

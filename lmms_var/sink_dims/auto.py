@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from lmms_var.checks import check_output_folder
 from lmms_var.config import VARConfig
 from lmms_var.sink_dims.finder import find_sink_dims, model_name
 
@@ -40,6 +41,13 @@ def cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "lmms-var"
+
+
+def checked_cache_dir() -> Path:
+    """`cache_dir()`, or a `ValueError` naming the variable it came from when it is not a folder this
+    user can write in (checked before a model is loaded, not after it was measured)."""
+    source = next((f"${name}" for name in (CACHE_ENV, "XDG_CACHE_HOME") if os.environ.get(name)), "~/.cache")
+    return check_output_folder(cache_dir(), f"the sink-dims cache folder (from {source})")
 
 
 def _stable_config(value):
@@ -82,7 +90,7 @@ def auto_sink_dims(model: torch.nn.Module, processor, *, tau: float) -> tuple[tu
 
     Measures with the finder on the built-in calibration prompts on a cache miss and stores the result.
     """
-    path = cache_dir() / "sink_dims" / f"{cache_key(model, tau)}.json"
+    path = checked_cache_dir() / "sink_dims" / f"{cache_key(model, tau)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{path}.lock"):
         cached = _read_cached(path)

@@ -59,14 +59,14 @@ def data_prompts(root: str | Path, num_samples: int = DEFAULT_NUM_SAMPLES) -> li
     data_root = DataRoot(Path(root))
     path = data_root.blink_jsonl
     if not path.is_file():
-        raise FileNotFoundError(
-            f"--data {root}: expected a spatial root with {path.relative_to(root)}, not found"
-        )
+        raise FileNotFoundError(f"spatial root {root}: no {path.relative_to(root)} in it")
     loaded = read_spatial_jsonl(data_root, path)
     if loaded.problems:
-        raise ValueError(f"--data {root}: {len(loaded.problems)} bad record(s), first: {loaded.problems[0]}")
+        raise ValueError(
+            f"spatial root {root}: {len(loaded.problems)} bad record(s), first: {loaded.problems[0]}"
+        )
     if not loaded.docs:
-        raise ValueError(f"--data {root}: {path} holds no records")
+        raise ValueError(f"spatial root {root}: {path} holds no records")
     prompts = []
     for doc in loaded.docs[:num_samples]:
         images = []
@@ -89,4 +89,4 @@ def encode_prompt(processor, prompt: CalibrationPrompt) -> dict:
 
 def _check_num_samples(num_samples: int) -> None:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"--num-samples must be a positive integer, got {num_samples!r}")
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")

@@ -14,6 +14,7 @@ nearly every one, from early layers on; the finder returns every channel whose c
 prompts.
 """
 
+import math
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -69,6 +70,19 @@ def model_name(model: torch.nn.Module) -> str:
     return getattr(model.config, "_name_or_path", "") or type(model).__name__
 
 
+def check_tau(tau: float) -> None:
+    """A sink threshold: a finite number above 0 (an infinite one finds no sink at all)."""
+    if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0 < tau < math.inf:
+        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
+
+
+def check_finder_settings(*, tau: float, min_consistency: float) -> None:
+    """`find_sink_dims`' thresholds, checkable before a model is loaded (the CLI does so)."""
+    check_tau(tau)
+    if not 0 < min_consistency <= 1:
+        raise ValueError(f"min_consistency must be in (0, 1], got {min_consistency!r}")
+
+
 def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     """`layers` checked against the model, or the default `2 .. num_layers - 1`."""
     if layers is None:
@@ -78,7 +92,7 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     chosen = sorted(set(layers))
     bad = [layer for layer in chosen if not 0 <= layer < num_layers]
     if not chosen or bad:
-        raise ValueError(f"--layers must be decoder layers in [0, {num_layers}), got {list(layers)}")
+        raise ValueError(f"layers must be decoder layers in [0, {num_layers}), got {list(layers)}")
     return chosen
 
 
@@ -179,10 +193,7 @@ def find_sink_dims(
     `prompts` default to the built-in calibration prompts; `prompt_source` names them in the evidence.
     Raises `ValueError` when no channel reaches `min_consistency` (e.g. `tau` too high for the model).
     """
-    if not tau > 0:
-        raise ValueError(f"--tau must be > 0, got {tau!r}")
-    if not 0 < min_consistency <= 1:
-        raise ValueError(f"--min-consistency must be in (0, 1], got {min_consistency!r}")
+    check_finder_settings(tau=tau, min_consistency=min_consistency)
     prompts = builtin_prompts() if prompts is None else list(prompts)
     backbone = backbone_for(model)
     layers = resolve_layers(layers, len(backbone.decoder_layers(model)))
@@ -203,7 +214,7 @@ def find_sink_dims(
         raise ValueError(
             f"no hidden channel of {model_name(model)} fired (a few tokens above tau={tau:g}, the rest small) "
             f"in at least {min_consistency:.0%} of {stats.observations} prompt-layer pairs; the best, channel "
-            f"{best}, fired in {float(consistency[best]):.0%}. Try a lower --tau (an RMS-normalised value "
+            f"{best}, fired in {float(consistency[best]):.0%}. Try a lower tau (an RMS-normalised value "
             f"cannot exceed sqrt(hidden_size) = {hidden_size**0.5:.1f})"
         )
     reported = [d for d in ranked[: len(selected) + EXTRA_EVIDENCE_DIMS] if stats.fired[d] > 0]

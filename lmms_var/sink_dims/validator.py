@@ -14,6 +14,7 @@ Over all scored (prompt, layer, token) triples, `precision = |detected & outsize
 `recall = |detected & outsized| / |outsized|` (`None` when the denominator is zero).
 """
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from lmms_var.core import find_sink_tokens
 from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts
 from lmms_var.sink_dims.finder import (
     DEFAULT_TAU,
+    check_tau,
     encoded_prompts,
     layer_input_hooks,
     model_name,
@@ -125,8 +127,7 @@ def validate_sink_dims(
     backbone = backbone_for(model)
     text_config = backbone.text_config(model)
     check_dims(dims, text_config.hidden_size)
-    if not tau > 0:
-        raise ValueError(f"--tau must be > 0, got {tau!r}")
+    check_validation_settings(tau=tau, attention_factor=attention_factor, min_distance=min_distance)
     prompts = builtin_prompts() if prompts is None else list(prompts)
     modules = backbone.decoder_layers(model)
     layers = resolve_layers(layers, len(modules))
@@ -187,13 +188,28 @@ def validate_sink_dims(
     )
 
 
+def check_validation_settings(*, tau: float, attention_factor: float, min_distance: int) -> None:
+    """`validate_sink_dims`' settings, checkable before a model is loaded (the CLI does so)."""
+    check_tau(tau)
+    if isinstance(attention_factor, bool) or not isinstance(attention_factor, int | float):
+        raise ValueError(f"attention_factor must be a number, got {attention_factor!r}")
+    if not 0 < attention_factor < math.inf:
+        raise ValueError(
+            f"attention_factor must be a finite multiple > 0 of the uniform attention share, got {attention_factor!r}"
+        )
+    if isinstance(min_distance, bool) or not isinstance(min_distance, int) or min_distance < 0:
+        raise ValueError(
+            f"min_distance must be an integer >= 0 (queries at least this far after a key), got {min_distance!r}"
+        )
+
+
 def check_dims(dims: Sequence[int], hidden_size: int) -> None:
     """Sink dims must be distinct hidden-state channels of the model: `0 <= d < hidden_size`."""
     if not dims:
-        raise ValueError("--dims must name at least one hidden-state channel")
+        raise ValueError("dims must name at least one hidden-state channel")
     bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or not 0 <= d < hidden_size]
     if bad:
         raise ValueError(
-            f"--dims {bad} are beyond the model's hidden size {hidden_size}: "
+            f"dims {bad} are beyond the model's hidden size {hidden_size}: "
             f"sink dims must be channels in [0, {hidden_size})"
         )

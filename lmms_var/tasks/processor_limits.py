@@ -1,25 +1,27 @@
-"""Whether the model's image processor takes an image of a given size: the one place that asks it.
+"""Whether the supported models' image processors take an image of a given size: the one place that asks.
 
-Qwen2-VL's image processor (also Qwen2.5-VL's) resizes every image with `smart_resize`, which
-refuses some sizes (an aspect ratio over 200, for one) by raising in the middle of generation, after
-hours of work. Records are checked against the processor's own function and defaults, not a copy of
-its rules, so the check follows transformers when they change.
+Some processors refuse some sizes (Qwen-VL's `smart_resize`: an aspect ratio over 200, for one) by
+raising in the middle of generation, after hours of work. Each backbone says how its own processor
+refuses a size (`Backbone.image_size_refusal`, which calls the processor's own function, not a copy
+of its rules), so the check follows transformers when they change. The data does not say which model
+will read it, so a record is bad when any supported family's processor refuses it.
 """
 
-from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor, smart_resize
+from lmms_var.backbones import BACKBONES
 
 
 def processor_refusal(width: int, height: int) -> str | None:
-    """Why the Qwen2-VL image processor would refuse a `width` x `height` image, or None if it takes it."""
-    processor = Qwen2VLImageProcessor
-    try:
-        smart_resize(
-            height,
-            width,
-            factor=processor.patch_size * processor.merge_size,
-            min_pixels=processor.size["shortest_edge"],
-            max_pixels=processor.size["longest_edge"],
-        )
-    except (ValueError, ZeroDivisionError) as error:
-        return f"the Qwen2-VL image processor refuses its size {width}x{height} ({error})"
-    return None
+    """Which image processors would refuse a `width` x `height` image and why, or None if all take it."""
+    families_by_reason: dict[str, list[str]] = {}
+    for backbone in BACKBONES:
+        if backbone.image_size_refusal is not None:
+            reason = backbone.image_size_refusal(width, height)
+            if reason is not None:
+                families_by_reason.setdefault(reason, []).append(backbone.family)
+    if not families_by_reason:
+        return None
+    return "; ".join(
+        f"the {', '.join(families)} image processor{'s refuse' if len(families) > 1 else ' refuses'} "
+        f"its size {width}x{height} ({reason})"
+        for reason, families in families_by_reason.items()
+    )

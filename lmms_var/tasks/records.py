@@ -6,7 +6,7 @@ functions apply to them unchanged and local runs stay comparable with Hub runs.
 
 Every record is checked here, at load time, by the same code for the tasks and `lmms-var check-data`:
 each field's type, the question's choices and gold, and every image, which is decoded, converted to
-RGB and sized against the model's image processor. So a record the run could not use is reported with
+RGB and sized against every supported model's image processor. So a record the run could not use is reported with
 its file and id (or skipped and counted) instead of failing, or vanishing, in the middle of generation.
 """
 
@@ -129,7 +129,7 @@ def blink_sub_task(value: Any) -> str:
 
 def check_image(source: Path | bytes, what: str) -> None:
     """Decode the image (JPEGs at reduced scale, which still reads every byte), convert it to RGB and ask
-    the model's image processor whether it takes its size; any failure is a `BadRecord`.
+    every supported model's image processor whether it takes its size; any failure is a `BadRecord`.
 
     lmms-eval sets Pillow's `LOAD_TRUNCATED_IMAGES`, which would pad a truncated file with grey;
     the check turns it off so such a file is reported instead.

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lmms_var.checks import check_output_folder
 from lmms_var.tasks import TASKS_PATH
 
 DISCLAIMER = (
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from lmms_var.tools.sink_dims import load_model
 
     output = args.output if args.output is not None else Path(tempfile.mkdtemp(prefix="lmms_var_demo_"))
+    check_output_folder(output, "--output")
     if output.exists() and any(output.iterdir()):
         raise ValueError(f"--output {output} is not empty; give a new or empty folder")
     output = output.resolve()

@@ -4,6 +4,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lmms_var.checks import check_output_file
 from lmms_var.leaderboard.formats import FORMATS
 
 
@@ -39,15 +40,31 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from lmms_var.leaderboard import build_leaderboard, load_run, plot_deltas, render
 
+    for path, option in ((args.output, "--output"), (args.plot, "--plot")):
+        if path is not None:
+            check_output_file(path, option)
+    if args.plot is not None:
+        _check_plot_format(args.plot)
     board = build_leaderboard([load_run(path) for path in args.run_dirs], args.baseline, args.metric)
     text = render(board, args.format)
     if args.format == "csv":  # CSV holds values only; the notes (doc sets, NaN, --metric) go to stderr
         for note in board.notes:
             print(f"lmms-var leaderboard: note: {note}", file=sys.stderr)
     if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
     if args.plot is not None:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
         plot_deltas(board, args.plot)
     return 0
+
+
+def _check_plot_format(path: Path) -> None:
+    """matplotlib picks the format from the suffix; an unknown one would fail after the table."""
+    from lmms_var.leaderboard.plot import plot_formats
+
+    formats = plot_formats()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise ValueError(f"--plot {path}: give a file ending in one of {', '.join(f'.{f}' for f in formats)}")

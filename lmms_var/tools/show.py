@@ -6,10 +6,10 @@ and once with it, and writes one figure (`--output`, a PNG) and the numbers behi
 """
 
 import argparse
-import os
 from dataclasses import fields
 from pathlib import Path
 
+from lmms_var.checks import check_output_file
 from lmms_var.config import VARConfig
 
 HEAD_CHOICES = ("selected", "all")
@@ -153,31 +153,22 @@ def _read_image(path: Path):
 
 
 def _writable_png(path: Path) -> Path:
+    """`--output` and the JSON beside it, checked before the weights load."""
     if path.suffix.lower() != ".png":
         raise ValueError(f"--output {path}: must end in .png")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"--output {path}: cannot create its folder ({error})") from None
-    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise ValueError(f"--output {path}: not writable")
-    return path
+    check_output_file(path.with_suffix(".json"), "--output's JSON")
+    return check_output_file(path, "--output")
 
 
 def _var_config(args: argparse.Namespace) -> VARConfig:
     """VAR's settings, checked against the model's config (image support, layers, sink dims) before loading."""
-    from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     from lmms_var.attention_maps import resolve_layers
+    from lmms_var.backbones import checkpoint_config
     from lmms_var.sink_dims.known import lookup_known
 
-    try:
-        model_config = AutoConfig.from_pretrained(args.model)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"--model {args.model}: not a model folder or Hub id with a config.json ({error})"
-        ) from None
+    model_config = checkpoint_config(args.model, "--model ")
     if model_config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise ValueError(
             f"--model {args.model}: a {model_config.model_type!r} model takes no images; "

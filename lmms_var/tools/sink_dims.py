@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from lmms_var.checks import check_device, check_output_file
+
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
@@ -70,10 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_find(args: argparse.Namespace) -> int:
-    from lmms_var.sink_dims.finder import find_sink_dims
+    from lmms_var.sink_dims.finder import check_finder_settings, find_sink_dims
 
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    # Every input is checked before the weights load, and the output before prompts run.
+    check_output_file(args.output, "--output")
+    check_finder_settings(tau=args.tau, min_consistency=args.min_consistency)
     prompts, source = _prompts(args)
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
     result = find_sink_dims(
         model,
         processor,
@@ -88,10 +93,16 @@ def run_find(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    from lmms_var.sink_dims.validator import validate_sink_dims
+    from lmms_var.sink_dims.validator import check_validation_settings, validate_sink_dims
 
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype, dims=args.dims)
+    check_output_file(args.output, "--output")
+    check_validation_settings(
+        tau=args.tau, attention_factor=args.attention_factor, min_distance=args.min_distance
+    )
     prompts, source = _prompts(args)
+    model, processor = load_model(
+        args.model, device=args.device, dtype=args.dtype, dims=args.dims, layers=args.layers
+    )
     result = validate_sink_dims(
         model,
         processor,
@@ -107,31 +118,41 @@ def run_validate(args: argparse.Namespace) -> int:
     return _report(args, result)
 
 
-def load_model(path: str, *, device: str | None, dtype: str, dims: list[int] | None = None):
+def load_model(
+    path: str,
+    *,
+    device: str | None,
+    dtype: str,
+    dims: list[int] | None = None,
+    layers: list[int] | None = None,
+):
     """(model, processor) from a checkpoint folder or Hub id, in eval mode.
 
-    The config is read first, so a path that is not a supported model, or `dims` beyond its hidden
-    size, fail before any weights are loaded; the backbone names the class that loads it.
+    The config is read first, so a path that is not a supported model, `dims` beyond its hidden size,
+    `layers` it lacks or a `device` this machine lacks fail before any weights are loaded; the
+    backbone names the class that loads it.
     """
     import torch
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoProcessor
 
-    from lmms_var.backbones import UnsupportedModelError, backbone_for_config
+    from lmms_var.backbones import UnsupportedModelError, backbone_for_config, checkpoint_config
+    from lmms_var.sink_dims.finder import resolve_layers
     from lmms_var.sink_dims.validator import check_dims
 
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"--model {path}: not a model folder or Hub id with a config.json ({error})"
-        ) from error
+    config = checkpoint_config(path, "--model ")
     try:
         backbone = backbone_for_config(config)
     except UnsupportedModelError as error:
         raise ValueError(f"--model {path}: {error}") from None
+    text_config = config.get_text_config()
     if dims is not None:
-        check_dims(dims, config.get_text_config().hidden_size)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_dims(dims, text_config.hidden_size)
+    if layers is not None:
+        resolve_layers(layers, text_config.num_hidden_layers)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device != "auto":  # "auto": accelerate spreads the model over what there is
+        device = str(check_device(device, "--device"))
     model = backbone.loader_class().from_pretrained(
         path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map=device
     )

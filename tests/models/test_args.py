@@ -7,8 +7,10 @@ from lmms_eval.utils import simple_parse_args_string
 from lmms_var.models.args import (
     AUTO,
     ModelArgError,
+    merge_lmms_eval_options,
     parse_bool,
     parse_dtype,
+    parse_model_args,
     parse_positive_int,
     parse_sink_dims,
     parse_var_options,
@@ -56,7 +58,9 @@ def test_bad_sink_dims_name_the_argument(value):
         parse_sink_dims(value)
 
 
-@pytest.mark.parametrize(("name", "value"), [("p", 2), ("rho", -0.1), ("summ", 1.5), ("tau", 0)])
+@pytest.mark.parametrize(
+    ("name", "value"), [("p", 2), ("rho", -0.1), ("summ", 1.5), ("tau", 0), ("tau", "inf"), ("tau", "nan")]
+)
 def test_out_of_range_hyper_parameters_name_the_argument(name, value):
     with pytest.raises(ModelArgError, match=rf"invalid model_args: {name} must be"):
         options(**{name: value})
@@ -95,3 +99,64 @@ def test_dtype_defaults_follow_the_device():
 def test_batch_size_must_be_a_positive_integer(value):
     with pytest.raises(ModelArgError, match="batch_size must be a positive integer"):
         parse_positive_int("batch_size", value)
+
+
+@pytest.mark.parametrize(
+    "arg_string",
+    ["pretrained=/a/b,sink_dims=458;2570,var=false,p=0.5,tau=5", 'system_prompt="a, b",max_pixels=12544', ""],
+)
+def test_model_args_parse_as_lmms_eval_parses_them(arg_string):
+    assert parse_model_args(arg_string) == simple_parse_args_string(arg_string)
+
+
+@pytest.mark.parametrize(
+    ("arg_string", "message"),
+    [
+        ("sink_dims=17,93", "'93' is not an arg=value pair; separate sink dims with ';': sink_dims=17;93"),
+        ("p=0.5,tau", "'tau' is not an arg=value pair (after p=0.5); commas separate model args (k=v,k=v)"),
+        ("=5", "'=5' is not an arg=value pair"),
+        ("tau=5,tau=6", "tau is given twice (tau=5 and tau=6)"),
+    ],
+)
+def test_pieces_that_are_not_args_are_named(arg_string, message):
+    with pytest.raises(ModelArgError, match=r"^invalid model_args: ") as error:
+        parse_model_args(arg_string)
+    assert message in str(error.value)
+
+
+NOT_GIVEN = {"batch_size": 1, "max_batch_size": None, "device": None}  # lmms-eval's defaults
+
+
+@pytest.mark.parametrize(
+    ("model_args", "options", "merged"),
+    [
+        ({"batch_size": 2}, NOT_GIVEN, {"batch_size": 2}),  # the README's form
+        ({}, {**NOT_GIVEN, "batch_size": "4"}, {"batch_size": "4"}),  # lmms-eval's flag
+        ({"batch_size": 4}, {**NOT_GIVEN, "batch_size": "4"}, {"batch_size": 4}),  # both, agreeing
+        ({"device": "cpu"}, {**NOT_GIVEN, "device": "cpu"}, {"device": "cpu", "batch_size": 1}),
+    ],
+)
+def test_batch_size_and_device_given_either_way(model_args, options, merged):
+    assert merge_lmms_eval_options(model_args, options) == merged
+
+
+@pytest.mark.parametrize(
+    ("model_args", "options", "message"),
+    [
+        (
+            {"batch_size": 2},
+            {"batch_size": "4"},
+            "batch_size=2 in --model_args and lmms-eval's --batch_size 4 differ",
+        ),
+        (
+            {"device": "cpu"},
+            {"device": "cuda"},
+            "device=cpu in --model_args and lmms-eval's --device cuda differ",
+        ),
+        ({}, {"max_batch_size": 8}, "lmms-eval's --max_batch_size 8 applies to --batch_size auto"),
+    ],
+)
+def test_conflicting_lmms_eval_options_are_refused(model_args, options, message):
+    with pytest.raises(ModelArgError, match=r"^invalid model_args: ") as error:
+        merge_lmms_eval_options(model_args, options)
+    assert message in str(error.value)

@@ -13,7 +13,6 @@ import pytest
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import CacheHook
-from loguru import logger
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from lmms_var.models.args import AUTO, ModelArgError, parse_journal
@@ -95,14 +94,6 @@ class FakeModel:
                 partial = self.report(results[i])
                 self.cache_hook.add_partial("generate_until", (requests[i].args[0], GEN_KWARGS), partial)
         return results
-
-
-@pytest.fixture
-def log_lines() -> list[str]:
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(message.rstrip("\n")), level="INFO", format="{message}")
-    yield lines
-    logger.remove(sink)
 
 
 def run(journal: Journal, model: FakeModel, requests: list[Instance]) -> list[str]:

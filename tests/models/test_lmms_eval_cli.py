@@ -2,7 +2,8 @@
 
 Three lmms-eval launches in all: one process for Qwen2.5-VL from the command line; one process that
 runs every other evaluation from a `--config` list (batching, var=false against lmms-eval's own
-model for every family, bad args); and two CPU processes (torchrun) for every family at once.
+model for every family, sink dims that never fire, bad args); and two CPU processes (torchrun) for
+every family at once.
 """
 
 import json
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmms_var.backbones import backbone_for_model_type
+from tests.conftest import TINY_TAU
 from tests.models.conftest import (
     ON_CPU,
     OTHER_FAMILIES,
@@ -98,10 +100,10 @@ def config_runs(lmms_eval_run, tiny_checkpoint, answering_checkpoints, tmp_path_
             {
                 "name": "batched",
                 "model": "qwen2_5_vl_var",
-                "batch_size": 2,
+                # In --model_args, as the README documents (lmms-eval also passes its --batch_size 1).
                 "model_args": model_args(
                     tiny_checkpoint,
-                    f"{TINY_VAR_ARGS},diagnostics_path={diagnostics},"
+                    f"{TINY_VAR_ARGS},batch_size=2,diagnostics_path={diagnostics},"
                     f"attention_maps=1,attention_maps_path={maps}",
                 ),
             },
@@ -127,6 +129,18 @@ def config_runs(lmms_eval_run, tiny_checkpoint, answering_checkpoints, tmp_path_
                 "model_args": model_args(tiny_checkpoint, "sink_dims=abc"),
             },
             {"name": "unknown", "model": "qwen2_5_vl_var", "model_args": model_args(tiny_checkpoint, "")},
+            {
+                "name": "comma_dims",
+                "model": "qwen2_5_vl_var",
+                "model_args": model_args(tiny_checkpoint, f"sink_dims=17,93,{SMALL_IMAGES},{ON_CPU}"),
+            },
+            {
+                "name": "no_sinks",  # channels nothing is planted in: VAR runs but finds no sink
+                "model": "qwen2_5_vl_var",
+                "model_args": model_args(
+                    tiny_checkpoint, f"sink_dims=3;4,tau={TINY_TAU:g},{SMALL_IMAGES},{ON_CPU}"
+                ),
+            },
         ],
     )
     (runs.output.parent / "batched_diagnostics.jsonl").write_text(diagnostics.read_text())
@@ -154,8 +168,8 @@ def test_single_process_with_diagnostics_next_to_the_outputs(single):
 
 
 def test_batches_parity_and_bad_args_in_one_lmms_eval_process(single, config_runs):
-    """Batch size 2 with VAR (and attention maps of each task's first doc); var=false against
-    lmms-eval's own qwen2_5_vl; runs that must fail."""
+    """Batch size 2 (in --model_args) with VAR (and attention maps of each task's first doc);
+    var=false against lmms-eval's own qwen2_5_vl; sink dims that never fire; runs that must fail."""
     batched, var_off, upstream = (
         config_run(config_runs, name) for name in ("batched", "var_off", "upstream")
     )
@@ -182,12 +196,22 @@ def test_batches_parity_and_bad_args_in_one_lmms_eval_process(single, config_run
     )
     assert var_off.predictions() == upstream.predictions()
     assert "qwen2_5_vl_var: VAR off (var=false)" in log
+    # A VAR run whose dims never fire still scores, with one loud warning.
+    assert config_run(config_runs, "no_sinks").results() is not None
+    no_sink = (
+        "qwen2_5_vl_var: VAR found no visual sink in any layer of the first batch (sink_dims=[3, 4], tau=5"
+    )
+    assert log.count(no_sink) == 1
     # Failing runs write no results, and the log carries the message itself, not only a traceback.
-    for name in ("bad_p", "bad_dims", "unknown"):
+    for name in ("bad_p", "bad_dims", "unknown", "comma_dims"):
         assert config_run(config_runs, name).results() is None
     assert "Error during evaluation: qwen2_5_vl_var: invalid model_args: p must be in [0, 1], got 2" in log
     assert "invalid model_args: sink_dims must be non-negative integers separated by ';'" in log
     assert "invalid model_args: no published sink_dims for" in log and "sink_dims=auto" in log
+    assert (
+        "qwen2_5_vl_var: invalid model_args: '93' is not an arg=value pair; separate sink dims with ';': "
+        "sink_dims=17;93" in log
+    )
 
 
 @pytest.mark.parametrize("family", OTHER_FAMILIES)

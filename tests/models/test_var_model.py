@@ -10,7 +10,6 @@ import pytest
 import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.models import get_model
-from loguru import logger
 
 from lmms_var.backbones import backbone_for_model_type
 from lmms_var.models.args import ModelArgError
@@ -116,14 +115,6 @@ def prefill_logits(monkeypatch) -> list[torch.Tensor]:
     return spy_prefill_logits(monkeypatch, QWEN2_5_VL.loader_class())
 
 
-@pytest.fixture
-def log_lines() -> list[str]:
-    lines: list[str] = []
-    sink = logger.add(lines.append, level="INFO", format="{message}")
-    yield lines
-    logger.remove(sink)
-
-
 def generate(lm, kind: str, ids: list) -> tuple[list[str], list]:
     lm.task_dict = {TASK: {SPLIT: DOCS}}
     start = len(ids)
@@ -184,6 +175,7 @@ def test_var_on_changes_logits_and_records_each_doc(
     assert len({r["visual_tokens"] for r in records}) == len(DOCS)
     assert all(r["layers"] == [2] and r["text_sinks"][0] > 0 for r in records)
     assert any(r["redistributed_rows"] > 0 and r["moved_mass"] > 0 for r in records)
+    assert not any("found no visual sink" in line for line in log_lines)  # the planted sinks fire
     summary = next(line for line in log_lines if line.startswith("VAR diagnostics:"))
     assert f"{len(DOCS)} samples" in summary and str(path) in summary
     assert any("VAR on: sink_dims=[17, 93] from model args" in line for line in log_lines)
@@ -227,7 +219,8 @@ def no_weights(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("weights loaded before the model args were checked")
 
-    monkeypatch.setattr(QWEN2_5_VL.loader_class(), "from_pretrained", refuse)
+    for family in FAMILIES:
+        monkeypatch.setattr(backbone_for_model_type(family).loader_class(), "from_pretrained", refuse)
 
 
 def test_unknown_model_without_sink_dims_says_how_to_get_them(tiny_checkpoint, no_weights):
@@ -256,18 +249,155 @@ def test_bad_model_args_are_rejected_by_name(tiny_checkpoint, no_weights, args, 
     assert message in str(error.value)
 
 
-def test_unknown_model_arg_is_named(tiny_checkpoint, no_weights):
-    with pytest.raises(TypeError, match=r"qwen2_5_vl_var got unexpected model_args \['rh0'\]"):
-        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), rh0=0.3)
-
-
-def test_a_checkpoint_of_another_family_names_the_model_to_use(tiny_checkpoint, no_weights):
+def test_unknown_model_arg_is_named_with_the_args_there_are(tiny_checkpoint, no_weights):
     with pytest.raises(ModelArgError) as error:
-        get_model("qwen2_vl_var")(pretrained=str(tiny_checkpoint))
-    assert str(error.value) == (
-        f"qwen2_vl_var: invalid model_args: pretrained={tiny_checkpoint} is a 'qwen2_5_vl' checkpoint, "
-        "not 'qwen2_vl' (Qwen2-VL); run it with --model qwen2_5_vl_var"
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), rh0=0.3)
+    message = str(error.value)
+    assert message.startswith(
+        "qwen2_5_vl_var: invalid model_args: unknown arg(s) ['rh0']: qwen2_5_vl_var takes"
     )
+    assert "'rho'" in message and "lmms-eval's qwen2_5_vl args" in message and "'max_pixels'" in message
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_a_checkpoint_of_another_family_fails_from_its_config(model_type, tiny_checkpoints, no_weights):
+    """For every family's model, sink dims given: the config alone refuses another family's checkpoint."""
+    other = FAMILIES[(FAMILIES.index(model_type) + 1) % len(FAMILIES)]
+    spec = backbone_for_model_type(model_type).lmms_eval
+    checkpoint = tiny_checkpoints(other)
+    with pytest.raises(ModelArgError) as error:
+        get_model(spec.model_id)(pretrained=str(checkpoint), sink_dims="17;93", device="cpu")
+    assert str(error.value) == (
+        f"{spec.model_id}: invalid model_args: pretrained={checkpoint} is a {other!r} checkpoint, not "
+        f"{model_type!r} ({backbone_for_model_type(model_type).family}); run it with --model "
+        f"{backbone_for_model_type(other).lmms_eval.model_id}"
+    )
+
+
+def test_a_missing_checkpoint_is_named_as_such(tmp_path, no_weights):
+    with pytest.raises(ModelArgError) as error:
+        Qwen2_5_VL_VAR_Chat(pretrained="/nonexistent/checkpoint", sink_dims="17;93")
+    assert str(error.value).startswith(
+        "qwen2_5_vl_var: invalid model_args: pretrained=/nonexistent/checkpoint: no such folder (give a "
+        "checkpoint folder or a Hub model id such as"
+    )
+    with pytest.raises(
+        ModelArgError, match=r"pretrained=.*: a folder without a config.json, not a checkpoint"
+    ):
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tmp_path), sink_dims="17;93")
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    """A file where a folder is expected (this suite may run as root, for whom every path is writable)."""
+    path = tmp_path / "a_file"
+    path.write_text("")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            {"diagnostics_path": "{file}/diagnostics.jsonl"},
+            "diagnostics_path {file}/diagnostics.jsonl cannot be created: {file} is a file, not a folder",
+        ),
+        ({"diagnostics_path": "{tmp}"}, None),  # a folder: its file goes in it (checked, no error)
+        (
+            {"attention_maps": 1, "attention_maps_path": "{file}"},
+            "attention_maps_path {file} is a file; give a folder",
+        ),
+        (
+            {"min_pixels": 5000, "max_pixels": 4000},
+            "min_pixels must be at most max_pixels, got min_pixels=5000 > max_pixels=4000",
+        ),
+        ({"max_pixels": 0}, "max_pixels must be a positive number of pixels, got 0"),
+        ({"device": "cuda:x"}, "device 'cuda:x' is not a device; give cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_paths_and_upstream_args_fail_before_loading(
+    tiny_checkpoint, tmp_path, a_file, monkeypatch, args, message
+):
+    def weights_loaded(*_args, **_kwargs):
+        raise RuntimeError("weights loading")
+
+    monkeypatch.setattr(QWEN2_5_VL.loader_class(), "from_pretrained", weights_loaded)
+    args = {
+        name: value.format(file=a_file, tmp=tmp_path) if isinstance(value, str) else value
+        for name, value in args.items()
+    }
+    expected = ModelArgError if message else RuntimeError
+    with pytest.raises(expected) as error:
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), sink_dims="17;93", tau=TINY_TAU, **args)
+    if message:
+        assert str(error.value) == f"qwen2_5_vl_var: invalid model_args: {message.format(file=a_file)}"
+
+
+def test_a_cache_folder_that_is_a_file_fails_sink_dims_auto_before_loading(
+    tiny_checkpoint, a_file, monkeypatch, no_weights
+):
+    monkeypatch.setenv("LMMS_VAR_CACHE_DIR", str(a_file))
+    with pytest.raises(ModelArgError) as error:
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), sink_dims="auto")
+    assert str(error.value) == (
+        "qwen2_5_vl_var: invalid model_args: sink_dims=auto: the sink-dims cache folder (from $LMMS_VAR_CACHE_DIR) "
+        f"{a_file} is a file; give a folder"
+    )
+
+
+def test_cuda_without_a_gpu_is_named(tiny_checkpoint, monkeypatch, no_weights):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ModelArgError) as error:
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), sink_dims="17;93", device="cuda")
+    assert str(error.value) == (
+        "qwen2_5_vl_var: invalid model_args: device 'cuda': this machine has no CUDA device; give cpu"
+    )
+
+
+# What lmms-eval's CLI passes every model besides --model_args when its options are left out.
+LMMS_EVAL_OPTIONS = {"batch_size": 1, "max_batch_size": None, "device": None}
+
+
+def test_model_args_as_lmms_eval_hands_them_over(tiny_checkpoint, no_weights):
+    """`--model_args` go through our `create_from_arg_string`: each mistake named in one line."""
+    build = Qwen2_5_VL_VAR_Chat.create_from_arg_string
+    common = f"pretrained={tiny_checkpoint},tau={TINY_TAU:g},device=cpu"
+    for arg_string, options, message in [
+        (
+            f"{common},sink_dims=17,93",
+            LMMS_EVAL_OPTIONS,
+            "'93' is not an arg=value pair; separate sink dims "
+            "with ';': sink_dims=17;93; commas separate model args (k=v,k=v)",
+        ),
+        (f"{common},p=0.5,p=0.6", LMMS_EVAL_OPTIONS, "p is given twice (p=0.5 and p=0.6)"),
+        (
+            f"{common},batch_size=2",
+            {**LMMS_EVAL_OPTIONS, "batch_size": "4"},
+            "batch_size=2 in --model_args and lmms-eval's --batch_size 4 differ; give one of them",
+        ),
+        (
+            common,
+            {**LMMS_EVAL_OPTIONS, "device": "cuda:0"},
+            "device=cpu in --model_args and lmms-eval's --device cuda:0 differ; give one of them",
+        ),
+    ]:
+        with pytest.raises(ModelArgError) as error:
+            build(arg_string, options)
+        assert str(error.value) == f"qwen2_5_vl_var: invalid model_args: {message}"
+
+
+@pytest.mark.parametrize(
+    ("in_model_args", "lmms_eval_flag", "used"), [(2, 1, 2), (None, "2", 2), (2, "2", 2)]
+)
+def test_batch_size_in_model_args_or_as_lmms_evals_flag(tiny_checkpoint, in_model_args, lmms_eval_flag, used):
+    """The README's `batch_size=2` in --model_args works beside lmms-eval's own --batch_size (default 1)."""
+    arg_string = f"pretrained={tiny_checkpoint},sink_dims=17;93,tau={TINY_TAU:g},device=cpu"
+    if in_model_args is not None:
+        arg_string += f",batch_size={in_model_args}"
+    lm = Qwen2_5_VL_VAR_Chat.create_from_arg_string(
+        arg_string, {**LMMS_EVAL_OPTIONS, "batch_size": lmms_eval_flag}
+    )
+    assert lm.batch_size_per_gpu == used
 
 
 def test_llava_takes_one_prompt_at_a_time(no_weights, tiny_checkpoint):
@@ -291,3 +421,44 @@ def test_a_generation_error_fails_the_run_where_upstream_answers_empty(tiny_chec
     assert generate(upstream, "chat", [])[0] == [""] * len(DOCS)
     with pytest.raises(RuntimeError, match="generation broke"):
         generate(ours, "chat", [])
+
+
+@pytest.mark.parametrize(
+    "model_type", [f for f in FAMILIES if "min_pixels" in backbone_for_model_type(f).lmms_eval.upstream_args]
+)
+def test_min_pixels_above_max_pixels_is_refused_for_every_family_with_pixel_bounds(
+    model_type, tiny_checkpoints, no_weights
+):
+    spec = backbone_for_model_type(model_type).lmms_eval
+    with pytest.raises(ModelArgError) as error:
+        get_model(spec.model_id)(
+            pretrained=str(tiny_checkpoints(model_type)), sink_dims="17;93", min_pixels=6000, max_pixels=5000
+        )
+    assert str(error.value) == (
+        f"{spec.model_id}: invalid model_args: min_pixels must be at most max_pixels, got "
+        "min_pixels=6000 > max_pixels=5000"
+    )
+
+
+def test_sink_dims_that_never_fire_are_warned_about_once(tiny_checkpoint, log_lines):
+    """Two batches and a second call: one warning, after the first batch, saying what to try."""
+    lm = Qwen2_5_VL_VAR_Chat(
+        pretrained=str(tiny_checkpoint), sink_dims="3;4", tau=TINY_TAU, batch_size=2, device="cpu", **PIXELS
+    )
+    lm.task_dict = {TASK: {SPLIT: DOCS}}
+    lm.generate_until(requests("chat"))
+    lm.generate_until(requests("chat"))
+    warnings = [line for line in log_lines if "found no visual sink" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        "qwen2_5_vl_var: VAR found no visual sink in any layer of the first batch "
+        f"(sink_dims=[3, 4], tau={TINY_TAU:g}; 2 prompt(s), "
+    )
+    for hint in (
+        "VAR changes nothing",
+        "lower tau",
+        "sink_dims=auto",
+        "lmms-var find-sink-dims",
+        "validate-sink-dims",
+    ):
+        assert hint in warnings[0]

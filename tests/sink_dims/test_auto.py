@@ -76,3 +76,17 @@ def test_cache_dir_defaults_to_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_dir() == tmp_path / "home" / ".cache" / "lmms-var"
+
+
+@pytest.mark.parametrize("variable", [CACHE_ENV, "XDG_CACHE_HOME"])
+def test_a_cache_folder_that_is_a_file_is_named_with_its_variable_before_measuring(
+    tiny_model, monkeypatch, tmp_path, variable
+):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv(variable, str(blocker))
+    folder = blocker if variable == CACHE_ENV else blocker / "lmms-var"
+    with pytest.raises(ValueError) as error:
+        auto_sink_dims(*tiny_model, tau=TINY_TAU)
+    assert str(error.value).startswith(f"the sink-dims cache folder (from ${variable}) {folder} ")

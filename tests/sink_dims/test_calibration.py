@@ -41,7 +41,9 @@ def test_data_prompts_read_blink_records_with_their_images(spatial_root):
 
 
 def test_data_prompts_name_the_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"--data .*blink_validation\.jsonl"):
+    with pytest.raises(
+        FileNotFoundError, match=r"^spatial root .*: no spatial_reasoning/blink/blink_validation\.jsonl in it"
+    ):
         data_prompts(tmp_path)
 
 
@@ -57,5 +59,5 @@ def test_data_prompts_name_a_missing_image(tmp_path):
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_num_samples_must_be_positive(bad):
-    with pytest.raises(ValueError, match="--num-samples must be a positive integer"):
+    with pytest.raises(ValueError, match=r"^num_samples must be a positive integer"):
         builtin_prompts(bad)

@@ -70,7 +70,7 @@ def test_chosen_layers_are_the_only_ones_observed(tiny_model):
 
 def test_a_model_without_sinks_gets_a_clear_error():
     model, processor = build_tiny_model(TinySpec(sink_dims=None))
-    with pytest.raises(ValueError, match=r"no hidden channel .* fired .* Try a lower --tau"):
+    with pytest.raises(ValueError, match=r"no hidden channel .* fired .* Try a lower tau"):
         find_sink_dims(model, processor, tau=TINY_TAU, prompts=builtin_prompts(2))
 
 
@@ -87,7 +87,7 @@ def test_resolve_layers(layers, expected):
 
 @pytest.mark.parametrize("layers", [[4], [-1], []])
 def test_layers_outside_the_model_are_rejected(layers):
-    with pytest.raises(ValueError, match=r"--layers must be decoder layers in \[0, 4\)"):
+    with pytest.raises(ValueError, match=r"^layers must be decoder layers in \[0, 4\)"):
         resolve_layers(layers, 4)
 
 
@@ -99,8 +99,9 @@ def test_finder_rejects_other_model_types():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"tau": 0.0}, "--tau must be > 0"),
-        ({"min_consistency": 1.5}, r"--min-consistency must be in \(0, 1\]"),
+        ({"tau": 0.0}, "^tau must be a finite number > 0"),
+        ({"tau": float("inf")}, "^tau must be a finite number > 0, got inf"),
+        ({"min_consistency": 1.5}, r"^min_consistency must be in \(0, 1\]"),
     ],
 )
 def test_bad_settings_are_named(tiny_model, kwargs, message):

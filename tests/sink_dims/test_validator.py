@@ -47,8 +47,28 @@ def test_report_explains_outsized_attention_and_the_model_is_restored(tiny_model
 
 @pytest.mark.parametrize("dims", [(17, 128), (-1,), ()])
 def test_dims_outside_the_hidden_size_are_rejected(tiny_model, dims):
-    with pytest.raises(ValueError, match="--dims"):
+    with pytest.raises(ValueError, match=r"^dims "):
         validate_sink_dims(*tiny_model, dims, tau=TINY_TAU)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"tau": float("inf")}, "tau must be a finite number > 0, got inf"),
+        (
+            {"attention_factor": -1.0},
+            "attention_factor must be a finite multiple > 0 of the uniform attention",
+        ),
+        ({"attention_factor": "2"}, "attention_factor must be a number, got '2'"),
+        (
+            {"min_distance": -5},
+            r"min_distance must be an integer >= 0 \(queries at least this far after a key\)",
+        ),
+    ],
+)
+def test_bad_settings_are_named_before_any_prompt_runs(tiny_model, settings, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        validate_sink_dims(*tiny_model, (17, 93), **{"tau": TINY_TAU, **settings})
 
 
 def _uniform_causal(keys: int) -> torch.Tensor:

@@ -5,7 +5,6 @@ from pathlib import Path
 import lmms_eval.tasks.blink.utils as blink_utils
 import pytest
 from lmms_eval.utils import load_yaml_config
-from loguru import logger
 from PIL import Image
 
 from lmms_var.tasks import (
@@ -21,15 +20,6 @@ from lmms_var.tasks.records import Loaded
 from lmms_var.testing.spatial_data import BLINK_SUBTASK_IMAGES, write_spatial_root
 
 from .conftest import TASKS_DIR
-
-
-@pytest.fixture
-def log_lines():
-    """Messages loguru logs while the test runs."""
-    lines: list[str] = []
-    sink = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
-    yield lines
-    logger.remove(sink)
 
 
 def test_docs_come_back_as_a_dataset_with_decoded_images(monkeypatch, hub_root):

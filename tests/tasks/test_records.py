@@ -245,11 +245,12 @@ def test_an_image_the_processor_refuses_is_a_bad_record_in_both_layouts(tmp_path
     _write_records(tmp_path, [_record("narrow", "A", {"image": narrow})])
     [problem] = read_blink(DataRoot(tmp_path), "Relative_Depth").problems
     assert "record id 'narrow'" in problem and "narrow.png" in problem
-    assert "image processor refuses its size 6000x20" in problem and "aspect ratio" in problem
+    assert "image processors refuse its size 6000x20" in problem and "aspect ratio" in problem
 
     parquet = _write_hub_rows(tmp_path, [_hub_row(image_1={"bytes": _png_bytes((20, 6000)), "path": None})])
     [problem] = read_hub_parquet([parquet]).problems
-    assert f"{parquet} row 0 (record idx 'val_Counting_1'): image_1: the Qwen2-VL image processor" in problem
+    assert f"{parquet} row 0 (record idx 'val_Counting_1'): image_1: the Qwen2.5-VL, " in problem
+    assert "image processors refuse its size 20x6000" in problem
 
 
 @pytest.mark.parametrize(

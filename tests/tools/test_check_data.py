@@ -112,7 +112,7 @@ def test_misspelt_sub_tasks_and_refused_images_are_named(tmp_path, capsys):
     assert (
         "(record id 'Counting_0'): sub_task 'counting' must be spelled 'Counting', as BLINK spells it" in out
     )
-    assert "(record id 'Counting_1'): image " in out and "image processor refuses its size 20x6000" in out
+    assert "(record id 'Counting_1'): image " in out and "image processors refuse its size 20x6000" in out
 
 
 def test_a_root_whose_every_record_is_bad_has_no_usable_data(tmp_path, capsys):

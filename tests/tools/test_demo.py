@@ -40,3 +40,10 @@ def test_demo_refuses_a_non_empty_output(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     assert main(["demo", "--output", str(tmp_path)]) == 2
     assert f"--output {tmp_path} is not empty" in capsys.readouterr().err
+
+
+def test_demo_refuses_an_output_that_is_a_file(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert main(["demo", "--output", str(blocker)]) == 2
+    assert f"--output {blocker} is a file; give a folder" in capsys.readouterr().err

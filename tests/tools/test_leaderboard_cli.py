@@ -110,3 +110,26 @@ def test_other_doc_sets_are_marked_in_the_table_and_noted_under_it(tmp_path, cap
 def test_an_unknown_metric_exits_2_naming_the_metrics(tmp_path, capsys):
     assert main(["leaderboard", *_two_runs(tmp_path), "--metric", "nosuchmetric"]) == 2
     assert "error: metric 'nosuchmetric': no task reports it; the runs report acc" in capsys.readouterr().err
+
+
+def test_outputs_are_checked_before_any_run_is_read(tmp_path, capsys):
+    """The run folders do not exist: an output that cannot be written is reported first."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    missing_runs = [str(tmp_path / "no_run")]
+    for option, path, message in [
+        ("--output", tmp_path, f"--output {tmp_path} is a folder; give a file path"),
+        ("--plot", blocker / "d.png", f"--plot {blocker / 'd.png'} cannot be created: {blocker} is a file"),
+        ("--plot", tmp_path / "d.xyz", f"--plot {tmp_path / 'd.xyz'}: give a file ending in one of "),
+    ]:
+        assert main(["leaderboard", *missing_runs, option, str(path)]) == 2
+        captured = capsys.readouterr()
+        assert f"lmms-var leaderboard: error: {message}" in captured.err and captured.out == ""
+    assert ".png" in captured.err and ".pdf" in captured.err
+
+
+def test_outputs_go_into_new_folders(tmp_path):
+    runs = _two_runs(tmp_path)
+    table, plot = tmp_path / "new" / "table.md", tmp_path / "plots" / "d.png"
+    assert main(["leaderboard", *runs, "--output", str(table), "--plot", str(plot)]) == 0
+    assert table.read_text().startswith("| run | t |") and plot.stat().st_size > 0

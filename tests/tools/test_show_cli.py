@@ -67,16 +67,6 @@ def test_show_writes_a_png_and_its_json(tiny_checkpoints, model_type, images, tm
     assert "image 1 (" in out and f"wrote {output} and {output.with_suffix('.json')}" in out
 
 
-@pytest.fixture
-def no_weights(monkeypatch):
-    """Loading weights fails the test: every bad input must be reported before."""
-
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("weights were loaded before the bad input was reported")
-
-    monkeypatch.setattr("lmms_var.tools.sink_dims.load_model", refuse)
-
-
 def error_of(args: list[str], capsys) -> str:
     assert main(args) == 2
     return capsys.readouterr().err
@@ -105,8 +95,13 @@ def test_bad_inputs_are_reported_before_loading_weights(
     )
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    assert f"--output {blocker / 'attention.png'}: cannot create its folder" in error_of(
+    assert f"--output's JSON {blocker / 'attention.json'} cannot be created: {blocker} is a file" in error_of(
         show_args(tiny_checkpoint, images, blocker / "attention.png"), capsys
+    )
+    folder = tmp_path / "figures"
+    (folder / "attention.png").mkdir(parents=True)
+    assert f"--output {folder / 'attention.png'} is a folder; give a file path" in error_of(
+        show_args(tiny_checkpoint, images, folder / "attention.png"), capsys
     )
     assert "--output" in error_of(show_args(tiny_checkpoint, images, tmp_path / "attention.jpg"), capsys)
     assert "--p must be in [0, 1], got 2.0" in error_of(
@@ -119,6 +114,16 @@ def test_bad_inputs_are_reported_before_loading_weights(
         show_args(tiny_checkpoint, images, output, var_args=["--sink-dims", "500"]), capsys
     )
     assert not output.exists()
+
+
+def test_a_device_this_machine_lacks_is_named_before_loading(
+    tiny_checkpoint, images, tmp_path, capsys, monkeypatch, no_weights
+):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    args = show_args(tiny_checkpoint, images, tmp_path / "a.png", "--device", "cuda")
+    assert "lmms-var show: error: --device 'cuda': this machine has no CUDA device; give cpu" in error_of(
+        args, capsys
+    )
 
 
 def test_show_is_registered_with_the_issues_options():

@@ -79,7 +79,7 @@ def test_dims_beyond_the_hidden_size_fail_before_loading(tiny_checkpoint, tmp_pa
             str(output),
         ],
     )
-    assert "lmms-var validate-sink-dims: error: --dims [500] are beyond the model's hidden size 128" in err
+    assert "lmms-var validate-sink-dims: error: dims [500] are beyond the model's hidden size 128" in err
     assert not output.exists()
 
 
@@ -92,10 +92,12 @@ def test_a_path_that_is_not_a_qwen_model_is_named(tmp_path, capsys, kind):
         (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     err = _error(capsys, ["find-sink-dims", "--model", str(path), "--output", str(tmp_path / "o.json")])
     assert f"lmms-var find-sink-dims: error: --model {path}: " in err
-    expected = (
-        "VAR supports model types qwen2_5_vl (Qwen2.5-VL)" if kind == "other model type" else "not a model"
-    )
-    assert expected in err
+    expected = {
+        "missing": "no such folder",
+        "empty folder": "a folder without a config.json, not a checkpoint",
+        "other model type": "VAR supports model types qwen2_5_vl (Qwen2.5-VL)",
+    }
+    assert expected[kind] in err
 
 
 def test_layers_outside_the_model_are_rejected(tiny_checkpoint, tmp_path, capsys):
@@ -108,7 +110,49 @@ def test_layers_outside_the_model_are_rejected(tiny_checkpoint, tmp_path, capsys
         "--output",
         str(tmp_path / "o"),
     ]
-    assert "--layers must be decoder layers in [0, 4)" in _error(capsys, argv)
+    assert "error: layers must be decoder layers in [0, 4)" in _error(capsys, argv)
+
+
+@pytest.mark.parametrize(
+    ("command", "extra", "message"),
+    [
+        ("find-sink-dims", ["--output", "{folder}"], "--output {folder} is a folder; give a file path"),
+        (
+            "validate-sink-dims",
+            ["--output", "{file}/check.json"],
+            "--output {file}/check.json cannot be created: {file} is a file, not a folder",
+        ),
+        ("find-sink-dims", ["--num-samples", "0"], "num_samples must be a positive integer, got 0"),
+        ("find-sink-dims", ["--tau", "inf"], "tau must be a finite number > 0, got inf"),
+        ("find-sink-dims", ["--min-consistency", "0"], "min_consistency must be in (0, 1], got 0.0"),
+        ("find-sink-dims", ["--data", "{folder}"], "spatial root {folder}: no spatial_reasoning/blink/"),
+        (
+            "validate-sink-dims",
+            ["--attention-factor", "-1"],
+            "attention_factor must be a finite multiple > 0",
+        ),
+        ("validate-sink-dims", ["--min-distance", "-5"], "min_distance must be an integer >= 0"),
+        ("validate-sink-dims", ["--layers", "7"], "layers must be decoder layers in [0, 4), got [7]"),
+        (
+            "find-sink-dims",
+            ["--device", "cuda"],
+            "--device 'cuda': this machine has no CUDA device; give cpu",
+        ),
+        ("find-sink-dims", ["--device", "gpu0"], "--device 'gpu0' is not a device; give cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_inputs_fail_before_loading_or_measuring(
+    command, extra, message, tiny_checkpoint, tmp_path, capsys, monkeypatch, no_weights
+):
+    """Nothing is measured (and lost) before an output that cannot be written or a bad setting is named."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    dims = ["--dims", "17", "93"] if command == "validate-sink-dims" else []
+    argv = [command, "--model", str(tiny_checkpoint), *dims, "--output", str(tmp_path / "out.json")]
+    argv += [arg.format(folder=tmp_path, file=blocker) for arg in extra]
+    err = _error(capsys, argv)
+    assert f"lmms-var {command}: error: {message.format(folder=tmp_path, file=blocker)}" in err
 
 
 def test_console_script_shows_progress(tiny_checkpoint, tmp_path):

@@ -1,0 +1,73 @@
+"""Checks of the paths and devices users give, run before any expensive work (loading weights, measuring).
+
+Shared by the model args, the sink-dims cache and every `lmms-var` subcommand that writes files, so a
+run cannot compute for minutes and then die on a folder given as an output file or a missing GPU.
+Each check raises a `ValueError` naming the argument as its caller knows it (`what`: `--output`,
+`diagnostics_path`, ...) and what is allowed. Like `config.py`, this module imports nothing else from
+the package, so every layer can use it; torch is imported only by the device check.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """`path` can be written as a file: not a folder, and its folder exists or can be created there."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file path")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise ValueError(f"{what} {path} is not writable")
+        return path
+    _check_creatable(path, what)
+    return path
+
+
+def check_output_folder(path: str | Path, what: str) -> Path:
+    """`path` is a writable folder, or one that can be created there (it is not created here)."""
+    path = Path(path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"{what} {path} is a file; give a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{what} {path} is a folder this user cannot write in")
+        return path
+    _check_creatable(path, what)
+    return path
+
+
+def _check_creatable(path: Path, what: str) -> None:
+    """The nearest existing ancestor of a missing `path` must be a folder this user can write in."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{what} {path} cannot be created: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path} cannot be created: this user cannot write in {ancestor}")
+
+
+def check_device(device: str, what: str) -> torch.device:
+    """`device` parsed as a `torch.device` that exists here (a `cuda` device needs a visible GPU)."""
+    import torch  # here: the other checks serve `lmms-var --help`, which must not wait for torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{what} {device!r} is not a device; give cpu, cuda or cuda:N") from None
+    backend = getattr(torch, parsed.type, None)
+    if parsed.type != "cpu" and not getattr(backend, "is_available", lambda: True)():
+        raise ValueError(f"{what} {device!r}: this machine has no {parsed.type.upper()} device; give cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"{what} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+    return parsed

@@ -1,0 +1,58 @@
+"""`lmms_var.checks`: outputs and devices checked before any work, each error naming the argument."""
+
+import pytest
+import torch
+
+from lmms_var.checks import check_device, check_output_file, check_output_folder
+
+
+@pytest.fixture
+def a_file(tmp_path):
+    """A file where a folder is expected (tests may run as root, for whom every path is writable)."""
+    path = tmp_path / "a_file"
+    path.write_text("")
+    return path
+
+
+def test_an_output_file_may_be_new_in_new_folders_which_are_not_created(tmp_path, a_file):
+    deep = tmp_path / "x" / "y" / "out.json"
+    assert check_output_file(deep, "--output") == deep and not (tmp_path / "x").exists()
+    assert check_output_file(a_file, "--output") == a_file  # an existing file is overwritten
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("{tmp}", "--output {tmp} is a folder; give a file path"),
+        ("{file}/x/out.json", "--output {file}/x/out.json cannot be created: {file} is a file, not a folder"),
+    ],
+)
+def test_an_output_file_that_cannot_be_written_is_named(tmp_path, a_file, where, message):
+    with pytest.raises(ValueError) as error:
+        check_output_file(where.format(tmp=tmp_path, file=a_file), "--output")
+    assert str(error.value) == message.format(tmp=tmp_path, file=a_file)
+
+
+def test_an_output_folder(tmp_path, a_file):
+    assert (
+        check_output_folder(tmp_path / "new", "folder") == tmp_path / "new"
+        and not (tmp_path / "new").exists()
+    )
+    with pytest.raises(ValueError, match=f"^folder {a_file} is a file; give a folder$"):
+        check_output_folder(a_file, "folder")
+    with pytest.raises(ValueError, match=f"^folder {a_file}/sub cannot be created: {a_file} is a file"):
+        check_output_folder(a_file / "sub", "folder")
+
+
+def test_devices(monkeypatch):
+    assert check_device("cpu", "device") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^device 'gpu' is not a device; give cpu, cuda or cuda:N$"):
+        check_device("gpu", "device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^--device 'cuda:0': this machine has no CUDA device; give cpu$"):
+        check_device("cuda:0", "--device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1", "device") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"has 2 CUDA device\(s\), cuda:0 to cuda:1$"):
+        check_device("cuda:2", "device")
