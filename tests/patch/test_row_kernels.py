@@ -14,99 +14,20 @@ import pytest
 import torch
 
 from lmms_var import enable_var
-from lmms_var.core import plan_keys
-from lmms_var.patch.attention import _blocked_keys, _explicit_attention, _fused_rows, _times_values
+from lmms_var.patch.explicit import blocked_keys
 from lmms_var.patch.state import LayerActivity
+from tests.patch import layer_cases
+from tests.patch.layer_cases import plain_attention, pytorch_path, touched_rows
 from tests.patch.test_enable_var import CONFIG
 
 kernels = pytest.importorskip("lmms_var.patch.row_kernels", reason="needs Triton")
 RUNNABLE = kernels.INTERPRETED or torch.cuda.is_available()
 DEVICE = "cuda" if torch.cuda.is_available() and not kernels.INTERPRETED else "cpu"
 needs_kernels = pytest.mark.skipif(not RUNNABLE, reason="run by test_under_triton_interpreter")
-PROMPT = 40  # keys 5..29 are visual, 30..39 the text rows VAR may change at prefill
-PADDING = (0, 4, 0)  # left padding per sample
 
 
-def attention_case(dtype: torch.dtype, decode: bool, padded: bool, seed: int = 0) -> dict:
-    """A layer's attention inputs for 3 samples, GQA 6/2 heads, at prefill (10 rows) or at decode.
-
-    Sample 0 has text and visual sinks, and the heads on key/value head 0 mostly look at its
-    visual sinks (not image-centric); sample 1 has a visual sink and, if `padded`, 4 padding
-    positions holding a text sink, and one row fewer; sample 2 has text sinks only.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    batch, heads, kv_heads, head_dim = 3, 6, 2, 48
-    keys = PROMPT + 1 if decode else PROMPT
-    queries = 1 if decode else PROMPT
-    # Laid out [B, Q, H, d] and transposed, as Hugging Face attention modules pass it.
-    query = torch.randn(batch, queries, heads, head_dim, generator=generator).transpose(1, 2) * 2
-    key = torch.randn(batch, kv_heads, keys, head_dim, generator=generator)
-    value = torch.randn(batch, kv_heads, keys, head_dim, generator=generator)
-    direction = torch.randn(head_dim, generator=generator)
-    query[0, :3] += direction  # these heads share key/value head 0, whose visual sinks point that way
-    key[0, 0, [7, 20]] = 3 * direction
-    image = torch.zeros(batch, PROMPT, dtype=torch.bool)
-    image[:, 5:30] = True
-    sinks = torch.zeros(batch, PROMPT, dtype=torch.bool)
-    sinks[0, [0, 7, 20]] = True
-    sinks[1, [2, 4, 10]] = True
-    sinks[2, [0, 35]] = True
-    if decode:
-        rows = torch.zeros(batch, 1, dtype=torch.long)
-        row_valid = torch.ones(batch, 1, dtype=torch.bool)
-    else:
-        rows = torch.arange(30, 40).repeat(batch, 1)
-        row_valid = torch.ones(batch, 10, dtype=torch.bool)
-        row_valid[1, -1] = False
-    mask = None
-    if padded:
-        visible = torch.arange(keys)[None, :] >= torch.tensor(PADDING)[:, None]
-        causal = torch.arange(keys)[None, :] <= torch.arange(keys - queries, keys)[:, None]
-        mask = (visible[:, None, None, :] & causal[None, None]).to(DEVICE)
-    tensors = {
-        "output": torch.randn(batch, queries, heads, head_dim, generator=generator),
-        "query": query,
-        "key": key,
-        "value": value,
-    }
-    case = {name: tensor.to(DEVICE, dtype) for name, tensor in tensors.items()}
-    plan = plan_keys(image, sinks, p=0.3, rho=0.6, summ=0.1)
-    case["plan"] = type(plan)(*(tensor.to(DEVICE) for tensor in plan))
-    case["rows"], case["row_valid"] = rows.to(DEVICE), row_valid.to(DEVICE)
-    case["mask"], case["scaling"] = mask, head_dim**-0.5
-    return case
-
-
-def pytorch_path(case: dict, whole_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The corrected (or, `whole_rows`, written) output, selection and budgets of `attention`'s PyTorch path."""
-    query, rows, output = case["query"], case["rows"], case["output"]
-    heads, query_length, head_dim = query.shape[1:]
-    rows_query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
-    blocked = _blocked_keys(case["mask"], rows, query_length, case["key"].shape[2])
-    computed, selected, budget = _fused_rows(
-        rows_query,
-        case["key"],
-        case["value"],
-        blocked,
-        case["plan"],
-        case["row_valid"],
-        scaling=case["scaling"],
-        in_prefill=query_length > 1,
-        whole_rows=whole_rows,
-    )
-    if whole_rows:
-        return computed.transpose(1, 2).to(output.dtype), selected, budget
-    index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
-    corrected = output.clone().scatter_add_(1, index, computed.transpose(1, 2).to(output.dtype))
-    return corrected, selected, budget
-
-
-def plain_attention(case: dict) -> torch.Tensor:
-    """softmax(q k^T) V [B, Q, H, d] of every query row in float32: what a base kernel computes."""
-    query = case["query"]
-    blocked = _blocked_keys(case["mask"], case["rows"], query.shape[2], case["key"].shape[2])
-    attn = _explicit_attention(query, case["key"], blocked, case["scaling"], may_be_empty=True)
-    return _times_values(attn, case["value"]).transpose(1, 2)
+def attention_case(dtype: torch.dtype, decode: bool, padded: bool, **options) -> dict:
+    return layer_cases.attention_case(dtype, decode, padded, device=DEVICE, **options)
 
 
 def through_kernels(case: dict, row_valid: torch.Tensor | None = None, **options):
@@ -116,7 +37,7 @@ def through_kernels(case: dict, row_valid: torch.Tensor | None = None, **options
     activity = LayerActivity(zeros, zeros.clone(), zeros.clone(), zeros.clone())
     blocked = None
     if case["mask"] is not None:
-        blocked = _blocked_keys(case["mask"], case["rows"], case["query"].shape[2], case["key"].shape[2])
+        blocked = blocked_keys(case["mask"], case["rows"], case["query"].shape[2], case["key"].shape[2])
     kernels.redistribute_rows(
         corrected,
         case["query"],
@@ -172,8 +93,7 @@ def check_against_the_pytorch_path(dtype, decode: bool, padded: bool, **tiling) 
     # bfloat16: the PyTorch path rounds the correction before adding it, the kernels after.
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-3, "rtol": 2e-2}
     torch.testing.assert_close(corrected, expected, **tolerance)
-    touched = torch.zeros(case["output"].shape[:3], dtype=torch.bool, device=DEVICE)  # [B, Q, H]
-    touched.scatter_(1, case["rows"][..., None].expand(-1, -1, selected.shape[1]), selected.transpose(1, 2))
+    touched = touched_rows(case, selected)
     assert torch.equal(corrected[~touched], case["output"][~touched]), "untouched rows stay bit-identical"
     check_activity(activity, selected, budget)
 
@@ -271,8 +191,8 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
             runs.append((out, handle.diagnostics()))
             if use_triton:  # the prefill corrected the base kernel, the decode steps were written whole
                 assert handle.state.kernels_agree == {
-                    (torch.device(DEVICE), False): True,
-                    (torch.device(DEVICE), True): True,
+                    (torch.device(DEVICE), "prefill"): True,
+                    (torch.device(DEVICE), "whole rows"): True,
                 }
     active_layers = len(CONFIG.active_layers(len(model.model.language_model.layers)))
     # The prefill and two decode steps, and two launches for each kind's first-use check.

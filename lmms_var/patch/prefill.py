@@ -1,0 +1,167 @@
+"""VAR's prefill rows in PyTorch operations, over the keys they depend on and in bounded blocks.
+
+A row's statistics (spec steps 3-4) and its correction of the base kernel's output,
+
+    A'V - AV = (p - 1) * sum over sinks of A_k V_k  +  gain * sum over visual non-sinks of A_k V_k,
+
+are sums over visual and sink keys only: every other key has zero weight in the row's `KeyPlan`.
+With the row's log-sum-exp over all the keys it sees, `A_k = exp(s_k - lse)` for those keys alone,
+so a layer costs O(R x (visual + sinks)) rather than O(R x K) however long the text is. The
+log-sum-exp comes from the base kernel (`normaliser.py`); eager attention's weights are read
+directly; otherwise one pass over all keys computes it. Rows and keys go in blocks of at most
+`block_elements` float32 values per [B, H, rows, keys] tensor, so memory is bounded too.
+"""
+
+from typing import NamedTuple
+
+import torch
+
+from lmms_var.core import KeyPlan, receiver_gain, selected_rows
+from lmms_var.patch.explicit import LayerCall, blocked_keys, grouped, scores
+
+# Float32 values in one [B, H, rows, keys] block (16 MiB): a few such tensors are VAR's extra memory.
+DEFAULT_BLOCK_ELEMENTS = 2**22
+_STATISTICS = 4  # the KeyPlan's statistics per row
+
+
+class RelevantKeys(NamedTuple):
+    """Per sample, the keys a prefill row's correction depends on (visual or sink), first in `order`."""
+
+    order: torch.Tensor  # Long[B, P]: the planned key positions, the sample's relevant keys first
+    counts: torch.Tensor  # Long[B]: how many of them are relevant
+
+
+def relevant_keys(plan: KeyPlan) -> RelevantKeys:
+    """Keys with a nonzero statistic weight: visual keys and sinks (their only ones to change, too)."""
+    relevant = plan.weights.ne(0).any(dim=-1)
+    order = torch.argsort((~relevant).to(torch.int8), dim=1, stable=True)
+    return RelevantKeys(order, relevant.sum(dim=1))
+
+
+class _GatheredKeys(NamedTuple):
+    # Long[B, M]: key positions. Past a sample's own count come keys that are not relevant to it:
+    # their `sums` are zero, so they add nothing and need no mask.
+    index: torch.Tensor
+    key: torch.Tensor  # [B, Hkv, M, d]
+    sums: torch.Tensor  # Float32[B, Hkv, M, 4 + 2d]: statistic weights, (p - 1) V on sinks, V on receivers
+
+
+def _gather_keys(plan: KeyPlan, call: LayerCall) -> _GatheredKeys:
+    """The relevant keys of every sample side by side, and what a row sums over them in one product."""
+    keys = relevant_keys(plan)
+    count = int(keys.counts.max())  # shapes need it on the host: free on a CPU, one sync on a GPU
+    index = keys.order[:, :count]
+    kv_heads, head_dim = call.key.shape[1], call.key.shape[3]
+    per_head = index[:, None, :, None].expand(-1, kv_heads, -1, head_dim)
+    values = call.value.gather(2, per_head).float()
+    weights = plan.weights.gather(1, index[..., None].expand(-1, -1, _STATISTICS))
+    sink_change = plan.sink_change[:, 0, 0].gather(1, index)[:, None, :, None]
+    receivers = plan.receivers[:, 0, 0].gather(1, index)[:, None, :, None]
+    sums = torch.cat(
+        [weights[:, None].expand(-1, kv_heads, -1, -1), sink_change * values, receivers * values], dim=-1
+    )
+    return _GatheredKeys(index, call.key.gather(2, per_head), sums)
+
+
+def _starts(count: int, step: int) -> range:
+    return range(0, count, step)
+
+
+def _block_rows(batch_heads: int, rows: int, widest: int, block_elements: int) -> int:
+    """Rows per block: as many as fit next to `widest` keys (one, if not even a row of keys fits)."""
+    return max(1, min(rows, block_elements // (batch_heads * max(1, widest))))
+
+
+def _block_keys(batch_heads: int, rows: int, keys: int, block_elements: int) -> int:
+    """Keys per block for `rows` rows: all of them unless a block would exceed `block_elements`."""
+    return max(1, min(keys, block_elements // (batch_heads * rows)))
+
+
+def _log_sum_exp(call: LayerCall, query: torch.Tensor, rows: torch.Tensor, step: int) -> torch.Tensor:
+    """Float32[B, H, r]: the rows' log-sum-exp over every key they see, `step` keys at a time."""
+    query_length, key_length = call.query.shape[2], call.key.shape[2]
+    total = query.new_full(query.shape[:3], float("-inf"))
+    for start in _starts(key_length, step):
+        keys = torch.arange(start, min(start + step, key_length), device=rows.device).expand(
+            rows.shape[0], -1
+        )
+        logits = scores(query, call.key[:, :, start : start + step], call.scaling)
+        logits.masked_fill_(
+            blocked_keys(call.attention_mask, rows, query_length, key_length, keys), float("-inf")
+        )
+        total = torch.logaddexp(total, logits.logsumexp(dim=-1))
+    return total
+
+
+def _attention_on(
+    call: LayerCall, keys: _GatheredKeys, query, rows, log_sum_exp, start: int, stop: int
+) -> torch.Tensor:
+    """Float32[B, H, r, m]: the rows' attention on relevant keys `start:stop`, zero where blocked."""
+    index = keys.index[:, start:stop]
+    query_length, key_length = call.query.shape[2], call.key.shape[2]
+    blocked = blocked_keys(call.attention_mask, rows, query_length, key_length, index)
+    weights = call.normaliser.weights
+    if weights is not None:  # eager attention: read its own weights
+        samples = torch.arange(rows.shape[0], device=rows.device)[:, None, None]
+        attn = weights[samples, :, rows[:, :, None], index[:, None, :]].permute(0, 3, 1, 2).float()
+    else:
+        logits = scores(query, keys.key[:, :, start:stop], call.scaling)
+        attn = torch.exp(logits - log_sum_exp[..., None])
+    return attn.masked_fill_(blocked, 0.0)
+
+
+def correct_prefill_rows(
+    output: torch.Tensor,
+    call: LayerCall,
+    plan: KeyPlan,
+    rows: torch.Tensor,
+    row_valid: torch.Tensor,
+    *,
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add A'V - AV to the base kernel's `output` [B, Q, H, d] at `rows` (Long[B, R]) where a head selects them.
+
+    `row_valid` Bool[B, R] says which rows spec step 2 allows. Returns the selection and the
+    budgets, Bool/Float32[B, H, R], for diagnostics.
+    """
+    batch, heads, _, head_dim = call.query.shape
+    batch_heads = batch * heads
+    keys = _gather_keys(plan, call)
+    relevant_count = keys.index.shape[1]
+    normalised = call.normaliser.log_sum_exp is not None or call.normaliser.weights is not None
+    # Without a normaliser from the base kernel, a block also spans all keys to compute it.
+    widest = relevant_count if normalised else call.key.shape[2]
+    row_step = _block_rows(batch_heads, rows.shape[1], widest, block_elements)
+    selections, budgets = [], []
+    for row_start in _starts(rows.shape[1], row_step):
+        block_rows = rows[:, row_start : row_start + row_step]
+        query = call.query.gather(2, block_rows[:, None, :, None].expand(-1, heads, -1, head_dim))
+        key_step = _block_keys(batch_heads, block_rows.shape[1], relevant_count, block_elements)
+        log_sum_exp = None
+        if call.normaliser.log_sum_exp is not None:
+            log_sum_exp = call.normaliser.log_sum_exp.gather(2, block_rows[:, None, :].expand(-1, heads, -1))
+        elif not normalised:
+            log_sum_exp = _log_sum_exp(
+                call,
+                query,
+                block_rows,
+                _block_keys(batch_heads, block_rows.shape[1], widest, block_elements),
+            )
+        sums = query.new_zeros(batch, heads, block_rows.shape[1], keys.sums.shape[-1], dtype=torch.float32)
+        for start in _starts(relevant_count, key_step):
+            attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, start + key_step)
+            block_sums = torch.bmm(
+                grouped(attn, keys.sums.shape[1]), keys.sums[:, :, start : start + key_step].flatten(0, 1)
+            ).view(batch, heads, block_rows.shape[1], -1)
+            sums += block_sums
+        statistics = sums[..., :_STATISTICS] + plan.offsets[:, None]
+        selected = selected_rows(statistics, row_valid[:, row_start : row_start + row_step])
+        sink_values = sums[..., _STATISTICS : _STATISTICS + head_dim]
+        receiver_values = sums[..., _STATISTICS + head_dim :]
+        correction = torch.addcmul(sink_values, receiver_gain(statistics)[..., None], receiver_values)
+        correction *= selected[..., None]
+        index = block_rows[:, :, None, None].expand(-1, -1, heads, head_dim)
+        output.scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
+        selections.append(selected)
+        budgets.append(statistics[..., 0])
+    return torch.cat(selections, dim=-1), torch.cat(budgets, dim=-1)
