@@ -19,8 +19,8 @@ import torch
 from lmms_var.core import KeyPlan, receiver_gain, selected_rows
 from lmms_var.patch.explicit import LayerCall, blocked_keys, grouped, scores
 
-# Float32 values in one [B, H, rows, keys] block (16 MiB): a few such tensors are VAR's extra memory.
-DEFAULT_BLOCK_ELEMENTS = 2**22
+# Float32 values in one [B, H, rows, keys] block (4 MiB): one or two such tensors are VAR's extra memory.
+DEFAULT_BLOCK_ELEMENTS = 2**20
 _STATISTICS = 4  # the KeyPlan's statistics per row
 
 
@@ -106,7 +106,7 @@ def _attention_on(
         attn = weights[samples, :, rows[:, :, None], index[:, None, :]].permute(0, 3, 1, 2).float()
     else:
         logits = scores(query, keys.key[:, :, start:stop], call.scaling)
-        attn = torch.exp(logits - log_sum_exp[..., None])
+        attn = logits.sub_(log_sum_exp[..., None]).exp_()
     return attn.masked_fill_(blocked, 0.0)
 
 
