@@ -37,7 +37,7 @@ from lmms_var.core import (
 )
 from lmms_var.patch.explicit import LayerCall, Normaliser, blocked_keys, explicit_attention, times_values
 from lmms_var.patch.normaliser import LogSumExpCapture
-from lmms_var.patch.prefill import correct_prefill_rows
+from lmms_var.patch.prefill import correct_prefill_rows, relevant_keys
 from lmms_var.patch.state import LayerActivity, VARState
 
 logger = logging.getLogger(__name__)
@@ -192,8 +192,12 @@ def _run_kernels(
     plan: KeyPlan,
     activity: LayerActivity | None,
 ) -> None:
-    """`redistribute_rows` on this forward's rows, with the mask turned into blocked keys if any."""
+    """This forward's rows through the Triton kernels: prefill rows over their relevant keys, decode rows whole."""
     rows, row_valid = state.rows_on(call.query.device)
+    if _corrects_prefill(state):
+        keys = relevant_keys(plan)
+        kernels.correct_prefill_rows(output, call, plan, keys, rows, row_valid, activity=activity)
+        return
     # Without a mask the kernels apply causality themselves: no [B, R, K] mask is built.
     blocked = None
     if call.attention_mask is not None:

@@ -15,10 +15,19 @@ import torch
 
 from lmms_var import enable_var
 from lmms_var.patch.explicit import blocked_keys
+from lmms_var.patch.prefill import relevant_keys
 from lmms_var.patch.state import LayerActivity
 from tests.patch import layer_cases
-from tests.patch.layer_cases import plain_attention, pytorch_path, touched_rows
+from tests.patch.layer_cases import (
+    ONE_IMAGE,
+    TWO_IMAGES,
+    layer_call,
+    plain_attention,
+    pytorch_path,
+    touched_rows,
+)
 from tests.patch.test_enable_var import CONFIG
+from tests.patch.test_prefill import normaliser_for
 
 kernels = pytest.importorskip("lmms_var.patch.row_kernels", reason="needs Triton")
 RUNNABLE = kernels.INTERPRETED or torch.cuda.is_available()
@@ -69,38 +78,118 @@ def test_under_triton_interpreter():
     assert " passed, 1 skipped in" in result.stdout, "only this test may skip there: " + result.stdout[-2000:]
 
 
+def prefill_through_kernels(case: dict, source: str = "sdpa", row_valid=None, **options):
+    """The corrected output and the diagnostics counters from `correct_prefill_rows`."""
+    corrected = case["output"].clone()
+    zeros = torch.zeros(3, device=DEVICE)
+    activity = LayerActivity(zeros, zeros.clone(), zeros.clone(), zeros.clone())
+    kernels.correct_prefill_rows(
+        corrected,
+        layer_call(case, normaliser_for(case, source)),
+        case["plan"],
+        relevant_keys(case["plan"]),
+        case["rows"],
+        case["row_valid"] if row_valid is None else row_valid,
+        activity=activity,
+        **options,
+    )
+    return corrected, activity
+
+
+def check_prefill(case: dict, source: str = "sdpa", **tiling) -> None:
+    """The prefill kernel corrects exactly the selected rows as whole rows over every key would."""
+    expected, selected, budget = pytorch_path(case)
+    corrected, activity = prefill_through_kernels(case, source, **tiling)
+    assert selected[0].any() and not selected[0].all(), "sample 0 should mix selected and unselected heads"
+    assert selected[1].any() and not selected[2].any()
+    # bfloat16: the PyTorch path rounds the correction before adding it, the kernel after.
+    tolerance = (
+        {"atol": 1e-5, "rtol": 1e-5}
+        if case["output"].dtype == torch.float32
+        else {"atol": 2e-3, "rtol": 2e-2}
+    )
+    torch.testing.assert_close(corrected, expected, **tolerance)
+    untouched = ~touched_rows(case, selected)
+    assert torch.equal(corrected[untouched], case["output"][untouched]), "untouched rows stay bit-identical"
+    # bfloat16: SDPA's log-sum-exp is off by up to 1e-4 from float32 scores of the same inputs.
+    check_activity(activity, selected, budget, rtol=1.3e-6 if case["output"].dtype == torch.float32 else 1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("dtype", "images", "padded", "source"),
+    [
+        (torch.float32, ONE_IMAGE, False, "sdpa"),
+        (torch.float32, TWO_IMAGES, True, "sdpa"),
+        (torch.float32, TWO_IMAGES, False, "none"),
+        (torch.bfloat16, TWO_IMAGES, True, "sdpa"),
+    ],
+    ids=["text after the image", "text between images, padded", "no log-sum-exp, causal only", "bfloat16"],
+)
+def test_prefill_kernel_equals_whole_rows(dtype, images, padded, source):
+    check_prefill(attention_case(dtype, decode=False, padded=padded, images=images), source)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("tile_rows", "chunks"),
+    [(8, 1), (8, 3), (16, 2), (16, 5)],
+    ids=["8 rows", "8 rows, 3 chunks", "16 rows, 2 chunks", "16 rows, 5 chunks"],
+)
+def test_prefill_tiles_and_chunks_merge_exactly(tile_rows, chunks):
+    """20 rows in tiles of 8 (broadcast products; the last tile part empty) or 16 (`tl.dot`); the
+    relevant keys (26 or 27 here) in 16-key tiles shared by chunks (5 chunks leave some with nothing)."""
+    case = attention_case(torch.float32, decode=False, padded=True, images=TWO_IMAGES)
+    check_prefill(case, tile_rows=tile_rows, block_k=16, chunks=chunks)
+
+
+@needs_kernels
+@pytest.mark.parametrize("mask", ["additive", "padding"])
+def test_prefill_kernel_reads_every_mask_format(mask):
+    """Eager's additive [B, 1, Q, K] mask and flash's 2D padding mask, as the base kernels get them."""
+    case = attention_case(torch.float32, decode=False, padded=True, images=TWO_IMAGES)
+    visible = case["mask"]
+    if mask == "additive":
+        case["mask"] = torch.zeros(visible.shape, device=DEVICE).masked_fill(
+            ~visible, torch.finfo(torch.float32).min
+        )
+    else:
+        case["mask"] = visible[:, 0, -1].long()  # the last row sees every non-padding key
+    check_prefill(case, "none")
+
+
 @needs_kernels
 @pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("decode", [False, True], ids=["prefill", "decode"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_kernels_equal_the_pytorch_path(dtype, decode, padded):
-    check_against_the_pytorch_path(dtype, decode, padded)
+def test_decode_correction_equals_the_pytorch_path(dtype, padded):
+    """A decode step with a prompt without an image in the batch: corrections over every key."""
+    check_decode_correction(dtype, padded)
 
 
 @needs_kernels
-@pytest.mark.parametrize("decode", [False, True], ids=["prefill", "decode"])
 @pytest.mark.parametrize("chunks", [1, 3, 2], ids=["3 tiles in 1 chunk", "1 tile per chunk", "uneven"])
-def test_rows_split_into_tiles_and_chunks_merge_exactly(decode, chunks):
-    check_against_the_pytorch_path(torch.float32, decode, padded=True, block_k=16, chunks=chunks)
+def test_decode_rows_split_into_tiles_and_chunks_merge_exactly(chunks):
+    check_decode_correction(torch.float32, padded=True, block_k=16, chunks=chunks)
 
 
-def check_against_the_pytorch_path(dtype, decode: bool, padded: bool, **tiling) -> None:
-    case = attention_case(dtype, decode, padded)
+def check_decode_correction(dtype, padded: bool, **tiling) -> None:
+    case = attention_case(dtype, decode=True, padded=padded)
     expected, selected, budget = pytorch_path(case)
     corrected, activity = through_kernels(case, **tiling)
     assert selected[0].any() and not selected[0].all(), "sample 0 should mix selected and unselected heads"
     assert selected[1].any() and not selected[2].any()
-    # bfloat16: the PyTorch path rounds the correction before adding it, the kernels after.
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-3, "rtol": 2e-2}
     torch.testing.assert_close(corrected, expected, **tolerance)
-    touched = touched_rows(case, selected)
-    assert torch.equal(corrected[~touched], case["output"][~touched]), "untouched rows stay bit-identical"
+    untouched = ~touched_rows(case, selected)
+    assert torch.equal(corrected[untouched], case["output"][untouched]), "untouched rows stay bit-identical"
     check_activity(activity, selected, budget)
 
 
-def check_activity(activity: LayerActivity, selected: torch.Tensor, budget: torch.Tensor) -> None:
+def check_activity(
+    activity: LayerActivity, selected: torch.Tensor, budget: torch.Tensor, rtol: float = 1.3e-6
+) -> None:
     assert torch.equal(activity.redistributed_rows, selected.sum(dim=(1, 2)).float())
-    torch.testing.assert_close(activity.moved_mass, (budget * selected).sum(dim=(1, 2)))
+    torch.testing.assert_close(activity.moved_mass, (budget * selected).sum(dim=(1, 2)), rtol=rtol, atol=1e-5)
 
 
 @needs_kernels
@@ -126,17 +215,20 @@ def test_whole_rows_are_plain_attention_plus_the_correction(dtype, padded, chunk
 @needs_kernels
 def test_launches_leave_their_tickets_at_zero():
     """The ticket counters are kept across launches, so each launch must leave them as it found them."""
-    for whole_rows in (False, True, False):
-        case = attention_case(torch.float32, decode=whole_rows, padded=True)
-        expected = pytorch_path(case, whole_rows=whole_rows)[0]
-        torch.testing.assert_close(through_kernels(case, whole_rows=whole_rows, chunks=3)[0], expected)
+    for kind in ("prefill", "whole rows", "prefill", "decode correction"):
+        case = attention_case(torch.float32, decode=kind != "prefill", padded=True)
+        if kind == "prefill":
+            corrected = prefill_through_kernels(case, tile_rows=8, chunks=3)[0]
+        else:
+            corrected = through_kernels(case, whole_rows=kind == "whole rows", chunks=3)[0]
+        torch.testing.assert_close(corrected, pytorch_path(case, whole_rows=kind == "whole rows")[0])
         assert not kernels._tickets_on[torch.device(DEVICE)].any()
 
 
 @needs_kernels
 def test_rows_step_two_forbids_are_untouched():
     case = attention_case(torch.float32, decode=False, padded=True)
-    corrected, activity = through_kernels(case, row_valid=torch.zeros_like(case["row_valid"]))
+    corrected, activity = prefill_through_kernels(case, row_valid=torch.zeros_like(case["row_valid"]))
     assert torch.equal(corrected, case["output"])
     assert not activity.redistributed_rows.any()
 
@@ -160,11 +252,12 @@ def test_launch_keys_tell_apart_every_specialisation_triton_compiles():
                 )
 
 
-def test_non_contiguous_output_is_rejected():
-    case = attention_case(torch.float32, decode=False, padded=False)
-    case["output"] = case["output"].transpose(0, 1).contiguous().transpose(0, 1)
+@pytest.mark.parametrize("kernel", ["prefill", "decode"])
+def test_non_contiguous_output_is_rejected(kernel):
+    case = attention_case(torch.float32, decode=kernel == "decode", padded=False)
+    case["output"] = case["output"].transpose(0, 2).contiguous().transpose(0, 2)  # batch and heads swapped
     with pytest.raises(ValueError, match="output must be a contiguous"):
-        through_kernels(case)
+        prefill_through_kernels(case) if kernel == "prefill" else through_kernels(case)
 
 
 @needs_kernels
@@ -173,10 +266,13 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
     model = copy.deepcopy(tiny_model[0]).to(DEVICE)
     inputs = {key: value.to(DEVICE) for key, value in padded_batch.items()}
     calls = []
-    launch = kernels.redistribute_rows
-    monkeypatch.setattr(
-        kernels, "redistribute_rows", lambda *args, **kwargs: calls.append(1) or launch(*args, **kwargs)
-    )
+
+    def counted(name: str):
+        launch = getattr(kernels, name)
+        return lambda *args, **kwargs: calls.append(name) or launch(*args, **kwargs)
+
+    for name in ("correct_prefill_rows", "redistribute_rows"):
+        monkeypatch.setattr(kernels, name, counted(name))
     runs = []
     for use_triton in (True, False):
         with enable_var(model, CONFIG, diagnostics=True, use_triton=use_triton) as handle:
@@ -196,7 +292,8 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
                 }
     active_layers = len(CONFIG.active_layers(len(model.model.language_model.layers)))
     # The prefill and two decode steps, and two launches for each kind's first-use check.
-    assert len(calls) == 3 * active_layers + 4
+    assert calls.count("correct_prefill_rows") == active_layers + 2
+    assert calls.count("redistribute_rows") == 2 * active_layers + 2
     (kernel_out, kernel_report), (torch_out, torch_report) = runs
     assert torch.equal(kernel_out.sequences, torch_out.sequences)
     for kernel_step, torch_step in zip(kernel_out.logits, torch_out.logits, strict=True):
@@ -220,7 +317,7 @@ def test_kernels_that_fail_fall_back_to_the_pytorch_path(
             raise RuntimeError("no kernel image is available for execution on the device")
         output.mul_(2)
 
-    monkeypatch.setattr(kernels, "redistribute_rows", broken)
+    monkeypatch.setattr(kernels, "correct_prefill_rows", broken)  # a forward is a prefill
     results = []
     for use_triton in (True, False):
         with enable_var(model, CONFIG, use_triton=use_triton) as handle:
