@@ -235,7 +235,33 @@ def time_variants(runner: Runner, variants: dict, repeats: int) -> Timings:
 
 
 def ratio(values: dict[str, float], name: str) -> float:
-    return values[name] / max(values["plain"], 1)
+    return values[name] / max(values["plain"], 1e-9)
+
+
+@dataclass
+class Summary:
+    """Per variant: median and best (least disturbed) times, and each repeat's own ratio to plain."""
+
+    median: dict[str, float]
+    best: dict[str, float]
+    prefill_best: dict[str, float]  # generate of one token
+    paired: dict[str, list[float]]
+
+    @classmethod
+    def of(cls, timings: Timings) -> "Summary":
+        generate = timings.generate
+        # Each repeat runs every variant back to back, so its own ratio to plain cancels slow drifts
+        # of the machine; their range shows how far one measurement can be trusted.
+        paired = {
+            variant: [t / p for t, p in zip(times, generate["plain"], strict=True)]
+            for variant, times in generate.items()
+        }
+        return cls(
+            {variant: statistics.median(times) for variant, times in generate.items()},
+            {variant: min(times) for variant, times in generate.items()},
+            {variant: min(times) for variant, times in timings.prefill.items()},
+            paired,
+        )
 
 
 def bench_preset(name: str, preset: Preset, args) -> dict:
@@ -247,8 +273,7 @@ def bench_preset(name: str, preset: Preset, args) -> dict:
         extra = timings.cuda_peak
     else:
         extra = {variant: measure_memory_in_fresh_process(name, variant) for variant in variants}
-    median = {variant: statistics.median(values) for variant, values in timings.generate.items()}
-    prefill = {variant: statistics.median(values) for variant, values in timings.prefill.items()}
+    summary = Summary.of(timings)
     tokens = inputs["input_ids"].shape[1]
     device = (
         torch.cuda.get_device_name() if preset.device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
@@ -263,56 +288,45 @@ def bench_preset(name: str, preset: Preset, args) -> dict:
         f"VAR acted (sample 0): {report['visual_sinks']} visual and {report['text_sinks']} text sinks per layer, "
         f"{report['redistributed_rows']} (head, row) pairs redistributed"
     )
-    # Each repeat runs every variant back to back, so its own ratio to plain cancels slow drifts of
-    # the machine; their range shows how far one measurement can be trusted.
-    paired = {
-        variant: [t / p for t, p in zip(timings.generate[variant], timings.generate["plain"], strict=True)]
-        for variant in variants
-    }
     print(
-        "| variant | time (s) | time / plain | per-repeat ratio, min to max | prefill alone / plain "
-        "| peak extra memory (MiB) | extra / plain |"
+        "| variant | time (s), median | median / plain | best / best plain | per-repeat ratio, min to max "
+        "| prefill alone, best / plain | peak extra memory (MiB) | extra / plain |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for variant in variants:
+        paired = summary.paired[variant]
         print(
-            f"| {variant} | {median[variant]:.3f} | {ratio(median, variant):.3f} | "
-            f"{min(paired[variant]):.3f} to {max(paired[variant]):.3f} | {ratio(prefill, variant):.3f} | "
-            f"{extra[variant] / 2**20:.1f} | {ratio(extra, variant):.3f} |"
+            f"| {variant} | {summary.median[variant]:.3f} | {ratio(summary.median, variant):.3f} | "
+            f"{ratio(summary.best, variant):.3f} | {min(paired):.3f} to {max(paired):.3f} | "
+            f"{ratio(summary.prefill_best, variant):.3f} | {extra[variant] / 2**20:.1f} | {ratio(extra, variant):.3f} |"
         )
-    return {
-        "preset": name,
-        "tokens": tokens,
-        "device": device,
-        "median_s": median,
-        "per_repeat_ratio": paired,
-        "prefill_median_s": prefill,
-        "peak_extra_bytes": extra,
-    }
+    return {"preset": name, "tokens": tokens, "device": device, **vars(summary), "peak_extra_bytes": extra}
 
 
 def sweep_text_lengths(name: str, preset: Preset, lengths: list[int], repeats: int) -> list[dict]:
     """Fused VAR / plain time as the text after the images grows (time only: one process)."""
     variants = {"plain": None, "fused VAR": {"fused": True}}
     print(f"\npreset {name}, text after the images growing (time only):")
-    print("| text tokens after the image | prompt tokens | fused VAR / plain time | prefill alone / plain |")
-    print("|---|---|---|---|")
+    print(
+        "| text tokens after the image | prompt tokens | fused VAR / plain time, median | best / best "
+        "| per-repeat ratio, min to max | prefill alone, best / best |"
+    )
+    print("|---|---|---|---|---|---|")
     rows = []
     for length in lengths:
         sized = replace(
             preset, prompts=tuple(replace(prompt, text_tokens=length) for prompt in preset.prompts)
         )
         model, inputs, config = load(sized)
-        timings = time_variants(Runner(model, inputs, config, sized.device), variants, repeats)
-        median = {variant: statistics.median(values) for variant, values in timings.generate.items()}
-        prefill = {variant: statistics.median(values) for variant, values in timings.prefill.items()}
+        summary = Summary.of(time_variants(Runner(model, inputs, config, sized.device), variants, repeats))
         tokens = inputs["input_ids"].shape[1]
+        paired = summary.paired["fused VAR"]
         print(
-            f"| {length} | {tokens} | {ratio(median, 'fused VAR'):.3f} | {ratio(prefill, 'fused VAR'):.3f} |"
+            f"| {length} | {tokens} | {ratio(summary.median, 'fused VAR'):.3f} | "
+            f"{ratio(summary.best, 'fused VAR'):.3f} | {min(paired):.3f} to {max(paired):.3f} | "
+            f"{ratio(summary.prefill_best, 'fused VAR'):.3f} |"
         )
-        rows.append(
-            {"text_tokens": length, "tokens": tokens, "median_s": median, "prefill_median_s": prefill}
-        )
+        rows.append({"text_tokens": length, "tokens": tokens, **vars(summary)})
     return rows
 
 
@@ -367,14 +381,15 @@ def main() -> None:
         results = [bench_preset(name, preset, args) for name, preset in presets.items()]
         if len(results) > 1:
             print(
-                "\n| preset | tokens | fused VAR / plain time | prefill alone / plain | peak extra memory / plain |"
+                "\n| preset | tokens | fused VAR / plain time, median | best / best | prefill alone, best / best "
+                "| peak extra memory / plain |"
             )
-            print("|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|")
             for result in results:
+                fused = {key: ratio(result[key], "fused VAR") for key in ("median", "best", "prefill_best")}
                 print(
-                    f"| {result['preset']} | {result['tokens']} | {ratio(result['median_s'], 'fused VAR'):.3f} | "
-                    f"{ratio(result['prefill_median_s'], 'fused VAR'):.3f} | "
-                    f"{ratio(result['peak_extra_bytes'], 'fused VAR'):.3f} |"
+                    f"| {result['preset']} | {result['tokens']} | {fused['median']:.3f} | {fused['best']:.3f} | "
+                    f"{fused['prefill_best']:.3f} | {ratio(result['peak_extra_bytes'], 'fused VAR'):.3f} |"
                 )
         if args.profile:
             for preset in presets.values():

@@ -112,14 +112,10 @@ def selected_rows(statistics: torch.Tensor, query_mask: torch.Tensor) -> torch.T
     return (statistics[..., 1:].amin(dim=-1) >= 0) & query_mask[:, None, :]
 
 
-def receiver_gain(statistics: torch.Tensor) -> torch.Tensor:
-    """Float32[B, H, Q]: relative gain budget / receiver mass of a row's visual non-sink keys if selected."""
-    return statistics[..., 0] / statistics[..., 1].clamp(min=_POSITIVE)
-
-
 def attention_change(statistics: torch.Tensor, plan: KeyPlan) -> torch.Tensor:
     """Float32[B, H, Q, K]: relative change A'/A - 1 of every key if its row is selected."""
-    return torch.addcmul(plan.sink_change, receiver_gain(statistics)[..., None], plan.receivers)
+    gain = statistics[..., 0] / statistics[..., 1].clamp(min=_POSITIVE)
+    return torch.addcmul(plan.sink_change, gain[..., None], plan.receivers)
 
 
 def select_heads(

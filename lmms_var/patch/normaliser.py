@@ -52,13 +52,16 @@ def _aligned_for_efficient(mask: torch.Tensor, call: dict) -> torch.Tensor:
 
 
 def _with_log_sum_exp(call: dict, backend: SDPBackend):
-    """A function returning (SDPA's output, Float32[B, H, Q] log-sum-exp), or None where not known."""
+    """A function returning (SDPA's output, Float32[B, H, Q] log-sum-exp), or None where not known.
+
+    The function converts the mask itself when called, as SDPA does: a converted [B, 1, Q, K] mask
+    must not be alive while SDPA runs too (the first call of a kind runs both).
+    """
     query, key, value = call["query"], call["key"], call["value"]
-    dropout, causal, scale = call["dropout_p"], call["is_causal"], call["scale"]
-    mask = _additive(call["attn_mask"], query.dtype)
+    dropout, causal, scale, mask = call["dropout_p"], call["is_causal"], call["scale"], call["attn_mask"]
     if query.device.type == "cpu" and backend == SDPBackend.FLASH_ATTENTION:
         return lambda: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            query, key, value, dropout, causal, attn_mask=mask, scale=scale
+            query, key, value, dropout, causal, attn_mask=_additive(mask, query.dtype), scale=scale
         )
     if query.device.type != "cuda":
         return None
@@ -67,9 +70,9 @@ def _with_log_sum_exp(call: dict, backend: SDPBackend):
             query, key, value, dropout, causal, False, scale=scale
         )[:2]
     if backend == SDPBackend.EFFICIENT_ATTENTION and not call["enable_gqa"]:
-        bias = None if mask is None else _aligned_for_efficient(mask, call)
 
         def efficient():
+            bias = None if mask is None else _aligned_for_efficient(_additive(mask, query.dtype), call)
             output, log_sum_exp = torch.ops.aten._scaled_dot_product_efficient_attention(
                 query, key, value, bias, True, dropout, causal, scale=scale
             )[:2]

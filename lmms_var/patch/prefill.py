@@ -16,8 +16,8 @@ from typing import NamedTuple
 
 import torch
 
-from lmms_var.core import KeyPlan, receiver_gain, selected_rows
-from lmms_var.patch.explicit import LayerCall, blocked_keys, grouped, scores
+from lmms_var.core import KeyPlan, attention_change, row_statistics, selected_rows
+from lmms_var.patch.explicit import LayerCall, blocked_keys, scores, times_values
 
 # Float32 values in one [B, H, rows, keys] block (4 MiB): one or two such tensors are VAR's extra memory.
 DEFAULT_BLOCK_ELEMENTS = 2**20
@@ -40,27 +40,35 @@ def relevant_keys(plan: KeyPlan) -> RelevantKeys:
 
 class _GatheredKeys(NamedTuple):
     # Long[B, M]: key positions. Past a sample's own count come keys that are not relevant to it:
-    # their `sums` are zero, so they add nothing and need no mask.
+    # their weights, sink change and receiver flag are zero, so they add nothing and need no mask.
     index: torch.Tensor
     key: torch.Tensor  # [B, Hkv, M, d]
-    sums: torch.Tensor  # Float32[B, Hkv, M, 4 + 2d]: statistic weights, (p - 1) V on sinks, V on receivers
+    value: torch.Tensor  # Float32[B, Hkv, M, d]
+    plan: KeyPlan  # the layer's plan at those keys, with zero offsets (a row adds them once)
 
 
 def _gather_keys(plan: KeyPlan, call: LayerCall) -> _GatheredKeys:
-    """The relevant keys of every sample side by side, and what a row sums over them in one product."""
+    """The relevant keys of every sample side by side, with their values and plan."""
     keys = relevant_keys(plan)
     count = int(keys.counts.max())  # shapes need it on the host: free on a CPU, one sync on a GPU
     index = keys.order[:, :count]
     kv_heads, head_dim = call.key.shape[1], call.key.shape[3]
     per_head = index[:, None, :, None].expand(-1, kv_heads, -1, head_dim)
-    values = call.value.gather(2, per_head).float()
-    weights = plan.weights.gather(1, index[..., None].expand(-1, -1, _STATISTICS))
-    sink_change = plan.sink_change[:, 0, 0].gather(1, index)[:, None, :, None]
-    receivers = plan.receivers[:, 0, 0].gather(1, index)[:, None, :, None]
-    sums = torch.cat(
-        [weights[:, None].expand(-1, kv_heads, -1, -1), sink_change * values, receivers * values], dim=-1
+    per_key = index[:, None, None, :]
+    gathered_plan = KeyPlan(
+        plan.weights.gather(1, index[..., None].expand(-1, -1, _STATISTICS)),
+        torch.zeros_like(plan.offsets),
+        plan.sink_change.gather(3, per_key),
+        plan.receivers.gather(3, per_key),
     )
-    return _GatheredKeys(index, call.key.gather(2, per_head), sums)
+    return _GatheredKeys(
+        index, call.key.gather(2, per_head), call.value.gather(2, per_head).float(), gathered_plan
+    )
+
+
+def _slice(plan: KeyPlan, start: int, stop: int) -> KeyPlan:
+    """The plan of keys `start:stop` (offsets as they are)."""
+    return KeyPlan(plan.weights[:, start:stop], plan.offsets, *(x[..., start:stop] for x in plan[2:]))
 
 
 def _starts(count: int, step: int) -> range:
@@ -147,19 +155,18 @@ def correct_prefill_rows(
                 block_rows,
                 _block_keys(batch_heads, block_rows.shape[1], widest, block_elements),
             )
-        sums = query.new_zeros(batch, heads, block_rows.shape[1], keys.sums.shape[-1], dtype=torch.float32)
-        for start in _starts(relevant_count, key_step):
-            attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, start + key_step)
-            block_sums = torch.bmm(
-                grouped(attn, keys.sums.shape[1]), keys.sums[:, :, start : start + key_step].flatten(0, 1)
-            ).view(batch, heads, block_rows.shape[1], -1)
-            sums += block_sums
-        statistics = sums[..., :_STATISTICS] + plan.offsets[:, None]
+        key_ranges = [(start, start + key_step) for start in _starts(relevant_count, key_step)]
+        statistics = plan.offsets[:, None]
+        for start, stop in key_ranges:
+            attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, stop)
+            statistics = statistics + row_statistics(attn, _slice(keys.plan, start, stop))
         selected = selected_rows(statistics, row_valid[:, row_start : row_start + row_step])
-        sink_values = sums[..., _STATISTICS : _STATISTICS + head_dim]
-        receiver_values = sums[..., _STATISTICS + head_dim :]
-        correction = torch.addcmul(sink_values, receiver_gain(statistics)[..., None], receiver_values)
-        correction *= selected[..., None]
+        correction = 0.0
+        for start, stop in key_ranges:
+            if len(key_ranges) > 1:  # one block of keys is still there; several are recomputed
+                attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, stop)
+            change = attention_change(statistics, _slice(keys.plan, start, stop)).mul_(selected[..., None])
+            correction = correction + times_values(attn.mul_(change), keys.value[:, :, start:stop])
         index = block_rows[:, :, None, None].expand(-1, -1, heads, head_dim)
         output.scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
         selections.append(selected)
