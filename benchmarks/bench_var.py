@@ -203,6 +203,7 @@ def measure_memory_here(preset: Preset, options: dict | None) -> int:
 
 def measure_memory_in_fresh_process(preset_name: str, variant: str) -> int:
     command = [sys.executable, __file__, "--preset", preset_name, "--memory-of", variant]
+    command += ["--threads", str(torch.get_num_threads())]
     # glibc then returns every block over 64 KiB to the system when freed (its default threshold
     # grows with use, and freed tensors linger in RSS): RSS follows live memory within ~1 MiB.
     environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -362,8 +363,15 @@ def main() -> None:
     parser.add_argument(
         "--text-lengths", type=int, nargs="+", help="instead: time ratio per length of text after the images"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: its own choice); 1 is steadier on a busy machine",
+    )
     parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a variant's fresh memory-measuring process
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     presets = {name: PRESETS[name] for name in args.preset}
     if args.memory_of is not None:  # a child of measure_memory_in_fresh_process
         (preset,) = presets.values()

@@ -66,13 +66,15 @@ def grouped(tensor: torch.Tensor, kv_heads: int) -> torch.Tensor:
     return tensor.reshape(batch * kv_heads, heads // kv_heads * rows, last)
 
 
-def scores(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Float32 q k^T * scaling [B, H, R, M] for query [B, H, R, d] and key [B, Hkv, M, d]."""
+def scores(
+    query: torch.Tensor, key: torch.Tensor, scaling: float, shift: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Float32 q k^T * scaling [B, H, R, M] for query [B, H, R, d] and key [B, Hkv, M, d],
+    plus `shift` [B, H, R] per row if given (in the same operation)."""
     batch, heads, rows, _ = query.shape
     keys = key.float().flatten(0, 1)
-    products = torch.baddbmm(
-        keys.new_zeros(()), grouped(query.float(), key.shape[1]), keys.mT, beta=0, alpha=scaling
-    )
+    start, beta = (keys.new_zeros(()), 0) if shift is None else (grouped(shift[..., None], key.shape[1]), 1)
+    products = torch.baddbmm(start, grouped(query.float(), key.shape[1]), keys.mT, beta=beta, alpha=scaling)
     return products.view(batch, heads, rows, -1)
 
 

@@ -113,9 +113,9 @@ def _attention_on(
         samples = torch.arange(rows.shape[0], device=rows.device)[:, None, None]
         attn = weights[samples, :, rows[:, :, None], index[:, None, :]].permute(0, 3, 1, 2).float()
     else:
-        logits = scores(query, keys.key[:, :, start:stop], call.scaling)
-        attn = logits.sub_(log_sum_exp[..., None]).exp_()
-    return attn.masked_fill_(blocked, 0.0)
+        attn = scores(query, keys.key[:, :, start:stop], call.scaling, shift=-log_sum_exp)
+        attn.masked_fill_(blocked, float("-inf")).exp_()
+    return attn.masked_fill_(blocked, 0.0) if weights is not None else attn
 
 
 def correct_prefill_rows(
@@ -132,7 +132,7 @@ def correct_prefill_rows(
     `row_valid` Bool[B, R] says which rows spec step 2 allows. Returns the selection and the
     budgets, Bool/Float32[B, H, R], for diagnostics.
     """
-    batch, heads, _, head_dim = call.query.shape
+    batch, heads = call.query.shape[:2]
     batch_heads = batch * heads
     keys = _gather_keys(plan, call)
     relevant_count = keys.index.shape[1]
@@ -140,10 +140,11 @@ def correct_prefill_rows(
     # Without a normaliser from the base kernel, a block also spans all keys to compute it.
     widest = relevant_count if normalised else call.key.shape[2]
     row_step = _block_rows(batch_heads, rows.shape[1], widest, block_elements)
+    samples = torch.arange(batch, device=rows.device)[:, None]
     selections, budgets = [], []
     for row_start in _starts(rows.shape[1], row_step):
         block_rows = rows[:, row_start : row_start + row_step]
-        query = call.query.gather(2, block_rows[:, None, :, None].expand(-1, heads, -1, head_dim))
+        query = call.query[samples, :, block_rows].transpose(1, 2)  # indexing beats gather on a CPU
         key_step = _block_keys(batch_heads, block_rows.shape[1], relevant_count, block_elements)
         log_sum_exp = None
         if call.normaliser.log_sum_exp is not None:
@@ -161,14 +162,17 @@ def correct_prefill_rows(
             attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, stop)
             statistics = statistics + row_statistics(attn, _slice(keys.plan, start, stop))
         selected = selected_rows(statistics, row_valid[:, row_start : row_start + row_step])
+        # A row no head selects gets no gain (so nothing can overflow) and its correction is zeroed.
+        gained = statistics.clone()
+        gained[..., 0].mul_(selected)
         correction = 0.0
         for start, stop in key_ranges:
             if len(key_ranges) > 1:  # one block of keys is still there; several are recomputed
                 attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, stop)
-            change = attention_change(statistics, _slice(keys.plan, start, stop)).mul_(selected[..., None])
+            change = attention_change(gained, _slice(keys.plan, start, stop))
             correction = correction + times_values(attn.mul_(change), keys.value[:, :, start:stop])
-        index = block_rows[:, :, None, None].expand(-1, -1, heads, head_dim)
-        output.scatter_add_(1, index, correction.transpose(1, 2).to(output.dtype))
+        correction.mul_(selected[..., None])
+        output.index_put_((samples, block_rows), correction.transpose(1, 2).to(output.dtype), accumulate=True)
         selections.append(selected)
         budgets.append(statistics[..., 0])
     return torch.cat(selections, dim=-1), torch.cat(budgets, dim=-1)
