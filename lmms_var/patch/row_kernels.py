@@ -446,46 +446,28 @@ def _correct_prefill_rows(
         sink_values += _product(attn * sink_change[None, :], value_tile, USE_DOT, VALUE_PRECISION)
         receiver_values += _product(attn * receivers[None, :], value_tile, USE_DOT, VALUE_PRECISION)
 
+    finishes = True  # this program corrects the tile: with chunks, only the last one to finish
     if CHUNKED:  # park this chunk's sums; the tile's last chunk to finish adds them all up
         tile_id = batch_head * tile_count + tile
         partials = partials_ptr + tile_id * chunk_count * TILE_R * PARTIAL_FLOATS
-        rows_at = partials + chunk * TILE_R * PARTIAL_FLOATS + tl.arange(0, TILE_R)[:, None] * PARTIAL_FLOATS
+        tile_rows = tl.arange(0, TILE_R)[:, None] * PARTIAL_FLOATS
+        rows_at = partials + chunk * TILE_R * PARTIAL_FLOATS + tile_rows
         tl.store(rows_at + stat_index[None, :], statistics)
         tl.store(rows_at + 4 + dims[None, :], sink_values)
         tl.store(rows_at + 4 + BLOCK_D + dims[None, :], receiver_values)
         tl.debug_barrier()  # every thread's stores come before the ticket (see `_redistribute_rows`)
-        if tl.atomic_add(tickets_ptr + tile_id, 1) == chunk_count - 1:
+        finishes = tl.atomic_add(tickets_ptr + tile_id, 1) == chunk_count - 1
+        if finishes:
             tl.atomic_xchg(tickets_ptr + tile_id, 0)
             statistics = tl.zeros([TILE_R, 4], tl.float32)
             sink_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
             receiver_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
             for other in range(0, chunk_count):
-                rows_at = (
-                    partials
-                    + other * TILE_R * PARTIAL_FLOATS
-                    + tl.arange(0, TILE_R)[:, None] * PARTIAL_FLOATS
-                )
+                rows_at = partials + other * TILE_R * PARTIAL_FLOATS + tile_rows
                 statistics += tl.load(rows_at + stat_index[None, :], cache_modifier=".cg")
                 sink_values += tl.load(rows_at + 4 + dims[None, :], cache_modifier=".cg")
                 receiver_values += tl.load(rows_at + 4 + BLOCK_D + dims[None, :], cache_modifier=".cg")
-            _finish_tile(
-                statistics,
-                sink_values,
-                receiver_values,
-                offsets_ptr + b * 4,
-                row_valid_ptr + b * row_count,
-                row_index,
-                row_in,
-                out_ptr + b * query_length * HEADS * HEAD_DIM + h * HEAD_DIM,
-                positions,
-                redistributed_rows_ptr + b,
-                moved_mass_ptr + b,
-                HEADS,
-                HEAD_DIM,
-                WRITE_ACTIVITY,
-                BLOCK_D,
-            )
-    else:
+    if finishes:
         _finish_tile(
             statistics,
             sink_values,
