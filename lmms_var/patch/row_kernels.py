@@ -603,6 +603,15 @@ def _zeroed_tickets(device: torch.device, count: int) -> torch.Tensor:
     return tickets
 
 
+def _check_layouts(output: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    """The kernels index head_dim with unit stride and write `output` [B, Q, H, d] as laid out."""
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        if tensor.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in head_dim, got strides {tensor.stride()}")
+    if not output.is_contiguous():
+        raise ValueError("output must be a contiguous [batch, query, heads, head_dim] tensor")
+
+
 def redistribute_rows(
     output: torch.Tensor,
     query: torch.Tensor,
@@ -632,11 +641,7 @@ def redistribute_rows(
     """
     batch, heads, query_length, head_dim = query.shape
     row_count, key_length = rows.shape[1], key.shape[2]
-    for name, tensor in (("query", query), ("key", key), ("value", value)):
-        if tensor.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in head_dim, got strides {tensor.stride()}")
-    if not output.is_contiguous():
-        raise ValueError("output must be a contiguous [batch, query, heads, head_dim] tensor")
+    _check_layouts(output, query, key, value)
     rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
     if blocked is not None:
         blocked = blocked.contiguous().view(torch.uint8)
@@ -740,11 +745,7 @@ def correct_prefill_rows(
     query, key, value = call.query, call.key, call.value
     batch, heads, query_length, head_dim = query.shape
     row_count, key_length, planned_keys = rows.shape[1], key.shape[2], plan.weights.shape[1]
-    for name, tensor in (("query", query), ("key", key), ("value", value)):
-        if tensor.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in head_dim, got strides {tensor.stride()}")
-    if not output.is_contiguous():
-        raise ValueError("output must be a contiguous [batch, query, heads, head_dim] tensor")
+    _check_layouts(output, query, key, value)
     rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)
     order, counts = keys.order.contiguous(), keys.counts.contiguous()
     log_sum_exp = call.normaliser.log_sum_exp
