@@ -26,7 +26,8 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -151,6 +152,13 @@ def load(preset: Preset) -> tuple[torch.nn.Module, dict, VARConfig]:
     )
 
 
+class Run(NamedTuple):
+    wall: float  # seconds
+    cpu: float  # CPU seconds of this process (with one thread, what a busy machine disturbs least)
+    cuda_peak: int  # bytes allocated above the start (0 on a CPU)
+    report: dict  # sample 0's diagnostics, with diagnostics on
+
+
 class Runner:
     """Runs `generate` on one model and batch with VAR as a variant asks, timing it."""
 
@@ -160,8 +168,7 @@ class Runner:
         # one enable_var to the next keeps it out of every timed generate.
         self.kernel_verdicts: dict = {}
 
-    def __call__(self, options: dict | None, new_tokens: int = NEW_TOKENS) -> tuple[float, int, dict]:
-        """Seconds, CUDA peak bytes above the start (0 on a CPU) and sample 0's diagnostics."""
+    def __call__(self, options: dict | None, new_tokens: int = NEW_TOKENS) -> "Run":
         handle = enable_var(self.model, self.config, **options) if options is not None else None
         if handle:
             handle.state.kernels_agree.update(self.kernel_verdicts)
@@ -169,7 +176,7 @@ class Runner:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             start_bytes = torch.cuda.memory_allocated()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         with torch.no_grad():
             self.model.generate(
                 **self.inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
@@ -178,12 +185,13 @@ class Runner:
         if self.device == "cuda":
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - start_bytes
-        elapsed = time.perf_counter() - start
-        report = handle.diagnostics()[0] if handle and handle.state.collect_diagnostics else {}
+        run = Run(time.perf_counter() - start, time.process_time() - cpu_start, peak, {})
+        if handle and handle.state.collect_diagnostics:
+            run = run._replace(report=handle.diagnostics()[0])
         if handle:
             self.kernel_verdicts.update(handle.state.kernels_agree)
             handle.remove()
-        return elapsed, peak, report
+        return run
 
 
 def _status_kib(field: str) -> int:
@@ -215,23 +223,20 @@ def measure_memory_in_fresh_process(preset_name: str, variant: str) -> int:
 
 @dataclass
 class Timings:
-    generate: dict[str, list[float]]
-    prefill: dict[str, list[float]]
-    cuda_peak: dict[str, int]
+    generate: dict[str, list[Run]]
+    prefill: dict[str, list[Run]]  # generate of one token
     report: dict
 
 
 def time_variants(runner: Runner, variants: dict, repeats: int) -> Timings:
     for options in variants.values():  # warm-up (and compilation)
         runner(options)
-    report = runner({"fused": True, "diagnostics": True})[2]
-    timings = Timings({name: [] for name in variants}, {name: [] for name in variants}, {}, report)
+    report = runner({"fused": True, "diagnostics": True}).report
+    timings = Timings({name: [] for name in variants}, {name: [] for name in variants}, report)
     for _ in range(repeats):
         for name, options in variants.items():
-            elapsed, peak, _ = runner(options)
-            timings.generate[name].append(elapsed)
-            timings.cuda_peak[name] = max(peak, timings.cuda_peak.get(name, 0))
-            timings.prefill[name].append(runner(options, new_tokens=1)[0])
+            timings.generate[name].append(runner(options))
+            timings.prefill[name].append(runner(options, new_tokens=1))
     return timings
 
 
@@ -241,28 +246,50 @@ def ratio(values: dict[str, float], name: str) -> float:
 
 @dataclass
 class Summary:
-    """Per variant: median and best (least disturbed) times, and each repeat's own ratio to plain."""
+    """Per variant: median and best (least disturbed) times, and each repeat's own wall-time ratio to plain."""
 
-    median: dict[str, float]
-    best: dict[str, float]
-    prefill_best: dict[str, float]  # generate of one token
+    wall_median: dict[str, float]
+    wall_best: dict[str, float]
+    cpu_median: dict[str, float]
+    prefill_cpu_median: dict[str, float]
     paired: dict[str, list[float]]
 
     @classmethod
     def of(cls, timings: Timings) -> "Summary":
+        def each(runs: dict[str, list[Run]], field: str, pick) -> dict[str, float]:
+            return {
+                variant: pick([getattr(run, field) for run in values]) for variant, values in runs.items()
+            }
+
         generate = timings.generate
         # Each repeat runs every variant back to back, so its own ratio to plain cancels slow drifts
         # of the machine; their range shows how far one measurement can be trusted.
         paired = {
-            variant: [t / p for t, p in zip(times, generate["plain"], strict=True)]
-            for variant, times in generate.items()
+            variant: [run.wall / plain.wall for run, plain in zip(runs, generate["plain"], strict=True)]
+            for variant, runs in generate.items()
         }
         return cls(
-            {variant: statistics.median(times) for variant, times in generate.items()},
-            {variant: min(times) for variant, times in generate.items()},
-            {variant: min(times) for variant, times in timings.prefill.items()},
+            each(generate, "wall", statistics.median),
+            each(generate, "wall", min),
+            each(generate, "cpu", statistics.median),
+            each(timings.prefill, "cpu", statistics.median),
             paired,
         )
+
+    def row(self, variant: str) -> str:
+        """Table cells: wall time, its ratios and range, CPU time ratios of generate and of the prefill."""
+        paired = self.paired[variant]
+        return (
+            f"{self.wall_median[variant]:.3f} | {ratio(self.wall_median, variant):.3f} | "
+            f"{ratio(self.wall_best, variant):.3f} | {min(paired):.3f} to {max(paired):.3f} | "
+            f"{ratio(self.cpu_median, variant):.3f} | {ratio(self.prefill_cpu_median, variant):.3f}"
+        )
+
+
+TIME_COLUMNS = (
+    "wall time (s), median | wall median / plain | wall best / best | per-repeat wall ratio, min to max "
+    "| CPU time / plain, median | prefill alone, CPU time / plain"
+)
 
 
 def bench_preset(name: str, preset: Preset, args) -> dict:
@@ -271,7 +298,7 @@ def bench_preset(name: str, preset: Preset, args) -> dict:
     repeats = args.repeats or preset.repeats
     timings = time_variants(Runner(model, inputs, config, preset.device), variants, repeats)
     if preset.device == "cuda":
-        extra = timings.cuda_peak
+        extra = {variant: max(run.cuda_peak for run in runs) for variant, runs in timings.generate.items()}
     else:
         extra = {variant: measure_memory_in_fresh_process(name, variant) for variant in variants}
     summary = Summary.of(timings)
@@ -289,30 +316,21 @@ def bench_preset(name: str, preset: Preset, args) -> dict:
         f"VAR acted (sample 0): {report['visual_sinks']} visual and {report['text_sinks']} text sinks per layer, "
         f"{report['redistributed_rows']} (head, row) pairs redistributed"
     )
-    print(
-        "| variant | time (s), median | median / plain | best / best plain | per-repeat ratio, min to max "
-        "| prefill alone, best / plain | peak extra memory (MiB) | extra / plain |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| variant | {TIME_COLUMNS} | peak extra memory (MiB) | extra / plain |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for variant in variants:
-        paired = summary.paired[variant]
         print(
-            f"| {variant} | {summary.median[variant]:.3f} | {ratio(summary.median, variant):.3f} | "
-            f"{ratio(summary.best, variant):.3f} | {min(paired):.3f} to {max(paired):.3f} | "
-            f"{ratio(summary.prefill_best, variant):.3f} | {extra[variant] / 2**20:.1f} | {ratio(extra, variant):.3f} |"
+            f"| {variant} | {summary.row(variant)} | {extra[variant] / 2**20:.1f} | {ratio(extra, variant):.3f} |"
         )
-    return {"preset": name, "tokens": tokens, "device": device, **vars(summary), "peak_extra_bytes": extra}
+    return {"preset": name, "tokens": tokens, "device": device, "summary": summary, "peak_extra_bytes": extra}
 
 
 def sweep_text_lengths(name: str, preset: Preset, lengths: list[int], repeats: int) -> list[dict]:
     """Fused VAR / plain time as the text after the images grows (time only: one process)."""
     variants = {"plain": None, "fused VAR": {"fused": True}}
     print(f"\npreset {name}, text after the images growing (time only):")
-    print(
-        "| text tokens after the image | prompt tokens | fused VAR / plain time, median | best / best "
-        "| per-repeat ratio, min to max | prefill alone, best / best |"
-    )
-    print("|---|---|---|---|---|---|")
+    print(f"| text tokens after the image | prompt tokens | fused VAR: {TIME_COLUMNS} |")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     for length in lengths:
         sized = replace(
@@ -321,13 +339,8 @@ def sweep_text_lengths(name: str, preset: Preset, lengths: list[int], repeats: i
         model, inputs, config = load(sized)
         summary = Summary.of(time_variants(Runner(model, inputs, config, sized.device), variants, repeats))
         tokens = inputs["input_ids"].shape[1]
-        paired = summary.paired["fused VAR"]
-        print(
-            f"| {length} | {tokens} | {ratio(summary.median, 'fused VAR'):.3f} | "
-            f"{ratio(summary.best, 'fused VAR'):.3f} | {min(paired):.3f} to {max(paired):.3f} | "
-            f"{ratio(summary.prefill_best, 'fused VAR'):.3f} |"
-        )
-        rows.append({"text_tokens": length, "tokens": tokens, **vars(summary)})
+        print(f"| {length} | {tokens} | {summary.row('fused VAR')} |")
+        rows.append({"text_tokens": length, "tokens": tokens, "summary": summary})
     return rows
 
 
@@ -388,16 +401,12 @@ def main() -> None:
     else:
         results = [bench_preset(name, preset, args) for name, preset in presets.items()]
         if len(results) > 1:
-            print(
-                "\n| preset | tokens | fused VAR / plain time, median | best / best | prefill alone, best / best "
-                "| peak extra memory / plain |"
-            )
-            print("|---|---|---|---|---|---|")
+            print(f"\n| preset | tokens | fused VAR: {TIME_COLUMNS} | peak extra memory / plain |")
+            print("|---|---|---|---|---|---|---|---|---|")
             for result in results:
-                fused = {key: ratio(result[key], "fused VAR") for key in ("median", "best", "prefill_best")}
+                memory = ratio(result["peak_extra_bytes"], "fused VAR")
                 print(
-                    f"| {result['preset']} | {result['tokens']} | {fused['median']:.3f} | {fused['best']:.3f} | "
-                    f"{fused['prefill_best']:.3f} | {ratio(result['peak_extra_bytes'], 'fused VAR'):.3f} |"
+                    f"| {result['preset']} | {result['tokens']} | {result['summary'].row('fused VAR')} | {memory:.3f} |"
                 )
         if args.profile:
             for preset in presets.values():
@@ -410,7 +419,7 @@ def main() -> None:
                 )
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(results, out, indent=2)
+            json.dump(results, out, indent=2, default=asdict)  # a Summary as its fields
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 
 from lmms_var.core import KeyPlan, attention_change, row_statistics, selected_rows
-from lmms_var.patch.explicit import LayerCall, blocked_keys, scores, times_values
+from lmms_var.patch.explicit import LayerCall, blocked_keys, scores
 
 # Float32 values in one [B, H, rows, keys] block (4 MiB): one or two such tensors are VAR's extra memory.
 DEFAULT_BLOCK_ELEMENTS = 2**20
@@ -101,6 +101,20 @@ def _log_sum_exp(call: LayerCall, query: torch.Tensor, rows: torch.Tensor, step:
     return total
 
 
+def _rows_log_sum_exp(
+    call: LayerCall, query: torch.Tensor, rows: torch.Tensor, block_elements: int
+) -> torch.Tensor | None:
+    """Float32[B, H, r]: the rows' log-sum-exp from the base kernel, or computed over every key;
+    None where eager attention's weights are read instead."""
+    heads = query.shape[1]
+    if call.normaliser.log_sum_exp is not None:
+        return call.normaliser.log_sum_exp.gather(2, rows[:, None, :].expand(-1, heads, -1))
+    if call.normaliser.weights is not None:
+        return None
+    step = _block_keys(rows.shape[0] * heads, rows.shape[1], call.key.shape[2], block_elements)
+    return _log_sum_exp(call, query, rows, step)
+
+
 def _attention_on(
     call: LayerCall, keys: _GatheredKeys, query, rows, log_sum_exp, start: int, stop: int
 ) -> torch.Tensor:
@@ -112,10 +126,56 @@ def _attention_on(
     if weights is not None:  # eager attention: read its own weights
         samples = torch.arange(rows.shape[0], device=rows.device)[:, None, None]
         attn = weights[samples, :, rows[:, :, None], index[:, None, :]].permute(0, 3, 1, 2).float()
-    else:
-        attn = scores(query, keys.key[:, :, start:stop], call.scaling, shift=-log_sum_exp)
-        attn.masked_fill_(blocked, float("-inf")).exp_()
-    return attn.masked_fill_(blocked, 0.0) if weights is not None else attn
+        return attn.masked_fill_(blocked, 0.0)
+    attn = scores(query, keys.key[:, :, start:stop], call.scaling, shift=-log_sum_exp)
+    return attn.masked_fill_(blocked, float("-inf")).exp_()
+
+
+class _Pairs(NamedTuple):
+    """The selected (sample, head, row) pairs of a block of rows, by sample and then head.
+
+    Only they get a correction, A'V - AV: computing it for them alone spares most of the work,
+    since most heads select few rows.
+    """
+
+    sample: torch.Tensor  # Long[N]
+    head: torch.Tensor  # Long[N]
+    row: torch.Tensor  # Long[N]: in the block
+    per_group: list[int]  # how many pairs share each key/value head, in order (B * Hkv of them)
+
+    @property
+    def count(self) -> int:
+        return self.sample.numel()
+
+    @classmethod
+    def of(cls, selected: torch.Tensor, kv_heads: int) -> "_Pairs":
+        sample, head, row = selected.nonzero(as_tuple=True)  # a synchronisation on a GPU
+        group_size = selected.shape[1] // kv_heads
+        groups = torch.bincount(
+            sample * kv_heads + head // group_size, minlength=selected.shape[0] * kv_heads
+        )
+        return cls(sample, head, row, groups.tolist())
+
+    def correction(
+        self, attn: torch.Tensor, statistics: torch.Tensor, keys: _GatheredKeys, start: int, stop: int
+    ):
+        """Float32[N, d]: the pairs' A'V - AV over relevant keys `start:stop` (0.0 without pairs)."""
+        if not self.count:
+            return 0.0
+        plan = _slice(keys.plan, start, stop)
+        # Each pair's keys change as its sample's do (`attention_change` reads only these two).
+        per_pair = plan._replace(
+            sink_change=plan.sink_change[self.sample, 0, 0], receivers=plan.receivers[self.sample, 0, 0]
+        )
+        change = attention_change(statistics[self.sample, self.head, self.row], per_pair)
+        weights = attn[self.sample, self.head, self.row].mul_(change)
+        values = keys.value[:, :, start:stop].flatten(0, 1)  # [B * Hkv, m, d]
+        products = [
+            group_weights @ values[group]
+            for group, group_weights in enumerate(weights.split(self.per_group))
+            if group_weights.numel()
+        ]
+        return torch.cat(products)
 
 
 def correct_prefill_rows(
@@ -136,43 +196,32 @@ def correct_prefill_rows(
     batch_heads = batch * heads
     keys = _gather_keys(plan, call)
     relevant_count = keys.index.shape[1]
-    normalised = call.normaliser.log_sum_exp is not None or call.normaliser.weights is not None
-    # Without a normaliser from the base kernel, a block also spans all keys to compute it.
-    widest = relevant_count if normalised else call.key.shape[2]
+    # Without a normaliser from the base kernel, a block of rows also spans all keys to compute it.
+    given = call.normaliser.log_sum_exp is not None or call.normaliser.weights is not None
+    widest = relevant_count if given else call.key.shape[2]
     row_step = _block_rows(batch_heads, rows.shape[1], widest, block_elements)
     samples = torch.arange(batch, device=rows.device)[:, None]
     selections, budgets = [], []
     for row_start in _starts(rows.shape[1], row_step):
         block_rows = rows[:, row_start : row_start + row_step]
         query = call.query[samples, :, block_rows].transpose(1, 2)  # indexing beats gather on a CPU
+        log_sum_exp = _rows_log_sum_exp(call, query, block_rows, block_elements)
         key_step = _block_keys(batch_heads, block_rows.shape[1], relevant_count, block_elements)
-        log_sum_exp = None
-        if call.normaliser.log_sum_exp is not None:
-            log_sum_exp = call.normaliser.log_sum_exp.gather(2, block_rows[:, None, :].expand(-1, heads, -1))
-        elif not normalised:
-            log_sum_exp = _log_sum_exp(
-                call,
-                query,
-                block_rows,
-                _block_keys(batch_heads, block_rows.shape[1], widest, block_elements),
-            )
         key_ranges = [(start, start + key_step) for start in _starts(relevant_count, key_step)]
         statistics = plan.offsets[:, None]
         for start, stop in key_ranges:
             attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, stop)
             statistics = statistics + row_statistics(attn, _slice(keys.plan, start, stop))
         selected = selected_rows(statistics, row_valid[:, row_start : row_start + row_step])
-        # A row no head selects gets no gain (so nothing can overflow) and its correction is zeroed.
-        gained = statistics.clone()
-        gained[..., 0].mul_(selected)
+        pairs = _Pairs.of(selected, keys.value.shape[1])
         correction = 0.0
         for start, stop in key_ranges:
             if len(key_ranges) > 1:  # one block of keys is still there; several are recomputed
                 attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, stop)
-            change = attention_change(gained, _slice(keys.plan, start, stop))
-            correction = correction + times_values(attn.mul_(change), keys.value[:, :, start:stop])
-        correction.mul_(selected[..., None])
-        output.index_put_((samples, block_rows), correction.transpose(1, 2).to(output.dtype), accumulate=True)
+            correction = correction + pairs.correction(attn, statistics, keys, start, stop)
+        if pairs.count:
+            target = (pairs.sample, block_rows[pairs.sample, pairs.row], pairs.head)
+            output.index_put_(target, correction.to(output.dtype), accumulate=True)
         selections.append(selected)
         budgets.append(statistics[..., 0])
     return torch.cat(selections, dim=-1), torch.cat(budgets, dim=-1)

@@ -8,7 +8,14 @@ import torch
 
 from lmms_var.core import plan_keys
 from lmms_var.patch.attention import _fused_rows
-from lmms_var.patch.explicit import LayerCall, Normaliser, blocked_keys, explicit_attention, times_values
+from lmms_var.patch.explicit import (
+    LayerCall,
+    Normaliser,
+    blocked_keys,
+    explicit_attention,
+    scores,
+    times_values,
+)
 
 PROMPT = 40
 PADDING = (0, 4, 0)  # left padding per sample
@@ -82,12 +89,21 @@ def layer_call(case: dict, normaliser: Normaliser | None = None) -> LayerCall:
     return LayerCall(case["query"], case["key"], case["value"], case["mask"], case["scaling"], normaliser)
 
 
-def full_attention(case: dict) -> torch.Tensor:
-    """Float32 softmax(q k^T) [B, H, Q, K] of every query row, masked as the base kernels mask it."""
+def _blocked_everywhere(case: dict) -> torch.Tensor:
     query = case["query"]
     every_row = torch.arange(query.shape[2], device=query.device).expand(query.shape[0], -1)
-    blocked = blocked_keys(case["mask"], every_row, query.shape[2], case["key"].shape[2])
-    return explicit_attention(query, case["key"], blocked, case["scaling"], may_be_empty=True)
+    return blocked_keys(case["mask"], every_row, query.shape[2], case["key"].shape[2])
+
+
+def full_attention(case: dict) -> torch.Tensor:
+    """Float32 softmax(q k^T) [B, H, Q, K] of every query row, masked as the base kernels mask it."""
+    return explicit_attention(case["query"], case["key"], _blocked_everywhere(case), case["scaling"], True)
+
+
+def full_log_sum_exp(case: dict) -> torch.Tensor:
+    """Float32[B, H, Q]: every query row's log-sum-exp over the keys it sees, as a base kernel has it."""
+    logits = scores(case["query"], case["key"], case["scaling"])
+    return logits.masked_fill_(_blocked_everywhere(case), float("-inf")).logsumexp(dim=-1)
 
 
 def plain_attention(case: dict) -> torch.Tensor:

@@ -76,3 +76,11 @@ def test_a_backend_without_log_sum_exp_gives_none():
             output = F.scaled_dot_product_attention(**arguments)
     assert capture.log_sum_exp is None
     assert torch.equal(output, expected)
+
+
+def test_the_check_compares_bits_so_rows_without_keys_may_hold_nans():
+    """A row that sees no key may come out NaN; the same NaN is the same output, -0.0 is not 0.0."""
+    output = torch.tensor([[1.0, float("nan")], [0.0, 2.0]])
+    assert normaliser._same_bits(output, output.clone())
+    assert not normaliser._same_bits(output, torch.tensor([[1.0, float("nan")], [-0.0, 2.0]]))
+    assert not normaliser._same_bits(output, output.double())
