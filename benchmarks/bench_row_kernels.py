@@ -1,15 +1,17 @@
-"""Cost of one `redistribute_rows` call on a GPU: host time and device time, per tile shape.
+"""Cost of one call of VAR's row kernels on a GPU: host time and device time, per tile shape.
 
 A decode step of the 3B preset is bound by kernel launches, so what VAR adds there is mostly the
 host time of its launches; at prefill the device time of many rows matters more. This prints both
-for a decode row (written whole: SDPA does not run there) and for a prefill's text rows (a
-correction of SDPA's), next to one SDPA call of the same layer and an empty Triton launch (the
-floor), so tile and chunk choices can be compared side by side.
+for a decode row (`redistribute_rows`, written whole: SDPA does not run there) and for a prefill's
+text rows (`correct_prefill_rows` over the visual and sink keys, correcting SDPA's output), next to
+one SDPA call of the same layer and an empty Triton launch (the floor), so tile and chunk choices
+can be compared side by side.
 
     python benchmarks/bench_row_kernels.py          # needs CUDA
 """
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 
@@ -18,8 +20,11 @@ import triton
 
 from lmms_var.core import plan_keys
 from lmms_var.patch import row_kernels
+from lmms_var.patch.explicit import LayerCall, Normaliser
+from lmms_var.patch.prefill import relevant_keys
 
 HEADS, KV_HEADS, HEAD_DIM = 16, 2, 128  # Qwen2.5-VL-3B's attention
+SCALING = HEAD_DIM**-0.5
 PROMPT, VISUAL = 2375, range(20, 2340)  # the 3B preset's 4-image prompt
 CALLS = 200
 
@@ -84,44 +89,82 @@ def main() -> None:
     print("| case | host us / call | device us / call |")
     print("|---|---|---|")
     print_row("empty Triton launch", lambda: _empty[(1,)](marker))
-    for name, query_length, rows in (
-        ("decode row", 1, 1),
-        (f"prefill, {args.prefill_rows} rows", PROMPT, args.prefill_rows),
+    decode = layer_inputs(1, 1, dtype)
+    sdpa_decode = functools.partial(sdpa, decode, causal=False)
+    print_row("decode row: SDPA (for scale)", sdpa_decode)
+    print_row(
+        "decode row: SDPA + VAR correction (before whole rows)", lambda: (sdpa_decode(), whole_row(decode))
+    )
+    for block_k, chunks in ((None, None), (64, None), (None, 8), (None, 64)):
+        label = f"block_k {block_k or 'default'}, chunks {chunks or 'default'}"
+        print_row(f"decode row: VAR whole row, {label}", lambda b=block_k, c=chunks: whole_row(decode, b, c))
+
+    rows = args.prefill_rows
+    prefill = layer_inputs(PROMPT, rows, dtype)
+    print_row(f"prefill, {rows} rows: SDPA (for scale)", functools.partial(sdpa, prefill, causal=True))
+    with_lse = LayerCall(
+        *(prefill[name] for name in ("query", "key", "value")),
+        None,
+        SCALING,
+        Normaliser(log_sum_exp=log_sum_exp(prefill)),
+    )
+    without_lse = with_lse._replace(normaliser=Normaliser())
+    keys = relevant_keys(prefill["plan"])
+    for call, tile_rows, chunks in (
+        (with_lse, 16, None),
+        (with_lse, 16, 1),
+        (with_lse, 1, None),
+        (with_lse, 64, None),
+        (without_lse, 16, None),
     ):
-        inputs = layer_inputs(query_length, rows, dtype)
-        query, key, value = inputs["query"], inputs["key"], inputs["value"]
-        decode = query_length == 1
+        label = f"{'base kernel' if call is with_lse else 'own'} log-sum-exp, tile {tile_rows}, chunks {chunks or 'default'}"
 
-        def sdpa(query=query, key=key, value=value, causal=not decode) -> None:
-            torch.nn.functional.scaled_dot_product_attention(
-                query, key, value, is_causal=causal, enable_gqa=True
-            )
-
-        def var(block_k=None, chunks=None, whole_rows=False, inputs=inputs) -> None:
-            row_kernels.redistribute_rows(
-                inputs["output"],
-                inputs["query"],
-                inputs["key"],
-                inputs["value"],
-                None,
-                inputs["plan"],
-                inputs["rows"],
-                inputs["row_valid"],
-                scaling=HEAD_DIM**-0.5,
+        def correct(call=call, tile_rows=tile_rows, chunks=chunks) -> None:
+            row_kernels.correct_prefill_rows(
+                prefill["output"],
+                call,
+                prefill["plan"],
+                keys,
+                prefill["rows"],
+                prefill["row_valid"],
                 activity=None,
-                whole_rows=whole_rows,
-                block_k=block_k,
+                tile_rows=tile_rows,
                 chunks=chunks,
             )
 
-        print_row(f"{name}: SDPA (for scale)", sdpa)
-        # At decode VAR writes whole rows and SDPA does not run; at prefill it corrects SDPA's rows.
-        if decode:
-            print_row(f"{name}: SDPA + VAR correction (before whole rows)", lambda s=sdpa, v=var: (s(), v()))
-        for block_k, chunks in ((None, None), (64, None), (None, 8), (None, 64)):
-            label = f"block_k {block_k or 'default'}, chunks {chunks or 'default'}"
-            kind = "VAR whole row" if decode else "VAR correction"
-            print_row(f"{name}: {kind}, {label}", lambda b=block_k, c=chunks, w=decode: var(b, c, w))
+        print_row(f"prefill, {rows} rows: VAR correction, {label}", correct)
+
+
+def sdpa(inputs: dict, causal: bool) -> None:
+    torch.nn.functional.scaled_dot_product_attention(
+        inputs["query"], inputs["key"], inputs["value"], is_causal=causal, enable_gqa=True
+    )
+
+
+def whole_row(inputs: dict, block_k: int | None = None, chunks: int | None = None) -> None:
+    row_kernels.redistribute_rows(
+        inputs["output"],
+        inputs["query"],
+        inputs["key"],
+        inputs["value"],
+        None,
+        inputs["plan"],
+        inputs["rows"],
+        inputs["row_valid"],
+        scaling=SCALING,
+        activity=None,
+        whole_rows=True,
+        block_k=block_k,
+        chunks=chunks,
+    )
+
+
+def log_sum_exp(inputs: dict) -> torch.Tensor:
+    """Float32[1, H, Q]: every row's causal log-sum-exp, as SDPA's fused kernels give it."""
+    query, key = inputs["query"].float(), inputs["key"].float().repeat_interleave(HEADS // KV_HEADS, 1)
+    scores = query @ key.mT * SCALING
+    causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+    return scores.masked_fill_(~causal, float("-inf")).logsumexp(dim=-1)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,33 @@
-"""Cost of VAR side by side: plain attention, fused VAR and eager VAR on the same prompt.
+"""Cost of VAR side by side: plain attention, fused VAR (and eager VAR) on the same prompts.
 
 For each variant: wall time of `generate` (prefill + 16 decoded tokens, greedy), of the prefill
-alone (`generate` of one token), and peak memory, measured in one process with the variants
-interleaved, printed as ratios to plain attention.
+alone (`generate` of one token), both timed in one process with the variants interleaved, and
+peak extra memory, printed as ratios to plain attention. On a CPU peak extra memory is the peak
+RSS above the level after loading the model, read exactly (VmHWM, reset after loading) in a fresh
+process per variant, since RSS sampled within one long-lived process is too coarse; on CUDA it is
+the allocator's peak above the level before `generate`.
 
-    python benchmarks/bench_var.py                  # CPU: 6-layer 512-wide model, 1 image, ~1,100 tokens
-    python benchmarks/bench_var.py --preset gpu-3b  # CUDA: Qwen2.5-VL-3B-shaped random model, 4 images
+    python benchmarks/bench_var.py                        # CPU: 1 image 896x896 + a short question
+    python benchmarks/bench_var.py --preset cpu cpu-long-text cpu-8-images cpu-batch
+    python benchmarks/bench_var.py --preset cpu-long-text --text-lengths 250 1000 2000 4000
+    python benchmarks/bench_var.py --preset gpu-3b        # CUDA: Qwen2.5-VL-3B-shaped model, 4 images
 
-Targets (issue 2): fused / plain <= 1.15 on the CPU preset; <= 1.10 time and <= 1.05 peak memory
-on the GPU preset. Models are random with planted sinks (lmms_var.testing), so VAR has real work.
-On CUDA fused VAR runs the Triton row kernels; "fused VAR, PyTorch path" times the same without them.
+Targets (issue 12): fused / plain <= 1.10 in time and in peak extra memory on every CPU preset,
+<= 1.05 in time on `cpu`; on `gpu-3b` (issue 2) <= 1.10 in time and <= 1.05 in peak memory.
+Models are random with planted sinks (lmms_var.testing), so VAR has real work. On CUDA fused VAR
+runs the Triton row kernels; "fused VAR, PyTorch path" times the same without them.
 """
 
 import argparse
 import json
+import os
+import re
 import statistics
-import threading
+import subprocess
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import torch
 
@@ -26,36 +36,44 @@ from lmms_var.sink_dims.calibration import CalibrationPrompt, encode_prompt
 from lmms_var.testing import TinySpec, build_tiny_model
 from lmms_var.testing.images import random_images
 
+QUESTION = "Which point is closer to the camera? (A) the red point (B) the blue point"
+NEW_TOKENS = 16
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a batch: its images, then `text_tokens` of filler text (if any) and the question."""
+
+    images: int
+    text_tokens: int = 0
+
 
 @dataclass(frozen=True)
 class Preset:
     spec: TinySpec
-    images: int
+    prompts: tuple[Prompt, ...]
     image_side: int
     device: str
     dtype: torch.dtype
     tau: float
     repeats: int
+    eager: bool = False  # also time eager VAR (full attention: too big for long prompts)
 
 
+CPU_SPEC = TinySpec(
+    hidden_size=512,
+    num_layers=6,
+    num_heads=8,
+    num_kv_heads=2,
+    intermediate_size=1376,
+    sink_dims=(45, 301),
+    max_pixels=896 * 896,
+)
 PRESETS = {
-    "cpu": Preset(
-        TinySpec(
-            hidden_size=512,
-            num_layers=6,
-            num_heads=8,
-            num_kv_heads=2,
-            intermediate_size=1376,
-            sink_dims=(45, 301),
-            max_pixels=896 * 896,
-        ),
-        images=1,
-        image_side=896,
-        device="cpu",
-        dtype=torch.float32,
-        tau=8.0,
-        repeats=5,
-    ),
+    "cpu": Preset(CPU_SPEC, (Prompt(1),), 896, "cpu", torch.float32, tau=8.0, repeats=5, eager=True),
+    "cpu-long-text": Preset(CPU_SPEC, (Prompt(1, text_tokens=4000),), 448, "cpu", torch.float32, 8.0, 3),
+    "cpu-8-images": Preset(CPU_SPEC, (Prompt(8),), 896, "cpu", torch.float32, tau=8.0, repeats=3),
+    "cpu-batch": Preset(CPU_SPEC, (Prompt(4), Prompt(1)), 896, "cpu", torch.float32, tau=8.0, repeats=3),
     "gpu-3b": Preset(
         TinySpec(
             hidden_size=2048,
@@ -70,71 +88,270 @@ PRESETS = {
             sink_value=1000.0,  # keeps sinks massive through 36 random layers, as in real checkpoints
             max_pixels=672 * 672,
         ),
-        images=4,
+        (Prompt(4),),
         image_side=672,
         device="cuda",
         dtype=torch.bfloat16,
         tau=20.0,
         repeats=7,
+        eager=True,
     ),
 }
-NEW_TOKENS = 16
 
 
-class PeakMemory:
-    """Peak memory above the level at entry: the CUDA allocator's counter, or sampled RSS on a CPU."""
+def variants_of(preset: Preset, compiled: bool) -> dict[str, dict | None]:
+    """name -> enable_var keyword arguments (None: VAR off)."""
+    variants = {
+        "plain": None,
+        "fused VAR": {"fused": True},
+        "fused VAR + diagnostics": {"fused": True, "diagnostics": True},
+    }
+    if preset.eager:
+        variants["eager VAR"] = {"fused": False}
+    if preset.device == "cuda":  # the fused path runs Triton kernels there unless told not to
+        variants["fused VAR, PyTorch path"] = {"fused": True, "use_triton": False}
+    if compiled:
+        variants["fused VAR, compiled"] = {"fused": True, "compile": True, "use_triton": False}
+    return variants
 
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.peak = 0
 
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * 4096
+def filler_text(processor, tokens: int) -> str:
+    """About `tokens` tokens of text (a real question repeated), to put long text after the images."""
+    sentence = QUESTION + ". "
+    per_sentence = len(processor.tokenizer(sentence)["input_ids"])
+    ids = processor.tokenizer(sentence * (tokens // per_sentence + 1))["input_ids"][:tokens]
+    return processor.tokenizer.decode(ids) + "\n"
 
-    def __enter__(self) -> "PeakMemory":
+
+def prompt_inputs(processor, preset: Preset) -> dict:
+    """The preset's batch, left-padded as lmms-eval batches prompts, on the preset's device."""
+    encoded = []
+    for index, prompt in enumerate(preset.prompts):
+        side = (preset.image_side, preset.image_side)
+        images = random_images(prompt.images, seed=7 + index, size=side)
+        text = filler_text(processor, prompt.text_tokens) if prompt.text_tokens else ""
+        encoded.append(encode_prompt(processor, CalibrationPrompt(tuple(images), text + QUESTION)))
+    padded = processor.tokenizer.pad(
+        [{"input_ids": one["input_ids"][0], "attention_mask": one["attention_mask"][0]} for one in encoded],
+        return_tensors="pt",
+    )
+    inputs = dict(padded) | {
+        "pixel_values": torch.cat([one["pixel_values"] for one in encoded]),
+        "image_grid_thw": torch.cat([one["image_grid_thw"] for one in encoded]),
+    }
+    return {name: value.to(preset.device) for name, value in inputs.items()}
+
+
+def load(preset: Preset) -> tuple[torch.nn.Module, dict, VARConfig]:
+    torch.manual_seed(0)
+    model, processor = build_tiny_model(preset.spec, device=preset.device)
+    return (
+        model.to(preset.dtype),
+        prompt_inputs(processor, preset),
+        VARConfig(preset.spec.sink_dims, tau=preset.tau),
+    )
+
+
+class Run(NamedTuple):
+    wall: float  # seconds
+    cpu: float  # CPU seconds of this process (with one thread, what a busy machine disturbs least)
+    cuda_peak: int  # bytes allocated above the start (0 on a CPU)
+    report: dict  # sample 0's diagnostics, with diagnostics on
+
+
+class Runner:
+    """Runs `generate` on one model and batch with VAR as a variant asks, timing it."""
+
+    def __init__(self, model, inputs: dict, config: VARConfig, device: str) -> None:
+        self.model, self.inputs, self.config, self.device = model, inputs, config, device
+        # In real use the kernels' first-use check runs once per model; carrying its verdict from
+        # one enable_var to the next keeps it out of every timed generate.
+        self.kernel_verdicts: dict = {}
+
+    def __call__(self, options: dict | None, new_tokens: int = NEW_TOKENS) -> "Run":
+        handle = enable_var(self.model, self.config, **options) if options is not None else None
+        if handle:
+            handle.state.kernels_agree.update(self.kernel_verdicts)
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            self.start = self._rss()
-            self._running = True
-            self._sampler = threading.Thread(target=self._sample, daemon=True)
-            self._sampler.start()
-        return self
-
-    def _sample(self) -> None:
-        while self._running:
-            self.peak = max(self.peak, self._rss() - self.start)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc_info) -> None:
+            start_bytes = torch.cuda.memory_allocated()
+        start, cpu_start = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            self.model.generate(
+                **self.inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+            )
+        peak = 0
         if self.device == "cuda":
             torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.start
-        else:
-            self._running = False
-            self._sampler.join()
-        self.total = self.start + self.peak
+            peak = torch.cuda.max_memory_allocated() - start_bytes
+        run = Run(time.perf_counter() - start, time.process_time() - cpu_start, peak, {})
+        if handle and handle.state.collect_diagnostics:
+            run = run._replace(report=handle.diagnostics()[0])
+        if handle:
+            self.kernel_verdicts.update(handle.state.kernels_agree)
+            handle.remove()
+        return run
 
 
-def prompt(processor, preset: Preset, device: str) -> dict:
-    images = random_images(preset.images, seed=7, size=(preset.image_side, preset.image_side))
-    question = "Which point is closer to the camera? (A) the red point (B) the blue point"
-    inputs = encode_prompt(processor, CalibrationPrompt(tuple(images), question))
-    return {name: value.to(device) for name, value in inputs.items()}
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE).group(1))
 
 
-def profile(run, variants: dict, device: str) -> None:
+def measure_memory_here(preset: Preset, options: dict | None) -> int:
+    """Peak RSS bytes above the level after loading, over one `generate` (run in a fresh process)."""
+    runner = Runner(*load(preset), preset.device)
+    loaded = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+    runner(options)
+    return (_status_kib("VmHWM") - loaded) * 1024
+
+
+def measure_memory_in_fresh_process(preset_name: str, variant: str) -> int:
+    command = [sys.executable, __file__, "--preset", preset_name, "--memory-of", variant]
+    command += ["--threads", str(torch.get_num_threads())]
+    # glibc then returns every block over 64 KiB to the system when freed (its default threshold
+    # grows with use, and freed tensors linger in RSS): RSS follows live memory within ~1 MiB.
+    environment = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
+    if result.returncode != 0:
+        raise RuntimeError(f"the memory run of {variant!r} failed:\n{result.stderr[-3000:]}")
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class Timings:
+    generate: dict[str, list[Run]]
+    prefill: dict[str, list[Run]]  # generate of one token
+    report: dict
+
+
+def time_variants(runner: Runner, variants: dict, repeats: int) -> Timings:
+    for options in variants.values():  # warm-up (and compilation)
+        runner(options)
+    report = runner({"fused": True, "diagnostics": True}).report
+    timings = Timings({name: [] for name in variants}, {name: [] for name in variants}, report)
+    for _ in range(repeats):
+        for name, options in variants.items():
+            timings.generate[name].append(runner(options))
+            timings.prefill[name].append(runner(options, new_tokens=1))
+    return timings
+
+
+def ratio(values: dict[str, float], name: str) -> float:
+    return values[name] / max(values["plain"], 1e-9)
+
+
+@dataclass
+class Summary:
+    """Per variant: median and best (least disturbed) times, and each repeat's own wall-time ratio to plain."""
+
+    wall_median: dict[str, float]
+    wall_best: dict[str, float]
+    cpu_median: dict[str, float]
+    prefill_cpu_median: dict[str, float]
+    paired: dict[str, list[float]]
+
+    @classmethod
+    def of(cls, timings: Timings) -> "Summary":
+        def each(runs: dict[str, list[Run]], field: str, pick) -> dict[str, float]:
+            return {
+                variant: pick([getattr(run, field) for run in values]) for variant, values in runs.items()
+            }
+
+        generate = timings.generate
+        # Each repeat runs every variant back to back, so its own ratio to plain cancels slow drifts
+        # of the machine; their range shows how far one measurement can be trusted.
+        paired = {
+            variant: [run.wall / plain.wall for run, plain in zip(runs, generate["plain"], strict=True)]
+            for variant, runs in generate.items()
+        }
+        return cls(
+            each(generate, "wall", statistics.median),
+            each(generate, "wall", min),
+            each(generate, "cpu", statistics.median),
+            each(timings.prefill, "cpu", statistics.median),
+            paired,
+        )
+
+    def row(self, variant: str) -> str:
+        """Table cells: wall time, its ratios and range, CPU time ratios of generate and of the prefill."""
+        paired = self.paired[variant]
+        return (
+            f"{self.wall_median[variant]:.3f} | {ratio(self.wall_median, variant):.3f} | "
+            f"{ratio(self.wall_best, variant):.3f} | {min(paired):.3f} to {max(paired):.3f} | "
+            f"{ratio(self.cpu_median, variant):.3f} | {ratio(self.prefill_cpu_median, variant):.3f}"
+        )
+
+
+TIME_COLUMNS = (
+    "wall time (s), median | wall median / plain | wall best / best | per-repeat wall ratio, min to max "
+    "| CPU time / plain, median | prefill alone, CPU time / plain"
+)
+
+
+def bench_preset(name: str, preset: Preset, args) -> dict:
+    model, inputs, config = load(preset)
+    variants = variants_of(preset, args.compiled)
+    repeats = args.repeats or preset.repeats
+    timings = time_variants(Runner(model, inputs, config, preset.device), variants, repeats)
+    if preset.device == "cuda":
+        extra = {variant: max(run.cuda_peak for run in runs) for variant, runs in timings.generate.items()}
+    else:
+        extra = {variant: measure_memory_in_fresh_process(name, variant) for variant in variants}
+    summary = Summary.of(timings)
+    tokens = inputs["input_ids"].shape[1]
+    device = (
+        torch.cuda.get_device_name() if preset.device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
+    )
+    images = "+".join(str(prompt.images) for prompt in preset.prompts)
+    print(
+        f"\npreset {name}: {len(preset.prompts)} prompt(s) of {images} image(s), {tokens} tokens (padded), "
+        f"+{NEW_TOKENS} tokens, {device}, {repeats} repeats"
+    )
+    report = timings.report
+    print(
+        f"VAR acted (sample 0): {report['visual_sinks']} visual and {report['text_sinks']} text sinks per layer, "
+        f"{report['redistributed_rows']} (head, row) pairs redistributed"
+    )
+    print(f"| variant | {TIME_COLUMNS} | peak extra memory (MiB) | extra / plain |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for variant in variants:
+        print(
+            f"| {variant} | {summary.row(variant)} | {extra[variant] / 2**20:.1f} | {ratio(extra, variant):.3f} |"
+        )
+    return {"preset": name, "tokens": tokens, "device": device, "summary": summary, "peak_extra_bytes": extra}
+
+
+def sweep_text_lengths(name: str, preset: Preset, lengths: list[int], repeats: int) -> list[dict]:
+    """Fused VAR / plain time as the text after the images grows (time only: one process)."""
+    variants = {"plain": None, "fused VAR": {"fused": True}}
+    print(f"\npreset {name}, text after the images growing (time only):")
+    print(f"| text tokens after the image | prompt tokens | fused VAR: {TIME_COLUMNS} |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for length in lengths:
+        sized = replace(
+            preset, prompts=tuple(replace(prompt, text_tokens=length) for prompt in preset.prompts)
+        )
+        model, inputs, config = load(sized)
+        summary = Summary.of(time_variants(Runner(model, inputs, config, sized.device), variants, repeats))
+        tokens = inputs["input_ids"].shape[1]
+        print(f"| {length} | {tokens} | {summary.row('fused VAR')} |")
+        rows.append({"text_tokens": length, "tokens": tokens, "summary": summary})
+    return rows
+
+
+def profile(runner: Runner, variants: dict, device: str) -> None:
     """One profiled `generate` per variant: host and device time, and the ops that cost the host most."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     for name, options in variants.items():
         with torch.profiler.profile(activities=activities) as profiler:
-            elapsed = run(options)[0]
+            elapsed = runner(options)[0]
         events = profiler.key_averages()
         device_time = sum(event.self_device_time_total for event in events) / 1e6
         print(
@@ -149,116 +366,60 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=["cpu"])
     parser.add_argument("--repeats", type=int, help="timed generate calls per variant (default: per preset)")
     parser.add_argument("--json", help="also write the measurements to this file")
     parser.add_argument("--compiled", action="store_true", help="also time fused VAR with compile=True")
     parser.add_argument(
         "--profile", action="store_true", help="then profile plain and fused VAR: where the extra time goes"
     )
+    parser.add_argument(
+        "--text-lengths", type=int, nargs="+", help="instead: time ratio per length of text after the images"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: its own choice); 1 is steadier on a busy machine",
+    )
+    parser.add_argument("--memory-of", help=argparse.SUPPRESS)  # a variant's fresh memory-measuring process
     args = parser.parse_args()
-    preset = PRESETS[args.preset]
-    repeats = args.repeats or preset.repeats
-    torch.manual_seed(0)
-    model, processor = build_tiny_model(preset.spec, device=preset.device)
-    model = model.to(preset.dtype)
-    inputs = prompt(processor, preset, preset.device)
-    config = VARConfig(preset.spec.sink_dims, tau=preset.tau)
-    # name -> enable_var keyword arguments (None: VAR off)
-    variants = {
-        "plain": None,
-        "fused VAR": {"fused": True},
-        "fused VAR + diagnostics": {"fused": True, "diagnostics": True},
-        "eager VAR": {"fused": False},
-    }
-    if preset.device == "cuda":  # the fused path runs Triton kernels there unless told not to
-        variants["fused VAR, PyTorch path"] = {"fused": True, "use_triton": False}
-    if args.compiled:
-        variants["fused VAR, compiled"] = {"fused": True, "compile": True, "use_triton": False}
-
-    # In real use the kernels' first-use check runs once per model; carrying its verdict from one
-    # enable_var to the next keeps it out of every timed generate.
-    kernel_verdicts: dict = {}
-
-    def run(options: dict | None, new_tokens: int = NEW_TOKENS) -> tuple[float, PeakMemory, dict]:
-        handle = enable_var(model, config, **options) if options is not None else None
-        if handle:
-            handle.state.kernels_agree.update(kernel_verdicts)
-        with PeakMemory(preset.device) as memory:
-            start = time.perf_counter()
-            with torch.no_grad():
-                model.generate(
-                    **inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    presets = {name: PRESETS[name] for name in args.preset}
+    if args.memory_of is not None:  # a child of measure_memory_in_fresh_process
+        (preset,) = presets.values()
+        print(measure_memory_here(preset, variants_of(preset, compiled=True)[args.memory_of]))
+        return
+    if args.text_lengths:
+        results = [
+            {
+                "preset": name,
+                "sweep": sweep_text_lengths(name, preset, args.text_lengths, args.repeats or preset.repeats),
+            }
+            for name, preset in presets.items()
+        ]
+    else:
+        results = [bench_preset(name, preset, args) for name, preset in presets.items()]
+        if len(results) > 1:
+            print(f"\n| preset | tokens | fused VAR: {TIME_COLUMNS} | peak extra memory / plain |")
+            print("|---|---|---|---|---|---|---|---|---|")
+            for result in results:
+                memory = ratio(result["peak_extra_bytes"], "fused VAR")
+                print(
+                    f"| {result['preset']} | {result['tokens']} | {result['summary'].row('fused VAR')} | {memory:.3f} |"
                 )
-            if preset.device == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
-        report = handle.diagnostics()[0] if handle and handle.state.collect_diagnostics else {}
-        if handle:
-            kernel_verdicts.update(handle.state.kernels_agree)
-            handle.remove()
-        return elapsed, memory, report
-
-    for options in variants.values():  # warm-up (and compilation)
-        run(options)
-    fused_report = run(variants["fused VAR + diagnostics"])[2]
-    times = {name: [] for name in variants}
-    prefill_times = {name: [] for name in variants}  # generate of one token: the prefill alone
-    memory = {name: [] for name in variants}
-    for _ in range(repeats):
-        for name, options in variants.items():
-            elapsed, peak, _ = run(options)
-            times[name].append(elapsed)
-            memory[name].append(peak)
-            prefill_times[name].append(run(options, new_tokens=1)[0])
-    median = {name: statistics.median(values) for name, values in times.items()}
-    prefill = {name: statistics.median(values) for name, values in prefill_times.items()}
-    extra = {name: max(m.peak for m in values) for name, values in memory.items()}
-    total = {name: max(m.total for m in values) for name, values in memory.items()}
-    tokens = inputs["input_ids"].shape[1]
-    device = (
-        torch.cuda.get_device_name() if preset.device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
-    )
-    print(
-        f"preset {args.preset}: {tokens} prompt tokens, {preset.images} image(s), +{NEW_TOKENS} tokens, {device}"
-    )
-    print(
-        f"VAR acted: {fused_report['visual_sinks']} visual and {fused_report['text_sinks']} text sinks per layer, "
-        f"{fused_report['redistributed_rows']} (head, row) pairs redistributed"
-    )
-    # Each repeat runs every variant back to back, so its own ratio to plain cancels slow drifts of
-    # the machine; their range shows how far one measurement can be trusted.
-    paired = {name: [t / p for t, p in zip(times[name], times["plain"], strict=True)] for name in variants}
-    print(
-        "| variant | time (s) | time / plain | per-repeat ratio, min to max | prefill alone / plain "
-        "| peak extra memory (MiB) | extra / plain | peak total / plain |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for name in variants:
-        print(
-            f"| {name} | {median[name]:.3f} | {median[name] / median['plain']:.3f} | "
-            f"{min(paired[name]):.3f} to {max(paired[name]):.3f} | "
-            f"{prefill[name] / prefill['plain']:.3f} | {extra[name] / 2**20:.1f} | "
-            f"{extra[name] / max(extra['plain'], 1):.3f} | {total[name] / total['plain']:.3f} |"
-        )
-    if args.profile:
-        profile(run, {name: variants[name] for name in ("plain", "fused VAR")}, preset.device)
+        if args.profile:
+            for preset in presets.values():
+                model, inputs, config = load(preset)
+                variants = variants_of(preset, compiled=False)
+                profile(
+                    Runner(model, inputs, config, preset.device),
+                    {variant: variants[variant] for variant in ("plain", "fused VAR")},
+                    preset.device,
+                )
     if args.json:
         with open(args.json, "w") as out:
-            json.dump(
-                {
-                    "preset": args.preset,
-                    "tokens": tokens,
-                    "device": device,
-                    "median_s": median,
-                    "per_repeat_ratio": paired,
-                    "prefill_median_s": prefill,
-                    "peak_extra_bytes": extra,
-                    "peak_total_bytes": total,
-                },
-                out,
-                indent=2,
-            )
+            json.dump(results, out, indent=2, default=asdict)  # a Summary as its fields
 
 
 if __name__ == "__main__":

@@ -99,7 +99,9 @@ def row_statistics(attn: torch.Tensor, plan: KeyPlan) -> torch.Tensor:
     """Float32[B, H, Q, 4]: the statistics of every row (keys beyond the plan, e.g. generated ones, weigh 0)."""
     batch, heads, rows, _ = attn.shape
     flat = _float32(attn)[..., : plan.weights.shape[1]].reshape(batch, heads * rows, -1)
-    return torch.baddbmm(plan.offsets, flat, plan.weights).view(batch, heads, rows, 4)
+    # As weights^T @ attn^T: a product 4 wide runs several times slower than one 4 high on a CPU.
+    statistics = torch.baddbmm(plan.offsets.mT, plan.weights.mT, flat.mT)
+    return statistics.mT.view(batch, heads, rows, 4)
 
 
 def selected_rows(statistics: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:

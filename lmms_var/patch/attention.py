@@ -35,7 +35,10 @@ from lmms_var.core import (
     row_statistics,
     selected_rows,
 )
-from lmms_var.patch.state import VARState
+from lmms_var.patch.explicit import LayerCall, Normaliser, blocked_keys, explicit_attention, times_values
+from lmms_var.patch.normaliser import LogSumExpCapture
+from lmms_var.patch.prefill import correct_prefill_rows, relevant_keys
+from lmms_var.patch.state import LayerActivity, VARState
 
 logger = logging.getLogger(__name__)
 STATE_ATTRIBUTE = "_lmms_var_state"
@@ -77,72 +80,44 @@ def var_attention_forward(
     """The base kernel for the rows VAR leaves alone, VAR for the allowed rows of layers with sinks."""
     state: VARState = getattr(module, STATE_ATTRIBUTE)
     acts = state.acts_on(module.layer_idx)
+    normaliser = Normaliser()
     if acts and state.whole_rows:  # VAR computes every row: a base kernel's output would be overwritten
         batch, heads, query_length, _ = query.shape
         output, weights = query.new_empty(batch, query_length, heads, value.shape[-1]), None
     else:
         base = _base_kernel(module, state.base_implementation)
-        output, weights = base(
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-        )
+        arguments = (module, query, key, value, attention_mask)
+        options = {"scaling": scaling, "dropout": dropout, **kwargs}
+        if acts and _corrects_prefill(state):
+            output, weights, normaliser = _base_with_normaliser(
+                state.base_implementation, base, arguments, options
+            )
+        else:
+            output, weights = base(*arguments, **options)
     if acts:
         scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+        call = LayerCall(query, key, value, attention_mask, scaling, normaliser)
         with torch.no_grad():
-            _apply_var(state, module.layer_idx, output, query, key, value, attention_mask, scaling)
+            _apply_var(state, module.layer_idx, output, call)
     return output, weights
 
 
-def _blocked_keys(
-    attention_mask: torch.Tensor | None, rows: torch.Tensor, query_length: int, key_length: int
-) -> torch.Tensor | None:
-    """Bool[B, 1, R, K] keys each row may not attend to, from any mask format the base kernels use.
-
-    None when nothing is blocked: a decode step without padding sees every key.
-    """
-    if attention_mask is not None and attention_mask.dim() == 4:
-        mask = attention_mask[:, :1, :, -key_length:]
-        if rows.shape[1] != query_length:
-            mask = mask.gather(2, rows.to(mask.device)[:, None, :, None].expand(-1, 1, -1, key_length))
-        mask = mask.to(rows.device)
-        return ~mask if mask.dtype == torch.bool else mask < torch.finfo(mask.dtype).min / 2
-    if attention_mask is None and query_length == 1:
-        return None
-    # No mask (sdpa's causal skip) or a 2D padding mask (flash): causal from the cache offset.
-    positions = rows + (key_length - query_length)
-    blocked = torch.arange(key_length, device=rows.device)[None, None, :] > positions[..., None]
-    if attention_mask is not None:
-        blocked |= ~attention_mask[:, None, -key_length:].bool().to(rows.device)
-    return blocked[:, None]
+def _corrects_prefill(state: VARState) -> bool:
+    """The fused path at prefill: VAR corrects the base kernel's rows, over visual and sink keys."""
+    return state.fused and state.in_prefill
 
 
-def _grouped(tensor: torch.Tensor, kv_heads: int) -> torch.Tensor:
-    """[B, H, R, X] -> [B * Hkv, G * R, X]: query heads grouped by the key/value head they share (GQA)."""
-    batch, heads, rows, last = tensor.shape
-    return tensor.reshape(batch * kv_heads, heads // kv_heads * rows, last)
-
-
-def _explicit_attention(query, key, blocked, scaling: float, may_be_empty: bool) -> torch.Tensor:
-    """Float32 softmax(q k^T) [B, H, R, K] for query [B, H, R, d] and key [B, Hkv, K, d].
-
-    `may_be_empty`: some rows may block every key (padding rows at prefill); they become zeros.
-    """
-    batch, heads, rows, _ = query.shape
-    keys = key.float().flatten(0, 1)
-    scores = torch.baddbmm(
-        keys.new_zeros(()), _grouped(query.float(), key.shape[1]), keys.mT, beta=0, alpha=scaling
-    )
-    scores = scores.view(batch, heads, rows, -1)
-    if blocked is not None:
-        scores.masked_fill_(blocked, float("-inf"))
-    attn = torch.softmax(scores, dim=-1)
-    return attn.nan_to_num_(0.0) if may_be_empty else attn
-
-
-def _times_values(attn: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """[B, H, R, K] @ [B, Hkv, K, d] -> [B, H, R, d] in float32, without repeating key/value heads."""
-    batch, heads, rows, keys = attn.shape
-    values = value[:, :, :keys].float().flatten(0, 1)
-    return torch.bmm(_grouped(attn, value.shape[1]), values).view(batch, heads, rows, -1)
+def _base_with_normaliser(
+    base_implementation: str, base: Callable, arguments: tuple, options: dict
+) -> tuple[torch.Tensor, torch.Tensor | None, Normaliser]:
+    """The base kernel's output and weights, and its rows' softmax normaliser where it gives one."""
+    if base_implementation == "sdpa":
+        with LogSumExpCapture() as capture:
+            output, weights = base(*arguments, **options)
+        return output, weights, Normaliser(log_sum_exp=capture.log_sum_exp)
+    output, weights = base(*arguments, **options)
+    softmax = base_implementation == "eager" and not options["dropout"]  # dropout would scale its weights
+    return output, weights, Normaliser(weights=weights if softmax else None)
 
 
 def _fused_rows(
@@ -157,12 +132,12 @@ def _fused_rows(
     in_prefill: bool,
     whole_rows: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The planned rows [B, H, R, d] (A'V, or A'V - AV as a correction), the selection and budgets [B, H, R].
+    """Decode rows [B, H, R, d] (A'V, or A'V - AV as a correction) over all their keys, the selection and budgets [B, H, R].
 
     A pure tensor function: on CUDA it can be compiled into a few kernels, since a decode step
     there is bound by the number of kernel launches rather than by arithmetic.
     """
-    attn = _explicit_attention(query, key, blocked, scaling, may_be_empty=in_prefill)
+    attn = explicit_attention(query, key, blocked, scaling, may_be_empty=in_prefill)
     statistics = row_statistics(attn, plan)
     selected = selected_rows(statistics, row_valid)
     planned = plan.weights.shape[1]
@@ -172,7 +147,7 @@ def _fused_rows(
         weights = attn
     else:  # A' - A
         weights = attn[..., :planned] * change
-    return _times_values(weights, value), selected, statistics[..., 0]
+    return times_values(weights, value), selected, statistics[..., 0]
 
 
 @functools.cache
@@ -198,58 +173,61 @@ def _row_kernels(state: VARState, query: torch.Tensor) -> ModuleType | None:
     return kernels if kernels is not None and (query.is_cuda or kernels.INTERPRETED) else None
 
 
-def _apply_var(
-    state: VARState, layer: int, output, query, key, value, attention_mask, scaling: float
-) -> None:
+def _apply_var(state: VARState, layer: int, output: torch.Tensor, call: LayerCall) -> None:
     """Redistribute the planned rows of this layer and write the result into `output` [B, Q, H, d]."""
-    plan, activity = state.layer_on(layer, query.device)
-    kernels = _row_kernels(state, query)
-    if kernels is not None and _kernels_agree(
-        state, layer, kernels, output, query, key, value, attention_mask, scaling, plan
-    ):
-        _run_kernels(kernels, state, output, query, key, value, attention_mask, scaling, plan, activity)
+    plan, activity = state.layer_on(layer, call.query.device)
+    kernels = _row_kernels(state, call.query)
+    if kernels is not None and _kernels_agree(state, layer, kernels, output, call, plan):
+        _run_kernels(kernels, state, output, call, plan, activity)
         return
-    selected, budget = _pytorch_var(state, layer, output, query, key, value, attention_mask, scaling, plan)
+    selected, budget = _pytorch_var(state, layer, output, call, plan)
     state.record_activity(layer, selected, budget)
 
 
 def _run_kernels(
-    kernels: ModuleType, state: VARState, output, query, key, value, attention_mask, scaling, plan, activity
+    kernels: ModuleType,
+    state: VARState,
+    output: torch.Tensor,
+    call: LayerCall,
+    plan: KeyPlan,
+    activity: LayerActivity | None,
 ) -> None:
-    """`redistribute_rows` on this forward's rows, with the mask turned into blocked keys if any."""
-    rows, row_valid = state.rows_on(query.device)
+    """This forward's rows through the Triton kernels: prefill rows over their relevant keys, decode rows whole."""
+    rows, row_valid = state.rows_on(call.query.device)
+    if _corrects_prefill(state):
+        keys = relevant_keys(plan)
+        kernels.correct_prefill_rows(output, call, plan, keys, rows, row_valid, activity=activity)
+        return
     # Without a mask the kernels apply causality themselves: no [B, R, K] mask is built.
     blocked = None
-    if attention_mask is not None:
-        blocked = _blocked_keys(attention_mask, rows, query.shape[2], key.shape[2])
+    if call.attention_mask is not None:
+        blocked = blocked_keys(call.attention_mask, rows, call.query.shape[2], call.key.shape[2])
     kernels.redistribute_rows(
         output,
-        query,
-        key,
-        value,
+        call.query,
+        call.key,
+        call.value,
         blocked,
         plan,
         rows,
         row_valid,
-        scaling=scaling,
+        scaling=call.scaling,
         whole_rows=state.whole_rows,
         activity=activity,
     )
 
 
 def _pytorch_var(
-    state: VARState, layer: int, output, query, key, value, attention_mask, scaling: float, plan: KeyPlan
+    state: VARState, layer: int, output: torch.Tensor, call: LayerCall, plan: KeyPlan
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused (or, with `fused=False`, eager) path in PyTorch operations; returns selection and budgets."""
-    config = state.config
-    heads, query_length, head_dim = query.shape[1:]
-    key_length = key.shape[2]
-    rows, row_valid = state.rows_on(query.device)
-    all_rows = rows.shape[1] == query_length
-    if not all_rows:
-        query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
-    blocked = _blocked_keys(attention_mask, rows, query_length, key_length)
-    if state.fused:
+    rows, row_valid = state.rows_on(call.query.device)
+    if _corrects_prefill(state):
+        return correct_prefill_rows(output, call, plan, rows, row_valid, block_elements=state.block_elements)
+    query, key, value = call.query, call.key, call.value
+    query_length, key_length = query.shape[2], key.shape[2]
+    blocked = blocked_keys(call.attention_mask, rows, query_length, key_length)
+    if state.fused:  # a decode step: every row of it (one per sample), over all its keys
         compute = _compiled_rows() if state.compile else _fused_rows
         computed, selected, budget = compute(
             query,
@@ -258,19 +236,17 @@ def _pytorch_var(
             blocked,
             plan,
             row_valid,
-            scaling=scaling,
-            in_prefill=state.in_prefill,
+            scaling=call.scaling,
+            in_prefill=False,
             whole_rows=state.whole_rows,
         )
         if state.whole_rows:
             output.copy_(computed.transpose(1, 2))
-        elif all_rows:
-            output.add_(computed.transpose(1, 2))
         else:
-            index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
-            output.scatter_add_(1, index, computed.transpose(1, 2).to(output.dtype))
+            output.add_(computed.transpose(1, 2).to(output.dtype))
         return selected, budget
-    attn = _explicit_attention(query, key, blocked, scaling, may_be_empty=state.in_prefill)
+    config = state.config
+    attn = explicit_attention(query, key, blocked, call.scaling, may_be_empty=state.in_prefill)
     visual = state.visual.to(query.device)[:, :key_length]
     sinks = torch.nn.functional.pad(
         state.sinks[layer].to(query.device), (0, key_length - plan.weights.shape[1])
@@ -278,41 +254,37 @@ def _pytorch_var(
     new_attn, selected = redistribute_with_selection(
         attn, visual, sinks, row_valid, p=config.p, rho=config.rho, summ=config.summ
     )
-    output.copy_(_times_values(new_attn, value).transpose(1, 2))
+    output.copy_(times_values(new_attn, value).transpose(1, 2))
     return selected, row_statistics(attn, plan)[..., 0]
 
 
+def _launch_kind(state: VARState) -> str:
+    """What a launch of the kernels computes in this forward; each kind is checked once."""
+    if _corrects_prefill(state):
+        return "prefill"
+    return "whole rows" if state.whole_rows else "decode correction"
+
+
 def _kernels_agree(
-    state: VARState,
-    layer: int,
-    kernels: ModuleType,
-    output,
-    query,
-    key,
-    value,
-    attention_mask,
-    scaling: float,
-    plan,
+    state: VARState, layer: int, kernels: ModuleType, output: torch.Tensor, call: LayerCall, plan: KeyPlan
 ) -> bool:
     """Whether the Triton kernels give the PyTorch path's result here, checked once per model, device
-    and kind of launch (whole rows, or a correction of the base kernel's output).
+    and kind of launch (prefill rows, whole decode rows, or a decode step's correction).
 
     Triton builds vary with the GPU and the installed version; on any failure or disagreement VAR
     warns and keeps the PyTorch path, which gives the same numbers more slowly.
     """
-    device = query.device
-    verdict = (device, state.whole_rows)
+    device = call.query.device
+    verdict = (device, _launch_kind(state))
     if verdict not in state.kernels_agree:
         expected = output.clone()
-        _pytorch_var(state, layer, expected, query, key, value, attention_mask, scaling, plan)
+        _pytorch_var(state, layer, expected, call, plan)
         tolerance = 1e-4 if output.dtype == torch.float32 else 2e-2
         try:
             agree = True
             for _ in range(2):  # the first launch compiles, the second takes the compiled kernel's fast path
                 through_kernels = output.clone()
-                _run_kernels(
-                    kernels, state, through_kernels, query, key, value, attention_mask, scaling, plan, None
-                )
+                _run_kernels(kernels, state, through_kernels, call, plan, None)
                 agree &= torch.allclose(
                     through_kernels.float(), expected.float(), atol=tolerance, rtol=tolerance
                 )

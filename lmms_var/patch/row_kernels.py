@@ -26,9 +26,12 @@ import triton
 import triton.language as tl
 
 from lmms_var.core import KeyPlan
+from lmms_var.patch.explicit import LayerCall
+from lmms_var.patch.prefill import RelevantKeys
 from lmms_var.patch.state import LayerActivity
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRETED = tl.constexpr(INTERPRETED)
 # Receiver mass is clamped to this before dividing, as in `core.redistribution`.
 _SMALLEST_NORMAL = tl.constexpr(torch.finfo(torch.float32).tiny)
 _FAR_BELOW = tl.constexpr(-1.0e30)  # a finite "minus infinity" for running maxima
@@ -254,6 +257,273 @@ def _finish_row(
         tl.atomic_add(moved_mass, tl.where(selected, budget, 0.0))
 
 
+@triton.jit
+def _product(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """a [M, K] @ b [K, N] accumulated in float32: `tl.dot` for tiles of 16 rows or more, else a broadcast sum.
+
+    `PRECISION` applies to float32 operands: "ieee" keeps float32 models exact, "tf32" runs on tensor
+    cores. Triton 3.8's interpreter multiplies bfloat16 tiles wrongly, so it gets float32 ones there
+    (the same products: a product of two bfloat16 values is exact in float32).
+    """
+    if USE_DOT:
+        if _INTERPRETED:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a, b, input_precision=PRECISION)
+    return tl.sum(a[:, :, None].to(tl.float32) * b[None, :, :].to(tl.float32), axis=1)
+
+
+@triton.jit
+def _visible(
+    keys,  # [BLOCK_K] key positions
+    last_key,  # [TILE_R] each row's last causal key
+    keys_in,  # [BLOCK_K] keys that exist
+    row_in,  # [TILE_R]
+    mask_ptr,  # the attention mask of the row's sample (see MASK_KIND)
+    positions,  # [TILE_R] the rows' query indices
+    stride_mq,
+    stride_mk,
+    blocked_below,
+    MASK_KIND: tl.constexpr,  # 0 causal only, 1 bool [Q, K], 2 additive [Q, K], 3 padding [K] and causal
+):
+    """Bool[TILE_R, BLOCK_K]: which keys each row sees, read from the mask the base kernel got."""
+    visible = (keys[None, :] <= last_key[:, None]) & keys_in[None, :] & row_in[:, None]
+    entries = mask_ptr + positions[:, None] * stride_mq + keys[None, :] * stride_mk
+    if MASK_KIND == 1:
+        visible = visible & (tl.load(entries, mask=visible, other=0) != 0)
+    if MASK_KIND == 2:
+        visible = visible & (tl.load(entries, mask=visible, other=0.0) > blocked_below)
+    if MASK_KIND == 3:
+        visible = visible & (tl.load(mask_ptr + keys * stride_mk, mask=keys_in, other=0) != 0)[None, :]
+    return visible
+
+
+@triton.jit(do_not_specialize=["key_length", "query_length", "row_count", "planned_keys"])
+def _correct_prefill_rows(
+    q_ptr,  # [B, H, Q, d], any strides but contiguous d
+    k_ptr,  # [B, Hkv, K, d], any strides but contiguous d
+    v_ptr,  # [B, Hkv, K, d], any strides but contiguous d
+    lse_ptr,  # [B, H, Q] float32 log-sum-exp of every row from the base kernel; needs HAS_LSE
+    mask_ptr,  # [B, Q, K] or [B, K] mask (see `_visible`); unused with MASK_KIND 0
+    key_order_ptr,  # [B, P] int64: each sample's relevant keys (visual or sink) first
+    key_counts_ptr,  # [B] int64: how many are relevant
+    weights_ptr,  # [B, P, 4] float32 KeyPlan.weights
+    offsets_ptr,  # [B, 4] float32 KeyPlan.offsets
+    sink_change_ptr,  # [B, P] float32
+    receivers_ptr,  # [B, P] float32
+    rows_ptr,  # [B, R] int64: each row's query index
+    row_valid_ptr,  # [B, R] uint8: spec step 2 allows the row
+    out_ptr,  # [B, Q, H, d] contiguous: the base kernel's output, corrected in place
+    partials_ptr,  # [B * H, tiles, chunks, TILE_R, PARTIAL_FLOATS] float32 scratch, with CHUNKED
+    tickets_ptr,  # [B * H * tiles] int32 zeros, with CHUNKED; left zero again
+    redistributed_rows_ptr,  # [B] float32 diagnostics counter; needs WRITE_ACTIVITY
+    moved_mass_ptr,  # [B] float32 diagnostics counter; needs WRITE_ACTIVITY
+    stride_qb,
+    stride_qh,
+    stride_qq,
+    stride_kb,
+    stride_kh,
+    stride_kk,
+    stride_vb,
+    stride_vh,
+    stride_vk,
+    stride_lb,
+    stride_lh,
+    stride_lq,
+    stride_mb,
+    stride_mq,
+    stride_mk,
+    key_length,
+    query_length,
+    planned_keys,
+    row_count,
+    scaling,
+    blocked_below,  # an additive mask blocks where its entry is at most this
+    HEADS: tl.constexpr,
+    GROUP: tl.constexpr,  # query heads per key/value head
+    HEAD_DIM: tl.constexpr,
+    MASK_KIND: tl.constexpr,
+    HAS_LSE: tl.constexpr,  # else a first pass over every key computes the rows' log-sum-exp
+    CHUNKED: tl.constexpr,  # several programs share a tile's relevant keys (grid axis 2)
+    WRITE_ACTIVITY: tl.constexpr,
+    TILE_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PARTIAL_FLOATS: tl.constexpr,  # per chunk and row: 4 statistics, then 2 value sums
+    VALUE_PRECISION: tl.constexpr,  # of the float32 attention times values: "ieee", or "tf32" for half models
+):
+    """One program per (batch x head, tile of rows, chunk of the relevant keys).
+
+    With every row's log-sum-exp known, a row's attention on a key is exp(score - lse): its sums
+    over visual and sink keys split over chunks with no rescaling, and other keys are never read.
+    """
+    batch_head = tl.program_id(0).to(tl.int64)
+    tile, tile_count = tl.program_id(1), tl.num_programs(1)
+    chunk, chunk_count = tl.program_id(2), tl.num_programs(2)
+    b, h = batch_head // HEADS, batch_head % HEADS
+    dims = tl.arange(0, BLOCK_D)
+    dim_in = dims < HEAD_DIM
+    stat_index = tl.arange(0, 4)
+    row_index = tile * TILE_R + tl.arange(0, TILE_R)
+    row_in = row_index < row_count
+    positions = tl.load(rows_ptr + b * row_count + row_index, mask=row_in, other=0)
+    last_key = positions + key_length - query_length  # causal, counted from the cache's end
+    query = tl.load(
+        q_ptr + b * stride_qb + h * stride_qh + positions[:, None] * stride_qq + dims[None, :],
+        mask=row_in[:, None] & dim_in[None, :],
+        other=0.0,
+    )
+    k_base = k_ptr + b * stride_kb + (h // GROUP) * stride_kh
+    v_base = v_ptr + b * stride_vb + (h // GROUP) * stride_vh
+    mask_base = mask_ptr + b * stride_mb
+    USE_DOT: tl.constexpr = TILE_R >= 16
+
+    if HAS_LSE:
+        lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + positions * stride_lq, mask=row_in, other=0.0)
+    else:  # an online log-sum-exp over every key the tile's rows see
+        running_max = tl.full([TILE_R], _FAR_BELOW, tl.float32)
+        total = tl.zeros([TILE_R], tl.float32)
+        for start in range(0, tl.max(tl.where(row_in, last_key, 0), axis=0) + 1, BLOCK_K):
+            keys = start + tl.arange(0, BLOCK_K)
+            keys_in = keys < key_length
+            visible = _visible(
+                keys,
+                last_key,
+                keys_in,
+                row_in,
+                mask_base,
+                positions,
+                stride_mq,
+                stride_mk,
+                blocked_below,
+                MASK_KIND,
+            )
+            key_tile = tl.load(
+                k_base + keys[:, None] * stride_kk + dims[None, :],
+                mask=keys_in[:, None] & dim_in[None, :],
+                other=0.0,
+            )
+            scores = _product(query, tl.trans(key_tile), USE_DOT, "ieee") * scaling
+            scores = tl.where(visible, scores, float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(scores, axis=1))
+            total = total * tl.exp(running_max - new_max) + tl.sum(tl.exp(scores - new_max[:, None]), axis=1)
+            running_max = new_max
+        # A row that sees no key has no weight to normalise: any finite value does.
+        lse = running_max + tl.log(tl.maximum(total, _SMALLEST_NORMAL))
+
+    statistics = tl.zeros([TILE_R, 4], tl.float32)
+    sink_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
+    receiver_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
+    count = tl.load(key_counts_ptr + b)
+    for key_tile_index in range(chunk, tl.cdiv(count, BLOCK_K), chunk_count):
+        slots = key_tile_index * BLOCK_K + tl.arange(0, BLOCK_K)
+        listed = slots < count
+        keys = tl.load(key_order_ptr + b * planned_keys + slots, mask=listed, other=0)
+        visible = _visible(
+            keys,
+            last_key,
+            listed,
+            row_in,
+            mask_base,
+            positions,
+            stride_mq,
+            stride_mk,
+            blocked_below,
+            MASK_KIND,
+        )
+        tile_mask = listed[:, None] & dim_in[None, :]
+        key_tile = tl.load(k_base + keys[:, None] * stride_kk + dims[None, :], mask=tile_mask, other=0.0)
+        scores = _product(query, tl.trans(key_tile), USE_DOT, "ieee") * scaling
+        attn = tl.exp(tl.where(visible, scores - lse[:, None], float("-inf")))
+        plan_index = b * planned_keys + keys
+        key_weights = tl.load(
+            weights_ptr + plan_index[:, None] * 4 + stat_index[None, :], mask=listed[:, None], other=0.0
+        )
+        statistics += tl.sum(attn[:, :, None] * key_weights[None, :, :], axis=1)
+        sink_change = tl.load(sink_change_ptr + plan_index, mask=listed, other=0.0)
+        receivers = tl.load(receivers_ptr + plan_index, mask=listed, other=0.0)
+        value_tile = tl.load(v_base + keys[:, None] * stride_vk + dims[None, :], mask=tile_mask, other=0.0)
+        value_tile = value_tile.to(tl.float32)
+        sink_values += _product(attn * sink_change[None, :], value_tile, USE_DOT, VALUE_PRECISION)
+        receiver_values += _product(attn * receivers[None, :], value_tile, USE_DOT, VALUE_PRECISION)
+
+    finishes = True  # this program corrects the tile: with chunks, only the last one to finish
+    if CHUNKED:  # park this chunk's sums; the tile's last chunk to finish adds them all up
+        tile_id = batch_head * tile_count + tile
+        partials = partials_ptr + tile_id * chunk_count * TILE_R * PARTIAL_FLOATS
+        tile_rows = tl.arange(0, TILE_R)[:, None] * PARTIAL_FLOATS
+        rows_at = partials + chunk * TILE_R * PARTIAL_FLOATS + tile_rows
+        tl.store(rows_at + stat_index[None, :], statistics)
+        tl.store(rows_at + 4 + dims[None, :], sink_values)
+        tl.store(rows_at + 4 + BLOCK_D + dims[None, :], receiver_values)
+        tl.debug_barrier()  # every thread's stores come before the ticket (see `_redistribute_rows`)
+        finishes = tl.atomic_add(tickets_ptr + tile_id, 1) == chunk_count - 1
+        if finishes:
+            tl.atomic_xchg(tickets_ptr + tile_id, 0)
+            statistics = tl.zeros([TILE_R, 4], tl.float32)
+            sink_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
+            receiver_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
+            for other in range(0, chunk_count):
+                rows_at = partials + other * TILE_R * PARTIAL_FLOATS + tile_rows
+                statistics += tl.load(rows_at + stat_index[None, :], cache_modifier=".cg")
+                sink_values += tl.load(rows_at + 4 + dims[None, :], cache_modifier=".cg")
+                receiver_values += tl.load(rows_at + 4 + BLOCK_D + dims[None, :], cache_modifier=".cg")
+    if finishes:
+        _finish_tile(
+            statistics,
+            sink_values,
+            receiver_values,
+            offsets_ptr + b * 4,
+            row_valid_ptr + b * row_count,
+            row_index,
+            row_in,
+            out_ptr + b * query_length * HEADS * HEAD_DIM + h * HEAD_DIM,
+            positions,
+            redistributed_rows_ptr + b,
+            moved_mass_ptr + b,
+            HEADS,
+            HEAD_DIM,
+            WRITE_ACTIVITY,
+            BLOCK_D,
+        )
+
+
+@triton.jit
+def _finish_tile(
+    statistics,  # [TILE_R, 4] the rows' statistics before offsets
+    sink_values,  # [TILE_R, BLOCK_D] sum of A (p - 1) V over sinks
+    receiver_values,  # [TILE_R, BLOCK_D] sum of A V over receivers
+    offsets,  # [4] KeyPlan.offsets of the sample
+    row_valid,  # [R] the sample's row flags
+    row_index,
+    row_in,
+    out,  # the sample's output at head h: row q starts at out + q * HEADS * HEAD_DIM
+    positions,
+    redistributed_rows,
+    moved_mass,
+    HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    WRITE_ACTIVITY: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Select each row of the tile or not and add its correction to the base kernel's output."""
+    dims = tl.arange(0, BLOCK_D)
+    stat_index = tl.arange(0, 4)
+    statistics = statistics + tl.load(offsets + stat_index)[None, :]
+    image_centric = tl.min(tl.where(stat_index[None, :] >= 1, statistics, float("inf")), axis=1) >= 0
+    selected = image_centric & (tl.load(row_valid + row_index, mask=row_in, other=0) != 0) & row_in
+    budget = tl.sum(tl.where(stat_index[None, :] == 0, statistics, 0.0), axis=1)
+    receiver_mass = tl.sum(tl.where(stat_index[None, :] == 1, statistics, 0.0), axis=1)
+    gain = budget / tl.maximum(receiver_mass, _SMALLEST_NORMAL)
+    correction = sink_values + gain[:, None] * receiver_values
+    rows_out = out + positions[:, None] * (HEADS * HEAD_DIM) + dims[None, :]
+    store = selected[:, None] & (dims < HEAD_DIM)[None, :]
+    output = tl.load(rows_out, mask=store, other=0.0).to(tl.float32)
+    tl.store(rows_out, (output + correction).to(out.dtype.element_ty), mask=store)
+    if WRITE_ACTIVITY:
+        tl.atomic_add(redistributed_rows, tl.sum(selected.to(tl.float32), axis=0))
+        tl.atomic_add(moved_mass, tl.sum(tl.where(selected, budget, 0.0), axis=0))
+
+
 def _specialization(argument: object) -> tuple:
     """What a compiled Triton kernel assumes of one runtime argument.
 
@@ -333,6 +603,15 @@ def _zeroed_tickets(device: torch.device, count: int) -> torch.Tensor:
     return tickets
 
 
+def _check_layouts(output: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    """The kernels index head_dim with unit stride and write `output` [B, Q, H, d] as laid out."""
+    for name, tensor in (("query", query), ("key", key), ("value", value)):
+        if tensor.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in head_dim, got strides {tensor.stride()}")
+    if not output.is_contiguous():
+        raise ValueError("output must be a contiguous [batch, query, heads, head_dim] tensor")
+
+
 def redistribute_rows(
     output: torch.Tensor,
     query: torch.Tensor,
@@ -362,11 +641,7 @@ def redistribute_rows(
     """
     batch, heads, query_length, head_dim = query.shape
     row_count, key_length = rows.shape[1], key.shape[2]
-    for name, tensor in (("query", query), ("key", key), ("value", value)):
-        if tensor.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in head_dim, got strides {tensor.stride()}")
-    if not output.is_contiguous():
-        raise ValueError("output must be a contiguous [batch, query, heads, head_dim] tensor")
+    _check_layouts(output, query, key, value)
     rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
     if blocked is not None:
         blocked = blocked.contiguous().view(torch.uint8)
@@ -421,5 +696,121 @@ def redistribute_rows(
             block_d,
             _next_power_of_2(chunk_count),
             partial_floats,
+        ),
+    )
+
+
+_launch_correct_prefill_rows = _Launcher(_correct_prefill_rows)
+# Where the base kernel got its mask, how the prefill kernel reads it (see `_visible`).
+_CAUSAL_ONLY, _BOOL_MASK, _ADDITIVE_MASK, _PADDING_MASK = 0, 1, 2, 3
+
+
+def _mask_for_kernel(attention_mask: torch.Tensor | None, batch: int, key_length: int):
+    """(kind, tensor, strides over batch, query and key, additive threshold) of the base kernel's mask."""
+    if attention_mask is None:
+        return _CAUSAL_ONLY, None, (0, 0, 0), 0.0
+    if attention_mask.dim() == 4:  # [B, 1, Q, K]: the same for every head
+        mask = attention_mask[:, 0, :, -key_length:].expand(batch, -1, -1)
+        if mask.dtype == torch.bool:
+            return _BOOL_MASK, mask.view(torch.uint8), mask.stride(), 0.0
+        return _ADDITIVE_MASK, mask, mask.stride(), torch.finfo(mask.dtype).min / 2
+    padding = attention_mask[:, -key_length:].bool().view(torch.uint8)  # [B, K] 2D padding mask
+    return _PADDING_MASK, padding, (padding.stride(0), 0, padding.stride(1)), 0.0
+
+
+def correct_prefill_rows(
+    output: torch.Tensor,
+    call: LayerCall,
+    plan: KeyPlan,
+    keys: RelevantKeys,
+    rows: torch.Tensor,
+    row_valid: torch.Tensor,
+    *,
+    activity: LayerActivity | None,
+    tile_rows: int = 16,
+    block_k: int | None = None,
+    chunks: int | None = None,
+) -> None:
+    """Add A'V - AV to the base kernel's `output` [B, Q, H, d] in place at the prefill `rows` VAR selects.
+
+    Each row walks only its sample's relevant keys (`keys`: visual and sink keys first in `order`),
+    its attention there being exp(score - log-sum-exp) with the log-sum-exp the base kernel gave
+    (`call.normaliser.log_sum_exp`) or, without it, one first pass over every key. `rows` Long[B, R]
+    are query indices and `row_valid` Bool[B, R] says which of them spec step 2 allows; masks are
+    read where the base kernel got them (`call.attention_mask`), never expanded to [R, K].
+    `tile_rows` rows share a program (16 or more multiply tiles with `tl.dot`); `block_k` keys per
+    tile and `chunks` of the relevant keys per tile of rows are for tests and tuning: by default
+    just enough chunks give every streaming multiprocessor a few programs.
+    """
+    query, key, value = call.query, call.key, call.value
+    batch, heads, query_length, head_dim = query.shape
+    row_count, key_length, planned_keys = rows.shape[1], key.shape[2], plan.weights.shape[1]
+    _check_layouts(output, query, key, value)
+    rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)
+    order, counts = keys.order.contiguous(), keys.counts.contiguous()
+    log_sum_exp = call.normaliser.log_sum_exp
+    mask_kind, mask, mask_strides, blocked_below = _mask_for_kernel(call.attention_mask, batch, key_length)
+    block_d = _next_power_of_2(head_dim)
+    block_k = block_k or max(16, min(64, 8192 // block_d))
+    tiles = _ceil_div(row_count, tile_rows)
+    tile_programs = batch * heads * tiles
+    if log_sum_exp is None:
+        chunks = 1  # each chunk would repeat the pass over every key
+    elif chunks is None:
+        chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(query.device), tile_programs)
+    chunks = max(1, min(chunks, _ceil_div(planned_keys, block_k)))
+    partial_floats = 4 + 2 * block_d
+    partials = torch.empty(
+        tile_programs * chunks * tile_rows * partial_floats if chunks > 1 else 1,
+        dtype=torch.float32,
+        device=query.device,
+    )
+    counters = (activity.redistributed_rows, activity.moved_mass) if activity else (partials,) * 2
+    _launch_correct_prefill_rows(
+        (batch * heads, tiles, chunks),
+        query.device,
+        (
+            query,
+            key,
+            value,
+            log_sum_exp if log_sum_exp is not None else partials,
+            mask if mask is not None else row_valid,
+            order,
+            counts,
+            plan.weights,
+            plan.offsets,
+            plan.sink_change,
+            plan.receivers,
+            rows,
+            row_valid,
+            output,
+            partials,
+            _zeroed_tickets(query.device, tile_programs),
+            *counters,
+            *query.stride()[:3],
+            *key.stride()[:3],
+            *value.stride()[:3],
+            *(log_sum_exp.stride() if log_sum_exp is not None else (0, 0, 0)),
+            *mask_strides,
+            key_length,
+            query_length,
+            planned_keys,
+            row_count,
+            call.scaling,
+            blocked_below,
+        ),
+        (
+            heads,
+            heads // key.shape[1],
+            head_dim,
+            mask_kind,
+            log_sum_exp is not None,
+            chunks > 1,
+            activity is not None,
+            tile_rows,
+            block_k,
+            block_d,
+            partial_floats,
+            "ieee" if value.dtype == torch.float32 else "tf32",
         ),
     )

@@ -13,6 +13,7 @@ import torch
 
 from lmms_var.config import VARConfig
 from lmms_var.core import ImagePlan, KeyPlan, find_sink_tokens, plan_image, plan_layer
+from lmms_var.patch.prefill import DEFAULT_BLOCK_ELEMENTS
 
 
 @dataclass
@@ -44,8 +45,11 @@ class VARState:
     fused: bool = True
     compile: bool = False
     use_triton: bool = True
-    # Checked once per device and kind of launch (whole rows or a correction of the base kernel's).
-    kernels_agree: dict[tuple[torch.device, bool], bool] = field(default_factory=dict)
+    # Checked once per device and kind of launch ("prefill", "whole rows", "decode correction").
+    kernels_agree: dict[tuple[torch.device, str], bool] = field(default_factory=dict)
+    # The most float32 values in one [B, H, rows, keys] block of the prefill rows' explicit work:
+    # bounds VAR's extra memory whatever the prompt (tests set it small to cross block boundaries).
+    block_elements: int = DEFAULT_BLOCK_ELEMENTS
     collect_diagnostics: bool = False
     visual: torch.Tensor | None = None  # Bool[B, T]: image/video placeholder positions
     valid: torch.Tensor | None = None  # Bool[B, T]: non-padding positions

@@ -14,99 +14,29 @@ import pytest
 import torch
 
 from lmms_var import enable_var
-from lmms_var.core import plan_keys
-from lmms_var.patch.attention import _blocked_keys, _explicit_attention, _fused_rows, _times_values
+from lmms_var.patch.explicit import blocked_keys
+from lmms_var.patch.prefill import relevant_keys
 from lmms_var.patch.state import LayerActivity
+from tests.patch import layer_cases
+from tests.patch.layer_cases import (
+    ONE_IMAGE,
+    TWO_IMAGES,
+    layer_call,
+    plain_attention,
+    pytorch_path,
+    touched_rows,
+)
 from tests.patch.test_enable_var import CONFIG
+from tests.patch.test_prefill import normaliser_for
 
 kernels = pytest.importorskip("lmms_var.patch.row_kernels", reason="needs Triton")
 RUNNABLE = kernels.INTERPRETED or torch.cuda.is_available()
 DEVICE = "cuda" if torch.cuda.is_available() and not kernels.INTERPRETED else "cpu"
 needs_kernels = pytest.mark.skipif(not RUNNABLE, reason="run by test_under_triton_interpreter")
-PROMPT = 40  # keys 5..29 are visual, 30..39 the text rows VAR may change at prefill
-PADDING = (0, 4, 0)  # left padding per sample
 
 
-def attention_case(dtype: torch.dtype, decode: bool, padded: bool, seed: int = 0) -> dict:
-    """A layer's attention inputs for 3 samples, GQA 6/2 heads, at prefill (10 rows) or at decode.
-
-    Sample 0 has text and visual sinks, and the heads on key/value head 0 mostly look at its
-    visual sinks (not image-centric); sample 1 has a visual sink and, if `padded`, 4 padding
-    positions holding a text sink, and one row fewer; sample 2 has text sinks only.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    batch, heads, kv_heads, head_dim = 3, 6, 2, 48
-    keys = PROMPT + 1 if decode else PROMPT
-    queries = 1 if decode else PROMPT
-    # Laid out [B, Q, H, d] and transposed, as Hugging Face attention modules pass it.
-    query = torch.randn(batch, queries, heads, head_dim, generator=generator).transpose(1, 2) * 2
-    key = torch.randn(batch, kv_heads, keys, head_dim, generator=generator)
-    value = torch.randn(batch, kv_heads, keys, head_dim, generator=generator)
-    direction = torch.randn(head_dim, generator=generator)
-    query[0, :3] += direction  # these heads share key/value head 0, whose visual sinks point that way
-    key[0, 0, [7, 20]] = 3 * direction
-    image = torch.zeros(batch, PROMPT, dtype=torch.bool)
-    image[:, 5:30] = True
-    sinks = torch.zeros(batch, PROMPT, dtype=torch.bool)
-    sinks[0, [0, 7, 20]] = True
-    sinks[1, [2, 4, 10]] = True
-    sinks[2, [0, 35]] = True
-    if decode:
-        rows = torch.zeros(batch, 1, dtype=torch.long)
-        row_valid = torch.ones(batch, 1, dtype=torch.bool)
-    else:
-        rows = torch.arange(30, 40).repeat(batch, 1)
-        row_valid = torch.ones(batch, 10, dtype=torch.bool)
-        row_valid[1, -1] = False
-    mask = None
-    if padded:
-        visible = torch.arange(keys)[None, :] >= torch.tensor(PADDING)[:, None]
-        causal = torch.arange(keys)[None, :] <= torch.arange(keys - queries, keys)[:, None]
-        mask = (visible[:, None, None, :] & causal[None, None]).to(DEVICE)
-    tensors = {
-        "output": torch.randn(batch, queries, heads, head_dim, generator=generator),
-        "query": query,
-        "key": key,
-        "value": value,
-    }
-    case = {name: tensor.to(DEVICE, dtype) for name, tensor in tensors.items()}
-    plan = plan_keys(image, sinks, p=0.3, rho=0.6, summ=0.1)
-    case["plan"] = type(plan)(*(tensor.to(DEVICE) for tensor in plan))
-    case["rows"], case["row_valid"] = rows.to(DEVICE), row_valid.to(DEVICE)
-    case["mask"], case["scaling"] = mask, head_dim**-0.5
-    return case
-
-
-def pytorch_path(case: dict, whole_rows: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The corrected (or, `whole_rows`, written) output, selection and budgets of `attention`'s PyTorch path."""
-    query, rows, output = case["query"], case["rows"], case["output"]
-    heads, query_length, head_dim = query.shape[1:]
-    rows_query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
-    blocked = _blocked_keys(case["mask"], rows, query_length, case["key"].shape[2])
-    computed, selected, budget = _fused_rows(
-        rows_query,
-        case["key"],
-        case["value"],
-        blocked,
-        case["plan"],
-        case["row_valid"],
-        scaling=case["scaling"],
-        in_prefill=query_length > 1,
-        whole_rows=whole_rows,
-    )
-    if whole_rows:
-        return computed.transpose(1, 2).to(output.dtype), selected, budget
-    index = rows[:, :, None, None].expand(-1, -1, heads, head_dim)
-    corrected = output.clone().scatter_add_(1, index, computed.transpose(1, 2).to(output.dtype))
-    return corrected, selected, budget
-
-
-def plain_attention(case: dict) -> torch.Tensor:
-    """softmax(q k^T) V [B, Q, H, d] of every query row in float32: what a base kernel computes."""
-    query = case["query"]
-    blocked = _blocked_keys(case["mask"], case["rows"], query.shape[2], case["key"].shape[2])
-    attn = _explicit_attention(query, case["key"], blocked, case["scaling"], may_be_empty=True)
-    return _times_values(attn, case["value"]).transpose(1, 2)
+def attention_case(dtype: torch.dtype, decode: bool, padded: bool, **options) -> dict:
+    return layer_cases.attention_case(dtype, decode, padded, device=DEVICE, **options)
 
 
 def through_kernels(case: dict, row_valid: torch.Tensor | None = None, **options):
@@ -116,7 +46,7 @@ def through_kernels(case: dict, row_valid: torch.Tensor | None = None, **options
     activity = LayerActivity(zeros, zeros.clone(), zeros.clone(), zeros.clone())
     blocked = None
     if case["mask"] is not None:
-        blocked = _blocked_keys(case["mask"], case["rows"], case["query"].shape[2], case["key"].shape[2])
+        blocked = blocked_keys(case["mask"], case["rows"], case["query"].shape[2], case["key"].shape[2])
     kernels.redistribute_rows(
         corrected,
         case["query"],
@@ -148,39 +78,118 @@ def test_under_triton_interpreter():
     assert " passed, 1 skipped in" in result.stdout, "only this test may skip there: " + result.stdout[-2000:]
 
 
+def prefill_through_kernels(case: dict, source: str = "sdpa", row_valid=None, **options):
+    """The corrected output and the diagnostics counters from `correct_prefill_rows`."""
+    corrected = case["output"].clone()
+    zeros = torch.zeros(3, device=DEVICE)
+    activity = LayerActivity(zeros, zeros.clone(), zeros.clone(), zeros.clone())
+    kernels.correct_prefill_rows(
+        corrected,
+        layer_call(case, normaliser_for(case, source)),
+        case["plan"],
+        relevant_keys(case["plan"]),
+        case["rows"],
+        case["row_valid"] if row_valid is None else row_valid,
+        activity=activity,
+        **options,
+    )
+    return corrected, activity
+
+
+def check_prefill(case: dict, source: str = "sdpa", **tiling) -> None:
+    """The prefill kernel corrects exactly the selected rows as whole rows over every key would."""
+    expected, selected, budget = pytorch_path(case)
+    corrected, activity = prefill_through_kernels(case, source, **tiling)
+    assert selected[0].any() and not selected[0].all(), "sample 0 should mix selected and unselected heads"
+    assert selected[1].any() and not selected[2].any()
+    # bfloat16: the PyTorch path rounds the correction before adding it, the kernel after.
+    tolerance = (
+        {"atol": 1e-5, "rtol": 1e-5}
+        if case["output"].dtype == torch.float32
+        else {"atol": 2e-3, "rtol": 2e-2}
+    )
+    torch.testing.assert_close(corrected, expected, **tolerance)
+    untouched = ~touched_rows(case, selected)
+    assert torch.equal(corrected[untouched], case["output"][untouched]), "untouched rows stay bit-identical"
+    # bfloat16: SDPA's log-sum-exp is off by up to 1e-4 from float32 scores of the same inputs.
+    check_activity(activity, selected, budget, rtol=1.3e-6 if case["output"].dtype == torch.float32 else 1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("dtype", "images", "padded", "source"),
+    [
+        (torch.float32, ONE_IMAGE, False, "sdpa"),
+        (torch.float32, TWO_IMAGES, True, "sdpa"),
+        (torch.float32, TWO_IMAGES, False, "none"),
+        (torch.bfloat16, TWO_IMAGES, True, "sdpa"),
+    ],
+    ids=["text after the image", "text between images, padded", "no log-sum-exp, causal only", "bfloat16"],
+)
+def test_prefill_kernel_equals_whole_rows(dtype, images, padded, source):
+    check_prefill(attention_case(dtype, decode=False, padded=padded, images=images), source)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("tile_rows", "chunks"),
+    [(8, 1), (8, 3), (16, 2), (16, 5)],
+    ids=["8 rows", "8 rows, 3 chunks", "16 rows, 2 chunks", "16 rows, 5 chunks"],
+)
+def test_prefill_tiles_and_chunks_merge_exactly(tile_rows, chunks):
+    """20 rows in tiles of 8 (broadcast products; the last tile part empty) or 16 (`tl.dot`); the
+    relevant keys (26 or 27 here) in 16-key tiles shared by chunks (5 chunks leave some with nothing)."""
+    case = attention_case(torch.float32, decode=False, padded=True, images=TWO_IMAGES)
+    check_prefill(case, tile_rows=tile_rows, block_k=16, chunks=chunks)
+
+
+@needs_kernels
+@pytest.mark.parametrize("mask", ["additive", "padding"])
+def test_prefill_kernel_reads_every_mask_format(mask):
+    """Eager's additive [B, 1, Q, K] mask and flash's 2D padding mask, as the base kernels get them."""
+    case = attention_case(torch.float32, decode=False, padded=True, images=TWO_IMAGES)
+    visible = case["mask"]
+    if mask == "additive":
+        case["mask"] = torch.zeros(visible.shape, device=DEVICE).masked_fill(
+            ~visible, torch.finfo(torch.float32).min
+        )
+    else:
+        case["mask"] = visible[:, 0, -1].long()  # the last row sees every non-padding key
+    check_prefill(case, "none")
+
+
 @needs_kernels
 @pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("decode", [False, True], ids=["prefill", "decode"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_kernels_equal_the_pytorch_path(dtype, decode, padded):
-    check_against_the_pytorch_path(dtype, decode, padded)
+def test_decode_correction_equals_the_pytorch_path(dtype, padded):
+    """A decode step with a prompt without an image in the batch: corrections over every key."""
+    check_decode_correction(dtype, padded)
 
 
 @needs_kernels
-@pytest.mark.parametrize("decode", [False, True], ids=["prefill", "decode"])
 @pytest.mark.parametrize("chunks", [1, 3, 2], ids=["3 tiles in 1 chunk", "1 tile per chunk", "uneven"])
-def test_rows_split_into_tiles_and_chunks_merge_exactly(decode, chunks):
-    check_against_the_pytorch_path(torch.float32, decode, padded=True, block_k=16, chunks=chunks)
+def test_decode_rows_split_into_tiles_and_chunks_merge_exactly(chunks):
+    check_decode_correction(torch.float32, padded=True, block_k=16, chunks=chunks)
 
 
-def check_against_the_pytorch_path(dtype, decode: bool, padded: bool, **tiling) -> None:
-    case = attention_case(dtype, decode, padded)
+def check_decode_correction(dtype, padded: bool, **tiling) -> None:
+    case = attention_case(dtype, decode=True, padded=padded)
     expected, selected, budget = pytorch_path(case)
     corrected, activity = through_kernels(case, **tiling)
     assert selected[0].any() and not selected[0].all(), "sample 0 should mix selected and unselected heads"
     assert selected[1].any() and not selected[2].any()
-    # bfloat16: the PyTorch path rounds the correction before adding it, the kernels after.
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-3, "rtol": 2e-2}
     torch.testing.assert_close(corrected, expected, **tolerance)
-    touched = torch.zeros(case["output"].shape[:3], dtype=torch.bool, device=DEVICE)  # [B, Q, H]
-    touched.scatter_(1, case["rows"][..., None].expand(-1, -1, selected.shape[1]), selected.transpose(1, 2))
-    assert torch.equal(corrected[~touched], case["output"][~touched]), "untouched rows stay bit-identical"
+    untouched = ~touched_rows(case, selected)
+    assert torch.equal(corrected[untouched], case["output"][untouched]), "untouched rows stay bit-identical"
     check_activity(activity, selected, budget)
 
 
-def check_activity(activity: LayerActivity, selected: torch.Tensor, budget: torch.Tensor) -> None:
+def check_activity(
+    activity: LayerActivity, selected: torch.Tensor, budget: torch.Tensor, rtol: float = 1.3e-6
+) -> None:
     assert torch.equal(activity.redistributed_rows, selected.sum(dim=(1, 2)).float())
-    torch.testing.assert_close(activity.moved_mass, (budget * selected).sum(dim=(1, 2)))
+    torch.testing.assert_close(activity.moved_mass, (budget * selected).sum(dim=(1, 2)), rtol=rtol, atol=1e-5)
 
 
 @needs_kernels
@@ -206,17 +215,20 @@ def test_whole_rows_are_plain_attention_plus_the_correction(dtype, padded, chunk
 @needs_kernels
 def test_launches_leave_their_tickets_at_zero():
     """The ticket counters are kept across launches, so each launch must leave them as it found them."""
-    for whole_rows in (False, True, False):
-        case = attention_case(torch.float32, decode=whole_rows, padded=True)
-        expected = pytorch_path(case, whole_rows=whole_rows)[0]
-        torch.testing.assert_close(through_kernels(case, whole_rows=whole_rows, chunks=3)[0], expected)
+    for kind in ("prefill", "whole rows", "prefill", "decode correction"):
+        case = attention_case(torch.float32, decode=kind != "prefill", padded=True)
+        if kind == "prefill":
+            corrected = prefill_through_kernels(case, tile_rows=8, chunks=3)[0]
+        else:
+            corrected = through_kernels(case, whole_rows=kind == "whole rows", chunks=3)[0]
+        torch.testing.assert_close(corrected, pytorch_path(case, whole_rows=kind == "whole rows")[0])
         assert not kernels._tickets_on[torch.device(DEVICE)].any()
 
 
 @needs_kernels
 def test_rows_step_two_forbids_are_untouched():
     case = attention_case(torch.float32, decode=False, padded=True)
-    corrected, activity = through_kernels(case, row_valid=torch.zeros_like(case["row_valid"]))
+    corrected, activity = prefill_through_kernels(case, row_valid=torch.zeros_like(case["row_valid"]))
     assert torch.equal(corrected, case["output"])
     assert not activity.redistributed_rows.any()
 
@@ -240,11 +252,12 @@ def test_launch_keys_tell_apart_every_specialisation_triton_compiles():
                 )
 
 
-def test_non_contiguous_output_is_rejected():
-    case = attention_case(torch.float32, decode=False, padded=False)
-    case["output"] = case["output"].transpose(0, 1).contiguous().transpose(0, 1)
+@pytest.mark.parametrize("kernel", ["prefill", "decode"])
+def test_non_contiguous_output_is_rejected(kernel):
+    case = attention_case(torch.float32, decode=kernel == "decode", padded=False)
+    case["output"] = case["output"].transpose(0, 2).contiguous().transpose(0, 2)  # batch and heads swapped
     with pytest.raises(ValueError, match="output must be a contiguous"):
-        through_kernels(case)
+        prefill_through_kernels(case) if kernel == "prefill" else through_kernels(case)
 
 
 @needs_kernels
@@ -253,10 +266,13 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
     model = copy.deepcopy(tiny_model[0]).to(DEVICE)
     inputs = {key: value.to(DEVICE) for key, value in padded_batch.items()}
     calls = []
-    launch = kernels.redistribute_rows
-    monkeypatch.setattr(
-        kernels, "redistribute_rows", lambda *args, **kwargs: calls.append(1) or launch(*args, **kwargs)
-    )
+
+    def counted(name: str):
+        launch = getattr(kernels, name)
+        return lambda *args, **kwargs: calls.append(name) or launch(*args, **kwargs)
+
+    for name in ("correct_prefill_rows", "redistribute_rows"):
+        monkeypatch.setattr(kernels, name, counted(name))
     runs = []
     for use_triton in (True, False):
         with enable_var(model, CONFIG, diagnostics=True, use_triton=use_triton) as handle:
@@ -271,12 +287,13 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
             runs.append((out, handle.diagnostics()))
             if use_triton:  # the prefill corrected the base kernel, the decode steps were written whole
                 assert handle.state.kernels_agree == {
-                    (torch.device(DEVICE), False): True,
-                    (torch.device(DEVICE), True): True,
+                    (torch.device(DEVICE), "prefill"): True,
+                    (torch.device(DEVICE), "whole rows"): True,
                 }
     active_layers = len(CONFIG.active_layers(len(model.model.language_model.layers)))
     # The prefill and two decode steps, and two launches for each kind's first-use check.
-    assert len(calls) == 3 * active_layers + 4
+    assert calls.count("correct_prefill_rows") == active_layers + 2
+    assert calls.count("redistribute_rows") == 2 * active_layers + 2
     (kernel_out, kernel_report), (torch_out, torch_report) = runs
     assert torch.equal(kernel_out.sequences, torch_out.sequences)
     for kernel_step, torch_step in zip(kernel_out.logits, torch_out.logits, strict=True):
@@ -300,7 +317,7 @@ def test_kernels_that_fail_fall_back_to_the_pytorch_path(
             raise RuntimeError("no kernel image is available for execution on the device")
         output.mul_(2)
 
-    monkeypatch.setattr(kernels, "redistribute_rows", broken)
+    monkeypatch.setattr(kernels, "correct_prefill_rows", broken)  # a forward is a prefill
     results = []
     for use_triton in (True, False):
         with enable_var(model, CONFIG, use_triton=use_triton) as handle:
