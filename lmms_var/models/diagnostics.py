@@ -47,49 +47,60 @@ def resolve_diagnostics_path(
     return None if folder is None else folder / f"{run_id}_{DIAGNOSTICS_SUFFIX}"
 
 
-class _RecordingDocs:
-    """Stands in for `lm.task_dict[task][split]`, logging each doc lookup as (task, split, doc_id)."""
-
-    def __init__(self, docs, key: tuple, seen: list[dict]) -> None:
-        self._docs, self._key, self._seen = docs, key, seen
-
-    def __getitem__(self, item):
-        if len(self._key) == 1:  # item is the split
-            return _RecordingDocs(self._docs[item], (*self._key, item), self._seen)
-        task, split = self._key
-        self._seen.append({"task": task, "split": split, "doc_id": int(item)})
-        return self._docs[item]
+DocKey = tuple[str, str, int]  # (task, split, doc_id), as upstream reads a doc from `task_dict`
+DOC_FIELDS = ("task", "split", "doc_id")
 
 
-class _RecordingTasks(dict):
-    """Reads through `task_dict`'s own `__getitem__`, so an enclosing watcher's records too."""
+def doc_key(task: object, split: object, doc_id: object) -> DocKey:
+    return str(task), str(split), int(doc_id)
 
-    def __init__(self, task_dict: dict, seen: list[dict]) -> None:
-        super().__init__(task_dict)
-        self._tasks = task_dict
-        self._seen = seen
 
-    def __getitem__(self, task):
-        return _RecordingDocs(self._tasks[task], (task,), self._seen)
+class RecordedDocs:
+    """`task_dict` as upstream reads it, `[task][split][doc_id]`, telling `on_read` about each doc read.
+
+    Reads go through the wrapped object's own `__getitem__`, so an enclosing recorder hears them too.
+    """
+
+    def __init__(self, inner, on_read: Callable[[DocKey], None], path: tuple = ()) -> None:
+        self._inner, self._on_read, self._path = inner, on_read, path
+
+    def __getitem__(self, key):
+        value = self._inner[key]
+        if len(self._path) < 2:  # a task or a split: keep recording below it
+            return RecordedDocs(value, self._on_read, (*self._path, key))
+        self._on_read(doc_key(*self._path, key))
+        return value
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def __iter__(self):
+        return iter(self._inner)
+
+    def __len__(self) -> int:
+        return len(self._inner)
+
+    def __contains__(self, key) -> bool:
+        return key in self._inner
 
 
 @contextmanager
 def watching_generate(lm, after_generate: Callable[[list[dict], dict], None]) -> Iterator[None]:
     """Within: after each `lm.model.generate(**inputs)`, `after_generate(docs, inputs)` with the batch
     rows' docs as `{"task", "split", "doc_id"}`. Nests: an outer watcher runs after an inner one."""
-    seen: list[dict] = []
+    seen: list[DocKey] = []
     task_dict, model = lm.task_dict, lm.model
     generate = model.generate
     own_generate = model.__dict__.get("generate")  # an enclosing watcher's, restored on exit
 
     def generate_and_watch(*args, **kwargs):
         output = generate(*args, **kwargs)
-        docs = seen[:]
+        docs = [dict(zip(DOC_FIELDS, doc, strict=True)) for doc in seen]
         seen.clear()
         after_generate(docs, kwargs)
         return output
 
-    lm.task_dict = _RecordingTasks(task_dict, seen)
+    lm.task_dict = RecordedDocs(task_dict, seen.append)
     model.generate = generate_and_watch
     try:
         yield
@@ -117,7 +128,7 @@ class DiagnosticsRecorder:
     def _add_batch(self, docs: list[dict], samples: list[dict]) -> None:
         if len(docs) != len(samples):
             self._unmatched_batches += 1
-            docs = [{"task": None, "split": None, "doc_id": None}] * len(samples)
+            docs = [dict.fromkeys(DOC_FIELDS)] * len(samples)
         self.records.extend({**doc, **sample} for doc, sample in zip(docs, samples, strict=True))
 
     def flush(self, accelerator) -> None:

@@ -35,7 +35,7 @@ from PIL import Image
 
 from lmms_var.config import VARConfig
 from lmms_var.models.args import AUTO, ModelArgError
-from lmms_var.models.diagnostics import run_output_folder
+from lmms_var.models.diagnostics import DocKey, RecordedDocs, doc_key, run_output_folder
 
 JOURNAL_FOLDER = "journal"
 # Bump when what a key covers changes, so that no older journal is read with another meaning.
@@ -48,8 +48,6 @@ NOT_OUTPUT_ARGS = frozenset(
 _VERSIONED_PACKAGES = ("lmms-var", "lmms-eval", "transformers", "torch")
 _REMOTE_URL = re.compile(r"https?://\S+")
 _LONGEST_PATH = 4096
-
-DocKey = tuple[str, str, int]  # (task, split, doc_id), as upstream reads a doc from `task_dict`
 
 
 class UnfingerprintableInput(TypeError):
@@ -303,14 +301,10 @@ class Journal:
             eval_logger.warning(message)
 
 
-def _doc_key(task: object, split: object, doc_id: object) -> DocKey:
-    return str(task), str(split), int(doc_id)
-
-
 def _request_doc(request: Instance) -> DocKey:
     """The doc a request reads: lmms-eval's generation requests end with (doc_id, task, split)."""
     doc_id, task, split = request.args[-3:]
-    return _doc_key(task, split, doc_id)
+    return doc_key(task, split, doc_id)
 
 
 class _BatchFollower:
@@ -353,32 +347,6 @@ class _BatchFollower:
         self._journal.append(entries)
 
 
-class _RecordedDocs:
-    """`task_dict` as upstream reads it, `[task][split][doc_id]`, telling `on_read` about each doc read."""
-
-    def __init__(self, inner, path: tuple, on_read: Callable[[DocKey], None]) -> None:
-        self._inner, self._path, self._on_read = inner, path, on_read
-
-    def __getitem__(self, key):
-        value = self._inner[key]
-        if len(self._path) < 2:  # a task or a split: keep recording below it
-            return _RecordedDocs(value, (*self._path, key), self._on_read)
-        self._on_read(_doc_key(*self._path, key))
-        return value
-
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
-
-    def __iter__(self):
-        return iter(self._inner)
-
-    def __len__(self) -> int:
-        return len(self._inner)
-
-    def __contains__(self, key) -> bool:
-        return key in self._inner
-
-
 class _AnswerHook:
     """Stands in for `lm.cache_hook`: passes every partial on, and hands `generate_until` answers over."""
 
@@ -396,7 +364,7 @@ class _AnswerHook:
 def _following(lm, follower: _BatchFollower) -> Iterator[None]:
     """Within: `lm` reports its doc reads and answers to `follower`; the batch it last finished is journaled."""
     task_dict, cache_hook = lm.task_dict, lm.cache_hook
-    lm.task_dict = _RecordedDocs(task_dict, (), follower.doc_read)
+    lm.task_dict = RecordedDocs(task_dict, follower.doc_read)
     lm.cache_hook = _AnswerHook(cache_hook, follower.answered)
     try:
         yield
