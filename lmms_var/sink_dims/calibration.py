@@ -53,14 +53,15 @@ def builtin_prompts(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0) -> li
 def data_prompts(root: str | Path, num_samples: int = DEFAULT_NUM_SAMPLES) -> list[CalibrationPrompt]:
     """The first `num_samples` BLINK records of a spatial root, read as the spatial tasks read them."""
     from lmms_var.tasks.data_root import DataRoot
-    from lmms_var.tasks.records import IMAGE_KEYS, read_spatial_jsonl
+    from lmms_var.tasks.images import to_rgb
+    from lmms_var.tasks.records import IMAGE_KEYS, read_blink_jsonl
 
     _check_num_samples(num_samples)
     data_root = DataRoot(Path(root))
     path = data_root.blink_jsonl
     if not path.is_file():
         raise FileNotFoundError(f"spatial root {root}: no {path.relative_to(root)} in it")
-    loaded = read_spatial_jsonl(data_root, path)
+    loaded = read_blink_jsonl(data_root)
     if loaded.problems:
         raise ValueError(
             f"spatial root {root}: {len(loaded.problems)} bad record(s), first: {loaded.problems[0]}"
@@ -72,8 +73,9 @@ def data_prompts(root: str | Path, num_samples: int = DEFAULT_NUM_SAMPLES) -> li
         images = []
         for key in IMAGE_KEYS:
             if doc[key] is not None:
-                with Image.open(doc[key]) as image:
-                    images.append(image.convert("RGB"))
+                image = Image.open(doc[key])
+                image.load()  # reads the pixels and closes the file (`to_rgb` may return this very image)
+                images.append(to_rgb(image))
         prompts.append(CalibrationPrompt(tuple(images), doc["prompt"]))
     return prompts
 

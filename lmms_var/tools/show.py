@@ -140,15 +140,19 @@ def _positive_int(text: str) -> int:
 
 
 def _read_image(path: Path):
-    """The image as RGB, or a ValueError naming `--image` (before any weights are loaded)."""
+    """The image as RGB, as a viewer shows it (`tasks.images.to_rgb`), or a ValueError naming `--image`
+    (before any weights are loaded)."""
     from PIL import Image, UnidentifiedImageError
+
+    from lmms_var.tasks.images import to_rgb
 
     if not path.is_file():
         raise ValueError(f"--image {path}: no such file")
     try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
+        image = Image.open(path)
+        image.load()  # reads the pixels and closes the file (`to_rgb` may return this very image)
+        return to_rgb(image)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"--image {path}: not an image Pillow can read ({error})") from None
 
 

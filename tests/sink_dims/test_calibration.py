@@ -47,13 +47,17 @@ def test_data_prompts_name_the_missing_file(tmp_path):
         data_prompts(tmp_path)
 
 
-def test_data_prompts_name_a_missing_image(tmp_path):
+def test_data_prompts_name_a_missing_image_and_a_misspelt_sub_task(tmp_path):
     jsonl = tmp_path / "spatial_reasoning/blink/blink_validation.jsonl"
     jsonl.parent.mkdir(parents=True)
     question = {"from": "human", "value": "<image>Q?\n(A) left\n(B) right"}
     record = {"id": "x", "image": "nowhere.png", "conversations": [question, {"from": "gpt", "value": "(A)"}]}
-    jsonl.write_text(json.dumps(record) + "\n")
+    jsonl.write_text(json.dumps(record | {"sub_task": "Counting"}) + "\n")
     with pytest.raises(ValueError, match=r"blink_validation\.jsonl:1 \(record id 'x'\): image not found"):
+        data_prompts(tmp_path)
+    # Read as the BLINK tasks read it: a sub-task BLINK does not spell that way is a bad record.
+    jsonl.write_text(json.dumps(record | {"sub_task": "counting"}) + "\n")
+    with pytest.raises(ValueError, match=r"blink_validation\.jsonl:1 \(record id 'x'\): .*sub_task"):
         data_prompts(tmp_path)
 
 

@@ -2,12 +2,13 @@
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 from transformers import Qwen2Config
 
 from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
-from lmms_var.testing.images import random_image
+from lmms_var.testing.images import picture_in_mode, random_image
 from lmms_var.tools import show
 from lmms_var.tools.cli import build_parser, main
 from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
@@ -147,3 +148,14 @@ def test_show_is_registered_with_the_issues_options():
         "--dtype",
     } <= options
     assert show.HEAD_CHOICES == ("selected", "all") and show.ROW_CHOICES == ("last", "answer", "all")
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA", "RGB"])
+def test_an_image_reaches_the_model_as_a_viewer_shows_it(tmp_path, mode):
+    """16-bit and transparent files as the spatial tasks show them, not as `convert("RGB")` leaves them."""
+    stored, shown = picture_in_mode(mode) if mode != "RGB" else (random_image(4), random_image(4))
+    path = tmp_path / "picture.png"
+    stored.save(path)
+    read = show._read_image(path)
+    assert read.mode == "RGB"
+    assert np.array_equal(np.asarray(read), np.asarray(shown))
