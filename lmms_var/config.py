@@ -8,6 +8,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# The RMS-normalised sink threshold the paper uses: VARConfig's, the finder's and the models' default.
+DEFAULT_TAU = 20.0
+
+
+def check_tau(tau: object, name: str = "tau") -> None:
+    """A sink threshold: a finite number above 0 (an infinite one finds no sink anywhere, so VAR
+    would silently change nothing). `name` is the argument as the caller names it."""
+    if not _is_number(tau) or not 0 < tau < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {tau!r}")
+
 
 @dataclass(frozen=True)
 class VARConfig:
@@ -19,7 +29,7 @@ class VARConfig:
     """
 
     sink_dims: Sequence[int] | int
-    tau: float = 20.0
+    tau: float = DEFAULT_TAU
     rho: float = 0.5
     summ: float = 0.2
     p: float = 0.6
@@ -39,9 +49,7 @@ class VARConfig:
         _check_range("p", self.p, 0.0, 1.0)
         _check_range("rho", self.rho, 0.0, 1.0)
         _check_range("summ", self.summ, 0.0, 1.0)
-        # An infinite tau finds no sink anywhere: VAR would silently change nothing.
-        if not _is_number(self.tau) or not 0 < self.tau < math.inf:
-            raise ValueError(f"VARConfig.tau must be a finite number > 0, got {self.tau!r}")
+        check_tau(self.tau, "VARConfig.tau")
 
     def active_layers(self, num_layers: int) -> range:
         """Decoder layers VAR acts on: never the first two, and not the last with `except_last_layer`."""

@@ -24,6 +24,7 @@ from loguru import logger as eval_logger
 
 from lmms_var.backbones import Backbone, UnsupportedModelError, backbone_for_config, checkpoint_config
 from lmms_var.checks import check_device, check_output_file, check_output_folder
+from lmms_var.config import DEFAULT_TAU
 from lmms_var.models.args import (
     AUTO,
     ModelArgError,
@@ -62,7 +63,7 @@ class VARModel:
         attn_implementation: str = "sdpa",
         var: bool | str = True,
         sink_dims: int | str | None = None,
-        tau: float = 20.0,
+        tau: float = DEFAULT_TAU,
         rho: float = 0.5,
         summ: float = 0.2,
         p: float = 0.6,

@@ -18,7 +18,7 @@ import torch
 from filelock import FileLock
 
 from lmms_var.checks import check_output_folder
-from lmms_var.config import VARConfig
+from lmms_var.config import DEFAULT_TAU, VARConfig
 from lmms_var.sink_dims.finder import find_sink_dims, model_name
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def _read_cached(path: Path) -> tuple[int, ...] | None:
     return dims
 
 
-def config_from_model(model: torch.nn.Module, processor, *, tau: float = 20.0, **kwargs) -> VARConfig:
+def config_from_model(model: torch.nn.Module, processor, *, tau: float = DEFAULT_TAU, **kwargs) -> VARConfig:
     """A `VARConfig` with the model's measured sink dims (`sink_dims=auto`): cached after the first call.
 
     `model` and `processor` are a supported model (`lmms_var.backbones`) and its processor; `kwargs`

@@ -14,7 +14,6 @@ nearly every one, from early layers on; the finder returns every channel whose c
 prompts.
 """
 
-import math
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -24,10 +23,10 @@ from dataclasses import dataclass
 import torch
 
 from lmms_var.backbones import backbone_for
+from lmms_var.config import DEFAULT_TAU, check_tau
 from lmms_var.core import rms_normalized
 from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts, encode_prompt
 
-DEFAULT_TAU = 20.0
 DEFAULT_MIN_CONSISTENCY = 0.5
 DEFAULT_MAX_TOKEN_FRACTION = 0.25
 DEFAULT_QUIET_FRACTION = 0.25
@@ -68,12 +67,6 @@ class SinkDimsResult:
 def model_name(model: torch.nn.Module) -> str:
     """The checkpoint a model was loaded from, or its class name for a model built in memory."""
     return getattr(model.config, "_name_or_path", "") or type(model).__name__
-
-
-def check_tau(tau: float) -> None:
-    """A sink threshold: a finite number above 0 (an infinite one finds no sink at all)."""
-    if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0 < tau < math.inf:
-        raise ValueError(f"tau must be a finite number > 0, got {tau!r}")
 
 
 def check_finder_settings(*, tau: float, min_consistency: float) -> None:

@@ -22,11 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from lmms_var.backbones import backbone_for
+from lmms_var.config import DEFAULT_TAU, check_tau
 from lmms_var.core import find_sink_tokens
 from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts
 from lmms_var.sink_dims.finder import (
-    DEFAULT_TAU,
-    check_tau,
     encoded_prompts,
     layer_input_hooks,
     model_name,
