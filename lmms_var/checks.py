@@ -1,4 +1,4 @@
-"""Checks of the paths and devices users give, run before any expensive work (loading weights, measuring).
+"""Checks of the paths, devices and layers users give, run before any expensive work (loading weights, measuring).
 
 Shared by the model args, the sink-dims cache and every `lmms-var` subcommand that writes files, so a
 run cannot compute for minutes and then die on a folder given as an output file or a missing GPU.
@@ -10,6 +10,7 @@ the package, so every layer can use it; torch is imported only by the device che
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,3 +72,13 @@ def check_device(device: str, what: str) -> torch.device:
             f"cuda:0 to cuda:{torch.cuda.device_count() - 1}"
         )
     return parsed
+
+
+def check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
+    """`layers` (decoder layer indices) sorted, without repeats, each in `[0, num_layers)`."""
+    chosen = sorted(set(layers))
+    bad = [layer for layer in chosen if isinstance(layer, bool) or not isinstance(layer, int)]
+    bad += [layer for layer in chosen if layer not in bad and not 0 <= layer < num_layers]
+    if not chosen or bad:
+        raise ValueError(f"layers must be decoder layers in [0, {num_layers}), got {list(layers)}")
+    return chosen

@@ -1,9 +1,9 @@
-"""`lmms_var.checks`: outputs and devices checked before any work, each error naming the argument."""
+"""`lmms_var.checks`: outputs, devices and layers checked before any work, each error naming the argument."""
 
 import pytest
 import torch
 
-from lmms_var.checks import check_device, check_output_file, check_output_folder
+from lmms_var.checks import check_device, check_layers, check_output_file, check_output_folder
 
 
 @pytest.fixture
@@ -56,3 +56,10 @@ def test_devices(monkeypatch):
     assert check_device("cuda:1", "device") == torch.device("cuda:1")
     with pytest.raises(ValueError, match=r"has 2 CUDA device\(s\), cuda:0 to cuda:1$"):
         check_device("cuda:2", "device")
+
+
+def test_layers_are_sorted_unique_decoder_layers():
+    assert check_layers([3, 1, 3], 4) == [1, 3]
+    for layers in ([], [4], [-1], [True], [1.0]):
+        with pytest.raises(ValueError, match=r"layers must be decoder layers in \[0, 4\)"):
+            check_layers(layers, 4)

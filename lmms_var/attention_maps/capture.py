@@ -25,6 +25,7 @@ from lmms_var.attention_maps.inputs import model_inputs, with_answer
 from lmms_var.attention_maps.layout import panel_pictures, visual_panels
 from lmms_var.attention_maps.maps import AttentionMaps, PanelMap
 from lmms_var.backbones import Backbone, backbone_for
+from lmms_var.checks import check_layers
 from lmms_var.config import VARConfig
 from lmms_var.core import redistribute_with_selection
 from lmms_var.patch import VARHandle, VARState
@@ -69,12 +70,7 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     """`layers` sorted and checked against the model, or `default_layers`."""
     if layers is None:
         return default_layers(num_layers)
-    chosen = sorted(set(layers))
-    bad = [layer for layer in chosen if isinstance(layer, bool) or not isinstance(layer, int)]
-    bad += [layer for layer in chosen if layer not in bad and not 0 <= layer < num_layers]
-    if not chosen or bad:
-        raise ValueError(f"layers must be decoder layers in [0, {num_layers}), got {list(layers)}")
-    return chosen
+    return check_layers(layers, num_layers)
 
 
 # VAR's state (`VARState`) is read in the next three functions only: what the VAR run recorded.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from lmms_var.backbones import backbone_for
+from lmms_var.checks import check_layers
 from lmms_var.config import DEFAULT_TAU, check_tau
 from lmms_var.core import rms_normalized
 from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts, encode_prompt
@@ -82,11 +83,7 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
         if num_layers <= 2:
             raise ValueError(f"the model has {num_layers} decoder layers; sinks are measured from layer 2 on")
         return list(range(2, num_layers))
-    chosen = sorted(set(layers))
-    bad = [layer for layer in chosen if not 0 <= layer < num_layers]
-    if not chosen or bad:
-        raise ValueError(f"layers must be decoder layers in [0, {num_layers}), got {list(layers)}")
-    return chosen
+    return check_layers(layers, num_layers)
 
 
 @contextmanager
