@@ -169,7 +169,7 @@ def _var_config(args: argparse.Namespace) -> VARConfig:
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     from lmms_var.attention_maps import resolve_layers
-    from lmms_var.backbones import checkpoint_config
+    from lmms_var.backbones import UnsupportedModelError, backbone_for_config, checkpoint_config
     from lmms_var.sink_dims.known import lookup_known
 
     model_config = checkpoint_config(args.model, "--model ")
@@ -178,6 +178,10 @@ def _var_config(args: argparse.Namespace) -> VARConfig:
             f"--model {args.model}: a {model_config.model_type!r} model takes no images; "
             "show needs a vision-language model VAR supports"
         )
+    try:
+        backbone_for_config(model_config)
+    except UnsupportedModelError as error:  # a vision-language family VAR has no backbone for
+        raise ValueError(f"--model {args.model}: {error}") from None
     text_config = model_config.get_text_config()
     try:
         resolve_layers(args.layers, text_config.num_hidden_layers)

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import Qwen2Config
+from transformers import PaliGemmaConfig, Qwen2Config
 
 from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
 from lmms_var.testing.images import picture_in_mode, random_image
@@ -93,6 +93,12 @@ def test_bad_inputs_are_reported_before_loading_weights(
     Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2).save_pretrained(text_only)
     assert f"--model {text_only}: a 'qwen2' model takes no images" in error_of(
         show_args(text_only, images, output), capsys
+    )
+    other_family = tmp_path / "other_family"
+    PaliGemmaConfig().save_pretrained(other_family)
+    assert f"--model {other_family}: VAR supports model types qwen2_5_vl" in error_of(
+        show_args(other_family, images, output, var_args=[]),
+        capsys,  # not "no published sink dims"
     )
     blocker = tmp_path / "a_file"
     blocker.write_text("")
