@@ -12,11 +12,10 @@ import io
 import math
 from collections.abc import Callable
 
-from lmms_var.leaderboard.table import Cell, Column, Leaderboard
+from lmms_var.leaderboard.table import OTHER_DOCS, Cell, Column, Leaderboard
 
 FORMATS = ("md", "csv", "html", "latex")
 MISSING = "–"
-OTHER_DOCS = "†"
 NOT_A_NUMBER = "NaN"
 
 

@@ -20,6 +20,8 @@ LOGGING_ARGS = ("diagnostics", "diagnostics_path", "attention_maps", "attention_
 FALSE_WORDS = {"false", "0", "no", "off"}
 # Metrics whose [0, 1] values are rates, shown in percent.
 ACCURACY_WORDS = ("acc", "match", "correct")
+# Marks a cell whose doc set differs from the baseline's; the note under the table says how.
+OTHER_DOCS = "†"
 
 
 @dataclass(frozen=True)
@@ -314,7 +316,7 @@ def build_leaderboard(runs: list[Run], baseline: str | None = None, metric: str 
         if cell.other_docs
     ]
     if dagger_notes:
-        notes.append("† doc set differs from the baseline's: " + "; ".join(dagger_notes) + ".")
+        notes.append(f"{OTHER_DOCS} doc set differs from the baseline's: " + "; ".join(dagger_notes) + ".")
     nan_cells = [
         f"{column.task} ({name})"
         for name, row in zip(names, values, strict=True)
