@@ -4,6 +4,8 @@
 tests that take `family_model` or `family_checkpoint` run once per entry.
 """
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,10 @@ def family_checkpoint(family, tiny_checkpoints) -> Path:
 def spatial_root(tmp_path_factory) -> Path:
     """A synthetic spatial-reasoning data root (BLINK spatial sub-tasks and SAT-2)."""
     return write_spatial_root(tmp_path_factory.mktemp("spatial_root"))
+
+
+def modules_after(statement: str) -> set[str]:
+    """Top-level packages and `lmms_var` modules loaded by `statement` in a fresh interpreter."""
+    script = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return set(loaded.stdout.split())

@@ -27,10 +27,12 @@ from lmms_var.checks import check_layers
 from lmms_var.config import DEFAULT_TAU, check_tau
 from lmms_var.core import rms_normalized
 from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts, encode_prompt
+from lmms_var.sink_dims.defaults import (
+    DEFAULT_MAX_TOKEN_FRACTION,
+    DEFAULT_MIN_CONSISTENCY,
+    DEFAULT_QUIET_FRACTION,
+)
 
-DEFAULT_MIN_CONSISTENCY = 0.5
-DEFAULT_MAX_TOKEN_FRACTION = 0.25
-DEFAULT_QUIET_FRACTION = 0.25
 # Channels listed in the evidence beyond the selected ones, so the margin to the next candidate shows.
 EXTRA_EVIDENCE_DIMS = 4
 TOP_TOKENS = 5

@@ -25,15 +25,13 @@ from lmms_var.backbones import backbone_for
 from lmms_var.config import DEFAULT_TAU, check_tau
 from lmms_var.core import find_sink_tokens
 from lmms_var.sink_dims.calibration import CalibrationPrompt, builtin_prompts
+from lmms_var.sink_dims.defaults import DEFAULT_ATTENTION_FACTOR, DEFAULT_MIN_DISTANCE
 from lmms_var.sink_dims.finder import (
     encoded_prompts,
     layer_input_hooks,
     model_name,
     resolve_layers,
 )
-
-DEFAULT_ATTENTION_FACTOR = 2.0
-DEFAULT_MIN_DISTANCE = 4
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ class Report:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The records module imports transformers (the image processor's limits): only when checking.
+    # Pillow and numpy, which the records module needs, are imported only when checking.
     from lmms_var.tasks.records import Loaded, read_blink_jsonl, read_hub_parquet, read_sat2
 
     root = open_data_root(args.root) if args.root else data_root_from_env()

@@ -17,8 +17,11 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 def register(subparsers: argparse._SubParsersAction) -> None:
     from lmms_var.config import DEFAULT_TAU
     from lmms_var.sink_dims.calibration import DEFAULT_NUM_SAMPLES
-    from lmms_var.sink_dims.finder import DEFAULT_MIN_CONSISTENCY
-    from lmms_var.sink_dims.validator import DEFAULT_ATTENTION_FACTOR, DEFAULT_MIN_DISTANCE
+    from lmms_var.sink_dims.defaults import (
+        DEFAULT_ATTENTION_FACTOR,
+        DEFAULT_MIN_CONSISTENCY,
+        DEFAULT_MIN_DISTANCE,
+    )
 
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")

@@ -1,7 +1,5 @@
 """The backbone registry: lookup by model, config or model type; errors; what importing it costs."""
 
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +13,7 @@ from lmms_var.backbones import (
     backbone_for_model_type,
 )
 from lmms_var.testing.tiny_families import TINY_FAMILIES
-from tests.conftest import FAMILIES
+from tests.conftest import FAMILIES, modules_after
 
 
 def test_every_backbone_is_found_by_its_model_type_config_and_model():
@@ -44,19 +42,12 @@ def test_an_unsupported_model_names_every_supported_family():
         backbone_for_config(type("LlamaConfig", (), {"model_type": "llama"})())
 
 
-def _modules_after(statement: str) -> set[str]:
-    """Top-level packages and `lmms_var` modules loaded by `statement` in a fresh interpreter."""
-    script = f"import sys; {statement}; print('\\n'.join(sys.modules))"
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    return set(loaded.stdout.split())
-
-
 def test_the_entry_point_imports_neither_torch_transformers_nor_lmms_eval():
     """lmms-eval loads our entry point while it starts: the registry and manifests must stay light."""
-    loaded = _modules_after("import lmms_var.backbones, lmms_var.models")
+    loaded = modules_after("import lmms_var.backbones, lmms_var.models")
     assert not {"torch", "transformers", "lmms_eval"} & loaded
 
 
 def test_config_imports_nothing_else_from_the_package():
-    loaded = _modules_after("import lmms_var.config")
+    loaded = modules_after("import lmms_var.config")
     assert {module for module in loaded if module.startswith("lmms_var")} == {"lmms_var", "lmms_var.config"}
