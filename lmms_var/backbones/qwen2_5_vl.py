@@ -36,16 +36,6 @@ QWEN2_5_VL = Backbone(
             "max_length": 2048,
         },
         check_upstream_args=qwen_pixel_bounds,
-        state=qwen_state(
-            (
-                "use_cache",
-                "min_pixels",
-                "max_pixels",
-                "max_num_frames",
-                "fps",
-                "system_prompt",
-                "interleave_visuals",
-            )
-        ),
+        state=qwen_state,
     ),
 )

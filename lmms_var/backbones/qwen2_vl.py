@@ -5,7 +5,7 @@ selects flash attention with `use_flash_attention_2`, and defaults to smaller im
 `qwen2_5_vl` (`min_pixels=3136`, `max_pixels=602112`).
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
@@ -62,25 +62,25 @@ def qwen_pixel_bounds(args: Mapping[str, Any]) -> None:
         )
 
 
-def qwen_state(stored: tuple[str, ...]) -> Callable[[str, Mapping[str, Any]], dict[str, Any]]:
-    """What lmms-eval's Qwen-VL `__init__`s set: the `stored` args under their own names, the reasoning
-    prompt with `\\n` unescaped, the length limit, a processor with the pixel bounds and a tokenizer."""
+# Upstream args that lmms-eval's Qwen-VL `__init__`s do not store under their own names.
+_NOT_STORED = ("reasoning_prompt", "max_length", "use_flash_attention_2")
 
-    def state(pretrained: str, args: Mapping[str, Any]) -> dict[str, Any]:
-        from transformers import AutoProcessor, AutoTokenizer  # see base.py's docstring
 
-        reasoning_prompt = args["reasoning_prompt"]
-        return {
-            **{name: args[name] for name in stored},
-            "reasoning_prompt": reasoning_prompt.replace("\\n", "\n") if reasoning_prompt else None,
-            "_max_length": args.get("max_length", 2048),
-            "processor": AutoProcessor.from_pretrained(
-                pretrained, max_pixels=args["max_pixels"], min_pixels=args["min_pixels"]
-            ),
-            "_tokenizer": AutoTokenizer.from_pretrained(pretrained),
-        }
+def qwen_state(pretrained: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """What lmms-eval's Qwen-VL `__init__`s set: every other upstream arg under its own name, the
+    reasoning prompt with `\\n` unescaped, the length limit, a processor with the pixel bounds and a tokenizer."""
+    from transformers import AutoProcessor, AutoTokenizer  # see base.py's docstring
 
-    return state
+    reasoning_prompt = args["reasoning_prompt"]
+    return {
+        **{name: value for name, value in args.items() if name not in _NOT_STORED},
+        "reasoning_prompt": reasoning_prompt.replace("\\n", "\n") if reasoning_prompt else None,
+        "_max_length": args.get("max_length", 2048),
+        "processor": AutoProcessor.from_pretrained(
+            pretrained, max_pixels=args["max_pixels"], min_pixels=args["min_pixels"]
+        ),
+        "_tokenizer": AutoTokenizer.from_pretrained(pretrained),
+    }
 
 
 QWEN2_VL = Backbone(
@@ -109,9 +109,7 @@ QWEN2_VL = Backbone(
             "interleave_visuals": False,
             "reasoning_prompt": None,
         },
-        state=qwen_state(
-            ("use_cache", "max_pixels", "min_pixels", "max_num_frames", "system_prompt", "interleave_visuals")
-        ),
+        state=qwen_state,
         cuda_dtype="auto",
         flash_attention_flag="use_flash_attention_2",
         check_upstream_args=qwen_pixel_bounds,

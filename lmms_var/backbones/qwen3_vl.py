@@ -49,18 +49,6 @@ QWEN3_VL = Backbone(
             "reasoning_prompt": None,
         },
         check_upstream_args=qwen_pixel_bounds,
-        state=qwen_state(
-            (
-                "use_cache",
-                "min_pixels",
-                "max_pixels",
-                "total_pixels",
-                "max_num_frames",
-                "fps",
-                "system_prompt",
-                "interleave_visuals",
-                "enable_thinking",
-            )
-        ),
+        state=qwen_state,
     ),
 )
