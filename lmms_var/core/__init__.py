@@ -1,6 +1,9 @@
 """Pure-tensor VAR algorithm (VAR_SPEC.md steps 1, 3 and 4): no model, no globals, no I/O."""
 
 from lmms_var.core.redistribution import (
+    BUDGET,
+    RECEIVERS,
+    STATISTICS,
     ImagePlan,
     KeyPlan,
     attention_change,
@@ -16,6 +19,9 @@ from lmms_var.core.redistribution import (
 from lmms_var.core.sinks import find_sink_tokens, rms_normalized
 
 __all__ = [
+    "BUDGET",
+    "RECEIVERS",
+    "STATISTICS",
     "ImagePlan",
     "KeyPlan",
     "attention_change",

@@ -23,6 +23,10 @@ import torch
 
 # Per visual key: keeps the ratio vsink / img finite when a row gives the image no mass.
 EPS_PER_VISUAL_KEY = 1e-6
+# The statistics of a row, by index (see the module doc): a row is selected when each one from
+# RECEIVERS on is >= 0, and moves its BUDGET to its receivers.
+BUDGET, RECEIVERS, SINK_SHARE, IMAGE_SHARE = range(4)
+STATISTICS = 4
 # Receiver mass must be positive (somewhere to send the budget); offsetting by this makes ">= 0" mean "> 0".
 _POSITIVE = torch.finfo(torch.float32).tiny
 
@@ -79,12 +83,12 @@ def plan_layer(image_plan: ImagePlan, sink_mask: torch.Tensor) -> KeyPlan:
     # Samples without a visual sink select no row: their ratio statistic's offset is -inf.
     has_visual_sink = (sink * image_plan.image).any(dim=-1)
     offsets = image_plan.offsets.clone()
-    offsets[..., 2].masked_fill_(~has_visual_sink[:, None], float("-inf"))
+    offsets[..., SINK_SHARE].masked_fill_(~has_visual_sink[:, None], float("-inf"))
     return KeyPlan(
         weights,
         offsets,
         (image_plan.sink_change * sink)[:, None, None, :],
-        weights[..., 1].contiguous()[:, None, None, :],
+        weights[..., RECEIVERS].contiguous()[:, None, None, :],
     )
 
 
@@ -96,12 +100,12 @@ def plan_keys(
 
 
 def row_statistics(attn: torch.Tensor, plan: KeyPlan) -> torch.Tensor:
-    """Float32[B, H, Q, 4]: the statistics of every row (keys beyond the plan, e.g. generated ones, weigh 0)."""
+    """Float32[B, H, Q, STATISTICS]: the statistics of every row (keys beyond the plan, e.g. generated ones, weigh 0)."""
     batch, heads, rows, _ = attn.shape
     flat = _float32(attn)[..., : plan.weights.shape[1]].reshape(batch, heads * rows, -1)
     # As weights^T @ attn^T: a product 4 wide runs several times slower than one 4 high on a CPU.
     statistics = torch.baddbmm(plan.offsets.mT, plan.weights.mT, flat.mT)
-    return statistics.mT.view(batch, heads, rows, 4)
+    return statistics.mT.view(batch, heads, rows, STATISTICS)
 
 
 def selected_rows(statistics: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
@@ -111,12 +115,12 @@ def selected_rows(statistics: torch.Tensor, query_mask: torch.Tensor) -> torch.T
     of that goes to visual sinks, and it has receivers; samples without visual sinks never do.
     """
     query_mask = query_mask if query_mask.dtype == torch.bool else query_mask.bool()
-    return (statistics[..., 1:].amin(dim=-1) >= 0) & query_mask[:, None, :]
+    return (statistics[..., RECEIVERS:].amin(dim=-1) >= 0) & query_mask[:, None, :]
 
 
 def attention_change(statistics: torch.Tensor, plan: KeyPlan) -> torch.Tensor:
     """Float32[B, H, Q, K]: relative change A'/A - 1 of every key if its row is selected."""
-    gain = statistics[..., 0] / statistics[..., 1].clamp(min=_POSITIVE)
+    gain = statistics[..., BUDGET] / statistics[..., RECEIVERS].clamp(min=_POSITIVE)
     return torch.addcmul(plan.sink_change, gain[..., None], plan.receivers)
 
 

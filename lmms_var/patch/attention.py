@@ -29,6 +29,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from lmms_var.core import (
+    BUDGET,
     KeyPlan,
     attention_change,
     redistribute_with_selection,
@@ -147,7 +148,7 @@ def _fused_rows(
         weights = attn
     else:  # A' - A
         weights = attn[..., :planned] * change
-    return times_values(weights, value), selected, statistics[..., 0]
+    return times_values(weights, value), selected, statistics[..., BUDGET]
 
 
 @functools.cache
@@ -255,7 +256,7 @@ def _pytorch_var(
         attn, visual, sinks, row_valid, p=config.p, rho=config.rho, summ=config.summ
     )
     output.copy_(times_values(new_attn, value).transpose(1, 2))
-    return selected, row_statistics(attn, plan)[..., 0]
+    return selected, row_statistics(attn, plan)[..., BUDGET]
 
 
 def _launch_kind(state: VARState) -> str:

@@ -16,12 +16,11 @@ from typing import NamedTuple
 
 import torch
 
-from lmms_var.core import KeyPlan, attention_change, row_statistics, selected_rows
+from lmms_var.core import BUDGET, STATISTICS, KeyPlan, attention_change, row_statistics, selected_rows
 from lmms_var.patch.explicit import LayerCall, blocked_keys, scores
 
 # Float32 values in one [B, H, rows, keys] block (4 MiB): one or two such tensors are VAR's extra memory.
 DEFAULT_BLOCK_ELEMENTS = 2**20
-_STATISTICS = 4  # the KeyPlan's statistics per row
 
 
 class RelevantKeys(NamedTuple):
@@ -56,7 +55,7 @@ def _gather_keys(plan: KeyPlan, call: LayerCall) -> _GatheredKeys:
     per_head = index[:, None, :, None].expand(-1, kv_heads, -1, head_dim)
     per_key = index[:, None, None, :]
     gathered_plan = KeyPlan(
-        plan.weights.gather(1, index[..., None].expand(-1, -1, _STATISTICS)),
+        plan.weights.gather(1, index[..., None].expand(-1, -1, STATISTICS)),
         torch.zeros_like(plan.offsets),
         plan.sink_change.gather(3, per_key),
         plan.receivers.gather(3, per_key),
@@ -223,5 +222,5 @@ def correct_prefill_rows(
             target = (pairs.sample, block_rows[pairs.sample, pairs.row], pairs.head)
             output.index_put_(target, correction.to(output.dtype), accumulate=True)
         selections.append(selected)
-        budgets.append(statistics[..., 0])
+        budgets.append(statistics[..., BUDGET])
     return torch.cat(selections, dim=-1), torch.cat(budgets, dim=-1)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lmms_var.core import KeyPlan
+from lmms_var.core import BUDGET, RECEIVERS, STATISTICS, KeyPlan
 from lmms_var.patch.explicit import LayerCall
 from lmms_var.patch.prefill import RelevantKeys
 from lmms_var.patch.state import LayerActivity
@@ -33,6 +33,8 @@ from lmms_var.patch.state import LayerActivity
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _INTERPRETED = tl.constexpr(INTERPRETED)
 # Receiver mass is clamped to this before dividing, as in `core.redistribution`.
+# The statistics of a row, as `core.redistribution` indexes them.
+_STATISTICS, _BUDGET, _RECEIVERS = tl.constexpr(STATISTICS), tl.constexpr(BUDGET), tl.constexpr(RECEIVERS)
 _SMALLEST_NORMAL = tl.constexpr(torch.finfo(torch.float32).tiny)
 _FAR_BELOW = tl.constexpr(-1.0e30)  # a finite "minus infinity" for running maxima
 # Per chunk: max score, exp-sum, 4 statistics, 2 spare, then the sink and receiver value sums
@@ -94,7 +96,7 @@ def _redistribute_rows(
     row = batch_head * row_count + r
     dims = tl.arange(0, BLOCK_D)
     dim_in = dims < HEAD_DIM
-    stat_index = tl.arange(0, 4)
+    stat_index = tl.arange(0, _STATISTICS)
 
     position = tl.load(rows_ptr + b * row_count + r)
     last_key = position + key_length - query_length  # causal, counted from the cache's end
@@ -107,7 +109,7 @@ def _redistribute_rows(
     # An online softmax over the chunk's tiles: sums are kept relative to the running maximum.
     running_max = tl.max(tl.full([BLOCK_K], _FAR_BELOW, tl.float32), axis=0)
     total = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
-    statistics = tl.zeros([4], tl.float32)
+    statistics = tl.zeros([_STATISTICS], tl.float32)
     sink_values = tl.zeros([BLOCK_D], tl.float32)
     receiver_values = tl.zeros([BLOCK_D], tl.float32)
     row_values = tl.zeros([BLOCK_D], tl.float32)
@@ -133,7 +135,9 @@ def _redistribute_rows(
         planned = visible & (keys < planned_keys)
         plan_index = b * planned_keys + keys
         key_weights = tl.load(
-            weights_ptr + plan_index[:, None] * 4 + stat_index[None, :], mask=planned[:, None], other=0.0
+            weights_ptr + plan_index[:, None] * _STATISTICS + stat_index[None, :],
+            mask=planned[:, None],
+            other=0.0,
         )
         sink_change = tl.load(sink_change_ptr + plan_index, mask=planned, other=0.0)
         receivers = tl.load(receivers_ptr + plan_index, mask=planned, other=0.0)
@@ -169,7 +173,7 @@ def _redistribute_rows(
         _finish_row(
             partials,
             chunk_count,
-            offsets_ptr + b * 4,
+            offsets_ptr + b * _STATISTICS,
             row_valid_ptr + b * row_count + r,
             out_ptr + ((b * query_length + position) * HEADS + h) * HEAD_DIM,
             redistributed_rows_ptr + b,
@@ -202,7 +206,7 @@ def _finish_row(
     """Merge the row's chunks, select the row or not, and add its correction to `out` (or write A'V)."""
     dims = tl.arange(0, BLOCK_D)
     dim_in = dims < HEAD_DIM
-    stat_index = tl.arange(0, 4)
+    stat_index = tl.arange(0, _STATISTICS)
     chunk_index = tl.arange(0, BLOCK_CHUNKS)
     chunk_in = chunk_index < chunk_count
     per_chunk = partials + chunk_index * PARTIAL_FLOATS
@@ -233,10 +237,10 @@ def _finish_row(
     )
 
     statistics = statistics / total + tl.load(offsets + stat_index)
-    image_centric = tl.min(tl.where(stat_index >= 1, statistics, float("inf")), axis=0) >= 0
+    image_centric = tl.min(tl.where(stat_index >= _RECEIVERS, statistics, float("inf")), axis=0) >= 0
     selected = image_centric & (tl.load(row_valid) != 0)
-    budget = tl.sum(tl.where(stat_index == 0, statistics, 0.0), axis=0)
-    receiver_mass = tl.sum(tl.where(stat_index == 1, statistics, 0.0), axis=0)
+    budget = tl.sum(tl.where(stat_index == _BUDGET, statistics, 0.0), axis=0)
+    receiver_mass = tl.sum(tl.where(stat_index == _RECEIVERS, statistics, 0.0), axis=0)
     gain = budget / tl.maximum(receiver_mass, _SMALLEST_NORMAL)
     correction = (sink_values + gain * receiver_values) / total
 
@@ -362,7 +366,7 @@ def _correct_prefill_rows(
     b, h = batch_head // HEADS, batch_head % HEADS
     dims = tl.arange(0, BLOCK_D)
     dim_in = dims < HEAD_DIM
-    stat_index = tl.arange(0, 4)
+    stat_index = tl.arange(0, _STATISTICS)
     row_index = tile * TILE_R + tl.arange(0, TILE_R)
     row_in = row_index < row_count
     positions = tl.load(rows_ptr + b * row_count + row_index, mask=row_in, other=0)
@@ -410,7 +414,7 @@ def _correct_prefill_rows(
         # A row that sees no key has no weight to normalise: any finite value does.
         lse = running_max + tl.log(tl.maximum(total, _SMALLEST_NORMAL))
 
-    statistics = tl.zeros([TILE_R, 4], tl.float32)
+    statistics = tl.zeros([TILE_R, _STATISTICS], tl.float32)
     sink_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
     receiver_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
     count = tl.load(key_counts_ptr + b)
@@ -436,7 +440,9 @@ def _correct_prefill_rows(
         attn = tl.exp(tl.where(visible, scores - lse[:, None], float("-inf")))
         plan_index = b * planned_keys + keys
         key_weights = tl.load(
-            weights_ptr + plan_index[:, None] * 4 + stat_index[None, :], mask=listed[:, None], other=0.0
+            weights_ptr + plan_index[:, None] * _STATISTICS + stat_index[None, :],
+            mask=listed[:, None],
+            other=0.0,
         )
         statistics += tl.sum(attn[:, :, None] * key_weights[None, :, :], axis=1)
         sink_change = tl.load(sink_change_ptr + plan_index, mask=listed, other=0.0)
@@ -453,26 +459,28 @@ def _correct_prefill_rows(
         tile_rows = tl.arange(0, TILE_R)[:, None] * PARTIAL_FLOATS
         rows_at = partials + chunk * TILE_R * PARTIAL_FLOATS + tile_rows
         tl.store(rows_at + stat_index[None, :], statistics)
-        tl.store(rows_at + 4 + dims[None, :], sink_values)
-        tl.store(rows_at + 4 + BLOCK_D + dims[None, :], receiver_values)
+        tl.store(rows_at + _STATISTICS + dims[None, :], sink_values)
+        tl.store(rows_at + _STATISTICS + BLOCK_D + dims[None, :], receiver_values)
         tl.debug_barrier()  # every thread's stores come before the ticket (see `_redistribute_rows`)
         finishes = tl.atomic_add(tickets_ptr + tile_id, 1) == chunk_count - 1
         if finishes:
             tl.atomic_xchg(tickets_ptr + tile_id, 0)
-            statistics = tl.zeros([TILE_R, 4], tl.float32)
+            statistics = tl.zeros([TILE_R, _STATISTICS], tl.float32)
             sink_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
             receiver_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
             for other in range(0, chunk_count):
                 rows_at = partials + other * TILE_R * PARTIAL_FLOATS + tile_rows
                 statistics += tl.load(rows_at + stat_index[None, :], cache_modifier=".cg")
-                sink_values += tl.load(rows_at + 4 + dims[None, :], cache_modifier=".cg")
-                receiver_values += tl.load(rows_at + 4 + BLOCK_D + dims[None, :], cache_modifier=".cg")
+                sink_values += tl.load(rows_at + _STATISTICS + dims[None, :], cache_modifier=".cg")
+                receiver_values += tl.load(
+                    rows_at + _STATISTICS + BLOCK_D + dims[None, :], cache_modifier=".cg"
+                )
     if finishes:
         _finish_tile(
             statistics,
             sink_values,
             receiver_values,
-            offsets_ptr + b * 4,
+            offsets_ptr + b * _STATISTICS,
             row_valid_ptr + b * row_count,
             row_index,
             row_in,
@@ -507,12 +515,12 @@ def _finish_tile(
 ):
     """Select each row of the tile or not and add its correction to the base kernel's output."""
     dims = tl.arange(0, BLOCK_D)
-    stat_index = tl.arange(0, 4)
+    stat_index = tl.arange(0, _STATISTICS)
     statistics = statistics + tl.load(offsets + stat_index)[None, :]
-    image_centric = tl.min(tl.where(stat_index[None, :] >= 1, statistics, float("inf")), axis=1) >= 0
+    image_centric = tl.min(tl.where(stat_index[None, :] >= _RECEIVERS, statistics, float("inf")), axis=1) >= 0
     selected = image_centric & (tl.load(row_valid + row_index, mask=row_in, other=0) != 0) & row_in
-    budget = tl.sum(tl.where(stat_index[None, :] == 0, statistics, 0.0), axis=1)
-    receiver_mass = tl.sum(tl.where(stat_index[None, :] == 1, statistics, 0.0), axis=1)
+    budget = tl.sum(tl.where(stat_index[None, :] == _BUDGET, statistics, 0.0), axis=1)
+    receiver_mass = tl.sum(tl.where(stat_index[None, :] == _RECEIVERS, statistics, 0.0), axis=1)
     gain = budget / tl.maximum(receiver_mass, _SMALLEST_NORMAL)
     correction = sink_values + gain[:, None] * receiver_values
     rows_out = out + positions[:, None] * (HEADS * HEAD_DIM) + dims[None, :]
@@ -759,7 +767,7 @@ def correct_prefill_rows(
     elif chunks is None:
         chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(query.device), tile_programs)
     chunks = max(1, min(chunks, _ceil_div(planned_keys, block_k)))
-    partial_floats = 4 + 2 * block_d
+    partial_floats = STATISTICS + 2 * block_d
     partials = torch.empty(
         tile_programs * chunks * tile_rows * partial_floats if chunks > 1 else 1,
         dtype=torch.float32,
