@@ -38,6 +38,7 @@ from lmms_var.testing.images import random_images
 
 QUESTION = "Which point is closer to the camera? (A) the red point (B) the blue point"
 NEW_TOKENS = 16
+DIAGNOSTICS = "fused VAR + diagnostics"  # the variant whose report says what VAR did
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def variants_of(preset: Preset, compiled: bool) -> dict[str, dict | None]:
     variants = {
         "plain": None,
         "fused VAR": {"fused": True},
-        "fused VAR + diagnostics": {"fused": True, "diagnostics": True},
+        DIAGNOSTICS: {"fused": True, "diagnostics": True},
     }
     if preset.eager:
         variants["eager VAR"] = {"fused": False}
@@ -142,14 +143,17 @@ def prompt_inputs(processor, preset: Preset) -> dict:
     return {name: value.to(preset.device) for name, value in inputs.items()}
 
 
-def load(preset: Preset) -> tuple[torch.nn.Module, dict, VARConfig]:
+def load(preset: Preset) -> tuple[torch.nn.Module, object, VARConfig]:
+    """(model, processor, VAR config) of the preset; `prompt_inputs` makes its batch."""
     torch.manual_seed(0)
     model, processor = build_tiny_model(preset.spec, device=preset.device)
-    return (
-        model.to(preset.dtype),
-        prompt_inputs(processor, preset),
-        VARConfig(preset.spec.sink_dims, tau=preset.tau),
-    )
+    return model.to(preset.dtype), processor, VARConfig(preset.spec.sink_dims, tau=preset.tau)
+
+
+def load_runner(preset: Preset) -> "Runner":
+    """A `Runner` of the preset's model on the preset's batch."""
+    model, processor, config = load(preset)
+    return Runner(model, prompt_inputs(processor, preset), config, preset.device)
 
 
 class Run(NamedTuple):
@@ -201,7 +205,7 @@ def _status_kib(field: str) -> int:
 
 def measure_memory_here(preset: Preset, options: dict | None) -> int:
     """Peak RSS bytes above the level after loading, over one `generate` (run in a fresh process)."""
-    runner = Runner(*load(preset), preset.device)
+    runner = load_runner(preset)
     loaded = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets the peak RSS (VmHWM) to the current RSS
@@ -229,9 +233,8 @@ class Timings:
 
 
 def time_variants(runner: Runner, variants: dict, repeats: int) -> Timings:
-    for options in variants.values():  # warm-up (and compilation)
-        runner(options)
-    report = runner({"fused": True, "diagnostics": True}).report
+    warm_up = {name: runner(options) for name, options in variants.items()}  # (and compilation)
+    report = warm_up[DIAGNOSTICS].report if DIAGNOSTICS in warm_up else {}
     timings = Timings({name: [] for name in variants}, {name: [] for name in variants}, report)
     for _ in range(repeats):
         for name, options in variants.items():
@@ -293,16 +296,16 @@ TIME_COLUMNS = (
 
 
 def bench_preset(name: str, preset: Preset, args) -> dict:
-    model, inputs, config = load(preset)
+    runner = load_runner(preset)
     variants = variants_of(preset, args.compiled)
     repeats = args.repeats or preset.repeats
-    timings = time_variants(Runner(model, inputs, config, preset.device), variants, repeats)
+    timings = time_variants(runner, variants, repeats)
     if preset.device == "cuda":
         extra = {variant: max(run.cuda_peak for run in runs) for variant, runs in timings.generate.items()}
     else:
         extra = {variant: measure_memory_in_fresh_process(name, variant) for variant in variants}
     summary = Summary.of(timings)
-    tokens = inputs["input_ids"].shape[1]
+    tokens = runner.inputs["input_ids"].shape[1]
     device = (
         torch.cuda.get_device_name() if preset.device == "cuda" else f"CPU x{torch.get_num_threads()} threads"
     )
@@ -322,6 +325,8 @@ def bench_preset(name: str, preset: Preset, args) -> dict:
         print(
             f"| {variant} | {summary.row(variant)} | {extra[variant] / 2**20:.1f} | {ratio(extra, variant):.3f} |"
         )
+    if args.profile:  # the same model and batch, profiled
+        profile(runner, {variant: variants[variant] for variant in ("plain", "fused VAR")}, preset.device)
     return {"preset": name, "tokens": tokens, "device": device, "summary": summary, "peak_extra_bytes": extra}
 
 
@@ -332,11 +337,12 @@ def sweep_text_lengths(name: str, preset: Preset, lengths: list[int], repeats: i
     print(f"| text tokens after the image | prompt tokens | fused VAR: {TIME_COLUMNS} |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
+    model, processor, config = load(preset)  # one model: only the prompt changes
     for length in lengths:
         sized = replace(
             preset, prompts=tuple(replace(prompt, text_tokens=length) for prompt in preset.prompts)
         )
-        model, inputs, config = load(sized)
+        inputs = prompt_inputs(processor, sized)
         summary = Summary.of(time_variants(Runner(model, inputs, config, sized.device), variants, repeats))
         tokens = inputs["input_ids"].shape[1]
         print(f"| {length} | {tokens} | {summary.row('fused VAR')} |")
@@ -407,15 +413,6 @@ def main() -> None:
                 memory = ratio(result["peak_extra_bytes"], "fused VAR")
                 print(
                     f"| {result['preset']} | {result['tokens']} | {result['summary'].row('fused VAR')} | {memory:.3f} |"
-                )
-        if args.profile:
-            for preset in presets.values():
-                model, inputs, config = load(preset)
-                variants = variants_of(preset, compiled=False)
-                profile(
-                    Runner(model, inputs, config, preset.device),
-                    {variant: variants[variant] for variant in ("plain", "fused VAR")},
-                    preset.device,
                 )
     if args.json:
         with open(args.json, "w") as out:
