@@ -69,12 +69,14 @@ def _metric_values(entry: dict) -> dict[str, float]:
     return values
 
 
-def _section(results_file: Path, data: dict, key: str) -> dict[str, Any]:
-    """`data[key]` (absent: empty), checked to map names to objects as lmms-eval writes it."""
+def _section(
+    results_file: Path, data: dict, key: str, values: type = dict, expected: str = "task names to objects"
+) -> dict[str, Any]:
+    """`data[key]` (absent: empty), checked to map names to `values` as lmms-eval writes it."""
     section = data.get(key, {})
-    if not isinstance(section, dict) or not all(isinstance(value, dict) for value in section.values()):
+    if not isinstance(section, dict) or not all(isinstance(value, values) for value in section.values()):
         raise ValueError(
-            f"{results_file}: not an lmms-eval results file: {key!r} should map task names to objects, "
+            f"{results_file}: not an lmms-eval results file: {key!r} should map {expected}, "
             f"got {section!r:.80}"
         )
     return section
@@ -90,12 +92,7 @@ def _task_results(results_file: Path, data: dict) -> dict[str, TaskResult]:
     configs = _section(results_file, data, "configs")
     higher = _section(results_file, data, "higher_is_better")
     n_samples = _section(results_file, data, "n-samples")
-    group_subtasks = data.get("group_subtasks", {})
-    if not isinstance(group_subtasks, dict) or not all(isinstance(v, list) for v in group_subtasks.values()):
-        raise ValueError(
-            f"{results_file}: not an lmms-eval results file: 'group_subtasks' should map group names to "
-            f"lists of tasks, got {group_subtasks!r:.80}"
-        )
+    group_subtasks = _section(results_file, data, "group_subtasks", list, "group names to lists of tasks")
     date_id = results_file.name.removesuffix(RESULTS_SUFFIX)
     tasks = {}
     for name, entry in _section(results_file, data, "results").items():

@@ -70,10 +70,6 @@ def _slice(plan: KeyPlan, start: int, stop: int) -> KeyPlan:
     return KeyPlan(plan.weights[:, start:stop], plan.offsets, *(x[..., start:stop] for x in plan[2:]))
 
 
-def _starts(count: int, step: int) -> range:
-    return range(0, count, step)
-
-
 def _block_rows(batch_heads: int, rows: int, widest: int, block_elements: int) -> int:
     """Rows per block: as many as fit next to `widest` keys (one, if not even a row of keys fits)."""
     return max(1, min(rows, block_elements // (batch_heads * max(1, widest))))
@@ -88,7 +84,7 @@ def _log_sum_exp(call: LayerCall, query: torch.Tensor, rows: torch.Tensor, step:
     """Float32[B, H, r]: the rows' log-sum-exp over every key they see, `step` keys at a time."""
     query_length, key_length = call.query.shape[2], call.key.shape[2]
     total = query.new_full(query.shape[:3], float("-inf"))
-    for start in _starts(key_length, step):
+    for start in range(0, key_length, step):
         keys = torch.arange(start, min(start + step, key_length), device=rows.device).expand(
             rows.shape[0], -1
         )
@@ -201,12 +197,12 @@ def correct_prefill_rows(
     row_step = _block_rows(batch_heads, rows.shape[1], widest, block_elements)
     samples = torch.arange(batch, device=rows.device)[:, None]
     selections, budgets = [], []
-    for row_start in _starts(rows.shape[1], row_step):
+    for row_start in range(0, rows.shape[1], row_step):
         block_rows = rows[:, row_start : row_start + row_step]
         query = call.query[samples, :, block_rows].transpose(1, 2)  # indexing beats gather on a CPU
         log_sum_exp = _rows_log_sum_exp(call, query, block_rows, block_elements)
         key_step = _block_keys(batch_heads, block_rows.shape[1], relevant_count, block_elements)
-        key_ranges = [(start, start + key_step) for start in _starts(relevant_count, key_step)]
+        key_ranges = [(start, start + key_step) for start in range(0, relevant_count, key_step)]
         statistics = plan.offsets[:, None]
         for start, stop in key_ranges:
             attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, stop)

@@ -7,17 +7,27 @@ of its rules), so the check follows transformers when they change. The data does
 will read it, so a record is bad when any supported family's processor refuses it.
 """
 
+from collections.abc import Callable
+
 from lmms_var.backbones import BACKBONES
+
+
+def _families_by_check() -> dict[Callable[[int, int], str | None], list[str]]:
+    """Each image processor's check once, with the families that share it (Qwen2-VL's serves three)."""
+    families_by_check: dict[Callable[[int, int], str | None], list[str]] = {}
+    for backbone in BACKBONES:
+        if backbone.image_size_refusal is not None:
+            families_by_check.setdefault(backbone.image_size_refusal, []).append(backbone.family)
+    return families_by_check
 
 
 def processor_refusal(width: int, height: int) -> str | None:
     """Which image processors would refuse a `width` x `height` image and why, or None if all take it."""
     families_by_reason: dict[str, list[str]] = {}
-    for backbone in BACKBONES:
-        if backbone.image_size_refusal is not None:
-            reason = backbone.image_size_refusal(width, height)
-            if reason is not None:
-                families_by_reason.setdefault(reason, []).append(backbone.family)
+    for refusal, families in _families_by_check().items():
+        reason = refusal(width, height)
+        if reason is not None:
+            families_by_reason.setdefault(reason, []).extend(families)
     if not families_by_reason:
         return None
     return "; ".join(

@@ -23,7 +23,6 @@ DISCLAIMER = (
     "not what VAR does for a real model."
 )
 # The folder lmms-eval --include_path takes for the spatial_* task YAMLs (shipped inside the package).
-TASKS_DIR = TASKS_PATH
 DEMO_TASK = "spatial_blink"
 DEMO_DOCS_PER_SUBTASK = 8
 RUNS = {"baseline": "var=false", "var": "var=true,p=0.6,tau={tau},diagnostics_path={diagnostics}"}
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             "model": backbone_for_model_type(spec.model_type).lmms_eval.model_id,
             "model_args": f"{common},{var_args.format(tau=TINY_TAU, diagnostics=diagnostics)}",
             "tasks": DEMO_TASK,
-            "include_path": str(TASKS_DIR),
+            "include_path": str(TASKS_PATH),
             "batch_size": 1,
             "gen_kwargs": "max_new_tokens=4",
             "output_path": f"runs/{name}",

@@ -6,8 +6,9 @@ import pytest
 import yaml
 
 from lmms_var.leaderboard import build_leaderboard, load_run, parse_model_args
+from lmms_var.tasks import TASKS_PATH
 from lmms_var.testing.spatial_data import write_spatial_root
-from lmms_var.tools.demo import TASKS_DIR, run_lmms_eval
+from lmms_var.tools.demo import run_lmms_eval
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SWEEPS = {"sweep_spatial_blink.yaml": "spatial_blink", "sweep_blink.yaml": "blink"}
@@ -45,7 +46,7 @@ def test_spatial_sweep_items_run_in_lmms_eval_and_tabulate(tmp_path):
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump([runs[0], runs[-1]]))
     root = write_spatial_root(tmp_path / "data", docs_per_subtask=1, sat2_docs=0)
     overrides = ("--model", "dummy", "--tasks", "spatial_blink_counting", "--limit", "1")
-    overrides += ("--include_path", str(TASKS_DIR))  # the configs' relative path needs the repository as cwd
+    overrides += ("--include_path", str(TASKS_PATH))  # the configs' relative path needs the repository as cwd
     folders = run_lmms_eval(
         tmp_path / "sweep.yaml", tmp_path, *overrides, env={"LMMS_VAR_DATA_ROOT": str(root)}
     )
