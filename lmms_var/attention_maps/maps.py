@@ -1,5 +1,6 @@
 """The numbers behind an attention-map figure, and their JSON form (the figure's `.json` next to it)."""
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,14 +91,7 @@ class AttentionMaps:
             "rows": list(self.rows),
             "row_rule": self.row_rule,
             "selected_pairs": {str(layer): count for layer, count in self.selected_pairs.items()},
-            "var": {
-                "sink_dims": list(self.var.sink_dims),
-                "tau": self.var.tau,
-                "p": self.var.p,
-                "rho": self.var.rho,
-                "summ": self.var.summ,
-                "except_last_layer": self.var.except_last_layer,
-            },
+            "var": dataclasses.asdict(self.var),
             "next_token": self.next_token,
             "answer": self.answer,
             "images": [panel.to_json() for panel in self.panels],
