@@ -47,6 +47,11 @@ class DocCounts:
         return self.baseline == self.run and self.shared in (None, self.baseline)
 
 
+def _over_baseline_docs(docs: DocCounts | None) -> bool:
+    """A cell is over the baseline's docs unless its counts say otherwise (None: not compared)."""
+    return docs is None or docs.same
+
+
 @dataclass(frozen=True)
 class Cell:
     value: float | None  # None: the run did not evaluate this task; NaN: lmms-eval wrote NaN
@@ -58,7 +63,7 @@ class Cell:
     @property
     def other_docs(self) -> bool:
         """The cell's doc set differs from the baseline's (marked with a dagger)."""
-        return self.docs is not None and not self.docs.same
+        return not _over_baseline_docs(self.docs)
 
 
 @dataclass(frozen=True)
@@ -274,7 +279,7 @@ def _best(
     comparable = [
         value
         for value, comparison in zip(values, comparisons, strict=True)
-        if _is_number(value) and (comparison is None or comparison.docs is None or comparison.docs.same)
+        if _is_number(value) and (comparison is None or _over_baseline_docs(comparison.docs))
     ]
     return (max if higher_is_better else min)(comparable) if len(set(comparable)) > 1 else None
 
@@ -306,9 +311,10 @@ def build_leaderboard(runs: list[Run], baseline: str | None = None, metric: str 
         )
         for row, (value, comparison) in enumerate(zip(column_values, column_comparisons, strict=True)):
             comparison = comparison or Comparison(None)
-            docs = comparison.docs
-            is_best = best is not None and value == best and (docs is None or docs.same)
-            cells[row].append(Cell(value, comparison.delta, comparison.significance, is_best, docs))
+            is_best = best is not None and value == best and _over_baseline_docs(comparison.docs)
+            cells[row].append(
+                Cell(value, comparison.delta, comparison.significance, is_best, comparison.docs)
+            )
     dagger_notes = [
         _doc_set_note(name, column, cell)
         for name, row in zip(names, cells, strict=True)
