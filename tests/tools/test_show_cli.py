@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 from transformers import Qwen2Config
 
+from lmms_var.attention_maps import MapSettings
 from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
 from lmms_var.testing.images import random_image
-from lmms_var.tools import show
 from lmms_var.tools.cli import build_parser, main
 from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
 
@@ -126,7 +126,7 @@ def test_a_device_this_machine_lacks_is_named_before_loading(
     )
 
 
-def test_show_is_registered_with_the_issues_options():
+def test_show_is_registered_with_the_issues_options(capsys):
     parser = build_parser()
     action = next(a for a in parser._actions if a.dest == "command")
     options = {o for a in action.choices["show"]._actions for o in a.option_strings}
@@ -146,4 +146,14 @@ def test_show_is_registered_with_the_issues_options():
         "--device",
         "--dtype",
     } <= options
-    assert show.HEAD_CHOICES == ("selected", "all") and show.ROW_CHOICES == ("last", "answer", "all")
+    # --heads and --rows offer exactly the rules the library takes, and nothing else parses.
+    choices = {a.dest: a.choices for a in action.choices["show"]._actions if a.dest in ("heads", "rows")}
+    assert choices == {"heads": ("selected", "all"), "rows": ("last", "answer", "all")}
+    for heads in choices["heads"]:
+        for rows in choices["rows"]:
+            MapSettings(heads=heads, rows=rows)
+    required = ["show", "--model", "m", "--image", "i.png", "--question", "q"]
+    assert parser.parse_args([*required, "--rows", "answer"]).rows == "answer"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*required, "--rows", "first"])
+    assert "--rows: invalid choice: 'first'" in capsys.readouterr().err
