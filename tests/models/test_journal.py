@@ -23,7 +23,7 @@ from lmms_var.models.journal import (
     resolve_journal_dir,
 )
 from lmms_var.testing.images import random_image
-from tests.conftest import TINY_TAU
+from tests.conftest import TINY_SPEC, TINY_TAU
 from tests.models import test_var_model as model_tests
 
 TASK, SPLIT = "synthetic", "test"
@@ -299,11 +299,12 @@ def texts(results: list) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["chat", "simple"])
 def test_the_model_journals_its_batches_and_a_new_instance_answers_from_them(
-    letters_checkpoint, tmp_path, kind, monkeypatch, log_lines
+    answering_checkpoints, tmp_path, kind, monkeypatch, log_lines
 ):
     """Batches of two in upstream's own order, diagnostics on; then a new model generates nothing."""
     folder = tmp_path / "journal"
-    common = dict(pretrained=str(letters_checkpoint), sink_dims="17;93", tau=TINY_TAU, batch_size=2)
+    checkpoint = answering_checkpoints(TINY_SPEC.model_type)
+    common = dict(pretrained=str(checkpoint), sink_dims="17;93", tau=TINY_TAU, batch_size=2)
     common |= dict(journal=str(folder), **model_tests.PIXELS)
     first = model_tests.CLASSES[kind](diagnostics_path=str(tmp_path / "diagnostics.jsonl"), **common)
     first.task_dict = {model_tests.TASK: {model_tests.SPLIT: model_tests.DOCS}}
