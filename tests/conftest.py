@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from loguru import logger
 
+from lmms_var.backbones import BACKBONES
 from lmms_var.testing import TINY_TAU, TinySpec, build_tiny_model, save_tiny_checkpoint
 from lmms_var.testing.spatial_data import write_spatial_root
 
@@ -26,6 +27,25 @@ def log_lines() -> list[str]:
     sink = logger.add(lambda message: lines.append(message.record["message"]), level="INFO")
     yield lines
     logger.remove(sink)
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading weights fails the test: every bad input must be reported before (minutes for a 72B model)."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("weights were loaded before the bad input was reported")
+
+    for backbone in BACKBONES:
+        monkeypatch.setattr(backbone.loader_class(), "from_pretrained", refuse)
+
+
+@pytest.fixture
+def a_file(tmp_path) -> Path:
+    """A file where a folder is expected (tests may run as root, for whom every path is writable)."""
+    path = tmp_path / "a_file"
+    path.write_text("")
+    return path
 
 
 @pytest.fixture(scope="session")

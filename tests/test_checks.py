@@ -6,14 +6,6 @@ import torch
 from lmms_var.checks import check_device, check_layers, check_output_file, check_output_folder
 
 
-@pytest.fixture
-def a_file(tmp_path):
-    """A file where a folder is expected (tests may run as root, for whom every path is writable)."""
-    path = tmp_path / "a_file"
-    path.write_text("")
-    return path
-
-
 def test_an_output_file_may_be_new_in_new_folders_which_are_not_created(tmp_path, a_file):
     deep = tmp_path / "x" / "y" / "out.json"
     assert check_output_file(deep, "--output") == deep and not (tmp_path / "x").exists()

@@ -161,17 +161,27 @@ def test_the_model_is_left_as_it_was_found(tiny_model):
         torch.testing.assert_close(model(**inputs).logits, logits, rtol=0, atol=0)
 
 
+# Every head selected and all sink attention moved: unlike CONFIG, this changes the tiny model's greedy answer.
+ANSWER_CHANGING = VARConfig(
+    sink_dims=TINY_SPEC.sink_dims, tau=TINY_TAU, p=0.0, rho=1.0, summ=0.0, except_last_layer=False
+)
+
+
 def test_answer_rows_are_those_predicting_the_plain_models_answer(tiny_model):
+    """The answer is the plain model's (VAR bypassed), and the rows are those predicting its tokens."""
     model, processor = tiny_model
     inputs = two_images(processor)
     length = inputs["input_ids"].shape[1]
-    with enable_var(model, CONFIG) as handle:
+    with torch.no_grad():
+        plain_answer = model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, length:]
+    with enable_var(model, ANSWER_CHANGING) as handle:
         maps = attention_maps(handle, processor, inputs, MapSettings(rows="answer", max_new_tokens=3))
         with torch.no_grad():
-            generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)  # VAR on: may differ
-    assert 1 <= len(maps.rows) <= 3
-    assert list(maps.rows) == list(range(length - 1, length - 1 + len(maps.rows)))
-    assert maps.answer is not None and generated.shape[1] >= length + 1
+            var_answer = model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, length:]
+    assert maps.answer == processor.tokenizer.decode(plain_answer, skip_special_tokens=True)
+    # VAR's own answer differs: an answer generated with VAR on would fail the check above.
+    assert maps.answer != processor.tokenizer.decode(var_answer, skip_special_tokens=True)
+    assert list(maps.rows) == list(range(length - 1, length - 1 + len(plain_answer)))
 
 
 def test_the_figure_outlines_exactly_the_sinks_and_shares_one_colour_scale(tiny_model):

@@ -40,15 +40,21 @@ def join_args(*parts: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def answering_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """OTHER_FAMILIES' tiny checkpoints wired to answer with a letter that depends on the image, so
-    their per-doc predictions differ between docs (a random head often emits special tokens only)."""
-    return {
-        family: save_tiny_checkpoint(
-            tmp_path_factory.mktemp(f"answering_{family}"), TinySpec(model_type=family, answers_letters=True)
-        )
-        for family in OTHER_FAMILIES
-    }
+def answering_checkpoints(tmp_path_factory):
+    """`get(model_type)` -> that family's tiny checkpoint wired to answer with a letter that depends on
+    the prompt and image, saved once: per-doc predictions differ between docs (a random head gives every
+    prompt the same answer, often special tokens only), so parity checks can see docs mixed up."""
+    saved: dict[str, Path] = {}
+
+    def get(model_type: str) -> Path:
+        if model_type not in saved:
+            folder = tmp_path_factory.mktemp(f"answering_{model_type}")
+            saved[model_type] = save_tiny_checkpoint(
+                folder, TinySpec(model_type=model_type, answers_letters=True)
+            )
+        return saved[model_type]
+
+    return get
 
 
 @dataclass
@@ -83,12 +89,6 @@ class Run:
     def diagnostics(self) -> list[dict]:
         paths = sorted(self.output.rglob("*var_diagnostics.jsonl"))
         return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="session")
-def letters_checkpoint(tmp_path_factory) -> Path:
-    """A tiny checkpoint that answers a letter chosen by the prompt, so docs get different answers."""
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("letters"), TinySpec(answers_letters=True))
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from lmms_var.models.args import (
     parse_sink_dims,
     parse_var_options,
 )
+from tests.models.instances import LMMS_EVAL_OPTIONS
 
 DEFAULTS = dict(
     var=True,
@@ -124,16 +125,13 @@ def test_pieces_that_are_not_args_are_named(arg_string, message):
     assert message in str(error.value)
 
 
-NOT_GIVEN = {"batch_size": 1, "max_batch_size": None, "device": None}  # lmms-eval's defaults
-
-
 @pytest.mark.parametrize(
     ("model_args", "options", "merged"),
     [
-        ({"batch_size": 2}, NOT_GIVEN, {"batch_size": 2}),  # the README's form
-        ({}, {**NOT_GIVEN, "batch_size": "4"}, {"batch_size": "4"}),  # lmms-eval's flag
-        ({"batch_size": 4}, {**NOT_GIVEN, "batch_size": "4"}, {"batch_size": 4}),  # both, agreeing
-        ({"device": "cpu"}, {**NOT_GIVEN, "device": "cpu"}, {"device": "cpu", "batch_size": 1}),
+        ({"batch_size": 2}, LMMS_EVAL_OPTIONS, {"batch_size": 2}),  # the README's form
+        ({}, {**LMMS_EVAL_OPTIONS, "batch_size": "4"}, {"batch_size": "4"}),  # lmms-eval's flag
+        ({"batch_size": 4}, {**LMMS_EVAL_OPTIONS, "batch_size": "4"}, {"batch_size": 4}),  # both, agreeing
+        ({"device": "cpu"}, {**LMMS_EVAL_OPTIONS, "device": "cpu"}, {"device": "cpu", "batch_size": 1}),
     ],
 )
 def test_batch_size_and_device_given_either_way(model_args, options, merged):

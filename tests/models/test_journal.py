@@ -23,10 +23,10 @@ from lmms_var.models.journal import (
     resolve_journal_dir,
 )
 from lmms_var.testing.images import random_image
-from tests.conftest import TINY_TAU
+from tests.conftest import TINY_SPEC, TINY_TAU
 from tests.models import test_var_model as model_tests
+from tests.models.instances import SPLIT, TASK, make_requests
 
-TASK, SPLIT = "synthetic", "test"
 SETTINGS = {"model_args": {"pretrained": "tiny", "p": 0.6}}
 GEN_KWARGS = {"max_new_tokens": 4, "until": ["\n\n"]}
 
@@ -35,27 +35,6 @@ def make_docs(count: int = 5) -> list[dict]:
     return [
         {"question": f"Where is shape {i}? (A) left (B) right", "image": random_image(i)}
         for i in range(count)
-    ]
-
-
-def doc_to_messages(doc: dict) -> list[dict]:
-    return [
-        {
-            "role": "user",
-            "content": [{"type": "image", "url": doc["image"]}, {"type": "text", "text": doc["question"]}],
-        }
-    ]
-
-
-def make_requests(docs: list[dict], gen_kwargs: dict = GEN_KWARGS) -> list[Instance]:
-    return [
-        Instance(
-            "generate_until",
-            (doc["question"], doc_to_messages, dict(gen_kwargs), doc_id, TASK, SPLIT),
-            idx=0,
-            metadata={"task": TASK, "doc_id": doc_id, "repeats": 1},
-        )
-        for doc_id, doc in enumerate(docs)
     ]
 
 
@@ -112,30 +91,30 @@ def test_an_interrupted_call_resumes_with_the_same_results(tmp_path, log_lines):
     model = FakeModel(docs)
     model.fail_at_batch = 2  # batches of doc ids (4, 3), (2, 1) finish; (0) dies
     with pytest.raises(RuntimeError, match="out of memory"):
-        run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs))
+        run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs, GEN_KWARGS))
     assert sorted(entry["doc_id"] for entry in entries(tmp_path)) == [1, 2, 3, 4]
     # Each journaled answer is its own doc's, although the batches ran in another order.
     assert all(entry["response"] == expected[entry["doc_id"]] for entry in entries(tmp_path))
 
     resumed = FakeModel(docs)
-    assert run(Journal(tmp_path, SETTINGS, rank=0), resumed, make_requests(docs)) == expected
+    assert run(Journal(tmp_path, SETTINGS, rank=0), resumed, make_requests(docs, GEN_KWARGS)) == expected
     assert resumed.computed == [0]
     assert "4 of 5 requests answered from the journal" in log_lines
     again = FakeModel(docs)
-    assert run(Journal(tmp_path, SETTINGS, rank=0), again, make_requests(docs)) == expected
+    assert run(Journal(tmp_path, SETTINGS, rank=0), again, make_requests(docs, GEN_KWARGS)) == expected
     assert again.computed == [] and "5 of 5 requests answered from the journal" in log_lines
 
 
 def test_a_changed_image_prompt_kwarg_or_setting_is_a_miss(tmp_path):
     docs = make_docs(3)
-    run(Journal(tmp_path, SETTINGS, rank=0), FakeModel(docs), make_requests(docs))
+    run(Journal(tmp_path, SETTINGS, rank=0), FakeModel(docs), make_requests(docs, GEN_KWARGS))
 
     edited = [dict(doc) for doc in docs]
     edited[0]["image"] = docs[0]["image"].copy()
     edited[0]["image"].putpixel((5, 5), (1, 2, 3))  # one pixel
     edited[1]["question"] = docs[1]["question"] + " "
     model = FakeModel(edited)
-    results = run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(edited))
+    results = run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(edited, GEN_KWARGS))
     assert sorted(model.computed) == [0, 1]
     assert results == [answer_of(doc) for doc in edited]
 
@@ -150,7 +129,7 @@ def test_a_changed_image_prompt_kwarg_or_setting_is_a_miss(tmp_path):
 
 def test_rank_files_are_all_read_whatever_the_new_process_count(tmp_path, log_lines):
     docs = make_docs(4)
-    requests = make_requests(docs)
+    requests = make_requests(docs, GEN_KWARGS)
     for rank in (0, 1):  # two processes, each with every other doc (as lmms-eval shards)
         model = FakeModel(docs)
         model.rank, model.world_size = rank, 2
@@ -168,27 +147,27 @@ def test_rank_files_are_all_read_whatever_the_new_process_count(tmp_path, log_li
 
 def test_a_torn_last_line_is_ignored_and_the_next_append_starts_a_new_line(tmp_path, log_lines):
     docs = make_docs(3)
-    run(Journal(tmp_path, SETTINGS, rank=0), FakeModel(docs), make_requests(docs[:2]))
+    run(Journal(tmp_path, SETTINGS, rank=0), FakeModel(docs), make_requests(docs[:2], GEN_KWARGS))
     (path,) = tmp_path.glob("*.jsonl")
     lines = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(lines[0] + lines[1][:25])  # killed while writing the second answer
     kept = json.loads(lines[0])["doc_id"]
 
     model = FakeModel(docs)
-    assert run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs)) == [
+    assert run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs, GEN_KWARGS)) == [
         answer_of(d) for d in docs
     ]
     assert sorted(model.computed) == sorted({0, 1, 2} - {kept})
     assert any(f"ignored 1 unreadable line(s) in {path}" in line for line in log_lines)
     model = FakeModel(docs)
-    run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs))
+    run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs, GEN_KWARGS))
     assert model.computed == []
 
 
 def test_batches_that_cannot_be_matched_are_journaled_when_the_call_returns(tmp_path, log_lines):
     docs = make_docs(3)
     model = FakeModel(docs, reads_per_doc=2)  # reads every doc twice: reads and answers disagree
-    assert run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs)) == [
+    assert run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs, GEN_KWARGS)) == [
         answer_of(d) for d in docs
     ]
     assert any("cannot match FakeModel's batches" in line for line in log_lines)
@@ -202,11 +181,11 @@ def test_entries_of_other_settings_never_answer_even_when_copied_into_this_setti
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = Journal(tmp_path / "a", SETTINGS, rank=0)
-    run(first, FakeModel(docs), make_requests(docs))
+    run(first, FakeModel(docs), make_requests(docs, GEN_KWARGS))
     other_settings = {"model_args": {"pretrained": "tiny", "p": 0.8}}
     first.path.rename(Journal(tmp_path / "b", other_settings, rank=0).path)
     model = FakeModel(docs)
-    run(Journal(tmp_path / "b", other_settings, rank=0), model, make_requests(docs))
+    run(Journal(tmp_path / "b", other_settings, rank=0), model, make_requests(docs, GEN_KWARGS))
     assert sorted(model.computed) == [0, 1]
 
 
@@ -214,10 +193,10 @@ def test_the_returned_answer_wins_over_a_different_reported_one(tmp_path, log_li
     docs = make_docs(2)
     model = FakeModel(docs)
     model.report = lambda answer: answer.upper()
-    run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs))
+    run(Journal(tmp_path, SETTINGS, rank=0), model, make_requests(docs, GEN_KWARGS))
     assert any("answered a request differently than its batch reported" in line for line in log_lines)
     resumed = FakeModel(docs)
-    assert run(Journal(tmp_path, SETTINGS, rank=0), resumed, make_requests(docs)) == [
+    assert run(Journal(tmp_path, SETTINGS, rank=0), resumed, make_requests(docs, GEN_KWARGS)) == [
         answer_of(d) for d in docs
     ]
     assert resumed.computed == []
@@ -225,7 +204,7 @@ def test_the_returned_answer_wins_over_a_different_reported_one(tmp_path, log_li
 
 def test_repeated_requests_get_one_entry_each(tmp_path):
     docs = make_docs(2)
-    requests = make_requests(docs)
+    requests = make_requests(docs, GEN_KWARGS)
     repeated = [requests[0], requests[0], requests[1]]  # lmms-eval's `repeats`
     run(Journal(tmp_path, SETTINGS, rank=0), FakeModel(docs), repeated)
     keys = [entry["key"] for entry in entries(tmp_path)]
@@ -255,7 +234,7 @@ def test_content_fingerprint_hashes_media_and_refuses_what_it_cannot_read(tmp_pa
 
 def test_unfingerprintable_requests_are_computed_and_never_journaled(tmp_path, log_lines):
     docs = make_docs(2)
-    requests = make_requests(docs)
+    requests = make_requests(docs, GEN_KWARGS)
     # An object in the generation kwargs that has no content to hash: that request is always computed.
     requests[1].arguments = (*requests[1].args[:2], {**GEN_KWARGS, "stop": object()}, *requests[1].args[3:])
     run(Journal(tmp_path, SETTINGS, rank=0), FakeModel(docs), requests)
@@ -299,14 +278,15 @@ def texts(results: list) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["chat", "simple"])
 def test_the_model_journals_its_batches_and_a_new_instance_answers_from_them(
-    letters_checkpoint, tmp_path, kind, monkeypatch, log_lines
+    answering_checkpoints, tmp_path, kind, monkeypatch, log_lines
 ):
     """Batches of two in upstream's own order, diagnostics on; then a new model generates nothing."""
     folder = tmp_path / "journal"
-    common = dict(pretrained=str(letters_checkpoint), sink_dims="17;93", tau=TINY_TAU, batch_size=2)
+    checkpoint = answering_checkpoints(TINY_SPEC.model_type)
+    common = dict(pretrained=str(checkpoint), sink_dims="17;93", tau=TINY_TAU, batch_size=2)
     common |= dict(journal=str(folder), **model_tests.PIXELS)
     first = model_tests.CLASSES[kind](diagnostics_path=str(tmp_path / "diagnostics.jsonl"), **common)
-    first.task_dict = {model_tests.TASK: {model_tests.SPLIT: model_tests.DOCS}}
+    first.task_dict = {TASK: {SPLIT: model_tests.DOCS}}
     expected = texts(first.generate_until(model_tests.requests(kind)))
     assert len(set(expected)) > 1  # docs differ, so a mix-up would show
     assert {entry["doc_id"]: entry["response"] for entry in entries(folder)} == dict(enumerate(expected))
@@ -329,11 +309,7 @@ def test_the_model_journals_its_batches_and_a_new_instance_answers_from_them(
     assert "0 of 4 requests answered from the journal" in log_lines
 
 
-def test_an_unusable_journal_folder_fails_before_the_weights_load(tiny_checkpoint, tmp_path, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("weights loaded before the model args were checked")
-
-    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "from_pretrained", refuse)
+def test_an_unusable_journal_folder_fails_before_the_weights_load(tiny_checkpoint, tmp_path, no_weights):
     (tmp_path / "file").write_text("")
     with pytest.raises(ModelArgError, match="qwen2_5_vl_var: invalid model_args: journal must be a folder"):
         model_tests.CLASSES["chat"](

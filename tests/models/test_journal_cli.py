@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import TINY_SPEC
 from tests.models.conftest import TINY_VAR_ARGS, Run
 
 pytestmark = pytest.mark.slow
@@ -15,8 +16,9 @@ COUNT_LINE = re.compile(r"(\d+) of (\d+) requests answered from the journal")
 
 
 @pytest.fixture(scope="module")
-def command(letters_checkpoint) -> tuple[str, ...]:
-    return ("--model", "qwen2_5_vl_var", "--model_args", f"pretrained={letters_checkpoint},{TINY_VAR_ARGS}")
+def command(answering_checkpoints) -> tuple[str, ...]:
+    checkpoint = answering_checkpoints(TINY_SPEC.model_type)
+    return ("--model", "qwen2_5_vl_var", "--model_args", f"pretrained={checkpoint},{TINY_VAR_ARGS}")
 
 
 def answered(run: Run) -> tuple[int, int]:

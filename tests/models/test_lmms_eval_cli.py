@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmms_var.backbones import backbone_for_model_type
-from tests.conftest import TINY_TAU
+from tests.conftest import TINY_SPEC, TINY_TAU
 from tests.models.conftest import (
     ON_CPU,
     OTHER_FAMILIES,
@@ -77,19 +77,30 @@ def parity_runs(family: str, checkpoint: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def single(lmms_eval_run, tiny_checkpoint) -> Run:
+def qwen_checkpoint(answering_checkpoints) -> Path:
+    """The tiny Qwen2.5-VL checkpoint of every Qwen2.5-VL run here: its answers differ between docs, so
+    comparisons of predictions would see docs mixed up."""
+    return answering_checkpoints(TINY_SPEC.model_type)
+
+
+def distinct_answers(run: Run) -> int:
+    return len({str(prediction) for prediction in run.predictions().values()})
+
+
+@pytest.fixture(scope="module")
+def single(lmms_eval_run, qwen_checkpoint) -> Run:
     """One CPU process, batch size 1, VAR on with diagnostics written next to lmms-eval's outputs."""
     return lmms_eval_run(
         "single",
         "--model",
         "qwen2_5_vl_var",
         "--model_args",
-        model_args(tiny_checkpoint, TINY_VAR_ARGS + ",diagnostics=true"),
+        model_args(qwen_checkpoint, TINY_VAR_ARGS + ",diagnostics=true"),
     )
 
 
 @pytest.fixture(scope="module")
-def config_runs(lmms_eval_run, tiny_checkpoint, answering_checkpoints, tmp_path_factory) -> Path:
+def config_runs(lmms_eval_run, qwen_checkpoint, answering_checkpoints, tmp_path_factory) -> Path:
     """One lmms-eval process, every run from a --config list; returns the folder holding their outputs."""
     batched_folder = tmp_path_factory.mktemp("batched")
     diagnostics, maps = batched_folder / "batched.jsonl", batched_folder / "maps"
@@ -102,7 +113,7 @@ def config_runs(lmms_eval_run, tiny_checkpoint, answering_checkpoints, tmp_path_
                 "model": "qwen2_5_vl_var",
                 # In --model_args, as the README documents (lmms-eval also passes its --batch_size 1).
                 "model_args": model_args(
-                    tiny_checkpoint,
+                    qwen_checkpoint,
                     f"{TINY_VAR_ARGS},batch_size=2,diagnostics_path={diagnostics},"
                     f"attention_maps=1,attention_maps_path={maps}",
                 ),
@@ -110,35 +121,35 @@ def config_runs(lmms_eval_run, tiny_checkpoint, answering_checkpoints, tmp_path_
             {
                 "name": "var_off",
                 "model": "qwen2_5_vl_var",
-                "model_args": model_args(tiny_checkpoint, same_dtype),
+                "model_args": model_args(qwen_checkpoint, same_dtype),
             },
             {
                 "name": "upstream",
                 "model": "qwen2_5_vl",
-                "model_args": model_args(tiny_checkpoint, f"device=cpu,device_map=cpu,{SMALL_IMAGES}"),
+                "model_args": model_args(qwen_checkpoint, f"device=cpu,device_map=cpu,{SMALL_IMAGES}"),
             },
-            *(run for family in OTHER_FAMILIES for run in parity_runs(family, answering_checkpoints[family])),
+            *(run for family in OTHER_FAMILIES for run in parity_runs(family, answering_checkpoints(family))),
             {
                 "name": "bad_p",
                 "model": "qwen2_5_vl_var",
-                "model_args": model_args(tiny_checkpoint, "sink_dims=17,p=2"),
+                "model_args": model_args(qwen_checkpoint, "sink_dims=17,p=2"),
             },
             {
                 "name": "bad_dims",
                 "model": "qwen2_5_vl_var",
-                "model_args": model_args(tiny_checkpoint, "sink_dims=abc"),
+                "model_args": model_args(qwen_checkpoint, "sink_dims=abc"),
             },
-            {"name": "unknown", "model": "qwen2_5_vl_var", "model_args": model_args(tiny_checkpoint, "")},
+            {"name": "unknown", "model": "qwen2_5_vl_var", "model_args": model_args(qwen_checkpoint, "")},
             {
                 "name": "comma_dims",
                 "model": "qwen2_5_vl_var",
-                "model_args": model_args(tiny_checkpoint, f"sink_dims=17,93,{SMALL_IMAGES},{ON_CPU}"),
+                "model_args": model_args(qwen_checkpoint, f"sink_dims=17,93,{SMALL_IMAGES},{ON_CPU}"),
             },
             {
                 "name": "no_sinks",  # channels nothing is planted in: VAR runs but finds no sink
                 "model": "qwen2_5_vl_var",
                 "model_args": model_args(
-                    tiny_checkpoint, f"sink_dims=3;4,tau={TINY_TAU:g},{SMALL_IMAGES},{ON_CPU}"
+                    qwen_checkpoint, f"sink_dims=3;4,tau={TINY_TAU:g},{SMALL_IMAGES},{ON_CPU}"
                 ),
             },
         ],
@@ -195,6 +206,7 @@ def test_batches_parity_and_bad_args_in_one_lmms_eval_process(single, config_run
         config_runs / "batched_maps", {(r["task"], r["doc_id"]): r for r in batched_records}, doc_ids=(0,)
     )
     assert var_off.predictions() == upstream.predictions()
+    assert distinct_answers(upstream) > 1  # docs mixed up would not match
     assert "qwen2_5_vl_var: VAR off (var=false)" in log
     # A VAR run whose dims never fire still scores, with one loud warning.
     assert config_run(config_runs, "no_sinks").results() is not None
@@ -232,19 +244,19 @@ def test_every_family_runs_with_var_and_matches_upstream_without(config_runs, fa
     )
     assert off.predictions() == upstream.predictions()
     # The letter-answering checkpoints answer per image: the comparison is not between empty answers.
-    assert len({str(prediction) for prediction in upstream.predictions().values()}) > 1
+    assert distinct_answers(upstream) > 1
 
 
 def test_two_cpu_processes_match_one(
-    single, config_runs, lmms_eval_run, tiny_checkpoint, answering_checkpoints
+    single, config_runs, lmms_eval_run, qwen_checkpoint, answering_checkpoints
 ):
     """torchrun with ACCELERATE_USE_CPU (gloo), every family in turn: the per-doc predictions and
     diagnostics of one process."""
     double = lmms_eval_run(
         "double",
         configs=[
-            var_on("qwen2_5_vl", tiny_checkpoint, "qwen2_5_vl_var"),
-            *(var_on(family, answering_checkpoints[family], f"{family}_var") for family in OTHER_FAMILIES),
+            var_on("qwen2_5_vl", qwen_checkpoint, "qwen2_5_vl_var"),
+            *(var_on(family, answering_checkpoints(family), f"{family}_var") for family in OTHER_FAMILIES),
         ],
         processes=2,
     )
@@ -257,4 +269,5 @@ def test_two_cpu_processes_match_one(
         two_processes = Run(double.output.parent / f"{family}_var", double.log)
         assert two_processes.results() is not None, double.log[-3000:]
         assert two_processes.predictions() == one_process.predictions()
+        assert distinct_answers(one_process) > 1  # docs mixed up between the processes would not match
         assert two_processes.diagnostics() == one_process.diagnostics()

@@ -1,4 +1,7 @@
-"""Inputs for model-level VAR tests: a left-padded batch of a 2-image and a 1-image prompt."""
+"""Inputs for model-level VAR tests: a left-padded batch of a 2-image and a 1-image prompt, and a
+private copy of the tiny model to patch."""
+
+import copy
 
 import pytest
 
@@ -22,6 +25,12 @@ def prompt_inputs(processor, specs: list[tuple[int, str]], seed: int = 5):
         texts.append(chat_text(processor, n_images, question))
         images += random_images(n_images, seed=seed + index)
     return processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+
+
+@pytest.fixture
+def model(tiny_model):
+    """A private copy of the tiny Qwen2.5-VL model: tests may patch it freely."""
+    return copy.deepcopy(tiny_model[0])
 
 
 @pytest.fixture(scope="session")

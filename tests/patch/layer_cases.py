@@ -5,6 +5,7 @@ before it walked only visual and sink keys), checked in turn against the eager r
 """
 
 import torch
+import torch.nn.functional as F
 
 from lmms_var.core import plan_keys
 from lmms_var.patch.attention import _fused_rows
@@ -16,6 +17,7 @@ from lmms_var.patch.explicit import (
     scores,
     times_values,
 )
+from lmms_var.patch.normaliser import LogSumExpCapture
 
 PROMPT = 40
 PADDING = (0, 4, 0)  # left padding per sample
@@ -140,3 +142,39 @@ def touched_rows(case: dict, selected: torch.Tensor) -> torch.Tensor:
     touched = torch.zeros(case["output"].shape[:3], dtype=torch.bool, device=selected.device)
     touched.scatter_(1, case["rows"][..., None].expand(-1, -1, selected.shape[1]), selected.transpose(1, 2))
     return touched
+
+
+def normaliser_for(case: dict, source: str) -> Normaliser:
+    """The normaliser a base kernel would hand over: SDPA's log-sum-exp, eager's weights, or none."""
+    if source == "sdpa":
+        with LogSumExpCapture() as capture:
+            F.scaled_dot_product_attention(
+                case["query"],
+                case["key"],
+                case["value"],
+                attn_mask=case["mask"],
+                scale=case["scaling"],
+                is_causal=case["mask"] is None,
+                enable_gqa=True,
+            )
+        if capture.log_sum_exp is None:  # on CUDA some SDPA backends do not give it
+            assert case["query"].device.type != "cpu", "SDPA's CPU flash kernel gives the log-sum-exp"
+            return Normaliser(log_sum_exp=full_log_sum_exp(case))
+        return Normaliser(log_sum_exp=capture.log_sum_exp)
+    if source == "eager weights":
+        return Normaliser(weights=full_attention(case).to(case["query"].dtype))
+    return Normaliser()
+
+
+def assert_matches_whole_rows(
+    case: dict, corrected: torch.Tensor, expected: torch.Tensor, selected: torch.Tensor, **tolerance: float
+) -> None:
+    """`corrected` is `expected` (the whole-row path) within `tolerance`, and rows no head selects stay
+    bit-identical; `selected` [B, H, R] is the mix `attention_case` is built for."""
+    assert selected[0].any() and not selected[0].all(), "sample 0 should mix selected and unselected heads"
+    assert selected[1].any() and not selected[2].any()
+    torch.testing.assert_close(corrected, expected, **tolerance)
+    untouched = ~touched_rows(case, selected)
+    assert torch.equal(corrected[untouched], case["output"][untouched]), (
+        "rows no head selects stay bit-identical"
+    )

@@ -26,12 +26,6 @@ def logits(model, inputs) -> torch.Tensor:
 
 
 @pytest.fixture
-def model(tiny_model):
-    """A private copy: tests may patch it freely."""
-    return copy.deepcopy(tiny_model[0])
-
-
-@pytest.fixture
 def family_copy(family_model):
     """A private copy of each family's tiny model."""
     return copy.deepcopy(family_model[0])

@@ -1,8 +1,6 @@
 """Prompt shapes where VAR's rows are most of the prompt: long text after an image, text between
 images, padded batches of both, with the prefill's blocks small enough to split rows and keys."""
 
-import copy
-
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -38,11 +36,6 @@ PROMPTS = {
         ["<image>", "Compare them.", "<image>", "Which is closer?"],
     ],
 }
-
-
-@pytest.fixture
-def model(tiny_model):
-    return copy.deepcopy(tiny_model[0])
 
 
 @pytest.mark.parametrize(

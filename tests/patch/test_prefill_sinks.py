@@ -2,20 +2,12 @@
 
 The lmms-eval models read it once, after the first batch, to warn when VAR found no visual sink."""
 
-import copy
-
-import pytest
 import torch
 
 from lmms_var import VARConfig, enable_var
 from lmms_var.patch import PromptSinks
 from tests.conftest import TINY_SPEC, TINY_TAU
 from tests.patch.eager_reference import visual_token_ids
-
-
-@pytest.fixture
-def model(tiny_model):
-    return copy.deepcopy(tiny_model[0])
 
 
 def visual_tokens(processor, inputs) -> list[int]:

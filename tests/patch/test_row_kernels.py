@@ -21,18 +21,21 @@ from tests.patch import layer_cases
 from tests.patch.layer_cases import (
     ONE_IMAGE,
     TWO_IMAGES,
+    assert_matches_whole_rows,
     layer_call,
+    normaliser_for,
     plain_attention,
     pytorch_path,
-    touched_rows,
 )
 from tests.patch.test_enable_var import CONFIG
-from tests.patch.test_prefill import normaliser_for
 
 kernels = pytest.importorskip("lmms_var.patch.row_kernels", reason="needs Triton")
 RUNNABLE = kernels.INTERPRETED or torch.cuda.is_available()
 DEVICE = "cuda" if torch.cuda.is_available() and not kernels.INTERPRETED else "cpu"
 needs_kernels = pytest.mark.skipif(not RUNNABLE, reason="run by test_under_triton_interpreter")
+# Kernel against the PyTorch path; bfloat16: the PyTorch path rounds the correction before adding it,
+# the kernel after.
+KERNEL_TOLERANCE = {torch.float32: {"atol": 1e-5, "rtol": 1e-5}, torch.bfloat16: {"atol": 2e-3, "rtol": 2e-2}}
 
 
 def attention_case(dtype: torch.dtype, decode: bool, padded: bool, **options) -> dict:
@@ -100,17 +103,7 @@ def check_prefill(case: dict, source: str = "sdpa", **tiling) -> None:
     """The prefill kernel corrects exactly the selected rows as whole rows over every key would."""
     expected, selected, budget = pytorch_path(case)
     corrected, activity = prefill_through_kernels(case, source, **tiling)
-    assert selected[0].any() and not selected[0].all(), "sample 0 should mix selected and unselected heads"
-    assert selected[1].any() and not selected[2].any()
-    # bfloat16: the PyTorch path rounds the correction before adding it, the kernel after.
-    tolerance = (
-        {"atol": 1e-5, "rtol": 1e-5}
-        if case["output"].dtype == torch.float32
-        else {"atol": 2e-3, "rtol": 2e-2}
-    )
-    torch.testing.assert_close(corrected, expected, **tolerance)
-    untouched = ~touched_rows(case, selected)
-    assert torch.equal(corrected[untouched], case["output"][untouched]), "untouched rows stay bit-identical"
+    assert_matches_whole_rows(case, corrected, expected, selected, **KERNEL_TOLERANCE[case["output"].dtype])
     # bfloat16: SDPA's log-sum-exp is off by up to 1e-4 from float32 scores of the same inputs.
     check_activity(activity, selected, budget, rtol=1.3e-6 if case["output"].dtype == torch.float32 else 1e-4)
 
@@ -176,12 +169,7 @@ def check_decode_correction(dtype, padded: bool, **tiling) -> None:
     case = attention_case(dtype, decode=True, padded=padded)
     expected, selected, budget = pytorch_path(case)
     corrected, activity = through_kernels(case, **tiling)
-    assert selected[0].any() and not selected[0].all(), "sample 0 should mix selected and unselected heads"
-    assert selected[1].any() and not selected[2].any()
-    tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-3, "rtol": 2e-2}
-    torch.testing.assert_close(corrected, expected, **tolerance)
-    untouched = ~touched_rows(case, selected)
-    assert torch.equal(corrected[untouched], case["output"][untouched]), "untouched rows stay bit-identical"
+    assert_matches_whole_rows(case, corrected, expected, selected, **KERNEL_TOLERANCE[dtype])
     check_activity(activity, selected, budget)
 
 

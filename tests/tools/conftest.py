@@ -2,15 +2,16 @@
 
 import pytest
 
-from lmms_var.backbones import BACKBONES
+from lmms_var.tools.cli import main
 
 
 @pytest.fixture
-def no_weights(monkeypatch):
-    """Loading weights fails the test: every bad input must be reported before (minutes for a 72B model)."""
+def cli_error(capsys):
+    """`cli_error(argv)` -> what `lmms-var argv` printed to stderr, failing unless it exited with status 2
+    (a usage error)."""
 
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("weights were loaded before the bad input was reported")
+    def error(argv: list[str]) -> str:
+        assert main(argv) == 2
+        return capsys.readouterr().err
 
-    for backbone in BACKBONES:
-        monkeypatch.setattr(backbone.loader_class(), "from_pretrained", refuse)
+    return error

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from transformers import PaliGemmaConfig, Qwen2Config
 
+from lmms_var.attention_maps import MapSettings
 from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
 from lmms_var.testing.images import picture_in_mode, random_image
 from lmms_var.tools import show
@@ -68,72 +69,65 @@ def test_show_writes_a_png_and_its_json(tiny_checkpoints, model_type, images, tm
     assert "image 1 (" in out and f"wrote {output} and {output.with_suffix('.json')}" in out
 
 
-def error_of(args: list[str], capsys) -> str:
-    assert main(args) == 2
-    return capsys.readouterr().err
-
-
 def test_bad_inputs_are_reported_before_loading_weights(
-    tiny_checkpoint, images, tmp_path, capsys, no_weights
+    tiny_checkpoint, images, tmp_path, cli_error, no_weights
 ):
     output = tmp_path / "attention.png"
     missing = tmp_path / "missing.png"
-    assert f"--image {missing}: no such file" in error_of(
-        show_args(tiny_checkpoint, [missing], output), capsys
-    )
+    assert f"--image {missing}: no such file" in cli_error(show_args(tiny_checkpoint, [missing], output))
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
-    assert f"--image {broken}: not an image Pillow can read" in error_of(
-        show_args(tiny_checkpoint, [broken], output), capsys
+    assert f"--image {broken}: not an image Pillow can read" in cli_error(
+        show_args(tiny_checkpoint, [broken], output)
     )
-    assert "--layers must be decoder layers in [0, 4), got [1, 7]" in error_of(
-        show_args(tiny_checkpoint, images, output, "--layers", "1", "7"), capsys
+    assert "--layers must be decoder layers in [0, 4), got [1, 7]" in cli_error(
+        show_args(tiny_checkpoint, images, output, "--layers", "1", "7")
     )
     text_only = tmp_path / "text_only"
     Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2).save_pretrained(text_only)
-    assert f"--model {text_only}: a 'qwen2' model takes no images" in error_of(
-        show_args(text_only, images, output), capsys
+    assert f"--model {text_only}: a 'qwen2' model takes no images" in cli_error(
+        show_args(text_only, images, output)
     )
     other_family = tmp_path / "other_family"
     PaliGemmaConfig().save_pretrained(other_family)
-    assert f"--model {other_family}: VAR supports model types qwen2_5_vl" in error_of(
-        show_args(other_family, images, output, var_args=[]),
-        capsys,  # not "no published sink dims"
+    assert f"--model {other_family}: VAR supports model types qwen2_5_vl" in cli_error(
+        show_args(other_family, images, output, var_args=[])  # not "no published sink dims"
     )
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    assert f"--output's JSON {blocker / 'attention.json'} cannot be created: {blocker} is a file" in error_of(
-        show_args(tiny_checkpoint, images, blocker / "attention.png"), capsys
+    assert (
+        f"--output's JSON {blocker / 'attention.json'} cannot be created: {blocker} is a file"
+        in cli_error(show_args(tiny_checkpoint, images, blocker / "attention.png"))
     )
     folder = tmp_path / "figures"
     (folder / "attention.png").mkdir(parents=True)
-    assert f"--output {folder / 'attention.png'} is a folder; give a file path" in error_of(
-        show_args(tiny_checkpoint, images, folder / "attention.png"), capsys
+    assert f"--output {folder / 'attention.png'} is a folder; give a file path" in cli_error(
+        show_args(tiny_checkpoint, images, folder / "attention.png")
     )
-    assert "--output" in error_of(show_args(tiny_checkpoint, images, tmp_path / "attention.jpg"), capsys)
-    assert "--p must be in [0, 1], got 2.0" in error_of(
-        show_args(tiny_checkpoint, images, output, "--p", "2"), capsys
+    assert "--output" in cli_error(show_args(tiny_checkpoint, images, tmp_path / "attention.jpg"))
+    assert "--p must be in [0, 1], got 2.0" in cli_error(
+        show_args(tiny_checkpoint, images, output, "--p", "2")
     )
-    assert "--sink-dims: no published sink dims for" in error_of(
-        show_args(tiny_checkpoint, images, output, var_args=[]), capsys
+    assert "--sink-dims: no published sink dims for" in cli_error(
+        show_args(tiny_checkpoint, images, output, var_args=[])
     )
-    assert "--sink-dims [500]: beyond the model's hidden size 128" in error_of(
-        show_args(tiny_checkpoint, images, output, var_args=["--sink-dims", "500"]), capsys
+    assert "--sink-dims [500]: beyond the model's hidden size 128" in cli_error(
+        show_args(tiny_checkpoint, images, output, var_args=["--sink-dims", "500"])
     )
     assert not output.exists()
 
 
 def test_a_device_this_machine_lacks_is_named_before_loading(
-    tiny_checkpoint, images, tmp_path, capsys, monkeypatch, no_weights
+    tiny_checkpoint, images, tmp_path, cli_error, monkeypatch, no_weights
 ):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     args = show_args(tiny_checkpoint, images, tmp_path / "a.png", "--device", "cuda")
-    assert "lmms-var show: error: --device 'cuda': this machine has no CUDA device; give cpu" in error_of(
-        args, capsys
+    assert "lmms-var show: error: --device 'cuda': this machine has no CUDA device; give cpu" in cli_error(
+        args
     )
 
 
-def test_show_is_registered_with_the_issues_options():
+def test_show_is_registered_with_the_issues_options(capsys):
     parser = build_parser()
     action = next(a for a in parser._actions if a.dest == "command")
     options = {o for a in action.choices["show"]._actions for o in a.option_strings}
@@ -153,7 +147,17 @@ def test_show_is_registered_with_the_issues_options():
         "--device",
         "--dtype",
     } <= options
-    assert show.HEAD_CHOICES == ("selected", "all") and show.ROW_CHOICES == ("last", "answer", "all")
+    # --heads and --rows offer exactly the rules the library takes, and nothing else parses.
+    choices = {a.dest: a.choices for a in action.choices["show"]._actions if a.dest in ("heads", "rows")}
+    assert choices == {"heads": ("selected", "all"), "rows": ("last", "answer", "all")}
+    for heads in choices["heads"]:
+        for rows in choices["rows"]:
+            MapSettings(heads=heads, rows=rows)
+    required = ["show", "--model", "m", "--image", "i.png", "--question", "q"]
+    assert parser.parse_args([*required, "--rows", "answer"]).rows == "answer"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*required, "--rows", "first"])
+    assert "--rows: invalid choice: 'first'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("mode", ["I;16", "RGBA", "RGB"])

@@ -59,15 +59,9 @@ def test_validate_reports_precision_and_recall(tiny_checkpoint, tmp_path, capsys
     assert "recall" in capsys.readouterr().out
 
 
-def _error(capsys, argv: list[str]) -> str:
-    assert main(argv) == 2
-    return capsys.readouterr().err
-
-
-def test_dims_beyond_the_hidden_size_fail_before_loading(tiny_checkpoint, tmp_path, capsys):
+def test_dims_beyond_the_hidden_size_fail_before_loading(tiny_checkpoint, tmp_path, cli_error):
     output = tmp_path / "validation.json"
-    err = _error(
-        capsys,
+    err = cli_error(
         [
             "validate-sink-dims",
             "--model",
@@ -84,13 +78,13 @@ def test_dims_beyond_the_hidden_size_fail_before_loading(tiny_checkpoint, tmp_pa
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty folder", "other model type"])
-def test_a_path_that_is_not_a_qwen_model_is_named(tmp_path, capsys, kind):
+def test_a_path_that_is_not_a_qwen_model_is_named(tmp_path, cli_error, kind):
     path = tmp_path / "model"
     if kind != "missing":
         path.mkdir()
     if kind == "other model type":
         (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    err = _error(capsys, ["find-sink-dims", "--model", str(path), "--output", str(tmp_path / "o.json")])
+    err = cli_error(["find-sink-dims", "--model", str(path), "--output", str(tmp_path / "o.json")])
     assert f"lmms-var find-sink-dims: error: --model {path}: " in err
     expected = {
         "missing": "no such folder",
@@ -100,7 +94,7 @@ def test_a_path_that_is_not_a_qwen_model_is_named(tmp_path, capsys, kind):
     assert expected[kind] in err
 
 
-def test_layers_outside_the_model_are_rejected(tiny_checkpoint, tmp_path, capsys):
+def test_layers_outside_the_model_are_rejected(tiny_checkpoint, tmp_path, cli_error):
     argv = [
         "find-sink-dims",
         "--model",
@@ -110,7 +104,7 @@ def test_layers_outside_the_model_are_rejected(tiny_checkpoint, tmp_path, capsys
         "--output",
         str(tmp_path / "o"),
     ]
-    assert "error: layers must be decoder layers in [0, 4)" in _error(capsys, argv)
+    assert "error: layers must be decoder layers in [0, 4)" in cli_error(argv)
 
 
 @pytest.mark.parametrize(
@@ -142,7 +136,7 @@ def test_layers_outside_the_model_are_rejected(tiny_checkpoint, tmp_path, capsys
     ],
 )
 def test_bad_inputs_fail_before_loading_or_measuring(
-    command, extra, message, tiny_checkpoint, tmp_path, capsys, monkeypatch, no_weights
+    command, extra, message, tiny_checkpoint, tmp_path, cli_error, monkeypatch, no_weights
 ):
     """Nothing is measured (and lost) before an output that cannot be written or a bad setting is named."""
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -151,7 +145,7 @@ def test_bad_inputs_fail_before_loading_or_measuring(
     dims = ["--dims", "17", "93"] if command == "validate-sink-dims" else []
     argv = [command, "--model", str(tiny_checkpoint), *dims, "--output", str(tmp_path / "out.json")]
     argv += [arg.format(folder=tmp_path, file=blocker) for arg in extra]
-    err = _error(capsys, argv)
+    err = cli_error(argv)
     assert f"lmms-var {command}: error: {message.format(folder=tmp_path, file=blocker)}" in err
 
 
