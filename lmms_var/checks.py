@@ -10,6 +10,7 @@ the package, so every layer can use it; torch is imported only by the device che
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +42,35 @@ def check_output_folder(path: str | Path, what: str) -> Path:
             raise ValueError(f"{what} {path} is a folder this user cannot write in")
         return path
     _check_creatable(path, what)
+    return path
+
+
+def create_output_file(path: str | Path, what: str) -> Path:
+    """`check_output_file`, then the file created (an existing one left as it is) with its folders.
+
+    Permission bits do not say everything (root passes them everywhere, even under /proc; a read-only
+    mount or an immutable file refuses anyway): only creating the file shows it can be written.
+    """
+    path = check_output_file(path, what)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what} {path} cannot be written: {error.strerror or error}") from None
+    return path
+
+
+def create_output_folder(path: str | Path, what: str) -> Path:
+    """`check_output_folder`, then the folder created and a scratch file written in it and removed
+    (see `create_output_file` for why)."""
+    path = check_output_folder(path, what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"{what} {path} cannot be written in: {error.strerror or error}") from None
     return path
 
 
