@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from lmms_var.backbones import backbone_for
 from lmms_var.checks import check_output_folder
 from lmms_var.config import DEFAULT_TAU, VARConfig
 from lmms_var.sink_dims.finder import find_sink_dims, model_name
@@ -92,8 +93,9 @@ def auto_sink_dims(model: torch.nn.Module, processor, *, tau: float) -> tuple[tu
     """
     path = checked_cache_dir() / "sink_dims" / f"{cache_key(model, tau)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
+    hidden_size = backbone_for(model).text_config(model).hidden_size
     with FileLock(f"{path}.lock"):
-        cached = _read_cached(path)
+        cached = _read_cached(path, hidden_size)
         if cached is not None:
             dims, source = cached, f"cache:{path}"
         else:
@@ -107,8 +109,9 @@ def auto_sink_dims(model: torch.nn.Module, processor, *, tau: float) -> tuple[tu
     return dims, source
 
 
-def _read_cached(path: Path) -> tuple[int, ...] | None:
-    """The dims stored at `path`, or None when there is none or it is unreadable (it is re-measured)."""
+def _read_cached(path: Path, hidden_size: int) -> tuple[int, ...] | None:
+    """The dims stored at `path`, or None when there is none, it is unreadable or names channels the
+    model does not have (an edited or foreign file): then it is re-measured, and the file replaced."""
     if not path.is_file():
         return None
     try:
@@ -118,6 +121,15 @@ def _read_cached(path: Path) -> tuple[int, ...] | None:
         return None
     if not dims or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
         logger.warning("ignoring sink-dims cache %s: no valid dims in it; measuring again", path)
+        return None
+    bad = [d for d in dims if not 0 <= d < hidden_size]
+    if bad:
+        logger.warning(
+            "ignoring sink-dims cache %s: dims %s are beyond the model's hidden size %d; measuring again",
+            path,
+            bad,
+            hidden_size,
+        )
         return None
     return dims
 

@@ -49,14 +49,26 @@ def test_the_key_ignores_how_the_model_was_loaded(tiny_model, tiny_checkpoint):
     assert cache_key(build_tiny_model(TINY_SPEC)[0], TINY_TAU) == cache_key(model, TINY_TAU)
 
 
-def test_a_corrupt_cache_entry_is_measured_again(tiny_model, isolated_cache, caplog):
+@pytest.mark.parametrize(
+    ("content", "warning"),
+    [
+        ("{not json", "ignoring unreadable sink-dims cache {path}"),
+        # An edited (or copied) entry naming a channel the model lacks: never handed to VAR.
+        (
+            '{"sink_dims": [17, 99999]}',
+            "ignoring sink-dims cache {path}: dims [99999] are beyond the model's "
+            "hidden size 128; measuring again",
+        ),
+    ],
+)
+def test_a_corrupt_cache_entry_is_measured_again(tiny_model, isolated_cache, caplog, content, warning):
     model, processor = tiny_model
     path = isolated_cache / "sink_dims" / f"{cache_key(model, TINY_TAU)}.json"
     path.parent.mkdir(parents=True)
-    path.write_text("{not json")
+    path.write_text(content)
     with caplog.at_level(logging.WARNING, logger="lmms_var.sink_dims.auto"):
         assert auto_sink_dims(model, processor, tau=TINY_TAU) == ((17, 93), "measured")
-    assert "ignoring unreadable sink-dims cache" in caplog.text
+    assert warning.format(path=path) in caplog.text
     assert json.loads(path.read_text())["sink_dims"] == [17, 93]
 
 
