@@ -77,18 +77,20 @@ class AttentionMapRecorder:
         self.handle, self.processor, self.options = handle, processor, options
         self.drawn: set[tuple[str, int]] = set()
 
+    def draws(self, request) -> bool:
+        """Whether generating `request` draws a figure: its doc is among the first N and not drawn yet."""
+        doc_id, task, _split = request.args[-3:]
+        return self._wanted(task, doc_id)
+
+    def _wanted(self, task: str, doc_id: int | None) -> bool:
+        return doc_id is not None and doc_id < self.options.per_task and (task, doc_id) not in self.drawn
+
     def recording(self, lm):
         """Within: every batch `lm.model.generate` runs is checked for docs to draw."""
         return watching_generate(lm, self._after_generate)
 
     def _after_generate(self, docs: list[dict], inputs: dict) -> None:
-        wanted = [
-            (row, doc)
-            for row, doc in enumerate(docs)
-            if doc["doc_id"] is not None
-            and doc["doc_id"] < self.options.per_task
-            and (doc["task"], doc["doc_id"]) not in self.drawn
-        ]
+        wanted = [(row, doc) for row, doc in enumerate(docs) if self._wanted(doc["task"], doc["doc_id"])]
         if not wanted:
             return
         samples = split_batch(self.handle.model, self.processor, inputs)

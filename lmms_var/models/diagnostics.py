@@ -20,12 +20,22 @@ from lmms_var.patch import VARHandle
 DIAGNOSTICS_SUFFIX = "var_diagnostics.jsonl"
 
 
-def output_path_from_argv(argv: list[str] | None = None) -> str | None:
-    """lmms-eval's `--output_path`, which it does not pass to models, read from the command line."""
+def _lmms_eval_option(flags: tuple[str, ...], argv: list[str] | None) -> str | None:
+    """The value of one of lmms-eval's options, which it does not pass to models, read from the command line."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--output_path", default=None)
+    parser.add_argument(*flags, dest="value", default=None)
     known, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    return known.output_path
+    return known.value
+
+
+def output_path_from_argv(argv: list[str] | None = None) -> str | None:
+    """lmms-eval's `--output_path`."""
+    return _lmms_eval_option(("--output_path",), argv)
+
+
+def lmms_eval_cache_from_argv(argv: list[str] | None = None) -> str | None:
+    """lmms-eval's `--use_cache PATH` (`-c PATH`), its response cache."""
+    return _lmms_eval_option(("--use_cache", "-c"), argv)
 
 
 def run_output_folder(pretrained: str, argv: list[str] | None = None) -> Path | None:

@@ -4,9 +4,15 @@ lmms-eval's `--use_cache` stores answers only when `generate_until` returns, and
 the images. The journal appends every answer to `<folder>/<settings>-rank<r>.jsonl` (one file per
 process, one write and an fsync per batch) under a key made of all that decides it: the model's
 settings (`journal_settings`: the model args that change outputs, the checkpoint, the resolved VAR
-config, dtype, library versions), and the request's inputs (prompt, generation kwargs, every image,
-array or media file by the SHA-256 of its bytes). A rerun answers the requests whose key it finds
-and sends only the others to upstream's `generate_until`.
+config, dtype, library versions and the SHA-256 of lmms-var's own sources, since every editable
+install is version 0.1.0), and the request's inputs (prompt, generation kwargs, every image, array
+or media file by the SHA-256 of its bytes). A rerun answers the requests whose key it finds and
+sends only the others to upstream's `generate_until`.
+
+Only deterministic requests are journaled, by lmms-eval's own rule (`is_deterministic`: no
+temperature > 0, no `do_sample`, one sequence): a sampled answer depends on `--seed` and on every
+draw made before it in the run, so a resumed run could not give the uninterrupted run's samples
+whatever the key held. Sampled requests are generated every run.
 
 Upstream's loop hands each batch's answers to `cache_hook.add_partial` right after decoding, without
 saying which request they answer; it reads the batch's docs from `task_dict`, in batch order, just
@@ -30,22 +36,29 @@ from pathlib import Path
 import numpy as np
 import torch
 from lmms_eval.api.instance import Instance, unwrap_generation_output
+from lmms_eval.caching.response_cache import extract_gen_kwargs, is_deterministic
 from loguru import logger as eval_logger
 from PIL import Image
 
+import lmms_var
+from lmms_var.checks import create_output_folder
 from lmms_var.config import VARConfig
 from lmms_var.models.args import AUTO, ModelArgError
 from lmms_var.models.diagnostics import DocKey, RecordedDocs, doc_key, run_output_folder
 
 JOURNAL_FOLDER = "journal"
 # Bump when what a key covers changes, so that no older journal is read with another meaning.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Model args that place the work or log it but never change an answer: left out of the settings.
 NOT_OUTPUT_ARGS = frozenset(
     {"device", "device_map", "batch_size", "diagnostics", "diagnostics_path", "journal"}
     | {"attention_maps", "attention_maps_path"}
 )
 _VERSIONED_PACKAGES = ("lmms-var", "lmms-eval", "transformers", "torch")
+_SOURCES = Path(lmms_var.__file__).parent
+_AVOID = "give journal=off, or journal=FOLDER for another folder"
+# The generation kwargs that make a request sampled, named in the warning that it is not journaled.
+SAMPLING_KWARGS = ("temperature", "do_sample", "n", "best_of", "num_return_sequences")
 _REMOTE_URL = re.compile(r"https?://\S+")
 _LONGEST_PATH = 4096
 
@@ -74,14 +87,9 @@ def resolve_journal_dir(journal: str | None, pretrained: str, argv: list[str] | 
             f"journal must be a folder (it holds one file per process), got the file {directory}"
         )
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ModelArgError(
-            f"journal folder {directory} cannot be created: {error.strerror or error}"
-        ) from None
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ModelArgError(f"journal folder {directory} is not writable; give journal=PATH or journal=off")
-    return directory
+        return create_output_folder(directory, "journal folder")
+    except ValueError as error:
+        raise ModelArgError(f"{error}; {_AVOID}") from None
 
 
 def journal_settings(
@@ -100,7 +108,19 @@ def journal_settings(
         "dtype": str(model.dtype),
         "var": None if var_config is None else dataclasses.asdict(var_config),
         "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
+        "sources": source_fingerprint(_SOURCES),
     }
+
+
+@functools.cache
+def source_fingerprint(package: Path) -> str:
+    """SHA-256 of every `.py` file under `package` (names and bytes), read once per process: the code
+    that computes answers, which a fix changes although the version stays 0.1.0."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def _checkpoint_identity(model: torch.nn.Module) -> dict:
@@ -191,9 +211,11 @@ class Journal:
         prefix = self.fingerprint[:16]
         self.path = directory / f"{prefix}-rank{rank}.jsonl"
         pattern = f"{prefix}-rank*.jsonl"
-        self._answers, unreadable = _read_answers(sorted(directory.glob(pattern)))
+        paths = sorted(directory.glob(pattern))
+        self._answers, unreadable = _journal_file_access(_read_answers, paths)
         self._warned: set[str] = set()
-        _end_with_newline(self.path)
+        # Opened for appending now, so a file this process cannot write stops the run before generating.
+        _journal_file_access(_end_with_newline, [self.path])
         if rank != 0:
             return
         settings_path = directory / f"{prefix}.json"
@@ -209,18 +231,33 @@ class Journal:
             )
 
     def generate_until(
-        self, lm, requests: Sequence[Instance], generate: Callable[[list[Instance]], list]
+        self,
+        lm,
+        requests: Sequence[Instance],
+        generate: Callable[[list[Instance]], list],
+        generated_for: Callable[[Instance], str | None] = lambda _request: None,
     ) -> list:
         """Answers from the journal; `generate` for the others, each journaled as soon as its batch is decoded.
 
+        `generated_for(request)` names what needs a request generated even when the journal holds its
+        answer (the diagnostics or figure of its doc, which the journal does not keep), or None.
         Results come back in the order of `requests`, as lmms-eval expects.
         """
         keys = self._keys(lm.task_dict, requests)
         results: list = [None if key is None else self._answers.get(key) for key in keys]
+        again: Counter[str] = Counter()
+        for index, result in enumerate(results):
+            reason = None if result is None else generated_for(requests[index])
+            if reason is not None:
+                again[reason] += 1
+                results[index] = None
         missing = [index for index, result in enumerate(results) if result is None]
         ranks = f" (rank {lm.rank} of {lm.world_size})" if lm.world_size > 1 else ""
+        also = "".join(
+            f"; {count} it holds generated again for {reason}" for reason, count in sorted(again.items())
+        )
         eval_logger.info(
-            f"{len(requests) - len(missing)} of {len(requests)} requests answered from the journal{ranks}"
+            f"{len(requests) - len(missing)} of {len(requests)} requests answered from the journal{also}{ranks}"
         )
         follower = _BatchFollower(self, [(requests[index], keys[index]) for index in missing])
         with _following(lm, follower):
@@ -248,7 +285,11 @@ class Journal:
         return results
 
     def append(self, entries: Sequence[tuple[Instance, str, str]]) -> None:
-        """(request, key, answer) triples, in one write and an fsync: a kill mid-write tears only the last line."""
+        """(request, key, answer) triples, in one write and an fsync: a kill mid-write tears only the last line.
+
+        An answer the journal already holds (generated again for its diagnostics or figure) is not repeated.
+        """
+        entries = [(request, key, text) for request, key, text in entries if self._answers.get(key) != text]
         if not entries:
             return
         lines = []
@@ -272,13 +313,26 @@ class Journal:
         seen: Counter[str] = Counter()
         keys: list[str | None] = []
         for request in requests:
-            content = self._content_hash(task_dict, request)
+            content = self._content_hash(task_dict, request) if self._deterministic(request) else None
             if content is None:
                 keys.append(None)
                 continue
             keys.append(f"{content}:{seen[content]}")
             seen[content] += 1
         return keys
+
+    def _deterministic(self, request: Instance) -> bool:
+        """lmms-eval's rule for its own cache; a sampled request is generated every run."""
+        gen_kwargs = extract_gen_kwargs(request)
+        if is_deterministic(request.request_type, gen_kwargs):
+            return True
+        sampling = {name: gen_kwargs[name] for name in SAMPLING_KWARGS if name in gen_kwargs}
+        self._warn_once(
+            "sampled",
+            f"journal: requests of {request.task_name} sample ({sampling}); sampled requests are generated "
+            "every run and never journaled, since a sample depends on --seed and on every draw before it",
+        )
+        return False
 
     def _content_hash(self, task_dict, request: Instance) -> str | None:
         """Hash of the settings and every input but the doc's address; doc-reading functions are applied."""
@@ -397,14 +451,26 @@ def _read_answers(paths: Sequence[Path]) -> tuple[dict[str, str], dict[Path, int
     return answers, unreadable
 
 
-def _end_with_newline(path: Path) -> None:
-    """Close a line torn by a kill, so the next append starts a line of its own."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with path.open("rb+") as file:
-        file.seek(-1, os.SEEK_END)
-        if file.read(1) != b"\n":
-            file.write(b"\n")
+def _journal_file_access(action: Callable[[Sequence[Path]], object], paths: Sequence[Path]):
+    """`action(paths)`, an `OSError` of it a `ModelArgError` saying the file is the journal's and how to avoid it."""
+    try:
+        return action(paths)
+    except OSError as error:
+        where = error.filename or ", ".join(map(str, paths))
+        raise ModelArgError(
+            f"the journal file {where} cannot be used ({error.strerror or error}); {_AVOID}"
+        ) from None
+
+
+def _end_with_newline(paths: Sequence[Path]) -> None:
+    """Create each file, or close a line torn by a kill so the next append starts a line of its own."""
+    for path in paths:
+        with path.open("ab+") as file:
+            if file.tell() == 0:
+                continue
+            file.seek(-1, os.SEEK_END)
+            if file.read(1) != b"\n":
+                file.write(b"\n")
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -10,7 +10,10 @@ what upstream's `__init__` sets (`LmmsEvalModel`), so `var=false` reproduces ups
 generation errors through where upstream would answer "" instead.
 """
 
+import functools
 import inspect
+import re
+import typing
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -23,7 +26,7 @@ from lmms_eval.utils import get_datetime_str
 from loguru import logger as eval_logger
 
 from lmms_var.backbones import Backbone, UnsupportedModelError, backbone_for_config, checkpoint_config
-from lmms_var.checks import check_device, check_output_file, check_output_folder
+from lmms_var.checks import check_device, create_output_file, create_output_folder
 from lmms_var.config import DEFAULT_TAU
 from lmms_var.models.args import (
     AUTO,
@@ -39,7 +42,11 @@ from lmms_var.models.args import (
     parse_var_options,
 )
 from lmms_var.models.attention_maps import parse_attention_maps
-from lmms_var.models.diagnostics import DiagnosticsRecorder, resolve_diagnostics_path
+from lmms_var.models.diagnostics import (
+    DiagnosticsRecorder,
+    lmms_eval_cache_from_argv,
+    resolve_diagnostics_path,
+)
 from lmms_var.models.journal import Journal, journal_settings, resolve_journal_dir
 from lmms_var.models.sink_check import FirstBatchSinkCheck
 from lmms_var.patch import VARHandle, enable_var
@@ -93,6 +100,11 @@ class VARModel:
                 )
             with model_arg_checks():
                 args = spec.upstream_arguments(upstream_args)
+            args |= {
+                name: parse_bool(name, args[name])
+                for name in _upstream_flags(type(self))
+                if args[name] is not None
+            }
             options = parse_var_options(
                 var=var,
                 sink_dims=sink_dims,
@@ -105,7 +117,7 @@ class VARModel:
                 diagnostics_path=diagnostics_path,
             )
             flash = spec.flash_attention_flag
-            if flash and parse_bool(flash, args[flash]):
+            if flash and args[flash]:
                 attn_implementation = "flash_attention_2"
             if options.enabled and attn_implementation not in BASE_IMPLEMENTATIONS:
                 raise ModelArgError(
@@ -126,13 +138,15 @@ class VARModel:
             diagnostics_file = _diagnostics_file(options, pretrained, run_id)
             with model_arg_checks():
                 if maps.folder is not None:
-                    check_output_folder(maps.folder, "attention_maps_path")
+                    create_output_folder(maps.folder, "attention_maps_path")
             if options.enabled and options.sink_dims == AUTO:
                 try:
                     checked_cache_dir()
                 except ValueError as error:
                     raise ModelArgError(f"sink_dims=auto: {error}") from None
             self.accelerator = Accelerator()
+            if self.accelerator.is_main_process:
+                _warn_about_lmms_eval_cache()
             self._device, self.device_map = _placement(self.accelerator, device, device_map)
             hub_options = spec.hub_options(args)
             # Read the config alone first: a checkpoint of another family, or unknown sink dims, must
@@ -243,7 +257,16 @@ class VARModel:
         with _generation_errors_raised(self.model):
             if self._journal is None:
                 return self._generate_until(requests)
-            return self._journal.generate_until(self, requests, self._generate_until)
+            return self._journal.generate_until(self, requests, self._generate_until, self._generated_for)
+
+    def _generated_for(self, request) -> str | None:
+        """What needs `request` generated although the journal holds its answer (the journal keeps
+        answers only): diagnostics want every doc, attention maps the docs they draw."""
+        if self._diagnostics is not None:
+            return "diagnostics"
+        if self._attention_maps is not None and self._attention_maps.draws(request):
+            return "attention_maps"
+        return None
 
     def _generate_until(self, requests):
         """Upstream's generation; diagnostics (one record per sample, flushed after the call) and
@@ -326,8 +349,43 @@ def _diagnostics_file(options: VAROptions, pretrained: str, run_id: str) -> Path
     if path is not None:
         what = "diagnostics_path" if options.diagnostics_path else "diagnostics file (next to --output_path)"
         with model_arg_checks():
-            check_output_file(path, what)
+            create_output_file(path, what)
     return path
+
+
+def _upstream_flags(model_class: type) -> tuple[str, ...]:
+    """Upstream's true/false args: a bool default, or `bool` in the annotation of upstream's `__init__`
+    (`enable_thinking: Optional[bool] = None`), which otherwise takes any string as true."""
+    upstream = model_class.__mro__[model_class.__mro__.index(VARModel) + 1]
+    parameters = inspect.signature(upstream.__init__).parameters
+    flags = []
+    for name, default in model_class.backbone.lmms_eval.upstream_args.items():
+        annotation = parameters[name].annotation if name in parameters else None
+        if (
+            isinstance(default, bool)
+            or annotation is bool
+            or bool in typing.get_args(annotation)
+            or (isinstance(annotation, str) and re.search(r"\bbool\b", annotation))
+        ):
+            flags.append(name)
+    return tuple(flags)
+
+
+def _warn_about_lmms_eval_cache() -> None:
+    """lmms-eval's `--use_cache` answers before the model is asked, keyed without the images."""
+    cache = lmms_eval_cache_from_argv()
+    if cache is not None:
+        _warn_once(
+            f"lmms-eval's --use_cache {cache} answers requests before this model sees them, under keys "
+            "that leave out the images: after an image changes it serves the old answer. The journal "
+            "(journal=auto) keys every image's pixels and resumes runs on its own; drop --use_cache, or "
+            "delete its cache after changing images"
+        )
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    eval_logger.warning(message)
 
 
 def _known_sink_dims(
@@ -337,7 +395,7 @@ def _known_sink_dims(
     if not options.enabled or options.sink_dims == AUTO:
         return None
     if options.sink_dims is not None:
-        return options.sink_dims, "model args"
+        return _in_range(options.sink_dims, "model args", pretrained, model_config)
     entry = lookup_known(pretrained, model_config)
     if entry is None:
         text_config = model_config.get_text_config()
@@ -349,7 +407,23 @@ def _known_sink_dims(
             f"sink_dims=auto, or find them once with `lmms-var find-sink-dims --model {pretrained} --output "
             "dims.json`; var=false runs without VAR"
         )
-    return entry.sink_dims, f"configs/sink_dims.yaml ({entry.name}, published in {entry.source})"
+    source = f"configs/sink_dims.yaml ({entry.name}, published in {entry.source})"
+    return _in_range(entry.sink_dims, source, pretrained, model_config)
+
+
+def _in_range(
+    dims: tuple[int, ...], source: str, pretrained: str, model_config
+) -> tuple[tuple[int, ...], str]:
+    """(dims, source) when every dim is a channel of the checkpoint's hidden states, read from its config
+    (as `validate-sink-dims` does), so a wrong dim fails before the weights load."""
+    hidden_size = model_config.get_text_config().hidden_size
+    bad = [dim for dim in dims if dim >= hidden_size]
+    if bad:
+        raise ModelArgError(
+            f"sink_dims {bad} (from {source}) are beyond the hidden size {hidden_size} of {pretrained} "
+            f"(its config.json): sink dims must be hidden-state channels in [0, {hidden_size})"
+        )
+    return dims, source
 
 
 # VARModel's own model args (every other one is upstream's), for the message naming an unknown one.

@@ -6,6 +6,7 @@ real model classes on a tiny checkpoint. `test_journal_cli.py` interrupts real l
 """
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,16 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.api.model import CacheHook
 from transformers import Qwen2_5_VLForConditionalGeneration
 
+import lmms_var
+from lmms_var.models import journal as journal_module
 from lmms_var.models.args import AUTO, ModelArgError, parse_journal
 from lmms_var.models.journal import (
     Journal,
     UnfingerprintableInput,
     content_fingerprint,
+    journal_settings,
     resolve_journal_dir,
+    source_fingerprint,
 )
 from lmms_var.testing.images import random_image
 from tests.conftest import TINY_SPEC, TINY_TAU
@@ -214,6 +219,78 @@ def test_repeated_requests_get_one_entry_each(tmp_path):
     assert model.computed == []
 
 
+@pytest.mark.parametrize(
+    "sampling",
+    [{"temperature": 5.0, "do_sample": True}, {"temperature": 0.7}, {"do_sample": True}],
+    ids=["temperature-and-do_sample", "temperature", "do_sample"],
+)
+@pytest.mark.parametrize("kind", ["chat", "simple"])
+def test_sampled_requests_are_generated_every_run_and_never_journaled(tmp_path, log_lines, sampling, kind):
+    """A sample depends on --seed and on the draws before it: journaled, seed 2 would repeat seed 1."""
+    docs = make_docs(3)
+    sampled = make_requests(docs[:2], {**GEN_KWARGS, **sampling}, kind)
+    greedy = make_requests(docs, {**GEN_KWARGS, "temperature": 0}, kind)[2:]
+    run(Journal(tmp_path, SETTINGS, rank=0), FakeModel(docs), sampled + greedy)
+    assert [entry["doc_id"] for entry in entries(tmp_path)] == [2]
+    warnings = [line for line in log_lines if "sampled requests are generated every run" in line]
+    assert len(warnings) == 1 and f"requests of {TASK} sample (" in warnings[0]
+    model = FakeModel(docs)
+    run(Journal(tmp_path, SETTINGS, rank=0), model, sampled + greedy)
+    assert sorted(model.computed) == [0, 1] and "1 of 3 requests answered from the journal" in log_lines
+
+
+def test_the_settings_hold_a_fingerprint_of_lmms_var_sources_that_a_code_change_moves(
+    tmp_path, tiny_model, monkeypatch
+):
+    """Every editable install is version 0.1.0: a fixed bug must not keep the answers computed before."""
+    installed = Path(lmms_var.__file__).parent
+    settings = journal_settings({"p": 0.6}, model=tiny_model[0], var_config=None, model_class="M")
+    assert settings["sources"] == source_fingerprint(installed)
+    edited = shutil.copytree(installed, tmp_path / "lmms_var", ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_fingerprint(edited) == settings["sources"]  # the same code, elsewhere
+    fixed = edited / "core" / "redistribution.py"
+    fixed.write_text(fixed.read_text() + "\n# a fix\n")
+    source_fingerprint.cache_clear()  # a new process
+    monkeypatch.setattr(journal_module, "_SOURCES", edited)
+    after_fix = journal_settings({"p": 0.6}, model=tiny_model[0], var_config=None, model_class="M")
+    assert after_fix["sources"] != settings["sources"]
+    assert {name for name in settings if settings[name] != after_fix[name]} == {"sources"}
+
+    docs = make_docs(2)
+    (tmp_path / "j").mkdir()
+    run(Journal(tmp_path / "j", settings, rank=0), FakeModel(docs), make_requests(docs, GEN_KWARGS))
+    model = FakeModel(docs)
+    run(Journal(tmp_path / "j", after_fix, rank=0), model, make_requests(docs, GEN_KWARGS))
+    assert sorted(model.computed) == [0, 1]
+
+
+def test_held_answers_are_generated_again_where_asked_and_not_journaled_twice(tmp_path, log_lines):
+    docs = make_docs(4)
+    run(Journal(tmp_path, SETTINGS, rank=0), FakeModel(docs), make_requests(docs, GEN_KWARGS))
+    model = FakeModel(docs)
+    figures = lambda request: "attention_maps" if request.args[3] < 2 else None  # noqa: E731
+    results = Journal(tmp_path, SETTINGS, rank=0).generate_until(
+        model, make_requests(docs, GEN_KWARGS), model.generate_until, figures
+    )
+    assert results == [answer_of(doc) for doc in docs] and sorted(model.computed) == [0, 1]
+    assert "2 of 4 requests answered from the journal; 2 it holds generated again for attention_maps" in (
+        log_lines
+    )
+    assert len(entries(tmp_path)) == 4
+
+
+def test_a_journal_file_that_cannot_be_used_is_named_with_the_ways_around_it(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    path = tmp_path / Journal(tmp_path / "elsewhere", SETTINGS, rank=0).path.name
+    path.mkdir()  # as unusable as a file this user may not write, for root too
+    with pytest.raises(ModelArgError) as error:
+        Journal(tmp_path, SETTINGS, rank=0)
+    assert str(error.value) == (
+        f"invalid model_args: the journal file {path} cannot be used (Is a directory); give journal=off, "
+        "or journal=FOLDER for another folder"
+    )
+
+
 def test_content_fingerprint_hashes_media_and_refuses_what_it_cannot_read(tmp_path):
     image = random_image(0)
     assert content_fingerprint([image]) == content_fingerprint([image.copy()])
@@ -315,3 +392,38 @@ def test_an_unusable_journal_folder_fails_before_the_weights_load(tiny_checkpoin
         model_tests.CLASSES["chat"](
             pretrained=str(tiny_checkpoint), sink_dims="17;93", journal=str(tmp_path / "file")
         )
+
+
+def test_figures_and_diagnostics_asked_on_a_resumed_run_cover_the_docs_it_holds(
+    answering_checkpoints, tmp_path, log_lines
+):
+    """The journal keeps answers only: a doc whose figure or diagnostics are asked is generated again."""
+    checkpoint = answering_checkpoints(TINY_SPEC.model_type)
+    common = dict(pretrained=str(checkpoint), sink_dims="17;93", tau=TINY_TAU, batch_size=2, device="cpu")
+    common |= dict(journal=str(tmp_path / "journal"), **model_tests.PIXELS)
+    task_dict = {TASK: {SPLIT: model_tests.DOCS}}
+    count = len(model_tests.DOCS)
+
+    def answers(**args) -> list[str]:
+        lm = model_tests.CLASSES["chat"](**common, **args)
+        lm.task_dict = task_dict
+        return texts(lm.generate_until(model_tests.requests("chat")))
+
+    expected = answers()
+    maps = tmp_path / "maps"
+    assert answers(attention_maps=2, attention_maps_path=str(maps)) == expected
+    assert (
+        f"{count - 2} of {count} requests answered from the journal; 2 it holds generated again for "
+        "attention_maps" in log_lines
+    )
+    assert sorted(path.name for path in maps.glob("*.png")) == [f"{TASK}_doc0.png", f"{TASK}_doc1.png"]
+
+    diagnostics = tmp_path / "diagnostics.jsonl"
+    assert answers(diagnostics_path=str(diagnostics)) == expected
+    assert (
+        f"0 of {count} requests answered from the journal; {count} it holds generated again for "
+        "diagnostics" in log_lines
+    )
+    records = [json.loads(line) for line in diagnostics.read_text().splitlines()]
+    assert [record["doc_id"] for record in records] == list(range(count))
+    assert len(entries(tmp_path / "journal")) == count  # generated again, not journaled again

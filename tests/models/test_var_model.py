@@ -5,6 +5,8 @@ Tests taking `family` run for every backbone of the test matrix; the others on t
 
 import functools
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from lmms_eval.models import get_model
 from lmms_var.backbones import backbone_for_model_type
 from lmms_var.models.args import ModelArgError
 from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
+from lmms_var.models.var_model import _upstream_flags
 from lmms_var.testing.images import random_image
 from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
 from tests.models.instances import LMMS_EVAL_OPTIONS, SPLIT, TASK, make_requests
@@ -189,12 +192,16 @@ def test_sink_dims_auto_measures_then_reuses_the_cache(
         ("llava", "llava-1.5-13b-hf", "2100, 4743"),
     ],
 )
-def test_published_dims_are_looked_up_by_checkpoint_name(model_type, name, dims, tiny_checkpoints, tmp_path):
-    """A checkpoint named like a published one gets its dims, which the tiny model is too narrow for."""
+def test_published_dims_are_looked_up_by_checkpoint_name(
+    model_type, name, dims, tiny_checkpoints, tmp_path, no_weights
+):
+    """A checkpoint named like a published one gets its dims, which the tiny model is too narrow for:
+    its config says so before the weights load."""
     renamed = tmp_path / name
     renamed.symlink_to(tiny_checkpoints(model_type), target_is_directory=True)
     backbone = backbone_for_model_type(model_type)
-    with pytest.raises(ValueError, match=rf"sink_dims \[{dims}\] are >= the model's hidden size 128"):
+    expected = rf"sink_dims \[{dims}\] \(from configs/sink_dims.yaml .*\) are beyond the hidden size 128 of"
+    with pytest.raises(ModelArgError, match=expected):
         var_class(backbone, "simple")(**model_args(backbone, pretrained=str(renamed), device="cpu"))
 
 
@@ -424,3 +431,70 @@ def test_sink_dims_that_never_fire_are_warned_about_once(tiny_checkpoint, log_li
         "validate-sink-dims",
     ):
         assert hint in warnings[0]
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_every_boolean_model_arg_takes_only_true_or_false(model_type, tiny_checkpoints, no_weights):
+    """Ours and upstream's (an upstream one defaulting to None included: `enable_thinking`, which
+    upstream takes as true for any string, so `maybe` emptied every answer)."""
+    model_class = get_model(backbone_for_model_type(model_type).lmms_eval.model_id)
+    flags = _upstream_flags(model_class)
+    assert "use_cache" in flags and ("enable_thinking" in flags) == (model_type == "qwen3_vl")
+    common = {"pretrained": str(tiny_checkpoints(model_type)), "sink_dims": "17;93", "device": "cpu"}
+    for name in ("var", "except_last_layer", "diagnostics", *flags):
+        with pytest.raises(ModelArgError) as error:
+            model_class(**common, **{name: "maybe"})
+        assert str(error.value).endswith(f"invalid model_args: {name} must be true or false, got 'maybe'")
+    # The spellings the README lists get as far as loading the weights, which `no_weights` refuses.
+    with pytest.raises(AssertionError, match="weights were loaded"):
+        model_class(**common, **dict.fromkeys(flags, "no"))
+
+
+def test_sink_dims_beyond_the_hidden_size_fail_from_the_checkpoint_config(tiny_checkpoint, no_weights):
+    with pytest.raises(ModelArgError) as error:
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), sink_dims="17;99999")
+    assert str(error.value) == (
+        f"qwen2_5_vl_var: invalid model_args: sink_dims [99999] (from model args) are beyond the hidden size "
+        f"128 of {tiny_checkpoint} (its config.json): sink dims must be hidden-state channels in [0, 128)"
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"diagnostics_path": "/proc/nonexistent/x.jsonl"},
+        {"attention_maps": 1, "attention_maps_path": "/proc/nonexistent/maps"},
+    ],
+)
+def test_output_args_are_probed_by_creating_them_before_loading(tiny_checkpoint, no_weights, args):
+    """Root passes every permission check, /proc included: only creating the path tells."""
+    name = next(name for name in args if name.endswith("_path"))
+    with pytest.raises(ModelArgError) as error:
+        Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), sink_dims="17;93", **args)
+    assert str(error.value).startswith(f"qwen2_5_vl_var: invalid model_args: {name} {args[name]} cannot be")
+
+
+@pytest.mark.parametrize("flag", ["--use_cache", "-c"])
+def test_lmms_evals_response_cache_is_warned_about_once(
+    tiny_checkpoint, tmp_path, monkeypatch, log_lines, flag
+):
+    """lmms-eval answers from its cache before the model is asked, keyed without the images."""
+    cache = tmp_path / f"cache{flag}"
+    monkeypatch.setattr(sys, "argv", ["lmms-eval", "--model", "qwen2_5_vl_var", flag, str(cache)])
+    monkeypatch.setattr(QWEN2_5_VL.loader_class(), "from_pretrained", _stop_loading)
+    for _ in range(2):
+        with pytest.raises(_LoadingStopped):
+            Qwen2_5_VL_VAR_Chat(pretrained=str(tiny_checkpoint), sink_dims="17;93")
+    warnings = [line for line in log_lines if "--use_cache" in line]
+    assert len(warnings) == 1
+    assert f"lmms-eval's --use_cache {cache} answers requests before this model sees them" in warnings[0]
+    assert "leave out the images" in warnings[0]
+
+
+class _LoadingStopped(Exception):
+    pass
+
+
+def _stop_loading(*_args, **_kwargs):
+    raise _LoadingStopped
