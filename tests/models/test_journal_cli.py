@@ -60,3 +60,44 @@ def test_a_killed_run_resumes_with_other_process_counts(lmms_eval_run, command, 
         "rank0.jsonl",
         "rank1.jsonl",
     ]
+
+
+def with_journal(command: tuple[str, ...], folder: Path, extra: str = "") -> tuple[str, ...]:
+    """`command` keeping its journal in `folder`, so runs into separate outputs (whose samples files
+    tell their predictions apart) share it; `extra` model args added."""
+    *head, model_args = command
+    return (*head, f"{model_args},journal={folder}{extra}")
+
+
+def test_sampled_runs_with_another_seed_are_not_answered_from_the_journal(lmms_eval_run, command, tmp_path):
+    """`--seed 2` after `--seed 1` with the same journal: seed 2 samples its own answers."""
+    sampling = ["--gen_kwargs", "max_new_tokens=4,do_sample=True,temperature=5.0"]
+    sampled = with_journal(command, tmp_path)
+    first = lmms_eval_run("seed1", *sampled, *sampling, "--seed", "1")
+    assert answered(first) == (0, 4) and "sampled requests are generated every run" in first.log
+    second = lmms_eval_run("seed2", *sampled, *sampling, "--seed", "2")
+    assert answered(second) == (0, 4)
+    assert metrics(second) is not None
+    assert second.predictions() != first.predictions()
+    assert not list(tmp_path.glob("*.jsonl")) or not any(
+        path.read_text() for path in tmp_path.glob("*.jsonl")
+    )
+
+
+def test_figures_and_diagnostics_asked_of_a_finished_command_cover_every_doc(
+    lmms_eval_run, command, tmp_path
+):
+    """Nothing is left to generate, yet `attention_maps=1,diagnostics=true` draws and records as a fresh run."""
+    finished = lmms_eval_run("finished", *with_journal(command, tmp_path))
+    assert answered(finished) == (0, 4)
+    again = lmms_eval_run("again", *with_journal(command, tmp_path, ",attention_maps=1,diagnostics=true"))
+    assert answered(again) == (0, 4)
+    assert "4 it holds generated again for diagnostics" in again.log
+    assert again.predictions() == finished.predictions()
+    figures = sorted(path.name for path in again.output.rglob("*_attention_maps/*.png"))
+    assert figures == [
+        "spatial_blink_multi_view_reasoning_doc0.png",
+        "spatial_blink_spatial_relation_doc0.png",
+    ]
+    records = again.diagnostics()
+    assert sorted((record["task"], record["doc_id"]) for record in records) == sorted(finished.predictions())
