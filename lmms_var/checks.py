@@ -45,25 +45,29 @@ def check_output_folder(path: str | Path, what: str) -> Path:
     return path
 
 
-def create_output_file(path: str | Path, what: str) -> Path:
-    """`check_output_file`, then the file created (an existing one left as it is) with its folders.
+def probe_output_file(path: str | Path, what: str) -> Path:
+    """`check_output_file`, then its folders created and the file opened for appending (one made here is
+    removed again, so a process that will not write it leaves nothing behind).
 
     Permission bits do not say everything (root passes them everywhere, even under /proc; a read-only
-    mount or an immutable file refuses anyway): only creating the file shows it can be written.
+    mount or an immutable file refuses anyway): only opening the file shows it can be written.
     """
     path = check_output_file(path, what)
+    existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a"):
             pass
     except OSError as error:
         raise ValueError(f"{what} {path} cannot be written: {error.strerror or error}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
     return path
 
 
-def create_output_folder(path: str | Path, what: str) -> Path:
+def probe_output_folder(path: str | Path, what: str) -> Path:
     """`check_output_folder`, then the folder created and a scratch file written in it and removed
-    (see `create_output_file` for why)."""
+    (see `probe_output_file` for why)."""
     path = check_output_folder(path, what)
     try:
         path.mkdir(parents=True, exist_ok=True)

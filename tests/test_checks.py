@@ -11,8 +11,8 @@ from lmms_var.checks import (
     check_layers,
     check_output_file,
     check_output_folder,
-    create_output_file,
-    create_output_folder,
+    probe_output_file,
+    probe_output_folder,
 )
 
 # Where no one can create anything, not even root, whom permission bits let through (/proc's own
@@ -50,26 +50,27 @@ def test_an_output_folder(tmp_path, a_file):
         check_output_folder(a_file / "sub", "folder")
 
 
-def test_creating_an_output_file_or_folder_makes_it_and_keeps_what_is_there(tmp_path, a_file):
+def test_probing_an_output_file_or_folder_makes_its_folders_and_keeps_what_is_there(tmp_path, a_file):
     deep = tmp_path / "x" / "y" / "out.jsonl"
-    assert create_output_file(deep, "diagnostics_path") == deep and deep.read_text() == ""
+    assert probe_output_file(deep, "diagnostics_path") == deep
+    assert deep.parent.is_dir() and not deep.exists()  # made to see it can be, then removed
     a_file.write_text("kept")
-    assert create_output_file(a_file, "diagnostics_path") == a_file and a_file.read_text() == "kept"
+    assert probe_output_file(a_file, "diagnostics_path") == a_file and a_file.read_text() == "kept"
     folder = tmp_path / "maps" / "run"
-    assert create_output_folder(folder, "attention_maps_path") == folder
+    assert probe_output_folder(folder, "attention_maps_path") == folder
     assert folder.is_dir() and list(folder.iterdir()) == []  # the scratch file is gone
     with pytest.raises(ValueError, match=f"^attention_maps_path {a_file} is a file; give a folder$"):
-        create_output_folder(a_file, "attention_maps_path")
+        probe_output_folder(a_file, "attention_maps_path")
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
-def test_paths_no_one_can_create_fail_the_creating_checks_naming_the_argument():
+def test_paths_no_one_can_create_fail_the_probes_naming_the_argument():
     if os.geteuid() == 0:  # root passes the permission-bit checks everywhere
         check_output_file(UNCREATABLE, "diagnostics_path")
     with pytest.raises(ValueError, match=f"^diagnostics_path {UNCREATABLE} cannot be"):
-        create_output_file(UNCREATABLE, "diagnostics_path")
+        probe_output_file(UNCREATABLE, "diagnostics_path")
     with pytest.raises(ValueError, match=f"^attention_maps_path {UNCREATABLE.parent} cannot be"):
-        create_output_folder(UNCREATABLE.parent, "attention_maps_path")
+        probe_output_folder(UNCREATABLE.parent, "attention_maps_path")
 
 
 def test_devices(monkeypatch):

@@ -41,7 +41,7 @@ from loguru import logger as eval_logger
 from PIL import Image
 
 import lmms_var
-from lmms_var.checks import create_output_folder
+from lmms_var.checks import probe_output_folder
 from lmms_var.config import VARConfig
 from lmms_var.models.args import AUTO, ModelArgError
 from lmms_var.models.diagnostics import DocKey, RecordedDocs, doc_key, run_output_folder
@@ -87,7 +87,7 @@ def resolve_journal_dir(journal: str | None, pretrained: str, argv: list[str] | 
             f"journal must be a folder (it holds one file per process), got the file {directory}"
         )
     try:
-        return create_output_folder(directory, "journal folder")
+        return probe_output_folder(directory, "journal folder")
     except ValueError as error:
         raise ModelArgError(f"{error}; {_AVOID}") from None
 

@@ -26,7 +26,7 @@ from lmms_eval.utils import get_datetime_str
 from loguru import logger as eval_logger
 
 from lmms_var.backbones import Backbone, UnsupportedModelError, backbone_for_config, checkpoint_config
-from lmms_var.checks import check_device, create_output_file, create_output_folder
+from lmms_var.checks import check_device, probe_output_file, probe_output_folder
 from lmms_var.config import DEFAULT_TAU
 from lmms_var.models.args import (
     AUTO,
@@ -138,7 +138,7 @@ class VARModel:
             diagnostics_file = _diagnostics_file(options, pretrained, run_id)
             with model_arg_checks():
                 if maps.folder is not None:
-                    create_output_folder(maps.folder, "attention_maps_path")
+                    probe_output_folder(maps.folder, "attention_maps_path")
             if options.enabled and options.sink_dims == AUTO:
                 try:
                     checked_cache_dir()
@@ -349,7 +349,7 @@ def _diagnostics_file(options: VAROptions, pretrained: str, run_id: str) -> Path
     if path is not None:
         what = "diagnostics_path" if options.diagnostics_path else "diagnostics file (next to --output_path)"
         with model_arg_checks():
-            create_output_file(path, what)
+            probe_output_file(path, what)
     return path
 
 
