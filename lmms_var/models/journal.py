@@ -40,7 +40,6 @@ from lmms_eval.caching.response_cache import extract_gen_kwargs, is_deterministi
 from loguru import logger as eval_logger
 from PIL import Image
 
-import lmms_var
 from lmms_var.checks import probe_output_folder
 from lmms_var.config import VARConfig
 from lmms_var.models.args import AUTO, ModelArgError
@@ -55,7 +54,7 @@ NOT_OUTPUT_ARGS = frozenset(
     | {"attention_maps", "attention_maps_path"}
 )
 _VERSIONED_PACKAGES = ("lmms-var", "lmms-eval", "transformers", "torch")
-_SOURCES = Path(lmms_var.__file__).parent
+_SOURCES = Path(__file__).resolve().parents[1]  # the installed lmms_var package
 _AVOID = "give journal=off, or journal=FOLDER for another folder"
 # The generation kwargs that make a request sampled, named in the warning that it is not journaled.
 SAMPLING_KWARGS = ("temperature", "do_sample", "n", "best_of", "num_return_sequences")
