@@ -169,8 +169,8 @@ def summarise(records: list[dict], path: Path | None) -> str:
     where = (
         f"; per-sample records in {path}" if path else "; set diagnostics_path= to keep per-sample records"
     )
-    if not records:
-        return f"VAR diagnostics: no samples{where}"
+    if not records:  # nothing generated (every request answered otherwise): no file to point at
+        return "VAR diagnostics: no samples generated, no records written"
     count = len(records)
     layer_slots = sum(len(r["layers"]) for r in records) or 1
     with_visual_sinks = sum(any(r["visual_sinks"]) for r in records)

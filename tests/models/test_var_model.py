@@ -16,6 +16,7 @@ from lmms_eval.models import get_model
 from lmms_var.backbones import backbone_for_model_type
 from lmms_var.models.args import ModelArgError
 from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
+from lmms_var.models.diagnostics import summarise
 from lmms_var.models.var_model import _upstream_flags
 from lmms_var.testing.images import random_image
 from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
@@ -498,3 +499,12 @@ class _LoadingStopped(Exception):
 
 def _stop_loading(*_args, **_kwargs):
     raise _LoadingStopped
+
+
+def test_a_diagnostics_summary_without_samples_points_at_no_file(tmp_path):
+    """A call whose requests were all answered otherwise writes no record: the log must not send the
+    reader to a file that was never written."""
+    assert (
+        summarise([], tmp_path / "diagnostics.jsonl")
+        == "VAR diagnostics: no samples generated, no records written"
+    )
