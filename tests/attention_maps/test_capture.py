@@ -292,3 +292,35 @@ def test_a_long_prompt_never_builds_keys_by_keys_attention(tiny_model, rows):
     assert squared == []
     # The check sees attention-sized tensors: the blocks of rows over all keys.
     assert any(len(shape) == 4 and shape[-1] == keys for shape in log.shapes)
+
+
+def _luminance(rgba: np.ndarray) -> np.ndarray:
+    """Relative luminance of sRGB colours [..., 3 or 4]: what lightness rises with."""
+    rgb = np.asarray(rgba)[..., :3]
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return linear @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def test_more_attention_reads_lighter_so_a_lowered_sink_darkens_after_var(tiny_model):
+    """The colour scale's lightness rises with the value over its whole range (a rainbow's does not),
+    and a visual sink whose attention VAR lowered is drawn darker in its 'after' panel than in 'before'."""
+    model, processor = tiny_model
+    with enable_var(model, CONFIG) as handle:
+        maps = attention_maps(
+            handle, processor, two_images(processor), MapSettings(layers=LAYERS, rows="all")
+        )
+    figure = draw_figure(maps, model="tiny", question="?")
+    heatmaps = [axes for axes in figure.axes if len(axes.images) == 2]
+    assert np.all(np.diff(_luminance(heatmaps[0].images[1].cmap(np.linspace(0, 1, 256)))) > 0)
+    lowered = 0
+    for index, panel_map in enumerate(maps.panels):
+        before_axes, after_axes = heatmaps[2 * index : 2 * index + 2]
+        assert before_axes.get_title().endswith("before VAR") and after_axes.get_title().endswith("after VAR")
+        before_heat, after_heat = before_axes.images[1], after_axes.images[1]
+        for row, col in panel_map.sinks:
+            if panel_map.after[row, col] < panel_map.before[row, col]:
+                lowered += 1
+                drawn_before = before_heat.to_rgba(before_heat.get_array()[row, col])
+                drawn_after = after_heat.to_rgba(after_heat.get_array()[row, col])
+                assert _luminance(drawn_after) < _luminance(drawn_before)
+    assert lowered > 0
