@@ -287,11 +287,28 @@ def _best(
     return (max if higher_is_better else min)(comparable) if len(set(comparable)) > 1 else None
 
 
+def _check_each_run_once(runs: list[Run]) -> None:
+    """A run given twice (the same folder, or a folder and its results file) would be compared with
+    itself: a row of zero deltas that looks like a result."""
+    read_by: dict[Path, Run] = {}
+    for run in runs:
+        for results_file in run.results_files:
+            first = read_by.setdefault(results_file, run)
+            if first is run:
+                continue
+            if first.folder.resolve() == run.folder.resolve():
+                given = f"RUN_DIR {run.folder} is given twice"
+            else:
+                given = f"RUN_DIR {first.folder} and {run.folder} hold the same run ({results_file.name})"
+            raise ValueError(f"{given}: it would be compared with itself; give each run once")
+
+
 def build_leaderboard(runs: list[Run], baseline: str | None = None, metric: str | None = None) -> Leaderboard:
     """Rows in the order of `runs`; deltas and paired tests against `baseline` (default: first run with
     VAR off), over the docs both runs evaluated, and every cell whose doc set differs marked and noted."""
     if not runs:
         raise ValueError("RUN_DIR: give at least one lmms-eval output folder")
+    _check_each_run_once(runs)
     names = run_names(runs)
     base_row = _find_baseline(runs, names, baseline)
     notes: list[str] = []

@@ -319,3 +319,14 @@ def test_best_is_the_best_over_the_baselines_docs(tmp_path):
     # Without a baseline no cell is compared, so none is best when the doc counts differ.
     runs = [runs[1], runs[2]]
     assert [row[0].best for row in build_leaderboard(runs).cells] == [False, False]
+
+
+def test_a_run_given_twice_is_refused_not_compared_with_itself(tmp_path):
+    runs = _runs(tmp_path, [(VAR, "var=false", {"t": {"acc": 0.5}}), (VAR, "var=true", {"t": {"acc": 0.6}})])
+    with pytest.raises(ValueError, match=r"RUN_DIR .*run1 is given twice: it would be compared with itself"):
+        build_leaderboard([*runs, load_run(tmp_path / "run1")])
+    [results_file] = (tmp_path / "run1").glob("*_results.json")
+    with pytest.raises(
+        ValueError, match=rf"RUN_DIR .*run1 and {results_file} hold the same run \({results_file.name}\)"
+    ):
+        build_leaderboard([*runs, load_run(results_file)])
