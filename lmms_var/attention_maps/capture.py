@@ -1,25 +1,29 @@
 """Attention on the visual tokens, before VAR and after: two forward passes over one prompt.
 
-- The **VAR run**: the prompt through the model with VAR attached (its `VARHandle`), the text
-  decoder's kernel switched to eager for that run so each layer returns its attention `A`. At each
-  chosen layer a forward hook takes the chosen rows of `A` and turns them into the `A'` VAR
-  redistributes to, with the core's `redistribute_with_selection` and the sinks, visual mask and
-  allowed rows VAR itself recorded in its state for this prompt. (VAR's own kernel computes the same
-  `A'` for the layer's output; `A` is what eager returns, since VAR corrects only the output.)
-- The **plain run**: the same prompt with VAR bypassed (the text config set to plain eager), the same
-  rows of `A` at the same layers.
+- The **VAR run**: the prompt through the model with VAR attached (its `VARHandle`) and its own
+  kernel. At each chosen layer a tap on the attention function takes the layer's queries and keys
+  and computes the chosen rows of the attention `A` from them, then the `A'` VAR redistributes to,
+  with the core's `redistribute_with_selection` and the sinks, visual mask and allowed rows VAR
+  itself recorded in its state for this prompt. (VAR's own kernel computes the same `A'` for the
+  layer's output.)
+- The **plain run**: the same prompt with VAR bypassed, the same rows of `A` at the same layers.
 
-Only the chosen rows of the chosen layers are kept, summed over rows as they arrive (`[heads, keys]`
-per run), so a long prompt never holds more than one layer's attention at a time. The averages over
+Only the chosen rows are computed, a block of rows at a time (at most `BLOCK_ELEMENTS` float32
+values per block, all keys of its rows), and summed over rows as they come (`[heads, keys]` per
+run). So memory grows with the rows drawn times the keys, never with the keys squared as the
+eager kernel's full attention would: a long prompt costs time, not memory. The averages over
 layers, heads and rows are taken at the end, when the heads VAR selected are known.
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from lmms_var.attention_maps.inputs import model_inputs, with_answer
 from lmms_var.attention_maps.layout import panel_pictures, visual_panels
@@ -29,11 +33,16 @@ from lmms_var.checks import check_layers
 from lmms_var.config import VARConfig
 from lmms_var.core import redistribute_with_selection
 from lmms_var.patch import VARHandle, VARState
-from lmms_var.patch.attention import registered_name
+from lmms_var.patch.attention import attention_function, registered_name
+from lmms_var.patch.explicit import LayerCall, blocked_keys, explicit_attention
+from lmms_var.patch.prefill import DEFAULT_BLOCK_ELEMENTS
 
 HEAD_RULES = ("selected", "all")
 ROW_RULES = ("last", "answer", "all")
-EAGER = "eager"
+# Float32 values in one block of rows' attention ([1, heads, rows, keys]), as VAR's own prefill blocks.
+BLOCK_ELEMENTS = DEFAULT_BLOCK_ELEMENTS
+TAP_ATTRIBUTE = "_lmms_var_maps_tap"
+_TAP_PREFIX = "lmms_var_maps_"
 
 
 @dataclass(frozen=True)
@@ -73,24 +82,75 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return check_layers(layers, num_layers)
 
 
+LayerHook = Callable[[int, LayerCall], None]
+
+
+@dataclass(frozen=True)
+class _Tap:
+    """What the tapped attention function of a run does: run `implementation`, hand `layers`' calls to `hook`."""
+
+    implementation: str  # VAR's registered function or the model's own kernel
+    layers: frozenset[int]
+    hook: LayerHook | None
+
+
+def _tapped_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The run's attention function for every layer; at the chosen layers its queries and keys are also
+    handed to the tap's hook (which computes the rows it needs from them)."""
+    tap: _Tap = getattr(module, TAP_ATTRIBUTE)
+    kernel = attention_function(module, tap.implementation)
+    output = kernel(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    if tap.hook is not None and module.layer_idx in tap.layers:
+        scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+        with torch.no_grad():
+            tap.hook(module.layer_idx, LayerCall(query, key, value, attention_mask, scaling))
+    return output
+
+
+def _tap_name(base_implementation: str) -> str:
+    """The name the tap is registered under for a base kernel, with that kernel's mask."""
+    name = _TAP_PREFIX + base_implementation
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, _tapped_attention)
+        AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base_implementation])
+    return name
+
+
 # VAR's state (`VARState`) is read in the next three functions only: what the VAR run recorded.
 
 
 @contextmanager
-def _attention_for_run(model: torch.nn.Module, state: VARState, *, var: bool, eager: bool) -> Iterator[None]:
-    """Within: the text decoder runs VAR's attention or the model's own (VAR bypassed), eager or not.
-
-    VAR wraps `state.base_implementation`, so an eager VAR run swaps that too; both are restored.
-    """
-    config = backbone_for(model).text_config(model)
-    saved = config._attn_implementation, state.base_implementation
-    base = EAGER if eager else state.base_implementation
-    state.base_implementation = base
-    config._attn_implementation = registered_name(base) if var else base
-    try:
+def _tapped_run(
+    model: torch.nn.Module,
+    state: VARState,
+    *,
+    var: bool,
+    layers: Sequence[int] = (),
+    hook: LayerHook | None = None,
+) -> Iterator[None]:
+    """Within: the text decoder runs VAR's attention or the model's own (VAR bypassed), with `hook`
+    on `layers`; the config and the attention modules are restored after."""
+    backbone = backbone_for(model)
+    config = backbone.text_config(model)
+    base = state.base_implementation
+    tap = _Tap(registered_name(base) if var else base, frozenset(layers), hook)
+    modules = [backbone.attention_of(layer) for layer in backbone.decoder_layers(model)]
+    saved = config._attn_implementation
+    with ExitStack() as restore:
+        for module in modules:
+            setattr(module, TAP_ATTRIBUTE, tap)
+            restore.callback(delattr, module, TAP_ATTRIBUTE)
+        config._attn_implementation = _tap_name(base)
+        restore.callback(setattr, config, "_attn_implementation", saved)
         yield
-    finally:
-        config._attn_implementation, state.base_implementation = saved
 
 
 def _eligible_rows(state: VARState) -> torch.Tensor:
@@ -107,39 +167,33 @@ def _recorded_sinks(state: VARState, layer: int) -> tuple[torch.Tensor, torch.Te
     return state.visual, state.sinks[layer]
 
 
-def _attention_rows(output, layer: int, rows: torch.Tensor) -> torch.Tensor:
-    """Float32[1, H, R, T]: the chosen rows of the attention a layer's `self_attn` returned."""
-    weights = output[1]
-    if weights is None:
-        raise RuntimeError(
-            f"decoder layer {layer} returned no attention weights; eager attention was expected"
-        )
-    return weights[:, :, rows.to(weights.device), :].float()
+def row_blocks(
+    call: LayerCall, rows: torch.Tensor, block_elements: int = BLOCK_ELEMENTS
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(rows of the block Long[r], their attention Float32[1, H, r, K]) for `rows` (query indices of this
+    forward), computed from the layer's queries and keys a block at a time: at most `block_elements`
+    values per block (one row at least), so no [K, K] tensor is built however long the prompt."""
+    heads, query_length, key_length = call.query.shape[1], call.query.shape[2], call.key.shape[2]
+    rows = rows.to(call.query.device)
+    step = max(1, block_elements // (heads * key_length))
+    for start in range(0, rows.numel(), step):
+        block = rows[start : start + step]
+        blocked = blocked_keys(call.attention_mask, block[None], query_length, key_length)
+        query = call.query[:, :, block]
+        yield block, explicit_attention(query, call.key, blocked, call.scaling, may_be_empty=False)
 
 
-def _run_and_capture(
-    model: torch.nn.Module, inputs: Mapping, layers: Sequence[int], hook, prompt_length: int
-) -> torch.Tensor:
-    """One forward with `hook(layer, output)` on the chosen layers' attention.
-
-    Returns the logits after the prompt (only those are computed: a long prompt's vocabulary-sized
-    logits would cost more than the attention).
-    """
-    backbone = backbone_for(model)
-    modules = backbone.decoder_layers(model)
-    with ExitStack() as stack, torch.no_grad():
-        for layer in layers:
-            handle = backbone.attention_of(modules[layer]).register_forward_hook(
-                lambda _module, _args, output, layer=layer: hook(layer, output)
-            )
-            stack.callback(handle.remove)
+def _last_logits(model: torch.nn.Module, inputs: Mapping, prompt_length: int) -> torch.Tensor:
+    """One forward (inside a `_tapped_run`); returns the logits after the prompt (only those are
+    computed: a long prompt's vocabulary-sized logits would cost more than the attention)."""
+    with torch.no_grad():
         last = torch.tensor([prompt_length - 1], device=inputs["input_ids"].device)
         return model(**inputs, use_cache=False, logits_to_keep=last).logits[0, -1]
 
 
 def _plain_answer(handle: VARHandle, inputs: dict, max_new_tokens: int) -> torch.Tensor:
     """Long[n]: the plain model's greedy answer (VAR bypassed, the model's own kernel)."""
-    with _attention_for_run(handle.model, handle.state, var=False, eager=False), torch.no_grad():
+    with _tapped_run(handle.model, handle.state, var=False), torch.no_grad():
         output = handle.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return output[0, inputs["input_ids"].shape[1] :]
 
@@ -172,27 +226,30 @@ class _Capture:
                 raise ValueError("the prompt has no text after its first visual token: no row VAR may change")
         return self._rows
 
-    def var_hook(self, layer: int, output) -> None:
+    def var_hook(self, layer: int, call: LayerCall) -> None:
         """`A'` of the chosen rows, from this run's `A` and what VAR recorded for this layer and prompt."""
-        state, rows = self.state, self.rows()
-        attn = _attention_rows(output, layer, rows)
+        state, var = self.state, self.config
         recorded = _recorded_sinks(state, layer)
         if recorded is not None:
-            visual, sinks = (mask.to(attn.device) for mask in recorded)
-            query_mask = _eligible_rows(state).to(attn.device)[:, rows.to(attn.device)]
-            var = self.config
-            after, selected = redistribute_with_selection(
-                attn, visual, sinks, query_mask, p=var.p, rho=var.rho, summ=var.summ
-            )
+            visual, sinks = (mask.to(call.query.device) for mask in recorded)
+            eligible = _eligible_rows(state).to(call.query.device)
             self.sink_positions.update((sinks & visual)[0].nonzero().flatten().tolist())
-        else:  # a layer VAR leaves alone: A' is A
-            after, selected = attn, torch.zeros(attn.shape[:3], dtype=torch.bool, device=attn.device)
-        self.after += after[0].sum(dim=1).to(self.after.device)
-        self.selected_per_head += selected[0].sum(dim=1).to(self.after.device)
-        self.selected_pairs[layer] = int(selected.sum())
+        pairs = 0
+        for rows, attn in row_blocks(call, self.rows()):
+            if recorded is not None:
+                after, selected = redistribute_with_selection(
+                    attn, visual, sinks, eligible[:, rows], p=var.p, rho=var.rho, summ=var.summ
+                )
+            else:  # a layer VAR leaves alone: A' is A
+                after, selected = attn, torch.zeros(attn.shape[:3], dtype=torch.bool, device=attn.device)
+            self.after += after[0].sum(dim=1).to(self.after.device)
+            self.selected_per_head += selected[0].sum(dim=1).to(self.after.device)
+            pairs += int(selected.sum())
+        self.selected_pairs[layer] = pairs
 
-    def plain_hook(self, layer: int, output) -> None:
-        self.before += _attention_rows(output, layer, self.rows())[0].sum(dim=1).to(self.before.device)
+    def plain_hook(self, layer: int, call: LayerCall) -> None:
+        for _rows, attn in row_blocks(call, self.rows()):
+            self.before += attn[0].sum(dim=1).to(self.before.device)
 
     def heads(self, rule: str) -> tuple[list[int], str]:
         """(heads, head_rule): those VAR selected, or all of them (asked, or VAR selected none)."""
@@ -261,10 +318,10 @@ def attention_maps(
         after=torch.zeros(heads, keys, device=device),
         selected_per_head=torch.zeros(heads, dtype=torch.long, device=device),
     )
-    with _attention_for_run(model, state, var=True, eager=True):
-        after_logits = _run_and_capture(model, inputs, layers, capture.var_hook, prompt_length)
-    with _attention_for_run(model, state, var=False, eager=True):
-        before_logits = _run_and_capture(model, inputs, layers, capture.plain_hook, prompt_length)
+    with _tapped_run(model, state, var=True, layers=layers, hook=capture.var_hook):
+        after_logits = _last_logits(model, inputs, prompt_length)
+    with _tapped_run(model, state, var=False, layers=layers, hook=capture.plain_hook):
+        before_logits = _last_logits(model, inputs, prompt_length)
 
     heads, head_rule = capture.heads(settings.heads)
     rows = capture.rows().tolist()

@@ -24,7 +24,8 @@ PANEL_WIDTH = 3.6  # inches per heatmap
 CAPTION_HEIGHT = 0.75  # inches under each row of heatmaps
 HEADER_LINE = 0.22  # inches per line of the header
 TITLE_SPACE = 0.5  # inches between the header and the first panels, for their titles
-COLOURMAP = "turbo"
+# Perceptually uniform, its lightness rising with the value: more attention always reads lighter.
+COLOURMAP = "viridis"
 HEAT_ALPHA = 0.55
 SINK_COLOUR = "magenta"
 GAMMA = 0.5  # square-root colour scale: sinks can take far more than the other tokens

@@ -37,6 +37,7 @@ class Run:
     model: str
     model_args: dict[str, str]
     tasks: dict[str, TaskResult] = field(default_factory=dict)
+    results_files: list[Path] = field(default_factory=list)  # those read, resolved
 
 
 def parse_model_args(model_args: str | dict | None) -> dict[str, str]:
@@ -72,13 +73,15 @@ def _metric_values(entry: dict) -> dict[str, float]:
 def _section(
     results_file: Path, data: dict, key: str, values: type = dict, expected: str = "task names to objects"
 ) -> dict[str, Any]:
-    """`data[key]` (absent: empty), checked to map names to `values` as lmms-eval writes it."""
+    """`data[key]` (absent: empty), checked to map names to `values` as lmms-eval writes it; an error
+    names the entry that does not (its task), not only the section."""
     section = data.get(key, {})
-    if not isinstance(section, dict) or not all(isinstance(value, values) for value in section.values()):
-        raise ValueError(
-            f"{results_file}: not an lmms-eval results file: {key!r} should map {expected}, "
-            f"got {section!r:.80}"
-        )
+    problem = f"{results_file}: not an lmms-eval results file: {key!r} should map {expected}"
+    if not isinstance(section, dict):
+        raise ValueError(f"{problem}, got {section!r:.80}")
+    for name, value in section.items():
+        if not isinstance(value, values):
+            raise ValueError(f"{problem}, but its {name!r} is {value!r:.80}")
     return section
 
 
@@ -161,5 +164,6 @@ def load_run(path: str | Path) -> Run:
                 "give each run its own --output_path"
             )
         run.tasks.update(_task_results(results_file, data))
+        run.results_files.append(results_file.resolve())
     assert run is not None  # _results_files never returns an empty list
     return run

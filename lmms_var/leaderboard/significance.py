@@ -1,12 +1,15 @@
 """Paired comparison of a run against the baseline on one task, from lmms-eval's per-doc samples.
 
-Docs are paired by what identifies them, never by position: lmms-eval's `doc_id` is the doc's index
-in the evaluated list, which shifts when a record is skipped, and its `doc_hash` hashes `str()` of
-the doc's images, which holds a memory address that differs between runs. The identity used is the
-doc as the samples file logs it (lmms-eval drops the images and keeps the text fields, record id
-included), so two runs share a doc when they evaluated the same record. The test is exact McNemar
-when every per-doc score is 0/1 (accuracy-like metrics), a paired bootstrap of the mean difference
-otherwise.
+Docs are paired by what identifies them, never by a guess. lmms-eval 0.7.3 drops `doc` from samples
+files and writes the same `doc_hash` (of "null") for every doc; its `doc_id` is the doc's index in
+the evaluated list, which shifts when a record is skipped. What identifies a doc, in order:
+- the record id the task logs with each doc's score (`{"id": ..., "is_correct": ...}`): lmms-eval's
+  BLINK scoring, which the spatial tasks use, logs each record's own id there;
+- the doc as the samples file logs it (other lmms-eval versions keep its text fields, record id included).
+Without either, docs are paired by position only when both files hold as many docs with the same
+targets in the same order; otherwise the sets may differ in ways no file tells, and they are not paired.
+The test is exact McNemar when every per-doc score is 0/1 (accuracy-like metrics), a paired
+bootstrap of the mean difference otherwise.
 """
 
 import hashlib
@@ -20,6 +23,9 @@ import numpy as np
 
 # Keys under which tasks that log a dict per doc (e.g. BLINK's `blink_acc`) keep the doc's score.
 SCORE_KEYS = ("is_correct", "correct", "score", "acc", "accuracy")
+# Where a task logs each doc's own record id: in the doc's score (lmms-eval's BLINK scoring logs
+# `{"id": doc["idx"], ..., "is_correct": ...}`, and the spatial tasks' docs carry the record's id as `idx`).
+RECORD_ID_KEY = "id"
 BOOTSTRAP_RESAMPLES = 10_000
 
 
@@ -56,6 +62,25 @@ class PairedScores:
         return float(np.mean(self.run) - np.mean(self.baseline)) if self.shared else None
 
 
+@dataclass(frozen=True)
+class Unpaired:
+    """Two sample files whose docs cannot be paired without guessing: each one's doc count, and why."""
+
+    baseline_docs: int
+    run_docs: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class DocScores:
+    """One samples file's per-doc scores: by identity where every doc has one, and in file order."""
+
+    identified: (
+        dict[tuple[str, int], float] | None
+    )  # (identity, occurrence) -> score; None: some doc has none
+    in_order: list[tuple[str, float]]  # (target, score) per line
+
+
 def _doc_score(value: object) -> float | None:
     if isinstance(value, bool | int | float):
         return float(value)
@@ -64,23 +89,28 @@ def _doc_score(value: object) -> float | None:
     return None
 
 
-def doc_identity(sample: dict) -> str:
-    """What identifies the sample's doc across runs: its logged fields (record id included), else
-    lmms-eval's `doc_hash`, else, for files that log neither, its position."""
+def doc_identity(sample: dict, metric: str) -> str | None:
+    """What identifies the sample's doc across runs: the record id logged with its `metric` score, else
+    its logged fields; None when the file logs neither (see the module's docstring)."""
+    score = sample.get(metric)
+    record = score.get(RECORD_ID_KEY) if isinstance(score, dict) else None
+    if isinstance(record, str | int) and not isinstance(record, bool):
+        return f"record {record!r}"
     if isinstance(sample.get("doc"), dict):
         text = json.dumps(sample["doc"], sort_keys=True, ensure_ascii=False, default=str)
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return str(sample.get("doc_hash") or f"doc_id {sample.get('doc_id')}")
+        return "doc " + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return None
 
 
-def read_doc_scores(samples: Path, metric: str) -> dict[tuple[str, int], float] | None:
-    """(doc identity, occurrence) -> per-doc score of `metric`; None when the file cannot pair docs.
+def read_doc_scores(samples: Path, metric: str) -> DocScores | None:
+    """The per-doc scores of `metric` in `samples`; None when the file cannot pair docs.
 
-    Identical docs (same logged fields) are told apart by the order they come in. None when a line
+    Identical docs (same identity) are told apart by the order they come in. None when a line
     lacks a numeric score for `metric`, or a `doc_id` appears twice (several filters or repeats in
     one file): no test is better than a wrong one. Raises `SamplesError` for a line that is not JSON.
     """
-    scores: dict[tuple[str, int], float] = {}
+    identified: dict[tuple[str, int], float] | None = {}
+    in_order: list[tuple[str, float]] = []
     seen_ids: set = set()
     occurrences: Counter[str] = Counter()
     with samples.open(encoding="utf-8") as lines:
@@ -99,24 +129,35 @@ def read_doc_scores(samples: Path, metric: str) -> dict[tuple[str, int], float] 
             if score is None or sample.get("doc_id") in seen_ids:
                 return None
             seen_ids.add(sample.get("doc_id"))
-            identity = doc_identity(sample)
-            scores[(identity, occurrences[identity])] = score
-            occurrences[identity] += 1
-    return scores
+            in_order.append((str(sample.get("target")), score))
+            identity = doc_identity(sample, metric)
+            if identity is None:
+                identified = None
+            elif identified is not None:
+                identified[(identity, occurrences[identity])] = score
+                occurrences[identity] += 1
+    return DocScores(identified, in_order)
 
 
-def pair_samples(baseline_samples: Path, run_samples: Path, metric: str) -> PairedScores | None:
-    """The scores of `metric` on the docs both sample files share; None when a file cannot pair docs."""
-    baseline_scores = read_doc_scores(baseline_samples, metric)
-    run_scores = read_doc_scores(run_samples, metric)
-    if baseline_scores is None or run_scores is None:
+def pair_samples(baseline_samples: Path, run_samples: Path, metric: str) -> PairedScores | Unpaired | None:
+    """The scores of `metric` on the docs both sample files share (paired by identity, see the module's
+    docstring); `Unpaired` when the files identify no docs and their doc sets may differ; None when
+    a file cannot pair docs at all."""
+    baseline, run = read_doc_scores(baseline_samples, metric), read_doc_scores(run_samples, metric)
+    if baseline is None or run is None:
         return None
-    shared = [key for key in baseline_scores if key in run_scores]
+    counts = len(baseline.in_order), len(run.in_order)
+    if baseline.identified is not None and run.identified is not None:
+        shared = [key for key in baseline.identified if key in run.identified]
+        return PairedScores(
+            [baseline.identified[key] for key in shared], [run.identified[key] for key in shared], *counts
+        )
+    if counts[0] != counts[1]:
+        return Unpaired(*counts, "the samples log no record id to pair docs by, and the doc counts differ")
+    if [target for target, _ in baseline.in_order] != [target for target, _ in run.in_order]:
+        return Unpaired(*counts, "the samples log no record id to pair docs by, and their targets differ")
     return PairedScores(
-        baseline=[baseline_scores[key] for key in shared],
-        run=[run_scores[key] for key in shared],
-        baseline_docs=len(baseline_scores),
-        run_docs=len(run_scores),
+        [score for _, score in baseline.in_order], [score for _, score in run.in_order], *counts
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lmms_var.backbones import BACKBONES
 from lmms_var.leaderboard.runs import Run, TaskResult
-from lmms_var.leaderboard.significance import SamplesError, Significance, pair_samples, paired_test
+from lmms_var.leaderboard.significance import SamplesError, Significance, Unpaired, pair_samples, paired_test
 
 # The lmms-eval models this project registers (VAR on unless `var=false`).
 VAR_MODELS = frozenset(backbone.lmms_eval.model_id for backbone in BACKBONES)
@@ -40,11 +40,12 @@ class DocCounts:
     shared: int | None  # None: unknown (no samples to pair docs by), only the counts are
     baseline: int
     run: int
+    unpaired: str | None = None  # why samples there are could not pair the docs (their sets may differ)
 
     @property
     def same(self) -> bool:
         """Whether both runs evaluated the same docs (as far as the results tell)."""
-        return self.baseline == self.run and self.shared in (None, self.baseline)
+        return self.unpaired is None and self.baseline == self.run and self.shared in (None, self.baseline)
 
 
 def _over_baseline_docs(docs: DocCounts | None) -> bool:
@@ -193,6 +194,8 @@ def _compare_task(
             paired = pair_samples(base.samples, result.samples, column.metric)
         except SamplesError as error:
             notes.append(f"{error}: {column.task} has no paired test against this file.")
+    if isinstance(paired, Unpaired):
+        return Comparison(None, None, DocCounts(None, paired.baseline_docs, paired.run_docs, paired.reason))
     if paired is not None:
         docs = DocCounts(paired.shared, paired.baseline_docs, paired.run_docs)
         shared_difference = paired.mean_difference()
@@ -227,6 +230,7 @@ def _compare_group(run: Run, column: Column, difference: float, tasks: dict[str,
         None if None in shared else sum(shared),
         sum(docs.baseline for docs in counts),
         sum(docs.run for docs in counts),
+        next((docs.unpaired for docs in counts if docs.unpaired is not None), None),
     )
     differs = any(not docs.same for docs in counts)
     return Comparison(None if differs else difference, None, docs)
@@ -237,9 +241,8 @@ def _doc_set_note(run_name: str, column: Column, cell: Cell) -> str:
     assert docs is not None
     where = f"{column.task}{' (group)' if column.is_group else ''}, {run_name}"
     if docs.shared is None:
-        return (
-            f"{where}: {docs.baseline} baseline / {docs.run} run docs (no samples to pair them by: no delta)"
-        )
+        why = docs.unpaired or "no samples to pair them by"
+        return f"{where}: {docs.baseline} baseline / {docs.run} run docs ({why}: not paired, no delta)"
     counts = f"{docs.shared} shared / {docs.baseline} baseline / {docs.run} run docs"
     if column.is_group:
         return f"{where}: {counts} in its tasks (no delta: the group's value covers other docs)"
@@ -284,11 +287,28 @@ def _best(
     return (max if higher_is_better else min)(comparable) if len(set(comparable)) > 1 else None
 
 
+def _check_each_run_once(runs: list[Run]) -> None:
+    """A run given twice (the same folder, or a folder and its results file) would be compared with
+    itself: a row of zero deltas that looks like a result."""
+    read_by: dict[Path, Run] = {}
+    for run in runs:
+        for results_file in run.results_files:
+            first = read_by.setdefault(results_file, run)
+            if first is run:
+                continue
+            if first.folder.resolve() == run.folder.resolve():
+                given = f"RUN_DIR {run.folder} is given twice"
+            else:
+                given = f"RUN_DIR {first.folder} and {run.folder} hold the same run ({results_file.name})"
+            raise ValueError(f"{given}: it would be compared with itself; give each run once")
+
+
 def build_leaderboard(runs: list[Run], baseline: str | None = None, metric: str | None = None) -> Leaderboard:
     """Rows in the order of `runs`; deltas and paired tests against `baseline` (default: first run with
     VAR off), over the docs both runs evaluated, and every cell whose doc set differs marked and noted."""
     if not runs:
         raise ValueError("RUN_DIR: give at least one lmms-eval output folder")
+    _check_each_run_once(runs)
     names = run_names(runs)
     base_row = _find_baseline(runs, names, baseline)
     notes: list[str] = []

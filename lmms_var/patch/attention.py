@@ -61,11 +61,12 @@ def registered_name(base_implementation: str) -> str:
     return name
 
 
-def _base_kernel(module: torch.nn.Module, base_implementation: str) -> Callable:
-    if base_implementation == "eager":
+def attention_function(module: torch.nn.Module, implementation: str) -> Callable:
+    """The attention function `module` runs under `implementation` (a base kernel or a registered name)."""
+    if implementation == "eager":
         # Eager attention lives in each modeling file, not in the registry.
         return sys.modules[type(module).__module__].eager_attention_forward
-    return ALL_ATTENTION_FUNCTIONS[base_implementation]
+    return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
 def var_attention_forward(
@@ -86,7 +87,7 @@ def var_attention_forward(
         batch, heads, query_length, _ = query.shape
         output, weights = query.new_empty(batch, query_length, heads, value.shape[-1]), None
     else:
-        base = _base_kernel(module, state.base_implementation)
+        base = attention_function(module, state.base_implementation)
         arguments = (module, query, key, value, attention_mask)
         options = {"scaling": scaling, "dropout": dropout, **kwargs}
         if acts and _corrects_prefill(state):

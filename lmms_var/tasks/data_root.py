@@ -82,6 +82,10 @@ class DataRoot:
     def has_sat2(self) -> bool:
         return self.sat2_jsonl.is_file()
 
+    def folders_for_files(self) -> list[Path]:
+        """The layouts' jsonl paths that are folders: a mistake to name, rather than 'no data'."""
+        return [path for path in (self.blink_jsonl, self.sat2_jsonl) if path.is_dir()]
+
     def places(self) -> list[str]:
         """Every place looked at, for error messages."""
         return [
@@ -98,6 +102,12 @@ def open_data_root(path: str | Path, label: str | None = None) -> DataRoot:
     if not root.path.is_dir():
         raise SpatialDataError(f"{label} is not a directory")
     if not root.has_blink() and not root.has_sat2():
+        folders = root.folders_for_files()
+        if folders:
+            raise SpatialDataError(
+                f"{label}: {', '.join(map(str, folders))} {'is a folder' if len(folders) == 1 else 'are folders'}, "
+                "expected a jsonl file"
+            )
         raise SpatialDataError(f"{label} holds no spatial data; tried {', '.join(root.places())}")
     return root
 

@@ -3,7 +3,9 @@
 Each task's YAML loads a one-line placeholder file (lmms-eval needs some `dataset_path`, and YAML
 cannot read `LMMS_VAR_DATA_ROOT`); its `process_docs` hook replaces the placeholder with the docs read
 from the data root. Prompts, visuals and scoring are lmms-eval's own BLINK functions, so scores of a
-local run and a Hub run of BLINK mean the same thing.
+local run and a Hub run of BLINK mean the same thing. Its scoring logs each doc's `idx`, the record's
+own id, as `id` in every sample's `blink_acc`: `lmms-var leaderboard` pairs two runs' docs by it
+(lmms-eval 0.7.3 logs neither the doc nor a hash that tells docs apart).
 
 Only the images change on their way to lmms-eval's functions: they are converted to RGB as a person
 sees them (`images.to_rgb`), since lmms-eval's `convert("RGB")` turns a 16-bit PNG white and

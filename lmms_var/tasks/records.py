@@ -60,12 +60,21 @@ def strip_image_placeholders(text: str) -> str:
 
 
 def _first_lettered_run(pairs: list[tuple[str | None, str]]) -> list[str]:
-    """Texts of the first run of (letter, text) pairs lettered A, B, C, ... in order."""
+    """Texts of the first run of (letter, text) pairs lettered A, B, C, ... in order; `BadRecord` where
+    the run ends at a later letter ("(A) (B) (D)"), which would drop choices and blame the gold."""
     choices: list[str] = []
     for letter, text in pairs:
-        if len(choices) < len(string.ascii_uppercase) and letter == string.ascii_uppercase[len(choices)]:
+        expected = (
+            string.ascii_uppercase[len(choices)] if len(choices) < len(string.ascii_uppercase) else None
+        )
+        if letter == expected:
             choices.append(text)
         elif choices:
+            if letter is not None and expected is not None and letter > expected:
+                listed = " ".join(f"({known})" for known in string.ascii_uppercase[: len(choices)])
+                raise BadRecord(
+                    f"question's choices skip a letter: {listed} ({letter}), with no ({expected})"
+                )
             break
     return choices
 
@@ -165,6 +174,8 @@ def _resolve_image(root: DataRoot, value: Any, key: str) -> str:
         if candidate.is_file():
             check_image(candidate, f"{key} {candidate}")
             return str(candidate)
+        if candidate.is_dir():
+            raise BadRecord(f"{key} {candidate} is a folder, expected an image file")
     raise BadRecord(f"{key} not found: tried {', '.join(map(str, candidates))}")
 
 
@@ -190,6 +201,11 @@ def _spatial_doc(root: DataRoot, record: dict, sub_task: str) -> dict:
     keys = [key for key in ("image", *IMAGE_KEYS) if record.get(key) is not None]
     if not keys:
         raise BadRecord(f"no image: expected 'image' or {', '.join(IMAGE_KEYS)}")
+    if "image" in keys and len(keys) > 1:
+        raise BadRecord(
+            f"both 'image' and {', '.join(repr(key) for key in keys[1:])} are set: give 'image' for one "
+            f"picture or {', '.join(IMAGE_KEYS)} for several, not both"
+        )
     if len(keys) > len(IMAGE_KEYS):
         raise BadRecord(f"{len(keys)} images, at most {len(IMAGE_KEYS)} are supported")
     images = [_resolve_image(root, record[key], key) for key in keys]
@@ -212,9 +228,24 @@ class JsonlLine:
     problem: str | None = None
 
 
+def _jsonl_problem(text: str) -> tuple[dict | None, str | None]:
+    """(record, None) for a JSON object with an `id`, else (None, what is wrong, the parser's words)."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return None, f"not valid JSON ({error}; is the line cut short?)"
+    if not isinstance(record, dict):
+        return None, f"a JSON {type(record).__name__}, expected an object with an 'id'"
+    if "id" not in record:
+        return None, "a JSON object without an 'id'"
+    return record, None
+
+
 def _jsonl_lines(path: Path) -> list[JsonlLine]:
     """Every non-empty line of `path`. A UTF-8 byte-order mark is accepted; a line that is not UTF-8
     or not a JSON object with an `id` comes back with its problem, the other lines are still read."""
+    if path.is_dir():
+        raise SpatialDataError(f"{path} is a folder, expected a jsonl file")
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -233,12 +264,9 @@ def _jsonl_lines(path: Path) -> list[JsonlLine]:
             continue
         if not text.strip():
             continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict) or "id" not in record:
-            lines.append(JsonlLine(where, None, "not a JSON object with an 'id'"))
+        record, problem = _jsonl_problem(text)
+        if record is None:
+            lines.append(JsonlLine(where, None, problem))
         else:
             lines.append(JsonlLine(f"{where} (record id {record['id']!r:.80})", record))
     return lines
@@ -355,7 +383,7 @@ def read_blink(root: DataRoot, sub_task: str) -> Loaded:
     if hub_files:
         return read_hub_parquet(hub_files)
     tried = f"{root.hub_blink_dir / sub_task / 'val-*.parquet'}, {root.blink_jsonl}"
-    if root.blink_jsonl.is_file():
+    if root.blink_jsonl.exists():  # a folder there is named by the reader
         loaded = read_blink_jsonl(root, sub_task)
         if loaded.docs or loaded.problems:
             return loaded
@@ -366,6 +394,6 @@ def read_blink(root: DataRoot, sub_task: str) -> Loaded:
 
 def read_sat2(root: DataRoot) -> Loaded:
     """The SAT-2 docs (spatial-reasoning layout only)."""
-    if not root.has_sat2():
+    if not root.sat2_jsonl.exists():  # a folder there is named by the reader
         raise SpatialDataError(f"data root {root.path} has no SAT-2 data; tried {root.sat2_jsonl}")
     return read_spatial_jsonl(root, root.sat2_jsonl)

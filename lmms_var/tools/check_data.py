@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 report.usable_docs += len(loaded.docs)
                 found.add(sub_task)
 
-    if root.blink_jsonl.is_file():
+    if root.blink_jsonl.exists():  # a folder there is reported by the reader
         loaded = read(str(root.blink_jsonl), lambda: read_blink_jsonl(root))
         print(f"BLINK, spatial-reasoning layout ({root.blink_jsonl}): {counts(loaded)}")
         for sub_task, count in sorted(
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             report.usable_docs += 0 if shadowed else count
             found.add(sub_task)
 
-    if root.has_sat2():
+    if root.sat2_jsonl.exists():
         loaded = read(str(root.sat2_jsonl), lambda: read_sat2(root))
         print(f"SAT-2, spatial-reasoning layout ({root.sat2_jsonl}): {counts(loaded)}")
         report.usable_docs += len(loaded.docs) if loaded else 0

@@ -8,9 +8,15 @@ and once with it, and writes one figure (`--output`, a PNG) and the numbers behi
 import argparse
 from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmms_var.checks import check_output_file
 from lmms_var.config import VARConfig
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+    from lmms_var.backbones import Backbone
 
 HEAD_CHOICES = ("selected", "all")
 ROW_CHOICES = ("last", "answer", "all")
@@ -75,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from lmms_var.sink_dims.calibration import CalibrationPrompt
     from lmms_var.tools.sink_dims import load_model
 
-    images = tuple(_read_image(path) for path in args.image)
+    backbone, model_config = _checked_model(args)
+    images = tuple(_read_image(path, backbone) for path in args.image)
     output = _writable_png(args.output)
-    config = _var_config(args)
+    config = _var_config(args, model_config)
     settings = MapSettings(
         layers=args.layers, heads=args.heads, rows=args.rows, max_new_tokens=args.max_new_tokens
     )
@@ -139,21 +146,28 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _read_image(path: Path):
+def _read_image(path: Path, backbone: "Backbone"):
     """The image as RGB, as a viewer shows it (`tasks.images.to_rgb`), or a ValueError naming `--image`
-    (before any weights are loaded)."""
+    and the file (before any weights are loaded): unreadable, or a size the model's processor refuses
+    (the spatial tasks' check, asked of this model's family)."""
     from PIL import Image, UnidentifiedImageError
 
     from lmms_var.tasks.images import to_rgb
+    from lmms_var.tasks.processor_limits import processor_refusal
 
     if not path.is_file():
         raise ValueError(f"--image {path}: no such file")
     try:
         image = Image.open(path)
-        image.load()  # reads the pixels and closes the file (`to_rgb` may return this very image)
-        return to_rgb(image)
+        refusal = processor_refusal(*image.size, backbones=[backbone])  # from the header, before decoding
+        if refusal is None:
+            image.load()  # reads the pixels and closes the file (`to_rgb` may return this very image)
+            image = to_rgb(image)
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(f"--image {path}: not an image Pillow can read ({error})") from None
+    if refusal is not None:
+        raise ValueError(f"--image {path}: {refusal}")
+    return image
 
 
 def _writable_png(path: Path) -> Path:
@@ -164,13 +178,11 @@ def _writable_png(path: Path) -> Path:
     return check_output_file(path, "--output")
 
 
-def _var_config(args: argparse.Namespace) -> VARConfig:
-    """VAR's settings, checked against the model's config (image support, layers, sink dims) before loading."""
+def _checked_model(args: argparse.Namespace) -> tuple["Backbone", "PretrainedConfig"]:
+    """The model's backbone and config, read before loading: a vision-language family VAR supports."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    from lmms_var.attention_maps import resolve_layers
     from lmms_var.backbones import UnsupportedModelError, backbone_for_config, checkpoint_config
-    from lmms_var.sink_dims.known import lookup_known
 
     model_config = checkpoint_config(args.model, "--model ")
     if model_config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
@@ -179,9 +191,16 @@ def _var_config(args: argparse.Namespace) -> VARConfig:
             "show needs a vision-language model VAR supports"
         )
     try:
-        backbone_for_config(model_config)
+        return backbone_for_config(model_config), model_config
     except UnsupportedModelError as error:  # a vision-language family VAR has no backbone for
         raise ValueError(f"--model {args.model}: {error}") from None
+
+
+def _var_config(args: argparse.Namespace, model_config: "PretrainedConfig") -> VARConfig:
+    """VAR's settings, checked against the model's config (layers, sink dims) before loading."""
+    from lmms_var.attention_maps import resolve_layers
+    from lmms_var.sink_dims.known import lookup_known
+
     text_config = model_config.get_text_config()
     try:
         resolve_layers(args.layers, text_config.num_hidden_layers)

@@ -11,11 +11,14 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmms_var import VARConfig, enable_var
 from lmms_var.attention_maps import MapSettings, attention_maps, default_layers, resolve_layers
+from lmms_var.attention_maps.capture import BLOCK_ELEMENTS, row_blocks
 from lmms_var.attention_maps.figure import draw_figure
 from lmms_var.core import find_sink_tokens
+from lmms_var.patch.explicit import LayerCall
 from lmms_var.testing.images import random_image
 from lmms_var.testing.tiny_families import TINY_FAMILIES
 from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
@@ -226,3 +229,98 @@ def test_bad_settings_and_inputs_are_refused(tiny_model):
             attention_maps(handle, processor, text_only)
         with pytest.raises(ValueError, match="inputs must hold one prompt, got a batch of 2"):
             attention_maps(handle, processor, prompt_inputs(processor, [(1, "a"), (1, "b")]))
+
+
+@pytest.mark.parametrize("mask", ["none", "boolean", "additive"])
+def test_row_blocks_compute_the_chosen_rows_of_softmax_in_bounded_blocks(mask):
+    """Rows in blocks of at most `block_elements` values give the rows of the full causal softmax, GQA
+    included, whatever mask format the base kernel got."""
+    generator = torch.Generator().manual_seed(0)
+    heads, kv_heads, length, dim = 4, 2, 23, 8
+    query = torch.randn(1, heads, length, dim, generator=generator)
+    key = torch.randn(1, kv_heads, length, dim, generator=generator)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    masks = {
+        "none": None,
+        "boolean": causal[None, None],
+        "additive": torch.zeros(1, 1, length, length).masked_fill(~causal, torch.finfo(torch.float32).min),
+    }
+    call = LayerCall(query, key, key, masks[mask], 0.5)
+    logits = (query @ key.repeat_interleave(heads // kv_heads, dim=1).mT * 0.5).masked_fill(
+        ~causal, -torch.inf
+    )
+    expected = logits.softmax(-1)
+    rows = torch.tensor([3, 4, 9, 15, 21, 22])
+    block_elements = heads * length * 2  # two rows a block
+    blocks = list(row_blocks(call, rows, block_elements=block_elements))
+    assert [block.tolist() for block, _ in blocks] == [[3, 4], [9, 15], [21, 22]]
+    assert all(attn.numel() <= block_elements for _, attn in blocks)
+    torch.testing.assert_close(torch.cat([attn for _, attn in blocks], dim=2), expected[:, :, rows])
+
+
+class _ShapeLog(TorchDispatchMode):
+    """Records the shape of every tensor an operation returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: set[tuple[int, ...]] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for value in torch.utils._pytree.tree_leaves(result):
+            if isinstance(value, torch.Tensor):
+                self.shapes.add(tuple(value.shape))
+        return result
+
+
+@pytest.mark.parametrize("rows", ["last", "answer", "all"])
+def test_a_long_prompt_never_builds_keys_by_keys_attention(tiny_model, rows):
+    """With a question of ~1,000 tokens (4 heads x K x K would be 4M values, beyond a block) no
+    operation of the capture, VAR's run or the plain run returns a [.., K, K] tensor, for every row
+    rule: memory grows with the rows drawn times the keys, not with the keys squared."""
+    model, processor = tiny_model
+    question = " ".join(f"word{index}" for index in range(300))
+    inputs = prompt_inputs(processor, [(1, question)])
+    keys = inputs["input_ids"].shape[1]
+    assert model.config.get_text_config().num_attention_heads * keys * keys > 4 * BLOCK_ELEMENTS
+    with enable_var(model, CONFIG) as handle, _ShapeLog() as log:
+        maps = attention_maps(
+            handle, processor, inputs, MapSettings(layers=LAYERS, rows=rows, max_new_tokens=2)
+        )
+    assert len(maps.rows) >= 1
+    squared = [shape for shape in log.shapes if len(shape) >= 2 and min(shape[-2:]) >= keys]
+    assert squared == []
+    # The check sees attention-sized tensors: the blocks of rows over all keys.
+    assert any(len(shape) == 4 and shape[-1] == keys for shape in log.shapes)
+
+
+def _luminance(rgba: np.ndarray) -> np.ndarray:
+    """Relative luminance of sRGB colours [..., 3 or 4]: what lightness rises with."""
+    rgb = np.asarray(rgba)[..., :3]
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return linear @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def test_more_attention_reads_lighter_so_a_lowered_sink_darkens_after_var(tiny_model):
+    """The colour scale's lightness rises with the value over its whole range (a rainbow's does not),
+    and a visual sink whose attention VAR lowered is drawn darker in its 'after' panel than in 'before'."""
+    model, processor = tiny_model
+    with enable_var(model, CONFIG) as handle:
+        maps = attention_maps(
+            handle, processor, two_images(processor), MapSettings(layers=LAYERS, rows="all")
+        )
+    figure = draw_figure(maps, model="tiny", question="?")
+    heatmaps = [axes for axes in figure.axes if len(axes.images) == 2]
+    assert np.all(np.diff(_luminance(heatmaps[0].images[1].cmap(np.linspace(0, 1, 256)))) > 0)
+    lowered = 0
+    for index, panel_map in enumerate(maps.panels):
+        before_axes, after_axes = heatmaps[2 * index : 2 * index + 2]
+        assert before_axes.get_title().endswith("before VAR") and after_axes.get_title().endswith("after VAR")
+        before_heat, after_heat = before_axes.images[1], after_axes.images[1]
+        for row, col in panel_map.sinks:
+            if panel_map.after[row, col] < panel_map.before[row, col]:
+                lowered += 1
+                drawn_before = before_heat.to_rgba(before_heat.get_array()[row, col])
+                drawn_after = after_heat.to_rgba(after_heat.get_array()[row, col])
+                assert _luminance(drawn_after) < _luminance(drawn_before)
+    assert lowered > 0

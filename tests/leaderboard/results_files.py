@@ -60,11 +60,24 @@ def _metric_entry(metric: str, score: float):
     yield f"{metric}_stderr,none", "N/A"
 
 
-def doc_samples(metric: str, scores: list, ids: list[str] | None = None) -> list[dict]:
-    """Sample lines as lmms-eval logs them: `doc_id` is the position (0..n-1), `doc` the doc's text
-    fields with its record id (`ids`, by default "r0", "r1", ...), then the metric's per-doc score."""
+# lmms-eval 0.7.3's doc_hash of every doc: the sha256 of "null" (it hashes a field that is always None).
+SAME_DOC_HASH = "74234e98afe7498fb5daf1f36ac2d78acc339464f950703b8c019892f982b90b"
+
+
+def doc_samples(
+    metric: str, scores: list, ids: list[str] | None = None, *, record_ids: bool = True
+) -> list[dict]:
+    """Sample lines as lmms-eval 0.7.3 logs them: `doc_id` is the position (0..n-1), no `doc`, the same
+    `doc_hash` on every line, then the metric's per-doc value: with `record_ids`, a dict holding the
+    record id (`ids`, by default "r0", "r1", ...) next to the score, as lmms-eval's BLINK scoring logs it;
+    without, the bare score (a task that logs no id)."""
     ids = ids or [f"r{doc}" for doc in range(len(scores))]
     return [
-        {"doc_id": doc, "doc": {"idx": idx, "question": "Q?"}, "target": "A", metric: score}
+        {
+            "doc_id": doc,
+            "target": "A",
+            "doc_hash": SAME_DOC_HASH,
+            metric: {"id": idx, "score": score} if record_ids else score,
+        }
         for doc, (idx, score) in enumerate(zip(ids, scores, strict=True))
     ]

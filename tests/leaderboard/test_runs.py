@@ -92,9 +92,13 @@ def test_bad_run_dirs_get_clear_errors(tmp_path):
     ("change", "expected"),
     [
         ({"results": ["t", 0.5]}, "'results' should map task names to objects, got ['t', 0.5]"),
-        ({"results": {"t": 0.5}}, "'results' should map task names to objects"),
+        ({"results": {"t": 0.5}}, "'results' should map task names to objects, but its 't' is 0.5"),
+        (
+            {"results": {"first": {"acc,none": 1.0}, "a_long_task_name" * 4: 0.5}},
+            f"'results' should map task names to objects, but its {'a_long_task_name' * 4!r} is 0.5",
+        ),
         ({"configs": []}, "'configs' should map task names to objects, got []"),
-        ({"n-samples": {"t": 3}}, "'n-samples' should map task names to objects"),
+        ({"n-samples": {"t": 3}}, "'n-samples' should map task names to objects, but its 't' is 3"),
         ({"group_subtasks": {"g": "t"}}, "'group_subtasks' should map group names to lists of tasks"),
         ({"config": "qwen"}, "'config' is 'qwen'"),
     ],

@@ -9,6 +9,7 @@ from scipy.stats import binomtest
 
 from lmms_var.leaderboard.significance import (
     SamplesError,
+    Unpaired,
     mcnemar_exact,
     pair_samples,
     paired_bootstrap,
@@ -57,7 +58,8 @@ def test_doc_scores_read_numbers_bools_and_blink_style_dicts(tmp_path):
         {"doc_id": 3, "acc": {"score": 0.5}},
     ]
     scores = read_doc_scores(_write(tmp_path / "s.jsonl", lines), "acc")
-    assert list(scores.values()) == [1.0, 0.0, 0.0, 0.5]
+    assert [score for _target, score in scores.in_order] == [1.0, 0.0, 0.0, 0.5]
+    assert scores.identified is None  # only one line logs a record id
 
 
 @pytest.mark.parametrize(
@@ -87,13 +89,48 @@ def test_paired_test_uses_only_shared_docs(tmp_path):
     assert paired_test(pair_samples(baseline, graded, "acc")).method == "bootstrap"
 
 
-def test_docs_pair_by_their_logged_fields_not_by_position(tmp_path):
+def test_docs_pair_by_their_record_ids_not_by_position(tmp_path):
     """A run that skipped record r1 logs r2 as doc_id 1: pairing by position would compare r1 with r2."""
     baseline = _write(tmp_path / "b.jsonl", doc_samples("acc", [1, 0, 1], ids=["r0", "r1", "r2"]))
     run = _write(tmp_path / "r.jsonl", doc_samples("acc", [1, 1], ids=["r0", "r2"]))
     paired = pair_samples(baseline, run, "acc")
     assert (paired.baseline, paired.run) == ([1.0, 1.0], [1.0, 1.0])
     assert (paired.shared, paired.baseline_docs, paired.run_docs) == (2, 3, 2)
+
+
+def test_docs_pair_by_their_logged_fields_where_lmms_eval_keeps_them(tmp_path):
+    """lmms-eval versions that keep `doc` in the samples: its fields identify it."""
+
+    def lines(docs, scores):
+        return [
+            {"doc_id": n, "doc": {"question": doc}, "acc": score}
+            for n, (doc, score) in enumerate(zip(docs, scores, strict=True))
+        ]
+
+    baseline = _write(tmp_path / "b.jsonl", lines(["q0", "q1", "q2"], [1, 0, 0]))
+    run = _write(tmp_path / "r.jsonl", lines(["q0", "q2"], [1, 1]))
+    paired = pair_samples(baseline, run, "acc")
+    assert (paired.baseline, paired.run) == ([1.0, 0.0], [1.0, 1.0])
+
+
+def test_without_record_ids_only_the_same_docs_in_order_pair_by_position(tmp_path):
+    """lmms-eval 0.7.3 logs no doc and the same doc_hash for every doc: without a record id the files
+    pair by position only where they hold as many docs with the same targets; otherwise no guess."""
+    baseline = _write(tmp_path / "b.jsonl", doc_samples("acc", [1, 0, 1], record_ids=False))
+    same = _write(tmp_path / "same.jsonl", doc_samples("acc", [1, 1, 0], record_ids=False))
+    paired = pair_samples(baseline, same, "acc")
+    assert (paired.baseline, paired.run) == ([1.0, 0.0, 1.0], [1.0, 1.0, 0.0])
+    fewer = _write(tmp_path / "fewer.jsonl", doc_samples("acc", [0, 1], record_ids=False))
+    assert pair_samples(baseline, fewer, "acc") == Unpaired(
+        3, 2, "the samples log no record id to pair docs by, and the doc counts differ"
+    )
+    shifted = doc_samples("acc", [1, 0, 1], record_ids=False)
+    shifted[1]["target"] = "B"
+    other = _write(tmp_path / "other.jsonl", shifted)
+    assert pair_samples(baseline, other, "acc").reason.endswith("and their targets differ")
+    # One file with ids and one without: nothing to pair the sets by either.
+    with_ids = _write(tmp_path / "ids.jsonl", doc_samples("acc", [0, 1]))
+    assert isinstance(pair_samples(baseline, with_ids, "acc"), Unpaired)
 
 
 def test_identical_docs_pair_in_order(tmp_path):

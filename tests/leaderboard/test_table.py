@@ -198,6 +198,35 @@ def test_a_skipped_record_shifts_no_pairing(tmp_path):
     assert (cell.docs.shared, cell.docs.baseline, cell.docs.run) == (2, 3, 2)
 
 
+def test_samples_without_record_ids_are_not_paired_when_the_doc_sets_differ(tmp_path):
+    """The issue's case: a run that skipped record r0, its samples logging no id: pairing by position
+    would compare r1 with r0 and print a made-up delta, so the cell has none and the note says why."""
+    runs = _runs(
+        tmp_path,
+        [
+            (
+                VAR,
+                "var=false",
+                {"t": {"acc": 0.5}},
+                {"samples": {"t": doc_samples("acc", [0, 1], record_ids=False)}},
+            ),
+            (
+                VAR,
+                "var=true",
+                {"t": {"acc": 1.0}},
+                {"samples": {"t": doc_samples("acc", [1], record_ids=False)}},
+            ),
+        ],
+    )
+    board = build_leaderboard(runs)
+    cell = board.cells[1][0]
+    assert (cell.delta, cell.significance, cell.other_docs, cell.best) == (None, None, True, False)
+    assert board.notes == [
+        "† doc set differs from the baseline's: t, qwen2_5_vl_var var=true: 2 baseline / 1 run docs "
+        "(the samples log no record id to pair docs by, and the doc counts differ: not paired, no delta)."
+    ]
+
+
 def test_without_samples_the_doc_counts_are_compared(tmp_path):
     runs = _runs(
         tmp_path,
@@ -212,7 +241,7 @@ def test_without_samples_the_doc_counts_are_compared(tmp_path):
     assert (b.delta, b.other_docs, b.best) == (pytest.approx(25.0), False, True)
     assert board.notes == [
         "† doc set differs from the baseline's: a, qwen2_5_vl_var var=true: 8 baseline / 3 run docs "
-        "(no samples to pair them by: no delta)."
+        "(no samples to pair them by: not paired, no delta)."
     ]
 
 
@@ -290,3 +319,14 @@ def test_best_is_the_best_over_the_baselines_docs(tmp_path):
     # Without a baseline no cell is compared, so none is best when the doc counts differ.
     runs = [runs[1], runs[2]]
     assert [row[0].best for row in build_leaderboard(runs).cells] == [False, False]
+
+
+def test_a_run_given_twice_is_refused_not_compared_with_itself(tmp_path):
+    runs = _runs(tmp_path, [(VAR, "var=false", {"t": {"acc": 0.5}}), (VAR, "var=true", {"t": {"acc": 0.6}})])
+    with pytest.raises(ValueError, match=r"RUN_DIR .*run1 is given twice: it would be compared with itself"):
+        build_leaderboard([*runs, load_run(tmp_path / "run1")])
+    [results_file] = (tmp_path / "run1").glob("*_results.json")
+    with pytest.raises(
+        ValueError, match=rf"RUN_DIR .*run1 and {results_file} hold the same run \({results_file.name}\)"
+    ):
+        build_leaderboard([*runs, load_run(results_file)])

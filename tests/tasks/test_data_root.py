@@ -46,6 +46,21 @@ def test_wrong_root_names_the_variable_and_the_paths_tried(monkeypatch, tmp_path
         assert place in message
 
 
+def test_a_folder_where_a_jsonl_file_belongs_is_named(monkeypatch, tmp_path):
+    """Not 'holds no spatial data': the root holds a folder at the jsonl's place."""
+    root = DataRoot(tmp_path)
+    root.blink_jsonl.mkdir(parents=True)
+    monkeypatch.setenv(ENV_DATA_ROOT, str(tmp_path))
+    with pytest.raises(SpatialDataError, match=rf"{root.blink_jsonl} is a folder, expected a jsonl file"):
+        data_root_from_env()
+    # With other data there, the task that reads the folder's place names it too.
+    other = DataRoot(write_spatial_root(tmp_path / "other", blink_subtasks=("Counting",), sat2_docs=0))
+    other.sat2_jsonl.mkdir(parents=True)
+    monkeypatch.setenv(ENV_DATA_ROOT, str(other.path))
+    with pytest.raises(SpatialDataError, match=rf"{other.sat2_jsonl} is a folder, expected a jsonl file"):
+        read_sat2(data_root_from_env())
+
+
 def test_a_root_with_either_layout_is_accepted(monkeypatch, spatial_root, hub_root):
     for root in (spatial_root, hub_root):
         monkeypatch.setenv(ENV_DATA_ROOT, str(root))

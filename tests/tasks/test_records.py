@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -117,10 +118,11 @@ def test_synthetic_root_reads_completely(tmp_path):
     ("damage", "expected"),
     [
         (lambda path: path.unlink(), "image not found: tried"),
+        (lambda path: (path.unlink(), path.mkdir()), "is a folder, expected an image file"),
         (lambda path: path.write_bytes(b"not a png"), "is unreadable"),
         (lambda path: path.write_bytes(path.read_bytes()[:200]), "is unreadable"),
     ],
-    ids=["missing", "not-an-image", "truncated"],
+    ids=["missing", "a-folder", "not-an-image", "truncated"],
 )
 def test_a_bad_image_is_reported_with_its_file_and_record(tmp_path, damage, expected):
     _write_records(
@@ -158,13 +160,46 @@ def test_records_without_images_choices_or_json_are_bad(tmp_path):
         ],
     )
     with path.open("a") as file:
-        file.write("{not json\n")
+        file.write(json.dumps(_record("cut_short", "A", image))[:60] + "\n")
+        file.write('["id", "a list"]\n{"sub_task": "Counting"}\n')
     problems = read_spatial_jsonl(DataRoot(tmp_path), path).problems
-    assert len(problems) == 4
+    assert len(problems) == 6
     assert "'no_image'" in problems[0] and "no image" in problems[0]
     assert "'no_choices'" in problems[1] and "no lettered choices" in problems[1]
     assert "'bad_gold'" in problems[2] and "'(F)'" in problems[2]
-    assert problems[3].startswith(f"{path}:4") and "not a JSON object" in problems[3]
+    # A line cut short has an 'id': the parser's own words say what is wrong with it.
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}:4: not valid JSON \(Unterminated string starting at: line 1 column \d+ "
+        r"\(char \d+\); is the line cut short\?\)",
+        problems[3],
+    )
+    assert problems[4] == f"{path}:5: a JSON list, expected an object with an 'id'"
+    assert problems[5] == f"{path}:6: a JSON object without an 'id'"
+
+
+def test_choices_with_a_gap_are_named_not_blamed_on_the_gold(tmp_path):
+    """(A) (B) (D): without the check the choices end at (B) and the gold (D) looks wrong."""
+    gap = "<image>\nHow many?\n(A) one\n(B) two\n(D) four"
+    with pytest.raises(
+        BadRecord, match=r"question's choices skip a letter: \(A\) \(B\) \(D\), with no \(C\)"
+    ):
+        parse_choices(gap)
+    with pytest.raises(BadRecord, match=r"skip a letter: \(A\) \(D\), with no \(B\)"):
+        parse_choices("How many? (A) one (D) four")
+    # A later mention of an earlier letter is no gap.
+    assert parse_choices("How many?\n(A) one\n(B) two\n(A) again") == ["one", "two"]
+
+
+def test_a_record_with_both_image_and_numbered_images_is_refused(tmp_path):
+    """'image' with image_1 and image_2 was read as three pictures, the first one twice."""
+    pictures = {
+        key: _png(tmp_path, f"spatial_reasoning/blink/images/{key}.png")
+        for key in ("image", "image_1", "image_2")
+    }
+    path = _write_records(tmp_path, [_record("both", "A", pictures)])
+    [problem] = read_spatial_jsonl(DataRoot(tmp_path), path).problems
+    assert "(record id 'both')" in problem
+    assert "both 'image' and 'image_1', 'image_2' are set: give 'image' for one picture or image_1" in problem
 
 
 def test_hub_export_keeps_blink_columns_and_embedded_images(tmp_path):

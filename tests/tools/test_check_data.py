@@ -133,3 +133,11 @@ def test_an_unreadable_parquet_is_listed_and_the_rest_still_checked(tmp_path, ca
     assert "  Counting                    1 docs, 0 bad records\n" in out
     assert "  Jigsaw                      no records\n" in out
     assert f"  {broken} is not a readable parquet file" in out
+
+
+def test_a_folder_in_place_of_the_sat2_file_is_a_problem_named_as_such(tmp_path, capsys):
+    root = write_spatial_root(tmp_path, blink_subtasks=("Counting",), docs_per_subtask=1, sat2_docs=0)
+    DataRoot(root).sat2_jsonl.mkdir(parents=True)
+    assert main(["check-data", str(root)]) == SOME_BAD
+    out = capsys.readouterr().out
+    assert f"  {DataRoot(root).sat2_jsonl} is a folder, expected a jsonl file\n" in out

@@ -65,6 +65,8 @@ def test_bad_input_exits_2_with_a_message_naming_it(tmp_path, capsys):
     assert "lmms-var leaderboard: error: RUN_DIR" in capsys.readouterr().err
     assert main(["leaderboard", *runs, "--baseline", "qwen2_5_vl"]) == 2
     assert "--baseline 'qwen2_5_vl' names no single run" in capsys.readouterr().err
+    assert main(["leaderboard", *runs, runs[1]]) == 2
+    assert f"RUN_DIR {runs[1]} is given twice: it would be compared with itself" in capsys.readouterr().err
 
 
 def test_a_truncated_samples_file_is_named_and_the_table_still_printed(tmp_path, capsys):

@@ -9,6 +9,7 @@ from transformers import PaliGemmaConfig, Qwen2Config
 
 from lmms_var.attention_maps import MapSettings
 from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
+from lmms_var.backbones import backbone_for_model_type
 from lmms_var.testing.images import picture_in_mode, random_image
 from lmms_var.tools import show
 from lmms_var.tools.cli import build_parser, main
@@ -82,6 +83,12 @@ def test_bad_inputs_are_reported_before_loading_weights(
     )
     assert "--layers must be decoder layers in [0, 4), got [1, 7]" in cli_error(
         show_args(tiny_checkpoint, images, output, "--layers", "1", "7")
+    )
+    sliver = tmp_path / "sliver.png"
+    random_image(3, size=(10000, 20)).save(sliver)
+    assert (
+        f"--image {sliver}: the Qwen2.5-VL image processor refuses its size 10000x20 (absolute aspect ratio"
+        in cli_error(show_args(tiny_checkpoint, [images[0], sliver], output))
     )
     text_only = tmp_path / "text_only"
     Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=2).save_pretrained(text_only)
@@ -166,6 +173,15 @@ def test_an_image_reaches_the_model_as_a_viewer_shows_it(tmp_path, mode):
     stored, shown = picture_in_mode(mode) if mode != "RGB" else (random_image(4), random_image(4))
     path = tmp_path / "picture.png"
     stored.save(path)
-    read = show._read_image(path)
+    read = show._read_image(path, backbone_for_model_type(TINY_SPEC.model_type))
     assert read.mode == "RGB"
     assert np.array_equal(np.asarray(read), np.asarray(shown))
+
+
+def test_an_image_size_is_refused_only_by_a_model_whose_processor_refuses_it(tmp_path):
+    """The spatial tasks' size check, asked of the model's own family: LLaVA's processor crops any size."""
+    sliver = tmp_path / "sliver.png"
+    random_image(3, size=(10000, 20)).save(sliver)
+    assert show._read_image(sliver, backbone_for_model_type("llava")).size == (10000, 20)
+    with pytest.raises(ValueError, match=rf"--image {sliver}: the Qwen2-VL image processor refuses its size"):
+        show._read_image(sliver, backbone_for_model_type("qwen2_vl"))
