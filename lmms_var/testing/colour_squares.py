@@ -10,7 +10,7 @@ from doc to doc. Records use the spatial-reasoning jsonl layout the `spatial_*` 
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,14 @@ class ColourSquare:
     top: int
     sink_cells: tuple[tuple[int, int], ...]  # (row, col) on the token grid
 
+    def cells(self) -> set[tuple[int, int]]:
+        """(row, col) of the token-grid cells the square covers, in part or whole."""
+        first_row, last_row = self.top // CELL, (self.top + self.side - 1) // CELL
+        first_col, last_col = self.left // CELL, (self.left + self.side - 1) // CELL
+        return {
+            (row, col) for row in range(first_row, last_row + 1) for col in range(first_col, last_col + 1)
+        }
+
     def picture(self, seed: int) -> Image.Image:
         rng = np.random.default_rng(seed)
         size = GRID * CELL
@@ -55,13 +63,9 @@ def draw_colour_square(rng: random.Random) -> ColourSquare:
     """A random square and white cells that do not touch the square's cells."""
     side = rng.choice(SQUARE_SIDES)
     left, top = rng.randrange(GRID * CELL - side), rng.randrange(GRID * CELL - side)
-    covered = {
-        (row, col)
-        for row in range(top // CELL, (top + side - 1) // CELL + 1)
-        for col in range(left // CELL, (left + side - 1) // CELL + 1)
-    }
-    free = [(row, col) for row in range(GRID) for col in range(GRID) if (row, col) not in covered]
-    return ColourSquare(rng.randrange(len(COLOURS)), side, left, top, tuple(rng.sample(free, SINK_CELLS)))
+    square = ColourSquare(rng.randrange(len(COLOURS)), side, left, top, ())
+    free = [(row, col) for row in range(GRID) for col in range(GRID) if (row, col) not in square.cells()]
+    return replace(square, sink_cells=tuple(rng.sample(free, SINK_CELLS)))
 
 
 def colour_question() -> str:

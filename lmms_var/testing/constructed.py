@@ -57,8 +57,8 @@ VISION_BULK = 16.0
 SHARPNESS = 40.0
 WHITE_THRESHOLD = 2.7  # R + G + B of a sink cell (pixels in [0, 1]) is 3
 CONSTRUCTED_NOTE = (
-    "CONSTRUCTED tiny model (lmms_var.testing.constructed): built so that visual sinks hide the answer; "
-    "it shows the mechanism VAR targets, not what VAR does for a real model"
+    "CONSTRUCTED tiny model (lmms_var.testing): its visual sinks hide the answer by design; not what VAR "
+    "does for a real model"
 )
 CONSTRUCTED_SPEC_FILE = "constructed_model.json"
 
@@ -91,9 +91,9 @@ def _key_weights(hidden_size: int, eps: float) -> dict[int, float]:
     sink = LOGITS["text_sink"] / states["text_sink"][SINK_DIMS[0]]
     visual = LOGITS["visual"] / states["visual"][VISUAL]
     # A coloured token: its own visual logit (smaller: colour raises its norm) plus the bonus.
-    colour = (
-        LOGITS["visual"] + LOGITS["colour"] - visual * states["colour"][VISUAL]
-    ) / states["colour"][COLOUR[0]]
+    colour = (LOGITS["visual"] + LOGITS["colour"] - visual * states["colour"][VISUAL]) / states["colour"][
+        COLOUR[0]
+    ]
     visual_sink = states["visual_sink"]
     mislead = (
         LOGITS["visual_sink"] - sink * visual_sink[SINK_DIMS[0]] - visual * visual_sink[VISUAL]
@@ -212,6 +212,11 @@ def save_constructed_checkpoint(path: str | Path) -> Path:
     model, processor = build_constructed_model()
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    facts = {"note": CONSTRUCTED_NOTE, "sink_dims": list(SINK_DIMS), "tau": TINY_TAU, "colours": list(COLOURS)}
+    facts = {
+        "note": CONSTRUCTED_NOTE,
+        "sink_dims": list(SINK_DIMS),
+        "tau": TINY_TAU,
+        "colours": list(COLOURS),
+    }
     (path / CONSTRUCTED_SPEC_FILE).write_text(json.dumps(facts, indent=2))
     return path
