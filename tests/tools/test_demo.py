@@ -32,7 +32,9 @@ def test_demo_runs_var_off_and_on_and_prints_the_leaderboard(tmp_path, capsys):
     assert acted and int(acted[1]) == int(acted[3]) > 0 and int(acted[2]) > 0
     assert DISCLAIMER in out
     figure = tmp_path / "demo" / "attention_map.png"
-    assert f"Attention on the picture before and after VAR, for a doc whose answer VAR changed: {figure}" in out
+    assert (
+        f"Attention on the picture before and after VAR, for a doc whose answer VAR changed: {figure}" in out
+    )
     maps = json.loads(figure.with_suffix(".json").read_text())
     assert maps["next_token"]["before"] != maps["next_token"]["after"]
     (image,) = maps["images"]
