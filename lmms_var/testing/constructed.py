@@ -90,14 +90,13 @@ def _key_weights(hidden_size: int, eps: float) -> dict[int, float]:
     states = {kind: _normalised(state, hidden_size, eps) for kind, state in _token_states().items()}
     sink = LOGITS["text_sink"] / states["text_sink"][SINK_DIMS[0]]
     visual = LOGITS["visual"] / states["visual"][VISUAL]
-    # A coloured token: its own visual logit (smaller: colour raises its norm) plus the bonus.
-    colour = (LOGITS["visual"] + LOGITS["colour"] - visual * states["colour"][VISUAL]) / states["colour"][
-        COLOUR[0]
-    ]
+    # A coloured token: the visual logit plus the bonus (its colour raises its norm, so VISUAL gives less).
+    coloured = states["colour"]
+    colour = (LOGITS["visual"] + LOGITS["colour"] - visual * coloured[VISUAL]) / coloured[COLOUR[0]]
+    # A visual sink: its sink dims give it the text sink's logit, which MISLEAD brings down to its own.
     visual_sink = states["visual_sink"]
-    mislead = (
-        LOGITS["visual_sink"] - sink * visual_sink[SINK_DIMS[0]] - visual * visual_sink[VISUAL]
-    ) / visual_sink[MISLEAD]
+    from_sinks = sink * visual_sink[SINK_DIMS[0]] + visual * visual_sink[VISUAL]
+    mislead = (LOGITS["visual_sink"] - from_sinks) / visual_sink[MISLEAD]
     return {SINK_DIMS[0]: sink, VISUAL: visual, MISLEAD: mislead} | dict.fromkeys(COLOUR, colour)
 
 
