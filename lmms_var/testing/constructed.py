@@ -36,8 +36,9 @@ from lmms_var.config import VARConfig
 from lmms_var.testing.colour_squares import COLOURS
 from lmms_var.testing.tiny_checkpoint import TINY_TAU, TinySpec, build_tiny_processor
 
-# The shape: the default tiny Qwen2.5-VL (4 layers: VAR acts on layer 2 alone).
-SPEC = TinySpec(sink_dims=(17, 93))
+# The shape: the default tiny Qwen2.5-VL with 5 layers, so that VAR acts on two (2 and 3), both of
+# which read the picture, and the attention maps draw both (the middle third).
+SPEC = TinySpec(sink_dims=(17, 93), num_layers=5)
 SINK_DIMS = SPEC.sink_dims
 SINK_VALUE = 60.0
 # Residual-stream channels the construction uses; all others stay 0.
@@ -175,7 +176,8 @@ def _build_text(model: PreTrainedModel, processor: ProcessorMixin) -> None:
     # do not depend on distance.
     wired = head_dim // 2 - 1
     keys = _key_weights(config.hidden_size, config.rms_norm_eps)
-    for layer in var_config().active_layers(SPEC.num_layers):
+    reading = var_config().active_layers(SPEC.num_layers)
+    for layer in reading:
         attention = text.layers[layer].self_attn
         for kv_head in range(SPEC.num_kv_heads):
             for channel, weight in keys.items():
@@ -186,7 +188,7 @@ def _build_text(model: PreTrainedModel, processor: ProcessorMixin) -> None:
         for head in range(SPEC.num_heads):
             attention.q_proj.bias[head * head_dim + wired] = 1.0
             for j, channel in enumerate(ANSWER):
-                attention.o_proj.weight[channel, head * head_dim + j] = ANSWER_GAIN / SPEC.num_heads
+                attention.o_proj.weight[channel, head * head_dim + j] = ANSWER_GAIN / (SPEC.num_heads * len(reading))
     # Output head, on the final normalised state (ALWAYS is about sqrt(hidden_size) there).
     unit = config.hidden_size**-0.5
     for letter, channel in zip(letters, ANSWER, strict=True):
