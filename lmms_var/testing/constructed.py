@@ -188,7 +188,9 @@ def _build_text(model: PreTrainedModel, processor: ProcessorMixin) -> None:
         for head in range(SPEC.num_heads):
             attention.q_proj.bias[head * head_dim + wired] = 1.0
             for j, channel in enumerate(ANSWER):
-                attention.o_proj.weight[channel, head * head_dim + j] = ANSWER_GAIN / (SPEC.num_heads * len(reading))
+                attention.o_proj.weight[channel, head * head_dim + j] = ANSWER_GAIN / (
+                    SPEC.num_heads * len(reading)
+                )
     # Output head, on the final normalised state (ALWAYS is about sqrt(hidden_size) there).
     unit = config.hidden_size**-0.5
     for letter, channel in zip(letters, ANSWER, strict=True):
