@@ -177,6 +177,7 @@ def _build_text(model: PreTrainedModel, processor: ProcessorMixin) -> None:
     wired = head_dim // 2 - 1
     keys = _key_weights(config.hidden_size, config.rms_norm_eps)
     reading = var_config().active_layers(SPEC.num_layers)
+    per_head = ANSWER_GAIN / (SPEC.num_heads * len(reading))  # the heads of the reading layers add up
     for layer in reading:
         attention = text.layers[layer].self_attn
         for kv_head in range(SPEC.num_kv_heads):
@@ -188,9 +189,7 @@ def _build_text(model: PreTrainedModel, processor: ProcessorMixin) -> None:
         for head in range(SPEC.num_heads):
             attention.q_proj.bias[head * head_dim + wired] = 1.0
             for j, channel in enumerate(ANSWER):
-                attention.o_proj.weight[channel, head * head_dim + j] = ANSWER_GAIN / (
-                    SPEC.num_heads * len(reading)
-                )
+                attention.o_proj.weight[channel, head * head_dim + j] = per_head
     # Output head, on the final normalised state (ALWAYS is about sqrt(hidden_size) there).
     unit = config.hidden_size**-0.5
     for letter, channel in zip(letters, ANSWER, strict=True):
