@@ -1,8 +1,13 @@
-"""Bar chart of per-subtask deltas against the baseline, for papers and slides."""
+"""Bar chart of per-subtask deltas against the baseline, each with its 95% interval, for papers and slides.
 
+The interval is the paired bootstrap's over the docs both runs evaluated (`significance`), so a
++0.00 bar and a +12 bar both show how sure they are; a bar whose runs logged no samples has none.
+"""
+
+import math
 from pathlib import Path
 
-from lmms_var.leaderboard.table import Leaderboard
+from lmms_var.leaderboard.table import Cell, Column, Leaderboard
 
 
 def plot_formats() -> list[str]:
@@ -26,24 +31,67 @@ def plot_deltas(board: Leaderboard, path: str | Path):
     if not tasks or not rows:
         raise ValueError("--plot needs at least one task and one run besides the baseline")
     width = 0.8 / len(rows)
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * len(tasks) * max(1, len(rows) / 2)), 4.0))
+    figure, axes = plt.subplots(
+        figsize=(max(6.0, 0.9 * len(tasks) * max(1, len(rows) / 2)), 4.5 + 0.2 * len(rows)),
+        layout="constrained",
+    )
     for rank, row in enumerate(rows):
+        cells = [board.cells[row][col] for col in tasks]
         # No bar (NaN) where a run lacks the task or there is no baseline value.
-        deltas = [board.cells[row][col].delta for col in tasks]
+        heights = [float("nan") if cell.delta is None else cell.delta for cell in cells]
+        intervals = [_interval(cell, board.columns[col]) for cell, col in zip(cells, tasks, strict=True)]
+        below = [height - low for height, (low, _) in zip(heights, intervals, strict=True)]
+        above = [high - height for height, (_, high) in zip(heights, intervals, strict=True)]
+        positions = [index + (rank - (len(rows) - 1) / 2) * width for index in range(len(tasks))]
         axes.bar(
-            [index + (rank - (len(rows) - 1) / 2) * width for index in range(len(tasks))],
-            [float("nan") if delta is None else delta for delta in deltas],
+            positions,
+            heights,
             width=width,
             label=board.runs[row],
+            yerr=[below, above],
+            capsize=3,
+            error_kw={"elinewidth": 1.0, "ecolor": "black"},
         )
+        for position, height, (low, high), cell in zip(positions, heights, intervals, cells, strict=True):
+            if not math.isnan(height):  # the label beyond the bar's end or its interval, whichever is further
+                end = max(height, high) if height >= 0 else min(height, low)
+                end = height if math.isnan(end) else end
+                axes.annotate(
+                    _bar_label(cell),
+                    (position, end),
+                    xytext=(0, 3 if height >= 0 else -3),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom" if height >= 0 else "top",
+                    fontsize="x-small",
+                )
     axes.axhline(0.0, color="black", linewidth=0.8)
     axes.set_xticks(range(len(tasks)))
     axes.set_xticklabels([board.columns[col].task for col in tasks], rotation=30, ha="right")
     percent = all(board.columns[col].percent for col in tasks)
     axes.set_ylabel("difference (points)" if percent else "difference")
-    axes.set_title(f"Per-task difference to {board.runs[board.baseline]}")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
+    axes.set_title(
+        f"Per-task difference to {board.runs[board.baseline]}\n"
+        "error bars: 95% paired bootstrap interval over the shared docs",
+        fontsize="medium",
+    )
+    axes.margins(y=0.2)
+    figure.legend(loc="outside lower center", fontsize="small")
     figure.savefig(path, dpi=150)
     plt.close(figure)
     return figure
+
+
+def _interval(cell: Cell, column: Column) -> tuple[float, float]:
+    """The cell's 95% interval in display units; (NaN, NaN), drawn as no error bar, where there is none."""
+    significance = cell.significance
+    if cell.delta is None or significance is None or significance.low is None or significance.high is None:
+        return float("nan"), float("nan")
+    scale = 100.0 if column.percent else 1.0
+    return significance.low * scale, significance.high * scale
+
+
+def _bar_label(cell: Cell) -> str:
+    """The delta and its p-value, as the table writes them."""
+    text = f"{cell.delta:+.2f}"
+    return f"{text}\np={cell.significance.p_value:.3f}" if cell.significance is not None else text

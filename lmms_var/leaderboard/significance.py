@@ -35,7 +35,8 @@ class SamplesError(ValueError):
 
 @dataclass(frozen=True)
 class Significance:
-    """Paired test of `run - baseline`; `low`/`high` bound the mean difference (bootstrap only)."""
+    """Paired test of `run - baseline`; `low`/`high`: the paired bootstrap's 95% interval of the mean
+    difference, in the scores' units (None where not computed)."""
 
     method: str  # "mcnemar" or "bootstrap"
     p_value: float
@@ -172,21 +173,32 @@ def mcnemar_exact(baseline: list[float], run: list[float]) -> float:
     return min(1.0, 2 * tail)
 
 
-def paired_bootstrap(baseline: list[float], run: list[float], seed: int = 0) -> Significance:
-    """95% interval of the mean paired difference and a two-sided p-value (share of resamples across 0)."""
+def bootstrap_interval(
+    baseline: list[float], run: list[float], seed: int = 0
+) -> tuple[np.ndarray, float, float]:
+    """Paired bootstrap of the mean of `run - baseline` over the docs: (resampled means, 2.5% and 97.5%
+    percentiles), docs resampled with replacement `BOOTSTRAP_RESAMPLES` times."""
     differences = np.asarray(run, dtype=float) - np.asarray(baseline, dtype=float)
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(differences), size=(BOOTSTRAP_RESAMPLES, len(differences)))
     means = differences[picks].mean(axis=1)
-    p_value = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
     low, high = np.percentile(means, [2.5, 97.5])
-    return Significance("bootstrap", p_value, len(differences), float(low), float(high))
+    return means, float(low), float(high)
+
+
+def paired_bootstrap(baseline: list[float], run: list[float], seed: int = 0) -> Significance:
+    """95% interval of the mean paired difference and a two-sided p-value (share of resamples across 0)."""
+    means, low, high = bootstrap_interval(baseline, run, seed)
+    p_value = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
+    return Significance("bootstrap", p_value, len(baseline), low, high)
 
 
 def paired_test(paired: PairedScores) -> Significance | None:
-    """Test the shared docs' scores; None when the runs share no doc."""
+    """Test the shared docs' scores; None when the runs share no doc. Every test carries the bootstrap's
+    95% interval of the mean difference (in the scores' units), so a plot can say how sure each delta is."""
     if not paired.shared:
         return None
     if all(score in (0.0, 1.0) for score in paired.baseline + paired.run):
-        return Significance("mcnemar", mcnemar_exact(paired.baseline, paired.run), paired.shared)
+        _, low, high = bootstrap_interval(paired.baseline, paired.run)
+        return Significance("mcnemar", mcnemar_exact(paired.baseline, paired.run), paired.shared, low, high)
     return paired_bootstrap(paired.baseline, paired.run)

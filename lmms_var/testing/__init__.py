@@ -1,4 +1,5 @@
-"""Offline fixtures: tiny random Qwen2.5-VL checkpoints with planted sinks, synthetic images.
+"""Offline fixtures: tiny random checkpoints with planted sinks, synthetic images and data, and
+(`constructed`) a tiny Qwen2.5-VL built by hand so that its visual sinks hide the answer, for the demo.
 
 Importable by tests, benchmarks and the demo, so none of them needs the Hugging Face Hub.
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmms_var.tools.demo import run_lmms_eval
+from lmms_var.testing.demo import run_lmms_eval
 
 TOY_TASKS = Path(__file__).parent / "toy_tasks"
 # The gold letter of each doc; the dummy model answers one fixed letter, so accuracies follow from these.

@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 from scipy.stats import binomtest
 
 from lmms_var.leaderboard.significance import (
+    PairedScores,
     SamplesError,
     Unpaired,
+    bootstrap_interval,
     mcnemar_exact,
     pair_samples,
     paired_bootstrap,
@@ -145,3 +147,13 @@ def test_a_truncated_samples_file_is_named(tmp_path):
     path.write_text(path.read_text()[:-10])
     with pytest.raises(SamplesError, match=rf"{path}:2: not a JSON line, the file may be truncated"):
         read_doc_scores(path, "acc")
+
+
+def test_mcnemar_results_carry_the_bootstrap_interval_of_the_mean_difference():
+    baseline = [0.0] * 10 + [1.0] * 10
+    run = [1.0] * 16 + [0.0] * 4  # +6 docs of 20 (10 won, 4 lost): a mean difference of 0.3
+    result = paired_test(PairedScores(baseline, run, 20, 20))
+    assert result.method == "mcnemar"
+    assert result.p_value == pytest.approx(mcnemar_exact(baseline, run))
+    assert result.low < 0.3 < result.high
+    assert (result.low, result.high) == bootstrap_interval(baseline, run)[1:]

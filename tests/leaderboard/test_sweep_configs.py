@@ -7,8 +7,8 @@ import yaml
 
 from lmms_var.leaderboard import build_leaderboard, load_run, parse_model_args
 from lmms_var.tasks import TASKS_PATH
+from lmms_var.testing.demo import run_lmms_eval
 from lmms_var.testing.spatial_data import write_spatial_root
-from lmms_var.tools.demo import run_lmms_eval
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SWEEPS = {"sweep_spatial_blink.yaml": "spatial_blink", "sweep_blink.yaml": "blink"}
