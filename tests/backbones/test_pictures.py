@@ -91,3 +91,24 @@ def test_llava_sees_the_centre_square_of_a_wide_image_resized_to_its_short_side(
     assert picture.shape == (1, 56, 56, 3)
     assert np.abs(picture[0] - centre).max() <= 3
     assert picture[0, :, 0, 0].mean() > 40 and picture[0, :, -1, 0].mean() < 215  # the ramp's ends were cut
+
+
+def test_internvl_places_each_tile_where_it_was_cut(tiny_models):
+    """A 3:2 image in 3 x 2 tiles of 56 px and a thumbnail: the tiles put back together are the image
+    resized to 168 x 112 (the arrangement is read from the thumbnail: 6 tiles could also be 3 x 2)."""
+    processor = tiny_models("internvl")[1]
+    image = random_image(11, size=(300, 200))
+    inputs = processor(text=[chat_text(processor, 1, "?")], images=[image], return_tensors="pt")
+    tiles, thumbnail = backbone_for_model_type("internvl").visual_grids(inputs, processor)
+    assert (tiles.tiles, tiles.width, tiles.height, tiles.rows, tiles.cols) == ((2, 3), 168, 112, 8, 12)
+    assert (thumbnail.part, thumbnail.continues, thumbnail.width, thumbnail.tiles) == (
+        "thumbnail",
+        True,
+        56,
+        (1, 1),
+    )
+    stitched, small = backbone_for_model_type("internvl").processor_outputs.pictures(inputs, processor)
+    resized = np.asarray(image.resize((168, 112), Image.Resampling.BICUBIC)).astype(float)
+    assert stitched.shape == (1, 112, 168, 3) and np.abs(stitched[0] - resized).mean() < 8
+    whole = np.asarray(image.resize((56, 56), Image.Resampling.BICUBIC)).astype(float)
+    assert small.shape == (1, 56, 56, 3) and np.abs(small[0] - whole).mean() < 8
