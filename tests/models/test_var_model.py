@@ -172,9 +172,8 @@ def test_var_on_changes_logits_and_records_each_doc(
     assert any("VAR on: sink_dims=[17, 93] from model args" in line for line in log_lines)
 
 
-@pytest.mark.parametrize(
-    "model_type", ["qwen2_5_vl", "llava", "internvl"]
-)  # each attribute processors are kept in
+# Each attribute upstream keeps its processor in (`processor`, `_image_processor`), every new family.
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava", "internvl", "llava_next", "llava_onevision"])
 def test_sink_dims_auto_measures_then_reuses_the_cache(
     model_type, tiny_checkpoints, tmp_path, monkeypatch, log_lines
 ):
