@@ -205,10 +205,9 @@ class VARModel:
             hint = f"run it with --model {backbone_for_config(model_config).lmms_eval.model_id}"
         except UnsupportedModelError as error:
             hint = str(error)
-        served = [f"{backbone.model_type!r} ({backbone.family})" for backbone in self.backbones]
-        served_text = " or ".join([", ".join(served[:-1]), served[-1]] if len(served) > 1 else served)
+        served = " or ".join(f"{backbone.model_type!r} ({backbone.family})" for backbone in self.backbones)
         raise ModelArgError(
-            f"pretrained={pretrained} is a {model_config.model_type!r} checkpoint, not {served_text}; {hint}"
+            f"pretrained={pretrained} is a {model_config.model_type!r} checkpoint, not {served}; {hint}"
         )
 
     def _attach_var(self, options: VAROptions, known: tuple[tuple[int, ...], str] | None) -> VARHandle | None:
