@@ -15,7 +15,7 @@ model, `llava_hf_var`, serves the three backbones (`llava.LLAVA_HF`).
 """
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from lmms_var.backbones.base import Backbone, ProcessorOutputs, VisualGrid
 from lmms_var.backbones.llava import LLAVA_HF
@@ -38,10 +38,17 @@ def image_groups(inputs: Mapping[str, Any]) -> list[int]:
     return [count for count in counts.tolist() for _ in range(count)]
 
 
-def _high_res(image_size: list[int], processor, tile: int, side: int) -> dict[str, Any]:
-    """Where the high-res tokens of an image of `image_size` (height, width) lie: its tile grid
-    (rows, cols of tiles), the unpadded region in token units of the canvas (top, left, rows, cols),
-    and the token grid the model packs (rows, cols; smaller than the region where OneVision shrinks it)."""
+class _HighRes(NamedTuple):
+    """Where an image's high-res tokens lie."""
+
+    tiles: tuple[int, int]  # rows, cols of tiles on the canvas
+    region: tuple[int, int, int, int]  # top, left, rows, cols of the unpadded part, in tokens of the canvas
+    tokens: tuple[int, int]  # rows, cols the model packs (fewer than the region's where OneVision shrinks it)
+
+
+def _high_res(image_size: list[int], processor, tile: int, side: int) -> _HighRes:
+    """The high-res view of an image of `image_size` (height, width), as the processor's and the
+    model's own functions compute it."""
     import torch  # see base.py's docstring
     from transformers.models.llava_next.modeling_llava_next import (
         get_anyres_image_grid_shape,
@@ -55,11 +62,11 @@ def _high_res(image_size: list[int], processor, tile: int, side: int) -> dict[st
     kept = unpad_image(torch.arange(height * width).reshape(1, height, width), torch.tensor(image_size))
     first = int(kept[0, 0, 0])
     features, newlines = processor._get_unpadded_features(*image_size, side, side, tile_rows, tile_cols)
-    return {
-        "tiles": (tile_rows, tile_cols),
-        "region": (first // width, first % width, *kept.shape[1:]),
-        "tokens": (newlines, features // newlines),
-    }
+    return _HighRes(
+        tiles=(tile_rows, tile_cols),
+        region=(first // width, first % width, *kept.shape[1:]),
+        tokens=(newlines, features // newlines),
+    )
 
 
 def anyres_visual_grids(tile_side: TileSide) -> Callable[[Mapping[str, Any], Any], list[VisualGrid]]:
@@ -79,7 +86,7 @@ def anyres_visual_grids(tile_side: TileSide) -> Callable[[Mapping[str, Any], Any
                 made.append(VisualGrid("image", 1, side, side, seen, seen, tail=1))
                 continue
             high_res = _high_res(size, processor, tile, side)
-            rows, cols = high_res["tokens"]
+            rows, cols = high_res.tokens
             made += [
                 VisualGrid("image", 1, side, side, seen, seen, part="base"),
                 VisualGrid(
@@ -89,7 +96,7 @@ def anyres_visual_grids(tile_side: TileSide) -> Callable[[Mapping[str, Any], Any
                     cols,
                     rows * per_token,
                     cols * per_token,
-                    part="{}x{} tiles".format(*high_res["tiles"]),
+                    part="{}x{} tiles".format(*high_res.tiles),
                     continues=True,
                     row_tail=1,
                 ),
@@ -118,11 +125,11 @@ def anyres_image_pictures(inputs: Mapping[str, Any], processor, tile_side: TileS
         if group > 1:
             continue
         high_res = _high_res(size, processor, tile, side)
-        tile_rows, tile_cols = high_res["tiles"]
-        top, left, rows, cols = (value * per_token for value in high_res["region"])
+        tile_rows, tile_cols = high_res.tiles
+        top, left, rows, cols = (value * per_token for value in high_res.region)
         canvas = stitch_tiles(image[1 : 1 + tile_rows * tile_cols], tile_rows, tile_cols)
         seen = canvas[None, :, top : top + rows, left : left + cols]
-        shape = [count * per_token for count in high_res["tokens"]]
+        shape = [count * per_token for count in high_res.tokens]
         if list(seen.shape[-2:]) != shape:
             seen = torch.nn.functional.interpolate(seen.float(), size=shape, mode="bilinear")
         pictures.append(seen_pictures(seen, processor.image_processor))
