@@ -17,7 +17,7 @@ from lmms_var.testing.spatial_data import write_spatial_root
 
 __all__ = ["FAMILIES", "TINY_SPEC", "TINY_TAU"]
 TINY_SPEC = TinySpec()
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava")
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "internvl", "llava_next", "llava_onevision")
 
 
 @pytest.fixture

@@ -261,12 +261,20 @@ class _Capture:
 def _panel_maps(
     panels, images, per_key: dict[str, np.ndarray], sink_positions: set[int]
 ) -> tuple[PanelMap, ...]:
-    """Each panel's slice of the per-key averages, as its grid, and its sinks as (row, col)."""
+    """Each panel's slice of the per-key averages, placed on its grid, and its sinks as (row, col)."""
     maps = []
     for panel, image in zip(panels, images, strict=True):
         start, stop = panel.tokens
-        sinks = tuple(divmod(p - start, panel.grid[1]) for p in sorted(sink_positions) if start <= p < stop)
-        grid = {name: values[start:stop].reshape(panel.grid) for name, values in per_key.items()}
+        cells = panel.cells()
+        sinks = tuple(
+            sorted(cells[p - start] for p in sink_positions if start <= p < stop and cells[p - start])
+        )
+        drawn = [index for index, cell in enumerate(cells) if cell is not None]
+        rows, cols = (np.array(axis) for axis in zip(*(cells[index] for index in drawn), strict=True))
+        grid = {}
+        for name, values in per_key.items():
+            grid[name] = np.zeros(panel.grid)
+            grid[name][rows, cols] = values[start:stop][drawn]
         maps.append(PanelMap(panel, grid["before"], grid["after"], sinks, image))
     return tuple(maps)
 

@@ -66,13 +66,20 @@ def _header(maps: AttentionMaps, model: str, question: str, note: str | None) ->
     return lines + ([note] if note else [])
 
 
+def _tiling(panel) -> str:
+    """`, in 2x3 tiles (dotted)` for a tiled panel, and how many of its tokens cover no pixels."""
+    tiles = "" if panel.tiles == (1, 1) else f", in {panel.tiles[0]}x{panel.tiles[1]} tiles (dotted)"
+    undrawn = sum(cell is None for cell in panel.cells())
+    return tiles + (f", + {_count(undrawn, 'newline token')} (not drawn)" if undrawn else "")
+
+
 def _caption(panel_map: PanelMap, maps: AttentionMaps) -> str:
     panel = panel_map.panel
     (width, height), (rows, cols) = panel.size, panel.grid
     before, after = panel_map.before, panel_map.after
     return (
         f"{panel.label()}: {width}x{height} px as the model saw it, {rows}x{cols} tokens of "
-        f"{panel.token_size[0]}x{panel.token_size[1]} px\n"
+        f"{panel.token_size[0]}x{panel.token_size[1]} px{_tiling(panel)}\n"
         f"attention on it {panel_map.image_mass(before):.3f} before, {panel_map.image_mass(after):.3f} after  ·  "
         f"on its {_count(len(panel_map.sinks), 'visual sink')} (outlined) {panel_map.sink_mass(before):.3f} before, "
         f"{panel_map.sink_mass(after):.3f} after\n"
@@ -95,6 +102,11 @@ def _draw_panel(axes, panel_map: PanelMap, values: np.ndarray, norm: PowerNorm, 
         extent=(0, width, height, 0),
         interpolation="nearest",
     )
+    tile_rows, tile_cols = panel_map.panel.tiles
+    for row in range(1, tile_rows):
+        axes.axhline(row * height / tile_rows, color="white", linestyle=":", linewidth=1.0)
+    for col in range(1, tile_cols):
+        axes.axvline(col * width / tile_cols, color="white", linestyle=":", linewidth=1.0)
     for row, col in panel_map.sinks:
         left, top, right, bottom = panel_map.panel.pixel_box(row, col)
         axes.add_patch(

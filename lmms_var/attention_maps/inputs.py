@@ -49,7 +49,8 @@ def split_batch(model: torch.nn.Module, processor, inputs: Mapping) -> list[dict
                     f"inputs: prompt {row}'s {kind} placeholders do not match the batch's {kind} grids"
                 )
             if taken[kind] > first:
-                sample |= outputs.cut_visuals(inputs, kind, first, taken[kind])
+                kind_grids = [grid for grid in grids if grid.kind == kind]
+                sample |= outputs.cut_visuals(inputs, kind_grids, kind, first, taken[kind])
         samples.append(sample)
     return samples
 

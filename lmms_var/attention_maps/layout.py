@@ -2,8 +2,10 @@
 
 The family's backbone reads the processor's outputs into one `VisualGrid` per image or video
 (`Backbone.visual_grids`): the picture the model saw is `width` x `height` pixels, cut into `rows` x
-`cols` tokens, one token per `width / cols` x `height / rows` block, row by row, left to right. A
-video repeats that grid once per *temporal patch group* (`frames`), one after the other.
+`cols` tokens, one token per `width / cols` x `height / rows` block, row by row, left to right (a
+tiled picture: tile after tile, each row by row). A video repeats that grid once per *temporal patch
+group* (`frames`), one after the other. An image seen as several parts (InternVL's tiles and
+thumbnail) has one grid, and one panel, per part.
 `visual_panels` is pure: it places those grids on the prompt's placeholder tokens, whatever the family.
 """
 
@@ -27,6 +29,22 @@ class VisualPanel:
     size: tuple[int, int]  # (width, height) in pixels of the resized image the model saw
     grid: tuple[int, int]  # (rows, cols) of visual tokens
     tokens: tuple[int, int]  # [start, stop) positions of its visual tokens in the prompt
+    tiles: tuple[int, int] = (1, 1)  # (rows, cols) of tiles the tokens come in, tile after tile
+    part: str = ""  # which part of its image the panel shows ("thumbnail"), "" for the whole
+    row_tail: int = 0  # tokens after each row that cover no pixels (newline features)
+    tail: int = 0  # tokens after the last row that cover no pixels
+
+    def cells(self) -> list[tuple[int, int] | None]:
+        """(row, col) in `grid` of each of its tokens in prompt order; None for one covering no pixels."""
+        (rows, cols), (tile_rows, tile_cols) = self.grid, self.tiles
+        height, width = rows // tile_rows, cols // tile_cols
+        cells: list[tuple[int, int] | None] = []
+        for tile_row in range(tile_rows):
+            for tile_col in range(tile_cols):
+                for row in range(height):
+                    cells += [(tile_row * height + row, tile_col * width + col) for col in range(width)]
+                    cells += [None] * self.row_tail
+        return cells + [None] * self.tail
 
     @property
     def token_size(self) -> tuple[int, int]:
@@ -34,10 +52,13 @@ class VisualPanel:
         return self.size[0] // self.grid[1], self.size[1] // self.grid[0]
 
     def label(self) -> str:
-        """`image 1`, or `video 1, temporal group 2` (1-based, as people count)."""
-        if self.group is None:
-            return f"{self.kind} {self.index + 1}"
-        return f"{self.kind} {self.index + 1}, temporal group {self.group + 1}"
+        """`image 1`, `image 1, thumbnail` or `video 1, temporal group 2` (1-based, as people count)."""
+        label = f"{self.kind} {self.index + 1}"
+        if self.part:
+            label += f", {self.part}"
+        if self.group is not None:
+            label += f", temporal group {self.group + 1}"
+        return label
 
     def pixel_box(self, row: int, col: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) pixels of the token at (row, col) of this panel's grid."""
@@ -46,12 +67,14 @@ class VisualPanel:
 
 
 def _per_kind(grids: Sequence[VisualGrid]) -> list[tuple[str, int, VisualGrid]]:
-    """(kind, index among that kind's grids, grid) for each grid, in the given order."""
+    """(kind, index of its visual among that kind's, grid) for each grid, in the given order (a grid
+    that `continues` belongs to the visual of the kind's previous grid)."""
     counted: dict[str, int] = {}
     indexed = []
     for grid in grids:
-        indexed.append((grid.kind, counted.get(grid.kind, 0), grid))
-        counted[grid.kind] = counted.get(grid.kind, 0) + 1
+        if not grid.continues:
+            counted[grid.kind] = counted.get(grid.kind, 0) + 1
+        indexed.append((grid.kind, counted[grid.kind] - 1, grid))
     return indexed
 
 
@@ -81,7 +104,8 @@ def visual_panels(
                 f"{grid.width} x {grid.height} px picture in whole pixels"
             )
         for group in range(grid.frames):
-            count = grid.rows * grid.cols
+            tail = grid.tail if group == grid.frames - 1 else 0  # on the last frame's panel
+            count = grid.rows * (grid.cols + grid.row_tail) + tail
             span = positions[kind][used[kind] : used[kind] + count]
             used[kind] += count
             if len(span) < count:
@@ -98,6 +122,10 @@ def visual_panels(
                     size=(grid.width, grid.height),
                     grid=(grid.rows, grid.cols),
                     tokens=(span[0], span[-1] + 1),
+                    tiles=grid.tiles,
+                    part=grid.part,
+                    row_tail=grid.row_tail,
+                    tail=tail,
                 )
             )
     for kind in kinds:
@@ -122,8 +150,8 @@ def panel_pictures(
     for (kind, index, grid), picture in zip(_per_kind(grids), pictures, strict=True):
         if tuple(picture.shape) != (grid.frames, grid.height, grid.width, 3):
             raise ValueError(
-                f"{kind} {index}: the processor's pixels are {tuple(picture.shape)}, its grid says "
+                f"{kind} {index}{grid.part and ' ' + grid.part}: the processor's pixels are {tuple(picture.shape)}, its grid says "
                 f"{grid.frames} x {grid.height} x {grid.width} x 3"
             )
-        by_visual[kind, index] = picture
-    return [by_visual[panel.kind, panel.index][panel.group or 0] for panel in panels]
+        by_visual[kind, index, grid.part] = picture
+    return [by_visual[panel.kind, panel.index, panel.part][panel.group or 0] for panel in panels]

@@ -28,6 +28,11 @@ DEFINITIONS = {
     "(over all heads)",
     "size": "[width, height] in pixels of the resized image the model saw",
     "grid": "[rows, cols] of visual tokens; each covers a square of size[0] / cols pixels",
+    "tiles": "[rows, cols] of tiles the image was cut into (InternVL): its tokens come tile after tile, "
+    "each row-major; `before`, `after` and `sinks` are placed on the whole grid",
+    "part": "which part of its image the panel shows (e.g. InternVL's 'thumbnail'); '' for the whole image",
+    "undrawn_tokens": "tokens of the panel's span that cover no pixels (LLaVA-NeXT's newline features): "
+    "not drawn, not in `before`, `after`, the masses or `sinks`",
 }
 
 
@@ -56,6 +61,9 @@ class PanelMap:
             "size": list(panel.size),
             "grid": list(panel.grid),
             "tokens": list(panel.tokens),
+            "tiles": list(panel.tiles),
+            "part": panel.part,
+            "undrawn_tokens": sum(cell is None for cell in panel.cells()),
             "before": self.before.tolist(),
             "after": self.after.tolist(),
             "sinks": [list(sink) for sink in self.sinks],

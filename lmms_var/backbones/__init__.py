@@ -8,12 +8,23 @@ in the test matrix).
 import os
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
+from lmms_var.backbones.internvl import INTERNVL
 from lmms_var.backbones.llava import LLAVA
+from lmms_var.backbones.llava_next import LLAVA_NEXT
+from lmms_var.backbones.llava_onevision import LLAVA_ONEVISION
 from lmms_var.backbones.qwen2_5_vl import QWEN2_5_VL
 from lmms_var.backbones.qwen2_vl import QWEN2_VL
 from lmms_var.backbones.qwen3_vl import QWEN3_VL
 
-BACKBONES: tuple[Backbone, ...] = (QWEN2_5_VL, QWEN2_VL, QWEN3_VL, LLAVA)
+BACKBONES: tuple[Backbone, ...] = (
+    QWEN2_5_VL,
+    QWEN2_VL,
+    QWEN3_VL,
+    LLAVA,
+    INTERNVL,
+    LLAVA_NEXT,
+    LLAVA_ONEVISION,
+)
 
 __all__ = [
     "BACKBONES",

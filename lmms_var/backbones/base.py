@@ -39,8 +39,12 @@ class VisualGrid:
 
     The picture was resized to `height` x `width` pixels; its tokens come `frames` x `rows` x `cols`,
     frame by frame, row-major, each covering `height / rows` x `width / cols` pixels (a video's frame
-    is a group of `temporal_patch_size` input frames). The i-th grid of a kind covers the i-th run of
-    that kind's placeholder tokens in the batch.
+    is a group of `temporal_patch_size` input frames). A picture cut into `tiles` (rows, cols of
+    tiles, InternVL) has its tokens tile after tile, row-major within each. The i-th grid of a kind
+    covers the next `tokens` of that kind's placeholder tokens in the batch. An image the model sees
+    as several parts (tiles and a thumbnail) has one grid per part, each named by `part`; all but
+    the first have `continues` set. Placeholders that stand for no pixels (LLaVA-NeXT's newline
+    features) come `row_tail` after each row of tokens and `tail` after the whole grid.
     """
 
     kind: str  # one of VISUAL_KINDS
@@ -49,10 +53,15 @@ class VisualGrid:
     cols: int
     height: int
     width: int
+    tiles: tuple[int, int] = (1, 1)
+    part: str = ""
+    continues: bool = False
+    row_tail: int = 0
+    tail: int = 0
 
     @property
     def tokens(self) -> int:
-        return self.frames * self.rows * self.cols
+        return self.frames * self.rows * (self.cols + self.row_tail) + self.tail
 
 
 @dataclass(frozen=True)
@@ -61,16 +70,16 @@ class ProcessorOutputs:
 
     `token_inputs` are `[batch, tokens]` (`input_ids`, `attention_mask`, and any other holds 0 at a
     text token); `visual_inputs` describe the images and videos; together they are what the model's
-    forward takes. `cut_visuals(inputs, kind, first, stop)` cuts the `visual_inputs` of the `kind`
-    visuals `[first, stop)` of the batch (in processor order) out, as the processor gives them for
-    those visuals alone. `pictures(inputs, processor)` gives, per `VisualGrid` in the order
+    forward takes. `cut_visuals(inputs, grids, kind, first, stop)` cuts the `visual_inputs` of the
+    `kind` grids `[first, stop)` of the batch (in processor order; `grids`: the batch's grids of that
+    kind) out, as the processor gives them for those visuals alone. `pictures(inputs, processor)` gives, per `VisualGrid` in the order
     `visual_grids` gives them, Uint8[frames, height, width, 3]: the picture the vision tower was
     given (a video's frame: the first of its temporal group), the processor's normalisation undone.
     """
 
     token_inputs: tuple[str, ...]
     visual_inputs: tuple[str, ...]
-    cut_visuals: Callable[[Mapping[str, Any], str, int, int], dict[str, Any]]
+    cut_visuals: Callable[[Mapping[str, Any], list[VisualGrid], str, int, int], dict[str, Any]]
     pictures: Callable[[Mapping[str, Any], Any], list[Any]]
 
     @property
@@ -91,7 +100,7 @@ class LmmsEvalModel:
 
     model_id: str  # the model this project registers, e.g. "qwen2_5_vl_var"
     upstream_id: str  # lmms-eval's own, e.g. "qwen2_5_vl"
-    simple_class: str  # import path of upstream's simple (doc_to_visual) class
+    simple_class: str | None  # import path of upstream's simple (doc_to_visual) class, if it has one
     chat_class: str | None  # import path of upstream's chat (doc_to_messages) class, if it has one
     default_pretrained: str
     upstream_args: Mapping[str, Any]
@@ -117,8 +126,8 @@ class LmmsEvalModel:
 
     @property
     def class_stem(self) -> str:
-        """Upstream's simple class name, e.g. `Qwen2_5_VL`: ours are `<stem>_VAR` and `<stem>_VAR_Chat`."""
-        return self.simple_class.rsplit(".", 1)[1]
+        """Upstream's class name, e.g. `Qwen2_5_VL`: ours are `<stem>_VAR` and `<stem>_VAR_Chat`."""
+        return (self.simple_class or self.chat_class).rsplit(".", 1)[1]
 
 
 @dataclass(frozen=True, eq=False)  # one instance per family: compared and hashed by identity

@@ -24,7 +24,7 @@ def _visual_grids(inputs: Mapping[str, Any], processor) -> list[VisualGrid]:
     return [VisualGrid("image", 1, height // patch, width // patch, height, width)] * pixel_values.shape[0]
 
 
-def _cut_visuals(inputs: Mapping[str, Any], _kind: str, first: int, stop: int) -> dict[str, Any]:
+def _cut_visuals(inputs: Mapping[str, Any], _grids, _kind: str, first: int, stop: int) -> dict[str, Any]:
     """The images `[first, stop)`: one `pixel_values` entry each."""
     return {"pixel_values": inputs["pixel_values"][first:stop]}
 
@@ -55,6 +55,28 @@ def _state(pretrained: str, args: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# lmms-eval's llava_hf loads LLaVA-1.5, LLaVA-NeXT and LLaVA-OneVision checkpoints (by model type):
+# `llava_hf_var` serves the three backbones.
+LLAVA_HF = LmmsEvalModel(
+    model_id="llava_hf_var",
+    upstream_id="llava_hf",
+    simple_class="lmms_eval.models.simple.llava_hf.LlavaHf",
+    chat_class="lmms_eval.models.chat.llava_hf.LlavaHf",
+    default_pretrained="llava-hf/llava-1.5-7b-hf",
+    upstream_args={
+        "revision": "main",
+        "trust_remote_code": False,
+        "chat_template": None,
+        "use_cache": True,
+        "max_frames_num": 32,
+    },
+    state=_state,
+    cuda_dtype="auto",
+    hub_options=_hub_options,
+    max_batch_size=1,
+    processor_attribute="_image_processor",
+)
+
 LLAVA = Backbone(
     family="LLaVA-1.5",
     model_type="llava",
@@ -68,23 +90,5 @@ LLAVA = Backbone(
         cut_visuals=_cut_visuals,
         pictures=_pictures,
     ),
-    lmms_eval=LmmsEvalModel(
-        model_id="llava_hf_var",
-        upstream_id="llava_hf",
-        simple_class="lmms_eval.models.simple.llava_hf.LlavaHf",
-        chat_class="lmms_eval.models.chat.llava_hf.LlavaHf",
-        default_pretrained="llava-hf/llava-1.5-7b-hf",
-        upstream_args={
-            "revision": "main",
-            "trust_remote_code": False,
-            "chat_template": None,
-            "use_cache": True,
-            "max_frames_num": 32,
-        },
-        state=_state,
-        cuda_dtype="auto",
-        hub_options=_hub_options,
-        max_batch_size=1,
-        processor_attribute="_image_processor",
-    ),
+    lmms_eval=LLAVA_HF,
 )

@@ -17,3 +17,11 @@ def seen_pictures(pixels, image_processor) -> Any:
     if getattr(image_processor, "do_rescale", True):
         frames = frames / image_processor.rescale_factor
     return frames.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def stitch_tiles(tiles, rows: int, cols: int) -> Any:
+    """Float[C, rows * S, cols * S]: `rows` x `cols` square tiles Float[rows * cols, C, S, S] (row-major)
+    put back together."""
+    channels, side = tiles.shape[1], tiles.shape[-1]
+    grid = tiles.reshape(rows, cols, channels, side, side).permute(2, 0, 3, 1, 4)
+    return grid.reshape(channels, rows * side, cols * side)

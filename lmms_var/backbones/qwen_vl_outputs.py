@@ -18,7 +18,7 @@ _SUB_PROCESSORS = {"image": "image_processor", "video": "video_processor"}
 _VIDEO_TIMING = "second_per_grid_ts"  # Qwen2.5-VL: seconds per temporal group, one per video
 
 
-def _cut_visuals(inputs: Mapping[str, Any], kind: str, first: int, stop: int) -> dict[str, Any]:
+def _cut_visuals(inputs: Mapping[str, Any], _grids, kind: str, first: int, stop: int) -> dict[str, Any]:
     """The pixel rows and grids of the `kind` visuals `[first, stop)` (each takes t * h * w rows)."""
     grids = inputs[_GRIDS[kind]]
     rows = grids.prod(dim=-1).tolist()

@@ -6,18 +6,26 @@ lmms-eval at module level would be circular whenever this package is imported fi
 themselves live in `lmms_var.models.classes`, imported only when lmms-eval resolves a class path.
 """
 
-from lmms_var.backbones import BACKBONES, Backbone
+from lmms_var.backbones import BACKBONES, Backbone, LmmsEvalModel
 
 CLASSES_MODULE = "lmms_var.models.classes"
+# lmms-eval's models, each once (llava_hf serves three backbones), in the order of `BACKBONES`.
+LMMS_EVAL_MODELS: tuple[LmmsEvalModel, ...] = tuple(dict.fromkeys(b.lmms_eval for b in BACKBONES))
 
 
-def class_names(backbone: Backbone) -> dict[bool, str]:
-    """{chat?: class name} of a backbone's VAR classes: `<upstream>_VAR`, and `<upstream>_VAR_Chat`
-    where upstream has a chat class."""
-    stem = backbone.lmms_eval.class_stem
-    names = {False: f"{stem}_VAR"}
-    if backbone.lmms_eval.chat_class:
-        names[True] = f"{stem}_VAR_Chat"
+def served_backbones(spec: LmmsEvalModel) -> tuple[Backbone, ...]:
+    """The backbones whose checkpoints lmms-eval's model `spec` loads."""
+    return tuple(backbone for backbone in BACKBONES if backbone.lmms_eval is spec)
+
+
+def class_names(spec: LmmsEvalModel) -> dict[bool, str]:
+    """{chat?: class name} of the VAR classes of an lmms-eval model: `<upstream>_VAR` where upstream
+    has a simple class, `<upstream>_VAR_Chat` where it has a chat class."""
+    names = {}
+    if spec.simple_class:
+        names[False] = f"{spec.class_stem}_VAR"
+    if spec.chat_class:
+        names[True] = f"{spec.class_stem}_VAR_Chat"
     return names
 
 
@@ -26,12 +34,12 @@ def manifests() -> list:
     from lmms_eval.models.registry_v2 import ModelManifest
 
     made = []
-    for backbone in BACKBONES:
-        paths = {chat: f"{CLASSES_MODULE}.{name}" for chat, name in class_names(backbone).items()}
+    for spec in LMMS_EVAL_MODELS:
+        paths = {chat: f"{CLASSES_MODULE}.{name}" for chat, name in class_names(spec).items()}
         made.append(
             ModelManifest(
-                model_id=backbone.lmms_eval.model_id,
-                simple_class_path=paths[False],
+                model_id=spec.model_id,
+                simple_class_path=paths.get(False),
                 chat_class_path=paths.get(True),
             )
         )

@@ -13,8 +13,19 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessor,
+    GotOcr2ImageProcessor,
+    InternVLConfig,
+    InternVLProcessor,
+    InternVLVideoProcessor,
     LlamaTokenizer,
     LlavaConfig,
+    LlavaNextConfig,
+    LlavaNextImageProcessor,
+    LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionImageProcessor,
+    LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
     LlavaProcessor,
     PretrainedConfig,
     ProcessorMixin,
@@ -152,8 +163,9 @@ class TinyFamily:
     processor_only_chat_template: bool = False
 
 
-def qwen_tokenizer() -> Qwen2Tokenizer:
-    """A small byte-level BPE wrapped as Qwen2's tokenizer with Qwen's special tokens."""
+def qwen_tokenizer(named_tokens: dict[str, str] | None = None) -> Qwen2Tokenizer:
+    """A small byte-level BPE wrapped as Qwen2's tokenizer with Qwen's special tokens, plus
+    `named_tokens` (attribute name -> token, as a checkpoint's `extra_special_tokens`)."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bpe.decoder = decoders.ByteLevel()
@@ -169,7 +181,12 @@ def qwen_tokenizer() -> Qwen2Tokenizer:
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         additional_special_tokens=QWEN_SPECIAL_TOKENS,
+        **({"extra_special_tokens": named_tokens} if named_tokens else {}),
     )
+    if named_tokens:  # named special tokens replace the unnamed ones: add those back
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": QWEN_SPECIAL_TOKENS}, replace_extra_special_tokens=False
+        )
     tokenizer.add_tokens(QWEN_EXTRA_TOKENS)
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
     tokenizer.padding_side = "left"
@@ -328,6 +345,145 @@ def _llava_config(shape: TinyShape, tokenizer) -> LlavaConfig:
     )
 
 
+# InternVL's vision side: INTERNVL_TILE-pixel tiles (448 in InternVL) in INTERNVL_PATCH-pixel patches,
+# 2 x 2 patches per token after the pixel shuffle: 4 x 4 tokens per tile (16 x 16 in InternVL).
+INTERNVL_TILE = 56
+INTERNVL_PATCH = 7
+INTERNVL_TOKENS = {
+    "start_image_token": "<img>",
+    "end_image_token": "</img>",
+    "context_image_token": "<IMG_CONTEXT>",
+    "video_token": "<video>",
+}
+# InternVL-hf's chat template is Qwen's with `<IMG_CONTEXT>\n` per image and `<video>\n` per video.
+INTERNVL_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace(
+    "<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n"
+).replace("<|vision_start|><|video_pad|><|vision_end|>", "<video>\n")
+
+
+def _internvl_processor(_shape: TinyShape) -> InternVLProcessor:
+    tile = {"height": INTERNVL_TILE, "width": INTERNVL_TILE}
+    tokenizer = qwen_tokenizer(INTERNVL_TOKENS)
+    tokenizer.chat_template = INTERNVL_CHAT_TEMPLATE
+    return InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size=tile, crop_to_patches=True, max_patches=12),
+        tokenizer=tokenizer,
+        video_processor=InternVLVideoProcessor(size=tile),
+        image_seq_length=(INTERNVL_TILE // INTERNVL_PATCH // 2) ** 2,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+    )
+
+
+def _internvl_config(shape: TinyShape, tokenizer) -> InternVLConfig:
+    text = shape.text_config(
+        tokenizer,
+        model_type="qwen2",  # InternVL3's decoder (Qwen2 has query/key biases, where sink heads are wired)
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        tie_word_embeddings=False,
+    )
+    return InternVLConfig(
+        text_config=text,
+        vision_config={
+            "hidden_size": shape.vision_hidden_size,
+            "intermediate_size": shape.vision_hidden_size * 2,
+            "num_hidden_layers": shape.vision_depth,
+            "num_attention_heads": shape.vision_heads,
+            "image_size": [INTERNVL_TILE, INTERNVL_TILE],
+            "patch_size": [INTERNVL_PATCH, INTERNVL_PATCH],
+        },
+        image_token_id=tokenizer.convert_tokens_to_ids(INTERNVL_TOKENS["context_image_token"]),
+        image_seq_length=(INTERNVL_TILE // INTERNVL_PATCH // 2) ** 2,
+        tie_word_embeddings=False,
+    )
+
+
+# LLaVA-NeXT's and LLaVA-OneVision's vision side: ANYRES_SIDE-pixel tiles (336 / 384 in the real ones)
+# in LLAVA_PATCH-pixel patches, one token each; the picture is resized onto the pinpoint (in pixels,
+# height x width) that keeps most of it, padded, and cut into tiles.
+ANYRES_SIDE = 28
+ANYRES_PINPOINTS = [[28, 56], [56, 28], [56, 56], [28, 84], [84, 28]]
+ANYRES_TOKENS = {"image_token": "<image>", "video_token": "<video>"}
+# llava-hf's OneVision chat template: Qwen's, with `<image>\n` per image and `<video>\n` per video.
+ONEVISION_CHAT_TEMPLATE = INTERNVL_CHAT_TEMPLATE.replace("<IMG_CONTEXT>", "<image>")
+
+
+def _anyres_vision(shape: TinyShape, model_type: str) -> dict:
+    return {
+        "model_type": model_type,
+        "hidden_size": shape.vision_hidden_size,
+        "intermediate_size": shape.vision_hidden_size * 2,
+        "num_hidden_layers": shape.vision_depth,
+        "num_attention_heads": shape.vision_heads,
+        "image_size": ANYRES_SIDE,
+        "patch_size": LLAVA_PATCH,
+    }
+
+
+def _llava_next_processor(_shape: TinyShape) -> LlavaNextProcessor:
+    side = {"height": ANYRES_SIDE, "width": ANYRES_SIDE}
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": ANYRES_SIDE}, crop_size=side, image_grid_pinpoints=ANYRES_PINPOINTS
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=llama_tokenizer(),
+        patch_size=LLAVA_PATCH,
+        vision_feature_select_strategy="default",
+        chat_template=LLAVA_CHAT_TEMPLATE,
+        num_additional_image_tokens=1,  # CLIP's class token, which the "default" strategy drops
+    )
+
+
+def _llava_next_config(shape: TinyShape, tokenizer) -> LlavaNextConfig:
+    config = _llava_config(shape, tokenizer)
+    # 48 wide, not the shape's 64: with those random weights the planted gate happens to fire on no
+    # token of one test image (the shared mechanism gates a fraction of all calibration tokens).
+    width = {"hidden_size": 48, "intermediate_size": 96, "projection_dim": 48}
+    return LlavaNextConfig(
+        text_config=config.text_config,
+        vision_config=_anyres_vision(shape, "clip_vision_model") | width,
+        image_token_index=config.image_token_id,
+        image_grid_pinpoints=ANYRES_PINPOINTS,
+        image_seq_length=(ANYRES_SIDE // LLAVA_PATCH) ** 2,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _llava_onevision_processor(_shape: TinyShape) -> LlavaOnevisionProcessor:
+    side = {"height": ANYRES_SIDE, "width": ANYRES_SIDE}
+    tokenizer = qwen_tokenizer(ANYRES_TOKENS)
+    tokenizer.chat_template = ONEVISION_CHAT_TEMPLATE
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=side, image_grid_pinpoints=ANYRES_PINPOINTS),
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(size=side),
+        num_image_tokens=(ANYRES_SIDE // LLAVA_PATCH) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=ONEVISION_CHAT_TEMPLATE,
+    )
+
+
+def _llava_onevision_config(shape: TinyShape, tokenizer) -> LlavaOnevisionConfig:
+    text = shape.text_config(
+        tokenizer,
+        model_type="qwen2",  # OneVision's decoder (Qwen2 has query/key biases, where sink heads are wired)
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        tie_word_embeddings=False,
+    )
+    return LlavaOnevisionConfig(
+        text_config=text,
+        vision_config=_anyres_vision(shape, "siglip_vision_model"),
+        image_token_index=tokenizer.convert_tokens_to_ids(ANYRES_TOKENS["image_token"]),
+        video_token_index=tokenizer.convert_tokens_to_ids(ANYRES_TOKENS["video_token"]),
+        image_grid_pinpoints=ANYRES_PINPOINTS,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        tie_word_embeddings=False,
+    )
+
+
 _QWEN = {
     "text_sink_tokens": ("<|im_start|>",),
     "visual_tokens": ("<|image_pad|>", "<|video_pad|>"),
@@ -362,6 +518,31 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
             visual_tokens=("<image>",),
             end_of_answer="</s>",
             processor_only_chat_template=True,
+        ),
+        TinyFamily(
+            "internvl",
+            _internvl_processor,
+            _internvl_config,
+            text_sink_tokens=("<|im_start|>",),
+            visual_tokens=(INTERNVL_TOKENS["context_image_token"],),
+            end_of_answer="<|im_end|>",
+        ),
+        TinyFamily(
+            "llava_next",
+            _llava_next_processor,
+            _llava_next_config,
+            text_sink_tokens=("<s>",),
+            visual_tokens=("<image>",),
+            end_of_answer="</s>",
+            processor_only_chat_template=True,
+        ),
+        TinyFamily(
+            "llava_onevision",
+            _llava_onevision_processor,
+            _llava_onevision_config,
+            text_sink_tokens=("<|im_start|>",),
+            visual_tokens=tuple(ANYRES_TOKENS.values()),
+            end_of_answer="<|im_end|>",
         ),
     )
 }

@@ -121,20 +121,28 @@ def test_every_panel_holds_the_averaged_attention_before_and_after_var(
         maps = attention_maps(handle, processor, inputs, MapSettings(layers=LAYERS, rows=rows))
     assert (maps.layers, list(maps.heads), list(maps.rows)) == (LAYERS, heads, expected_rows)
     assert maps.head_rule == "selected" and maps.total_selected_pairs == pairs > 0
-    assert len(maps.panels) == (2 if make_inputs is two_images else 3)  # a video of 4 frames: 2 groups
+    # Two images, or an image and a video (a panel per frame or temporal group); an image seen in parts
+    # (InternVL's tiles and thumbnail, LLaVA-NeXT's base and high-res view) has a panel per part.
+    assert len({(panel_map.panel.kind, panel_map.panel.index) for panel_map in maps.panels}) == 2
     visual = torch.isin(inputs["input_ids"][0], torch.tensor(visual_token_ids(model_type, processor)))
     drawn = [position for panel_map in maps.panels for position in range(*panel_map.panel.tokens)]
     assert drawn == visual.nonzero().flatten().tolist()  # every visual token on one panel, in prompt order
     for panel_map in maps.panels:
         start, stop = panel_map.panel.tokens
         data = panel_map.to_json()
+        # (row, col) of each token: tiles placed where they were cut; None: a newline feature, not drawn.
+        cells = panel_map.panel.cells()
+        drawn = [index for index, cell in enumerate(cells) if cell is not None]
+        rows, cols = data["grid"]
+        assert sorted(cells[i] for i in drawn) == [(row, col) for row in range(rows) for col in range(cols)]
         for name in ("before", "after"):
-            values = expected[name][start:stop]
-            np.testing.assert_allclose(np.array(data[name]).flatten(), values, atol=1e-6)
+            values = expected[name][start:stop][drawn]
+            drawn_values = [data[name][row][col] for row, col in (cells[i] for i in drawn)]
+            np.testing.assert_allclose(drawn_values, values, atol=1e-6)
             # The per-patch values add up to the attention mass on the image from these rows, layers, heads.
             assert data["image_mass"][name] == pytest.approx(values.sum(), abs=1e-6)
-        sinks = {start + row * panel_map.panel.grid[1] + col for row, col in data["sinks"]}
-        assert sinks == {p for p in sink_positions if start <= p < stop}
+        sinks = {start + cells.index(tuple(sink)) for sink in data["sinks"]}
+        assert sinks == {p for p in sink_positions if start <= p < stop and cells[p - start] is not None}
         assert data["sink_mass"]["before"] == pytest.approx(expected["before"][sorted(sinks)].sum(), abs=1e-6)
     assert any(panel_map.sinks for panel_map in maps.panels)
 

@@ -1,11 +1,14 @@
 """`ProcessorOutputs.pictures`: the picture each family's vision tower was given, rebuilt from the
 processor's own pixels (normalisation undone), at the size and crop the grids describe."""
 
+import copy
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from lmms_var.backbones import backbone_for_model_type
+from lmms_var.backbones.pixels import seen_pictures
 from lmms_var.testing.images import random_image
 from tests.patch.conftest import chat_text
 
@@ -91,3 +94,56 @@ def test_llava_sees_the_centre_square_of_a_wide_image_resized_to_its_short_side(
     assert picture.shape == (1, 56, 56, 3)
     assert np.abs(picture[0] - centre).max() <= 3
     assert picture[0, :, 0, 0].mean() > 40 and picture[0, :, -1, 0].mean() < 215  # the ramp's ends were cut
+
+
+def test_internvl_places_each_tile_where_it_was_cut(tiny_models):
+    """A 3:2 image in 3 x 2 tiles of 56 px and a thumbnail: the tiles put back together are the image
+    resized to 168 x 112 (the arrangement is read from the thumbnail: 6 tiles could also be 3 x 2)."""
+    processor = tiny_models("internvl")[1]
+    image = random_image(11, size=(300, 200))
+    inputs = processor(text=[chat_text(processor, 1, "?")], images=[image], return_tensors="pt")
+    tiles, thumbnail = backbone_for_model_type("internvl").visual_grids(inputs, processor)
+    assert (tiles.tiles, tiles.width, tiles.height, tiles.rows, tiles.cols) == ((2, 3), 168, 112, 8, 12)
+    assert (thumbnail.part, thumbnail.continues, thumbnail.width, thumbnail.tiles) == (
+        "thumbnail",
+        True,
+        56,
+        (1, 1),
+    )
+    stitched, small = backbone_for_model_type("internvl").processor_outputs.pictures(inputs, processor)
+    resized = np.asarray(image.resize((168, 112), Image.Resampling.BICUBIC)).astype(float)
+    assert stitched.shape == (1, 112, 168, 3) and np.abs(stitched[0] - resized).mean() < 8
+    whole = np.asarray(image.resize((56, 56), Image.Resampling.BICUBIC)).astype(float)
+    assert small.shape == (1, 56, 56, 3) and np.abs(small[0] - whole).mean() < 8
+
+
+def test_llava_any_res_shows_the_base_and_the_unpadded_high_res_view(tiny_models):
+    """LLaVA-NeXT, a 2:1 image: the base is the whole image squashed to one 28 px tile; the high-res
+    view is the image resized onto the 56 x 28 px canvas (2 tiles), nothing padded to cut off."""
+    processor = tiny_models("llava_next")[1]
+    image = random_image(12, size=(200, 100))
+    inputs = processor(text=[chat_text(processor, 1, "?")], images=[image], return_tensors="pt")
+    base, high_res = backbone_for_model_type("llava_next").visual_grids(inputs, processor)
+    assert (base.part, base.width, base.height, base.rows, base.row_tail) == ("base", 28, 28, 4, 0)
+    assert (high_res.part, high_res.continues, high_res.row_tail) == ("1x2 tiles", True, 1)
+    assert (high_res.width, high_res.height, high_res.rows, high_res.cols) == (56, 28, 4, 8)
+    squashed, resized = backbone_for_model_type("llava_next").processor_outputs.pictures(inputs, processor)
+    for picture, size in ((squashed, (28, 28)), (resized, (56, 28))):
+        expected = np.asarray(image.resize(size, Image.Resampling.BICUBIC)).astype(float)
+        assert picture.shape == (1, size[1], size[0], 3) and np.abs(picture[0] - expected).mean() < 12
+
+
+def test_onevision_shows_only_the_pixels_its_patches_cover(tiny_models):
+    """SigLIP-384's 27 patches of 14 px leave 6 px of each tile unseen; so do 4 patches of 7 px in a
+    30 px tile: the base grid and its picture are the 28 px the patches cover."""
+    processor = copy.deepcopy(tiny_models("llava_onevision")[1])
+    processor.image_processor.size = {"height": 30, "width": 30}
+    processor.image_processor.image_grid_pinpoints = [[30, 60], [60, 30], [60, 60]]
+    inputs = processor(text=[chat_text(processor, 1, "?")], images=[random_image(13)], return_tensors="pt")
+    assert inputs["pixel_values"].shape[-1] == 30
+    grids = backbone_for_model_type("llava_onevision").visual_grids(inputs, processor)
+    pictures = backbone_for_model_type("llava_onevision").processor_outputs.pictures(inputs, processor)
+    assert [(grid.height, grid.width) for grid in grids] == [(28, 28), (56, 56)]
+    assert [picture.shape for picture in pictures] == [(1, 28, 28, 3), (1, 56, 56, 3)]
+    tile = seen_pictures(inputs["pixel_values"][0, :1], processor.image_processor)
+    assert np.array_equal(pictures[0][0], tile[0, :28, :28])

@@ -23,9 +23,15 @@ def test_grids_cover_each_image_token_run_in_order(family, family_model):
         edges = torch.diff(torch.cat([torch.zeros(1, dtype=row.dtype), row, torch.zeros(1, dtype=row.dtype)]))
         starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
         runs += (ends - starts).tolist()
-    assert [grid.kind for grid in grids] == ["image"] * 3
-    assert [grid.tokens for grid in grids] == runs
-    for grid, (width, height) in zip(grids, sizes, strict=True):
+    images = []  # per image, its grids: one, or its parts (InternVL's tiles, then its thumbnail)
+    for grid in grids:
+        if grid.continues:
+            images[-1].append(grid)
+        else:
+            images.append([grid])
+    assert [grid.kind for grid in grids] == ["image"] * len(grids) and len(images) == 3
+    assert [sum(grid.tokens for grid in parts) for parts in images] == runs
+    for (grid, *_), (width, height) in zip(images, sizes, strict=True):
         assert grid.height % grid.rows == 0 and grid.width % grid.cols == 0  # whole pixels per token
         # The picture keeps its orientation (or becomes a square crop, as LLaVA's).
         assert (grid.width - grid.height) * (

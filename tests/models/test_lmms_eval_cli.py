@@ -87,6 +87,14 @@ def distinct_answers(run: Run) -> int:
     return len({str(prediction) for prediction in run.predictions().values()})
 
 
+def distinct_diagnostics(run: Run) -> int:
+    """How many different diagnostics records the run's docs got, doc ids left out."""
+    ids = ("task", "split", "doc_id")
+    return len(
+        {json.dumps({k: v for k, v in r.items() if k not in ids}, sort_keys=True) for r in run.diagnostics()}
+    )
+
+
 @pytest.fixture(scope="module")
 def single(lmms_eval_run, qwen_checkpoint) -> Run:
     """One CPU process, batch size 1, VAR on with diagnostics written next to lmms-eval's outputs."""
@@ -269,5 +277,7 @@ def test_two_cpu_processes_match_one(
         two_processes = Run(double.output.parent / f"{family}_var", double.log)
         assert two_processes.results() is not None, double.log[-3000:]
         assert two_processes.predictions() == one_process.predictions()
-        assert distinct_answers(one_process) > 1  # docs mixed up between the processes would not match
         assert two_processes.diagnostics() == one_process.diagnostics()
+        # Docs mixed up between the processes would not match: their answers or their diagnostics
+        # differ (the tiny LLaVA-NeXT gives every doc the same letter with VAR on).
+        assert distinct_answers(one_process) > 1 or distinct_diagnostics(one_process) > 1

@@ -13,7 +13,7 @@ import torch
 from lmms_eval.api.instance import Instance
 from lmms_eval.models import get_model
 
-from lmms_var.backbones import backbone_for_model_type
+from lmms_var.backbones import BACKBONES, backbone_for_model_type
 from lmms_var.models.args import ModelArgError
 from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
 from lmms_var.models.diagnostics import summarise
@@ -41,11 +41,16 @@ QWEN2_5_VL = backbone_for_model_type(TINY_SPEC.model_type)
 # chat tasks (the chat class where upstream has one), so this covers the simple classes beside them.
 PARITY_HERE = [
     (TINY_SPEC.model_type, "chat"),
-    *((family, "simple") for family in FAMILIES if backbone_for_model_type(family).lmms_eval.chat_class),
+    *(
+        (family, "simple")
+        for family in FAMILIES
+        if backbone_for_model_type(family).lmms_eval.chat_class
+        and backbone_for_model_type(family).lmms_eval.simple_class
+    ),
 ]
 # llava_hf's simple class writes its own prompt (image tokens in a text turn), not the chat prompts the
 # tiny checkpoints' letter answers are planted on: there every doc gets the same letter.
-ANSWERS_ALIKE = {("llava", "simple")}
+ANSWERS_ALIKE = {("llava", "simple"), ("llava_next", "simple")}
 
 
 def model_args(backbone, **args) -> dict:
@@ -171,7 +176,8 @@ def test_var_on_changes_logits_and_records_each_doc(
     assert any("VAR on: sink_dims=[17, 93] from model args" in line for line in log_lines)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava"])  # both attributes processors are kept in
+# Each attribute upstream keeps its processor in (`processor`, `_image_processor`), every new family.
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava", "internvl", "llava_next", "llava_onevision"])
 def test_sink_dims_auto_measures_then_reuses_the_cache(
     model_type, tiny_checkpoints, tmp_path, monkeypatch, log_lines
 ):
@@ -245,16 +251,22 @@ def test_unknown_model_arg_is_named_with_the_args_there_are(tiny_checkpoint, no_
 @pytest.mark.parametrize("model_type", FAMILIES)
 def test_a_checkpoint_of_another_family_fails_from_its_config(model_type, tiny_checkpoints, no_weights):
     """For every family's model, sink dims given: the config alone refuses another family's checkpoint."""
-    other = FAMILIES[(FAMILIES.index(model_type) + 1) % len(FAMILIES)]
     spec = backbone_for_model_type(model_type).lmms_eval
+    following = FAMILIES[FAMILIES.index(model_type) + 1 :] + FAMILIES
+    other = next(family for family in following if backbone_for_model_type(family).lmms_eval is not spec)
+    served = " or ".join(f"{b.model_type!r} ({b.family})" for b in BACKBONES if b.lmms_eval is spec)
     checkpoint = tiny_checkpoints(other)
     with pytest.raises(ModelArgError) as error:
         get_model(spec.model_id)(pretrained=str(checkpoint), sink_dims="17;93", device="cpu")
     assert str(error.value) == (
         f"{spec.model_id}: invalid model_args: pretrained={checkpoint} is a {other!r} checkpoint, not "
-        f"{model_type!r} ({backbone_for_model_type(model_type).family}); run it with --model "
-        f"{backbone_for_model_type(other).lmms_eval.model_id}"
+        f"{served}; run it with --model {backbone_for_model_type(other).lmms_eval.model_id}"
     )
+    if spec.model_id == "llava_hf_var":  # one model, the three families upstream's llava_hf loads
+        assert (
+            served
+            == "'llava' (LLaVA-1.5) or 'llava_next' (LLaVA-NeXT) or 'llava_onevision' (LLaVA-OneVision)"
+        )
 
 
 def test_a_missing_checkpoint_is_named_as_such(tmp_path, no_weights):

@@ -52,22 +52,24 @@ def test_show_writes_a_png_and_its_json(tiny_checkpoints, model_type, images, tm
     data = json.loads(output.with_suffix(".json").read_text())
     assert data["layers"] == [2] and data["row_rule"] == "all" and data["note"] == RANDOM_MODEL_NOTE
     assert data["var"]["sink_dims"] == list(TINY_SPEC.sink_dims) and data["var"]["tau"] == TINY_TAU
-    assert len(data["images"]) == 2
+    # Two images; one panel each, or one per part (InternVL: its tiles, placed as cut, and its thumbnail).
+    first_parts = {entry["index"]: entry for entry in reversed(data["images"])}
+    assert sorted(first_parts) == [0, 1]
     for entry in data["images"]:
         rows, cols = entry["grid"]
         width, height = entry["size"]
         assert (
             width % cols == 0
             and height % rows == 0
-            and entry["tokens"][1] - entry["tokens"][0] == rows * cols
+            and entry["tokens"][1] - entry["tokens"][0] == rows * cols + entry["undrawn_tokens"]
         )
         assert len(entry["before"]) == len(entry["after"]) == rows and len(entry["before"][0]) == cols
         assert set(entry["image_mass"]) == set(entry["sink_mass"]) == {"before", "after"}
     # The wide image is wide and the tall one tall as the model saw them (or square: a centre crop).
-    (wide_width, wide_height), (tall_width, tall_height) = (entry["size"] for entry in data["images"])
+    (wide_width, wide_height), (tall_width, tall_height) = (first_parts[index]["size"] for index in (0, 1))
     assert wide_width >= wide_height and tall_width <= tall_height
     out = capsys.readouterr().out
-    assert "image 1 (" in out and f"wrote {output} and {output.with_suffix('.json')}" in out
+    assert "image 1" in out and f"wrote {output} and {output.with_suffix('.json')}" in out
 
 
 def test_bad_inputs_are_reported_before_loading_weights(
