@@ -6,8 +6,8 @@ import yaml
 from lmms_var.leaderboard import build_leaderboard, load_run, render
 from lmms_var.leaderboard.significance import mcnemar_exact
 from lmms_var.tasks import ENV_DATA_ROOT, ENV_SKIP_BAD_RECORDS, TASKS_PATH
+from lmms_var.testing.demo import run_lmms_eval
 from lmms_var.testing.spatial_data import write_spatial_root
-from lmms_var.tools.demo import run_lmms_eval
 from tests.leaderboard.conftest import LIMIT, LIMITED_RUN, TOY_ANSWERS
 
 pytestmark = pytest.mark.slow
