@@ -358,6 +358,18 @@ def results_files(root: Path, command: str) -> set[Path]:
     return set((root / words[words.index("--output_path") + 1]).rglob("*_results.json"))
 
 
+def what_it_printed(text: str, printed: str) -> str:
+    """The command as run, its error lines (lmms-eval's may be far from the end) and its last lines."""
+    lines = [COLOURS.sub("", line) for line in printed.splitlines()]
+    errors = [line for line in lines if "ERROR" in line or "Error" in line][:10]
+    return (
+        f"ran: {text}\n--- errors ---\n"
+        + "\n".join(errors)
+        + "\n--- last lines ---\n"
+        + "\n".join(lines[-30:])
+    )
+
+
 def run_command(workspace: Workspace, command: Command, quoted_elsewhere: list[str]) -> list[str]:
     """Run one README command; the ways it differs from what the README says."""
     text = workspace.substituted(runnable(command))
@@ -367,8 +379,9 @@ def run_command(workspace: Workspace, command: Command, quoted_elsewhere: list[s
         killed = {"PYTHONPATH": f"{KILL_SWITCH}{os.pathsep}{REPOSITORY}"}
         killed["JOURNAL_TEST_KILL_AFTER_BATCHES"] = str(kill_after)
         first = workspace.run(text, env | killed)
-        if first.returncode != -9 and first.returncode != 137:
-            return [f"its first run was to be killed, but it exited {first.returncode}"]
+        if first.returncode not in (-9, 137):
+            printed = what_it_printed(text, first.stdout + first.stderr)
+            return [f"its first run was to be killed, but it exited {first.returncode}", printed]
         before = results_files(workspace.root, text)
     done = workspace.run(text, env)
     printed = done.stdout + done.stderr
@@ -381,8 +394,7 @@ def run_command(workspace: Workspace, command: Command, quoted_elsewhere: list[s
     missing = unmatched_lines(workspace.as_printed(command.output + quoted_elsewhere), printed)
     problems += [f"it does not print: {line}" for line in missing]
     if problems:
-        tail = "\n".join(printed.splitlines()[-30:])
-        problems.append(f"ran: {text}\n--- last lines printed ---\n{tail}")
+        problems.append(what_it_printed(text, printed))
     return problems
 
 
