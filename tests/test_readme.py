@@ -19,6 +19,7 @@ with the reason, so a new command cannot slip by unlisted: adding one to the REA
 here, or one row in `NOT_RUN`.
 """
 
+import difflib
 import json
 import os
 import re
@@ -71,13 +72,9 @@ NOT_OUTPUT = {
     "from lmms_var import VARConfig": "Python code (the API's own tests run it)",
     '{"model": "demo/tiny_checkpoint"': "an abbreviated excerpt of attention.json, whose fields tests/attention_maps check",
     "lmms_var/": "the source tree",
-    "| run | spatial_blink_counting | spatial_blink_relative_depth |": (
-        "a leaderboard of two dummy runs, one with --limit 3; tests/leaderboard/test_real_outputs.py "
-        "checks such notes on real lmms-eval outputs"
-    ),
 }
-# lmms-eval runs: at most this many docs per task unless the command sets --limit (the journal's
-# example needs its 8 docs: 4 per task), and short answers.
+# lmms-eval runs: at most this many docs per task unless the command sets --limit or runs lmms-eval's
+# instant dummy model (whose examples count docs), and short answers.
 LIMIT = 2
 SHORT_ANSWERS = ("--gen_kwargs", "max_new_tokens=4")
 # The journal's example: its first run is killed after this many batches (tests/models/kill_switch).
@@ -208,14 +205,20 @@ def unmatched_lines(quoted: list[str], printed: str) -> list[str]:
     return missing
 
 
+def closest_line(quoted: str, printed: str) -> str | None:
+    """The printed line most like a quoted one, to show what changed."""
+    lines = [_normal(line) for line in printed.splitlines()]
+    return next(iter(difflib.get_close_matches(_normal(quoted), lines, n=1, cutoff=0.5)), None)
+
+
 # --- fast checks: the bookkeeping, and the matching itself --------------------------------------------
 
 
 def test_every_command_runs_here_or_is_listed_with_a_reason():
     commands, outputs = readme()
     assert commands, "no command found in README.md"
-    for command in commands:
-        assert command.words().startswith(COMMAND_STARTS)
+    for command in commands:  # a `$ ` prompt introduces only commands this test knows how to run
+        assert command.words().startswith(COMMAND_STARTS), f"{command}: not a command this test runs"
     # Every listed exclusion still names a README command (a stale row hides nothing, but misleads).
     for listed in [*NOT_RUN, *NEEDS_NO_GPU, *EXIT_STATUS, *KILLED_FIRST, *QUOTED_OUTPUT.values()]:
         assert any(command.words().startswith(listed) for command in commands), (
@@ -234,6 +237,7 @@ def test_quoted_lines_match_with_ellipses_and_without_time_stamps():
     assert unmatched_lines(["WARNING | lmms_var.x:f:7 - a fedcba9876543210 ...", "wrote c"], printed) == []
     assert unmatched_lines(["wrote c", "WARNING | ..."], printed) == ["WARNING | ..."]  # order counts
     assert unmatched_lines(["wrote d"], printed) == ["wrote d"]
+    assert closest_line("wrote d", printed) == "wrote c"
 
 
 # --- running the commands ---------------------------------------------------------------------------
@@ -284,7 +288,8 @@ def workspace(tmp_path_factory, tiny_checkpoint, tiny_checkpoints) -> Workspace:
     (root / "jdemo" / "ckpt").symlink_to(tiny_checkpoint)
     (root / "outdir").mkdir()
     (root / "tmp").mkdir()
-    spatial = write_spatial_root(root / "data" / "spatial", docs_per_subtask=4, sat2_docs=2)
+    # 8 docs per BLINK sub-task, as the leaderboard example counts them.
+    spatial = write_spatial_root(root / "data" / "spatial", docs_per_subtask=8, sat2_docs=2)
     write_check_data_example(root / "data" / "spatial_v2")
     bin_dir = Path(sys.executable).parent
     env = {key: value for key, value in os.environ.items() if not key.startswith("LMMS_VAR_")}
@@ -338,7 +343,7 @@ def runnable(command: Command) -> str:
     """The command as run: stand-ins in place, and lmms-eval runs kept small."""
     text = command.text
     if command.starts(LMMS_EVAL_STARTS):
-        if "--limit" not in text and not command.starts(KILLED_FIRST):
+        if "--limit" not in text and "--model dummy" not in text:
             text += f" --limit {LIMIT}"
         if "--gen_kwargs" not in text:
             text += " " + " ".join(SHORT_ANSWERS)
@@ -391,8 +396,8 @@ def run_command(workspace: Workspace, command: Command, quoted_elsewhere: list[s
     wrote = results_files(workspace.root, text) - before
     if command.starts(LMMS_EVAL_STARTS) and "--output_path" in text and not wrote:
         problems.append("lmms-eval wrote no results JSON")
-    missing = unmatched_lines(workspace.as_printed(command.output + quoted_elsewhere), printed)
-    problems += [f"it does not print: {line}" for line in missing]
+    for line in unmatched_lines(workspace.as_printed(command.output + quoted_elsewhere), printed):
+        problems.append(f"it does not print: {line}\n    closest printed line: {closest_line(line, printed)}")
     if problems:
         problems.append(what_it_printed(text, printed))
     return problems
