@@ -26,6 +26,12 @@ class VARConfig:
     `sink_dims` are the backbone's massive-activation channels; `tau` the RMS-normalised threshold
     for a sink; `rho` the largest visual-sink share of image attention for an image-centric head;
     `summ` the smallest image attention for one; `p` the fraction of sink attention kept.
+
+    `p` and `rho` are the VAR authors' code's, which are the complements of the paper's symbols (the
+    authors confirmed it in seilk/VisAttnSink issue 5): the paper writes the fraction of sink
+    attention collected (`1 - p` here) and the non-sink share of a head's image attention (`1 - rho`).
+    The defaults are the paper's numbers; whether its `p = 0.6` means `p=0.6` or `p=0.4` here is open
+    (README, "Checking against the paper"). `rho = 0.5` is its own complement.
     """
 
     sink_dims: Sequence[int] | int

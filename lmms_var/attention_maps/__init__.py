@@ -6,7 +6,7 @@ backbone (`lmms_var.backbones`): the grids, the pictures the model saw, the proc
 """
 
 from lmms_var.attention_maps.capture import MapSettings, attention_maps, default_layers, resolve_layers
-from lmms_var.attention_maps.figure import draw_figure, random_model_note, save_attention_maps
+from lmms_var.attention_maps.figure import draw_figure, model_note, save_attention_maps
 from lmms_var.attention_maps.layout import VisualPanel, visual_panels
 from lmms_var.attention_maps.maps import AttentionMaps, PanelMap
 
@@ -18,7 +18,7 @@ __all__ = [
     "attention_maps",
     "default_layers",
     "draw_figure",
-    "random_model_note",
+    "model_note",
     "resolve_layers",
     "save_attention_maps",
     "visual_panels",

@@ -16,8 +16,10 @@ from matplotlib.patches import Rectangle
 
 from lmms_var.attention_maps.maps import AttentionMaps, PanelMap
 
-# Checkpoints written by `lmms_var.testing` carry this file: their weights are random.
+# Checkpoints written by `lmms_var.testing` carry one of these files: a random one, or a constructed one
+# whose file holds its own note.
 TINY_SPEC_FILE = "tiny_spec.json"
+CONSTRUCTED_SPEC_FILE = "constructed_model.json"
 RANDOM_MODEL_NOTE = "RANDOM tiny model (lmms_var.testing): this picture shows the mechanics, not what VAR does for a real model"
 MAX_PANELS = 8  # panels drawn; the JSON holds them all
 PANEL_WIDTH = 3.6  # inches per heatmap
@@ -31,9 +33,14 @@ SINK_COLOUR = "magenta"
 GAMMA = 0.5  # square-root colour scale: sinks can take far more than the other tokens
 
 
-def random_model_note(pretrained: str | Path) -> str | None:
-    """`RANDOM_MODEL_NOTE` when `pretrained` is a folder written by `lmms_var.testing`, else None."""
-    return RANDOM_MODEL_NOTE if (Path(pretrained) / TINY_SPEC_FILE).is_file() else None
+def model_note(pretrained: str | Path) -> str | None:
+    """The warning a figure of a model written by `lmms_var.testing` carries (random or constructed
+    weights), so that nobody reads it as a real model's; None for any other model."""
+    folder = Path(pretrained)
+    if (folder / TINY_SPEC_FILE).is_file():
+        return RANDOM_MODEL_NOTE
+    constructed = folder / CONSTRUCTED_SPEC_FILE
+    return json.loads(constructed.read_text())["note"] if constructed.is_file() else None
 
 
 def _span(values: list[int]) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from loguru import logger as eval_logger
 
-from lmms_var.attention_maps import MapSettings, attention_maps, random_model_note, save_attention_maps
+from lmms_var.attention_maps import MapSettings, attention_maps, model_note, save_attention_maps
 from lmms_var.attention_maps.inputs import split_batch
 from lmms_var.models.args import ModelArgError, parse_positive_int
 from lmms_var.models.diagnostics import run_output_folder, watching_generate
@@ -114,7 +114,7 @@ class AttentionMapRecorder:
                 path,
                 model=self.options.pretrained,
                 question=f"({doc['task']} doc {doc['doc_id']}) {' '.join(text.split())}",
-                note=random_model_note(self.options.pretrained),
+                note=model_note(self.options.pretrained),
             )
         except (ValueError, RuntimeError, OSError) as error:  # a figure must not cost the evaluation
             eval_logger.error(f"attention_maps: no figure for {doc['task']} doc {doc['doc_id']}: {error}")

@@ -1,4 +1,4 @@
-"""The functions the `lmms_var/tasks/spatial` YAMLs name with `!function`.
+"""The functions the task YAMLs (`tasks/spatial/`) name with `!function`.
 
 Each task's YAML loads a one-line placeholder file (lmms-eval needs some `dataset_path`, and YAML
 cannot read `LMMS_VAR_DATA_ROOT`); its `process_docs` hook replaces the placeholder with the docs read

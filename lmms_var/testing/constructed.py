@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from lmms_var.attention_maps.figure import CONSTRUCTED_SPEC_FILE
 from lmms_var.backbones import backbone_for_config
 from lmms_var.config import VARConfig
 from lmms_var.testing.colour_squares import COLOURS
@@ -61,7 +62,6 @@ CONSTRUCTED_NOTE = (
     "CONSTRUCTED tiny model (lmms_var.testing): its visual sinks hide the answer by design; not what VAR "
     "does for a real model"
 )
-CONSTRUCTED_SPEC_FILE = "constructed_model.json"
 
 
 def var_config(**overrides) -> VARConfig:

@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmms_var.attention_maps import MapSettings, random_model_note
+    from lmms_var.attention_maps import MapSettings, model_note
     from lmms_var.sink_dims.calibration import CalibrationPrompt
     from lmms_var.tools.sink_dims import load_model
 
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         output,
         settings=settings,
         model_name=args.model,
-        note=random_model_note(args.model),
+        note=model_note(args.model),
     )
     for panel_map in maps.panels:
         panel, before, after = panel_map.panel, panel_map.before, panel_map.after

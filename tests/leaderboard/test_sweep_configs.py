@@ -37,6 +37,21 @@ def test_sweep_is_a_baseline_then_the_p_rho_grid(name, task, monkeypatch):
     assert len({run["output_path"] for run in runs}) == len(runs)
 
 
+def test_paper_check_runs_both_readings_of_the_papers_p(monkeypatch):
+    """Our p is the complement of the paper's (seilk/VisAttnSink issue 5), so the paper's p = 0.6 is run
+    both ways; rho = 0.5 is its own complement; the other settings are the paper's."""
+    runs = yaml.safe_load((CONFIGS / "paper_check_llava15.yaml").read_text())
+    assert all(set(run) <= _lmms_eval_arg_names(monkeypatch) for run in runs)
+    args = [parse_model_args(run["model_args"]) for run in runs]
+    assert {a["pretrained"] for a in args} == {"llava-hf/llava-1.5-7b-hf"}
+    assert args[0]["var"] == "false"
+    assert [a["p"] for a in args[1:]] == ["0.6", "0.4"]
+    assert all((a["var"], a["rho"], a["summ"], a["tau"]) == ("true", "0.5", "0.2", "20") for a in args[1:])
+    assert {run["model"] for run in runs} == {"llava_hf_var"}
+    assert all(run["log_samples"] for run in runs)
+    assert len({run["output_path"] for run in runs}) == len(runs)
+
+
 @pytest.mark.slow
 def test_spatial_sweep_items_run_in_lmms_eval_and_tabulate(tmp_path):
     """The baseline and the last grid item as written (lmms-eval reads the file with the same yaml.safe_load),

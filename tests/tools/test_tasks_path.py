@@ -1,25 +1,62 @@
-"""`lmms-var tasks-path`, and the spatial tasks run from an installed wheel, without a checkout."""
+"""The task YAMLs' one copy (top-level `tasks/`), `lmms-var tasks-path`, and both ways of running them:
+`--include_path tasks` from a checkout, and `--include_path "$(lmms-var tasks-path)"` from a wheel."""
 
+import configparser
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
+import zipfile
 from pathlib import Path
 
 import pytest
+from setuptools import find_packages
 
 from lmms_var.tasks import ENV_DATA_ROOT, TASKS_PATH
 from lmms_var.testing.spatial_data import write_spatial_root
 from lmms_var.tools.cli import main
 
 REPOSITORY = Path(__file__).resolve().parents[2]
+# What a wheel is built from (an sdist holds the same): nothing else of the checkout may be needed.
+PACKAGING_SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "lmms_var", "tasks", "configs")
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
-def test_tasks_path_prints_the_folder_of_the_task_yamls(capsys):
+def test_tasks_path_prints_the_checkouts_tasks_folder(capsys):
     assert main(["tasks-path"]) == 0
     printed = Path(capsys.readouterr().out.strip())
-    assert printed == TASKS_PATH
+    assert printed == TASKS_PATH == REPOSITORY / "tasks"
     assert (printed / "spatial" / "spatial_blink.yaml").is_file()
+
+
+def test_each_task_yaml_is_tracked_once():
+    """One copy of the YAMLs, under tasks/ (setup.cfg maps them into the wheel): none in the package."""
+    if not (REPOSITORY / ".git").exists():
+        pytest.skip("not a git checkout")
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPOSITORY, capture_output=True, text=True, check=True
+    ).stdout.split()
+    yamls = [
+        Path(path)
+        for path in tracked
+        if path.endswith("yaml") and Path(path).name.startswith(("spatial_", "_spatial_"))
+    ]
+    assert {path.parts[0] for path in yamls} == {"tasks"}
+    assert sorted(path.name for path in yamls) == sorted(
+        path.name for path in (TASKS_PATH / "spatial").iterdir() if path.name.endswith("yaml")
+    )
+
+
+def test_setup_cfg_lists_every_package():
+    """setup.cfg lists its packages (one of them mapped from tasks/), so a new package must be added there."""
+    setup = configparser.ConfigParser()
+    setup.read(REPOSITORY / "setup.cfg")
+    listed = set(setup["options"]["packages"].split())
+    found = set(find_packages(str(REPOSITORY), include=["lmms_var*"]))
+    assert found <= listed, f"add {sorted(found - listed)} to setup.cfg's packages"
+    assert listed - found == {"lmms_var.task_yamls", "lmms_var.task_yamls.spatial"}
 
 
 def _run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -28,41 +65,83 @@ def _run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
     return done.stdout
 
 
-@pytest.mark.slow
-def test_spatial_tasks_run_from_an_installed_wheel(tmp_path):
-    """Build the wheel, install it alone into a folder (its dependencies are this environment's), and
-    run lmms-eval from outside the checkout with the one documented step: --include_path "$(lmms-var
-    tasks-path)". The tasks must come from the installed folder, not from the checkout."""
-    wheels, installed, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
-    elsewhere.mkdir()
+def _run_spatial_task(lmms_eval: list[str], include_path: str, cwd: Path, env: dict[str, str]) -> dict:
+    """lmms-eval's dummy model on one spatial task, one doc, from `cwd`; its results JSON (written under
+    the test's folder, next to `HF_HOME`, whatever `cwd` is)."""
+    output = Path(env["HF_HOME"]).parent / "out"
+    command = [*lmms_eval, "--model", "dummy", "--tasks", "spatial_blink_counting"]
+    command += ["--include_path", include_path, "--output_path", str(output), "--limit", "1"]
+    _run(command, cwd, env)
+    [results_file] = output.rglob("*_results.json")
+    results = json.loads(results_file.read_text())
+    assert results["n-samples"]["spatial_blink_counting"]["effective"] == 1
+    return results
+
+
+def _placeholder(results: dict) -> str:
+    """The data file the task loaded: it says which copy of the YAMLs lmms-eval read."""
+    return results["configs"]["spatial_blink_counting"]["dataset_kwargs"]["data_files"]["val"]
+
+
+def _environment(tmp_path: Path) -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("LMMS_VAR_")}
-    pip = [sys.executable, "-m", "pip", "-q"]
+    environment.pop("PYTHONPATH", None)
+    data = write_spatial_root(tmp_path / "data", blink_subtasks=("Counting",), docs_per_subtask=2)
+    return environment | OFFLINE | {"HF_HOME": str(tmp_path / "hf"), ENV_DATA_ROOT: str(data)}
+
+
+@pytest.mark.slow
+def test_spatial_tasks_run_from_a_checkout_with_include_path_tasks(tmp_path):
+    """The README's route in a checkout: from the repository root, `--include_path tasks`."""
+    environment = _environment(tmp_path) | {"PYTHONPATH": str(REPOSITORY)}
+    results = _run_spatial_task([sys.executable, "-m", "lmms_eval"], "tasks", REPOSITORY, environment)
+    assert REPOSITORY / _placeholder(results) == REPOSITORY / "tasks" / "spatial" / "_placeholder.jsonl"
+
+
+@pytest.mark.slow
+def test_spatial_tasks_run_from_a_wheel_installed_in_a_fresh_venv(tmp_path):
+    """Build the wheel from the packaging sources alone, install it (no dependencies) into a fresh venv
+    whose other packages come from this environment through a .pth file, and run lmms-eval from
+    another folder with the one documented step: --include_path "$(lmms-var tasks-path)". lmms_var and
+    the tasks must come from the wheel, not from the checkout."""
+    source, wheels, venv, elsewhere = (tmp_path / name for name in ("source", "wheels", "venv", "elsewhere"))
+    source.mkdir()
+    for name in PACKAGING_SOURCES:
+        if (REPOSITORY / name).is_dir():
+            shutil.copytree(REPOSITORY / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPOSITORY / name, source / name)
+    environment = _environment(tmp_path)
+    pip = ["-m", "pip", "-q"]
     _run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPOSITORY)],
+        [sys.executable, *pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
         tmp_path,
         environment,
     )
     [wheel] = wheels.glob("lmms_var-*.whl")
-    _run([*pip, "install", "--no-deps", "--target", str(installed), str(wheel)], tmp_path, environment)
+    shipped = zipfile.ZipFile(wheel).namelist()
+    yamls = [name for name in shipped if name.endswith(".yaml") and "spatial" in name]
+    assert sorted(Path(name).name for name in yamls) == sorted(
+        path.name for path in (TASKS_PATH / "spatial").glob("*.yaml")
+    )
+    assert all(name.startswith("lmms_var/task_yamls/spatial/") for name in yamls)
 
-    environment |= {
-        "PYTHONPATH": str(installed),
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        ENV_DATA_ROOT: str(
-            write_spatial_root(tmp_path / "data", blink_subtasks=("Counting",), docs_per_subtask=2)
-        ),
-    }
-    tasks_path = _run(
-        [sys.executable, "-m", "lmms_var.tools.cli", "tasks-path"], elsewhere, environment
-    ).strip()
-    assert tasks_path == str(installed / "lmms_var" / "tasks")
-    command = [sys.executable, "-m", "lmms_eval", "--model", "dummy", "--tasks", "spatial_blink_counting"]
-    command += ["--include_path", tasks_path, "--output_path", "out", "--limit", "1"]
-    _run(command, elsewhere, environment)
-    [results_file] = (elsewhere / "out").rglob("*_results.json")
-    results = json.loads(results_file.read_text())
-    placeholder = results["configs"]["spatial_blink_counting"]["dataset_kwargs"]["data_files"]["val"]
-    assert placeholder == str(installed / "lmms_var" / "tasks" / "spatial" / "_placeholder.jsonl")
-    assert results["n-samples"]["spatial_blink_counting"]["effective"] == 1
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = Path(
+        _run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            tmp_path,
+            environment,
+        ).strip()
+    )
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _run([str(python), *pip, "install", "--no-deps", str(wheel)], tmp_path, environment)
+
+    elsewhere.mkdir()
+    where = _run([str(python), "-c", "import lmms_var; print(lmms_var.__file__)"], elsewhere, environment)
+    assert Path(where.strip()) == site / "lmms_var" / "__init__.py"
+    tasks_path = _run([str(venv / "bin" / "lmms-var"), "tasks-path"], elsewhere, environment).strip()
+    assert tasks_path == str(site / "lmms_var" / "task_yamls")
+    results = _run_spatial_task([str(python), "-m", "lmms_eval"], tasks_path, elsewhere, environment)
+    assert _placeholder(results) == str(site / "lmms_var" / "task_yamls" / "spatial" / "_placeholder.jsonl")
