@@ -4,6 +4,7 @@
 tests that take `family_model` or `family_checkpoint` run once per entry.
 """
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,9 @@ from lmms_var.testing import TINY_TAU, TinySpec, build_tiny_model, save_tiny_che
 from lmms_var.testing.spatial_data import write_spatial_root
 
 __all__ = ["FAMILIES", "TINY_SPEC", "TINY_TAU"]
+REPOSITORY = Path(__file__).resolve().parents[1]
+# What a wheel is built from (an sdist holds the same): nothing else of the checkout may be needed.
+PACKAGING_SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "lmms_var", "tasks", "configs")
 TINY_SPEC = TinySpec()
 FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "internvl", "llava_next", "llava_onevision")
 
@@ -120,3 +124,20 @@ def modules_after(statement: str) -> set[str]:
     script = f"import sys; {statement}; print('\\n'.join(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return set(loaded.stdout.split())
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    """The lmms-var wheel, built once from a copy of the packaging sources alone (no dependencies)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source, wheels = root / "source", root / "wheels"
+    source.mkdir()
+    for name in PACKAGING_SOURCES:
+        if (REPOSITORY / name).is_dir():
+            shutil.copytree(REPOSITORY / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPOSITORY / name, source / name)
+    pip_wheel = [sys.executable, "-m", "pip", "-q", "wheel", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip_wheel, "-w", str(wheels), str(source)], check=True, capture_output=True)
+    [wheel] = wheels.glob("lmms_var-*.whl")
+    return wheel

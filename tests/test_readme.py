@@ -65,7 +65,7 @@ NEEDS_NO_GPU = ("lmms-var find-sink-dims --model ckpt --device cuda",)
 EXIT_STATUS = {"lmms-var check-data /data/spatial_v2": 1}
 # Blocks without a command: the command printing them (its first words), or why they are not output.
 QUOTED_OUTPUT = {
-    "| run | spatial_blink_counting | spatial_blink_multi_view_reasoning |": "make demo",
+    "Building the constructed checkpoint and synthetic data in": "make demo",
     "image 1 (": "lmms-var show --model demo/constructed_checkpoint",
 }
 NOT_OUTPUT = {
@@ -444,6 +444,8 @@ class BadArgs:
 
     model_args: str
     batch_size: str | int = 1  # lmms-eval's default, passed to every model
+    model: str = "qwen2_5_vl_var"
+    family: str = "qwen2_5_vl"  # whose tiny checkpoint the row runs on
     env: tuple[tuple[str, str], ...] = ()
     needs_no_gpu: bool = False
 
@@ -452,10 +454,17 @@ BAD_ARGS = {
     "`p=2`": BadArgs("p=2"),
     "`tau=inf`": BadArgs("tau=inf"),
     "`sink_dims=17,93`": BadArgs("sink_dims=17,93"),
+    "`sink_dims=99999`": BadArgs("sink_dims=99999"),
+    "`enable_thinking=maybe` (`qwen3_vl_var`)": BadArgs(
+        "enable_thinking=maybe", model="qwen3_vl_var", family="qwen3_vl"
+    ),
     "`rh0=0.3`": BadArgs("rh0=0.3"),
     "`pretrained=/nonexistent`": BadArgs("pretrained=/nonexistent"),
     "`pretrained=<a LLaVA folder>`": BadArgs("pretrained=llava"),
     "`diagnostics_path=a_file/diag.jsonl`": BadArgs("diagnostics_path=a_file/diag.jsonl"),
+    "`diagnostics_path=/proc/nonexistent/x.jsonl` (as root, whom permission bits let through)": BadArgs(
+        "diagnostics_path=/proc/nonexistent/x.jsonl"
+    ),
     "`sink_dims=auto`, `$LMMS_VAR_CACHE_DIR` a file": BadArgs(
         "sink_dims=auto", env=(("LMMS_VAR_CACHE_DIR", "a_file"),)
     ),
@@ -479,9 +488,7 @@ def bad_args_table() -> list[tuple[str, str]]:
     return table
 
 
-def test_bad_model_args_table_is_what_the_models_raise(
-    tmp_path, monkeypatch, a_file, tiny_checkpoint, tiny_checkpoints
-):
+def test_bad_model_args_table_is_what_the_models_raise(tmp_path, monkeypatch, a_file, tiny_checkpoints):
     """Each row's line is the message our model raises, which lmms-eval prints after "Error during
     evaluation:" (the slow test runs the first row through the CLI). The model class is built as
     lmms-eval builds it: `create_from_arg_string` with lmms-eval's --batch_size and --device."""
@@ -499,11 +506,11 @@ def test_bad_model_args_table_is_what_the_models_raise(
             monkeypatch.setenv(name, value)
         model_args = setup.model_args
         if not model_args.startswith("pretrained="):
-            model_args = f"pretrained={tiny_checkpoint},{model_args}"
+            model_args = f"pretrained={tiny_checkpoints(setup.family)},{model_args}"
         options = {"batch_size": setup.batch_size, "max_batch_size": None, "device": None}
         with pytest.raises(Exception) as raised:
-            get_model(MODEL).create_from_arg_string(model_args, options)
-        expected = line.replace("... ", f"{MODEL}: invalid model_args: ", 1).replace(
+            get_model(setup.model).create_from_arg_string(model_args, options)
+        expected = line.replace("... ", f"{setup.model}: invalid model_args: ", 1).replace(
             TABLE_FOLDER, str(tmp_path)
         )
         assert not unmatched_lines([expected], str(raised.value)), f"{row}: {raised.value}"

@@ -1,6 +1,5 @@
 """`configs/sink_dims.yaml` lookup: by checkpoint name or config, from a checkout or an installed wheel."""
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -72,18 +71,10 @@ def test_malformed_yaml_names_the_entry(tmp_path):
 
 
 @pytest.mark.slow
-def test_found_from_an_installed_wheel(tmp_path):
-    """Build a wheel from a copy of the sources, install it under a prefix, look dims up from there."""
-    source = tmp_path / "src"
-    shutil.copytree(REPO / "lmms_var", source / "lmms_var", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "configs", source / "configs")
-    for name in ("setup.cfg", "pyproject.toml"):
-        shutil.copy(REPO / name, source / name)
+def test_found_from_an_installed_wheel(tmp_path, built_wheel):
+    """Install the wheel (built from a copy of the sources) under a prefix, look dims up from there."""
     pip = [sys.executable, "-m", "pip", "-q"]
-    subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "wheel", source], check=True
-    )
-    wheel = next((tmp_path / "wheel").glob("lmms_var-*.whl"))
+    wheel = built_wheel
     prefix = tmp_path / "prefix"
     # --ignore-installed: without it pip would first uninstall the venv's own (editable) lmms-var.
     subprocess.run(

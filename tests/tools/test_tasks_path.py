@@ -4,7 +4,6 @@
 import configparser
 import json
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -17,10 +16,8 @@ from setuptools import find_packages
 from lmms_var.tasks import ENV_DATA_ROOT, TASKS_PATH
 from lmms_var.testing.spatial_data import write_spatial_root
 from lmms_var.tools.cli import main
+from tests.conftest import REPOSITORY
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-# What a wheel is built from (an sdist holds the same): nothing else of the checkout may be needed.
-PACKAGING_SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "lmms_var", "tasks", "configs")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
@@ -99,26 +96,15 @@ def test_spatial_tasks_run_from_a_checkout_with_include_path_tasks(tmp_path):
 
 
 @pytest.mark.slow
-def test_spatial_tasks_run_from_a_wheel_installed_in_a_fresh_venv(tmp_path):
+def test_spatial_tasks_run_from_a_wheel_installed_in_a_fresh_venv(tmp_path, built_wheel):
     """Build the wheel from the packaging sources alone, install it (no dependencies) into a fresh venv
     whose other packages come from this environment through a .pth file, and run lmms-eval from
     another folder with the one documented step: --include_path "$(lmms-var tasks-path)". lmms_var and
     the tasks must come from the wheel, not from the checkout."""
-    source, wheels, venv, elsewhere = (tmp_path / name for name in ("source", "wheels", "venv", "elsewhere"))
-    source.mkdir()
-    for name in PACKAGING_SOURCES:
-        if (REPOSITORY / name).is_dir():
-            shutil.copytree(REPOSITORY / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(REPOSITORY / name, source / name)
+    venv, elsewhere = tmp_path / "venv", tmp_path / "elsewhere"
     environment = _environment(tmp_path)
     pip = ["-m", "pip", "-q"]
-    _run(
-        [sys.executable, *pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(source)],
-        tmp_path,
-        environment,
-    )
-    [wheel] = wheels.glob("lmms_var-*.whl")
+    wheel = built_wheel
     shipped = zipfile.ZipFile(wheel).namelist()
     yamls = [name for name in shipped if name.endswith(".yaml") and "spatial" in name]
     assert sorted(Path(name).name for name in yamls) == sorted(
