@@ -102,7 +102,7 @@ def _eligible_rows(state: VARState) -> torch.Tensor:
 def _recorded_sinks(state: VARState, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(visual Bool[B, T], sinks Bool[B, T]) VAR recorded for `layer` in this forward; None where VAR
     leaves the layer alone."""
-    if not state.acts_on(layer):
+    if not state.acts_on(layer, key_length=state.visual.shape[1]):  # a whole prompt: every key is there
         return None
     return state.visual, state.sinks[layer]
 

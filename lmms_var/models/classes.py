@@ -1,4 +1,4 @@
-"""The lmms-eval classes of every registered backbone, built from the registry on first request.
+"""The lmms-eval classes of every registered `LmmsEvalModel`, built from the registry on first request.
 
 For a backbone whose upstream simple class is `Qwen2_5_VL`, this module serves `Qwen2_5_VL_VAR`
 (`VARModel` + upstream's simple class) and, where upstream has a chat class, `Qwen2_5_VL_VAR_Chat`.
@@ -9,7 +9,7 @@ file per family is needed. Each class is built once and keeps its name and modul
 import importlib
 from functools import cache
 
-from lmms_var.backbones import BACKBONES, Backbone
+from lmms_var.backbones import BACKBONES, LMMS_EVAL_MODELS, LmmsEvalModel
 from lmms_var.models import class_names
 from lmms_var.models.var_model import VARModel
 
@@ -19,22 +19,22 @@ def _import(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def model_class(backbone: Backbone, chat: bool) -> type:
-    """The VAR model class of `backbone` on top of upstream's chat (or simple) class (built once)."""
-    return _build(backbone, chat)  # positional, so every spelling of the call shares one cache entry
+def model_class(spec: LmmsEvalModel, chat: bool) -> type:
+    """The VAR model class of `spec` on top of upstream's chat (or simple) class (built once)."""
+    return _build(spec, chat)  # positional, so every spelling of the call shares one cache entry
 
 
 @cache
-def _build(backbone: Backbone, chat: bool) -> type:
-    spec = backbone.lmms_eval
+def _build(spec: LmmsEvalModel, chat: bool) -> type:
     upstream = _import(spec.chat_class if chat else spec.simple_class)
-    name = class_names(backbone)[chat]
+    name = class_names(spec)[chat]
     kind = "chat (doc_to_messages)" if chat else "simple (doc_to_visual)"
     return type(
         name,
         (VARModel, upstream),
         {
-            "backbone": backbone,
+            "lmms_eval": spec,
+            "backbones": tuple(backbone for backbone in BACKBONES if backbone.lmms_eval is spec),
             "__module__": __name__,
             "__qualname__": name,
             "__doc__": f"`{spec.model_id}` for {kind} tasks: lmms-eval's {spec.upstream_id} with VAR.",
@@ -43,8 +43,8 @@ def _build(backbone: Backbone, chat: bool) -> type:
 
 
 def __getattr__(name: str) -> type:
-    for backbone in BACKBONES:
-        for chat, class_name in class_names(backbone).items():
+    for spec in LMMS_EVAL_MODELS:
+        for chat, class_name in class_names(spec).items():
             if class_name == name:
-                return model_class(backbone, chat)
+                return model_class(spec, chat)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,13 @@ from lmms_eval.api.model import lmms
 from lmms_eval.utils import get_datetime_str
 from loguru import logger as eval_logger
 
-from lmms_var.backbones import Backbone, UnsupportedModelError, backbone_for_config, checkpoint_config
+from lmms_var.backbones import (
+    Backbone,
+    LmmsEvalModel,
+    UnsupportedModelError,
+    backbone_for_config,
+    checkpoint_config,
+)
 from lmms_var.checks import check_device, check_output_file, check_output_folder
 from lmms_var.config import DEFAULT_TAU
 from lmms_var.models.args import (
@@ -49,9 +55,12 @@ from lmms_var.sink_dims.known import lookup_known
 
 
 class VARModel:
-    """The shared part of every VAR model class; `backbone` is set by the class built for it."""
+    """The shared part of every VAR model class; `lmms_eval` and `backbones` (those sharing it) are
+    set by the class built for it, `backbone` by `__init__` from the checkpoint's config."""
 
-    backbone: ClassVar[Backbone]
+    lmms_eval: ClassVar[LmmsEvalModel]
+    backbones: ClassVar[tuple[Backbone, ...]]
+    backbone: Backbone
 
     def __init__(
         self,
@@ -81,7 +90,7 @@ class VARModel:
         }
         model_args |= upstream_args
         lmms.__init__(self)
-        spec = self.backbone.lmms_eval
+        spec = self.lmms_eval
         pretrained = pretrained or spec.default_pretrained
         # Upstream's `__init__`, in its order, with every argument checked before weights load.
         with _errors_naming(spec.model_id):
@@ -139,7 +148,7 @@ class VARModel:
             # fail before any weights are loaded.
             with model_arg_checks():
                 model_config = checkpoint_config(pretrained, "pretrained=", **hub_options)
-            self._check_family(pretrained, model_config)
+            self.backbone = self._backbone_of(pretrained, model_config)
             known = _known_sink_dims(options, pretrained, model_config)
             load_dtype = parse_dtype(dtype, self._device.type, spec.cuda_dtype)
 
@@ -181,21 +190,22 @@ class VARModel:
         """How lmms-eval builds the model from `--model_args` and its own options (`--batch_size`,
         `--device`, ...): as upstream's, but a piece that is not `k=v` (`sink_dims=17,93`) fails naming
         it, and `batch_size=N` in `--model_args` works (lmms-eval passes its own `--batch_size` too)."""
-        with _errors_naming(cls.backbone.lmms_eval.model_id):
+        with _errors_naming(cls.lmms_eval.model_id):
             args = merge_lmms_eval_options(parse_model_args(arg_string), additional_config or {})
         return cls(**args)
 
-    def _check_family(self, pretrained: str, model_config) -> None:
-        backbone = self.backbone
-        if getattr(model_config, "model_type", None) == backbone.model_type:
-            return
+    def _backbone_of(self, pretrained: str, model_config) -> Backbone:
+        """The backbone of the checkpoint's config, among those this model serves."""
+        for backbone in self.backbones:
+            if getattr(model_config, "model_type", None) == backbone.model_type:
+                return backbone
         try:
             hint = f"run it with --model {backbone_for_config(model_config).lmms_eval.model_id}"
         except UnsupportedModelError as error:
             hint = str(error)
+        served = " or ".join(f"{backbone.model_type!r} ({backbone.family})" for backbone in self.backbones)
         raise ModelArgError(
-            f"pretrained={pretrained} is a {model_config.model_type!r} checkpoint, not "
-            f"{backbone.model_type!r} ({backbone.family}); {hint}"
+            f"pretrained={pretrained} is a {model_config.model_type!r} checkpoint, not {served}; {hint}"
         )
 
     def _attach_var(self, options: VAROptions, known: tuple[tuple[int, ...], str] | None) -> VARHandle | None:
@@ -235,7 +245,7 @@ class VARModel:
 
     def _log(self, message: str) -> None:
         if self.accelerator.is_main_process:
-            eval_logger.info(f"{self.backbone.lmms_eval.model_id}: {message}")
+            eval_logger.info(f"{self.lmms_eval.model_id}: {message}")
 
     def generate_until(self, requests):
         """Answers from the journal (if on), the other requests computed by `_generate_until`; a

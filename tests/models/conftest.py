@@ -14,6 +14,7 @@ from lmms_var.backbones import Backbone
 from lmms_var.tasks import ENV_DATA_ROOT, TASKS_PATH
 from lmms_var.testing import TinySpec, save_tiny_checkpoint
 from lmms_var.testing.spatial_data import write_spatial_root
+from lmms_var.testing.tiny_families import TINY_FAMILIES
 from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
 
 TASKS_DIR = TASKS_PATH
@@ -48,7 +49,7 @@ def answering_checkpoints(tmp_path_factory):
 
     def get(model_type: str) -> Path:
         if model_type not in saved:
-            folder = tmp_path_factory.mktemp(f"answering_{model_type}")
+            folder = tmp_path_factory.mktemp(f"answering_{TINY_FAMILIES[model_type].folder_name}")
             saved[model_type] = save_tiny_checkpoint(
                 folder, TinySpec(model_type=model_type, answers_letters=True)
             )

@@ -270,4 +270,11 @@ def test_two_cpu_processes_match_one(
         assert two_processes.results() is not None, double.log[-3000:]
         assert two_processes.predictions() == one_process.predictions()
         assert distinct_answers(one_process) > 1  # docs mixed up between the processes would not match
-        assert two_processes.diagnostics() == one_process.diagnostics()
+        # Counts exactly; the mass moved to float32 rounding (Qwen3-VL-MoE's differs in its last bit).
+        assert [approx_mass(r) for r in two_processes.diagnostics()] == [
+            approx_mass(r) for r in one_process.diagnostics()
+        ]
+
+
+def approx_mass(record: dict) -> dict:
+    return {**record, "moved_mass": pytest.approx(record["moved_mass"], rel=1e-6)}

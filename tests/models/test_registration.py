@@ -10,7 +10,7 @@ import pytest
 from lmms_eval.api.model import lmms
 from lmms_eval.models import MODEL_REGISTRY_V2, get_model
 
-from lmms_var.backbones import BACKBONES
+from lmms_var.backbones import BACKBONES, LMMS_EVAL_MODELS
 from lmms_var.models import manifests
 from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat, model_class
 
@@ -18,7 +18,8 @@ from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat, model_c
 def test_one_entry_point_registers_every_backbone():
     (entry,) = [ep for ep in entry_points(group="lmms_eval.models") if ep.value.startswith("lmms_var")]
     assert entry.load() is manifests
-    assert [manifest.model_id for manifest in manifests()] == [b.lmms_eval.model_id for b in BACKBONES]
+    assert [manifest.model_id for manifest in manifests()] == [spec.model_id for spec in LMMS_EVAL_MODELS]
+    assert {spec.model_id for spec in LMMS_EVAL_MODELS} == {b.lmms_eval.model_id for b in BACKBONES}
     assert "qwen2_5_vl_var" in MODEL_REGISTRY_V2.list_canonical_model_ids()
 
 
@@ -26,10 +27,10 @@ def test_one_entry_point_registers_every_backbone():
 def test_registry_resolves_chat_by_default_and_simple_on_request(backbone):
     model_id = backbone.lmms_eval.model_id
     chat, simple = get_model(model_id), get_model(model_id, force_simple=True)
-    assert simple is model_class(backbone, chat=False) and simple.backbone is backbone
+    assert simple is model_class(backbone.lmms_eval, chat=False) and backbone in simple.backbones
     assert issubclass(simple, lmms) and simple.is_simple
     if backbone.lmms_eval.chat_class:
-        assert chat is model_class(backbone, chat=True) and not chat.is_simple
+        assert chat is model_class(backbone.lmms_eval, chat=True) and not chat.is_simple
     else:  # upstream has a simple class only: lmms-eval uses it for chat tasks too
         assert chat is simple
 
