@@ -18,7 +18,7 @@ from lmms_var.testing.tiny_families import TINY_FAMILIES
 
 __all__ = ["FAMILIES", "TINY_SPEC", "TINY_TAU"]
 TINY_SPEC = TinySpec()
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "qwen3_vl_moe", "gemma3")
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "qwen3_vl_moe", "gemma3", "qwen3_5")
 
 
 @pytest.fixture

@@ -73,6 +73,21 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return check_layers(layers, num_layers)
 
 
+def attention_layers_among(
+    backbone: Backbone, model: torch.nn.Module, layers: Sequence[int] | None
+) -> list[int]:
+    """`resolve_layers`, among the layers with softmax attention: by default the others are left out
+    (Qwen3.5's linear-attention layers have no attention map); given ones are refused."""
+    chosen = resolve_layers(layers, len(backbone.decoder_layers(model)))
+    with_attention = backbone.attention_layers(model)
+    linear = [layer for layer in chosen if layer not in with_attention]
+    if linear and layers is not None:
+        raise ValueError(
+            f"layers {linear} are linear-attention layers, which have no attention map; choose among {with_attention}"
+        )
+    return [layer for layer in chosen if layer in with_attention]
+
+
 # VAR's state (`VARState`) is read in the next three functions only: what the VAR run recorded.
 
 
@@ -244,7 +259,7 @@ def attention_maps(
             f"inputs must hold one prompt, got a batch of {inputs['input_ids'].shape[0]} "
             "(see lmms_var.attention_maps.inputs.split_batch)"
         )
-    layers = resolve_layers(settings.layers, len(backbone.decoder_layers(model)))
+    layers = attention_layers_among(backbone, model, settings.layers)
     panels, pictures = _panels_and_pictures(backbone, model, processor, inputs)
     prompt_length = inputs["input_ids"].shape[1]
     answer = None

@@ -12,10 +12,11 @@ from lmms_var.backbones.gemma3 import GEMMA3
 from lmms_var.backbones.llava import LLAVA
 from lmms_var.backbones.qwen2_5_vl import QWEN2_5_VL
 from lmms_var.backbones.qwen2_vl import QWEN2_VL
+from lmms_var.backbones.qwen3_5 import QWEN3_5
 from lmms_var.backbones.qwen3_vl import QWEN3_VL
 from lmms_var.backbones.qwen3_vl_moe import QWEN3_VL_MOE
 
-BACKBONES: tuple[Backbone, ...] = (QWEN2_5_VL, QWEN2_VL, QWEN3_VL, LLAVA, QWEN3_VL_MOE, GEMMA3)
+BACKBONES: tuple[Backbone, ...] = (QWEN2_5_VL, QWEN2_VL, QWEN3_VL, LLAVA, QWEN3_VL_MOE, GEMMA3, QWEN3_5)
 # Our lmms-eval models, one per distinct `LmmsEvalModel` (backbones may share one), in registry order.
 LMMS_EVAL_MODELS: tuple[LmmsEvalModel, ...] = tuple(dict.fromkeys(b.lmms_eval for b in BACKBONES))
 

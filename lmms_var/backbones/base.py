@@ -159,6 +159,10 @@ class Backbone:
     mlp_output: str = "mlp.down_proj"
     # Per-head normalisation of queries and keys before the rotary embedding (Qwen3), if any.
     query_key_norms: tuple[str, str] | None = None
+    # The query projection gives each head its query and then an output gate (Qwen3.5).
+    gated_query: bool = False
+    # Other modules of a decoder layer writing into the residual stream (Qwen3.5's linear attention).
+    layer_residual_writers: tuple[str, ...] = ()
     # Keyword names under which the multimodal module's forward receives the KV cache.
     cache_kwargs: tuple[str, ...] = ("cache", "past_key_values")
     # (width, height) -> why the family's image processor, with its defaults, would refuse an image
@@ -181,6 +185,13 @@ class Backbone:
 
     def decoder_layers(self, model: torch.nn.Module) -> torch.nn.ModuleList:
         return self.text_model_of(model).get_submodule(self.layers)
+
+    def attention_layers(self, model: torch.nn.Module) -> list[int]:
+        """Decoder layers with softmax attention (a module at `attention`), the only ones VAR can act
+        on: all but those the text config's `layer_types` calls "linear_attention" (Qwen3.5's)."""
+        types = getattr(self.text_config(model), "layer_types", None)
+        count = len(self.decoder_layers(model))
+        return [index for index in range(count) if types is None or types[index] != "linear_attention"]
 
     def full_attention_layers(self, model: torch.nn.Module) -> list[int]:
         """Decoder layers whose queries see every earlier token: those the text config's `layer_types`

@@ -1,6 +1,7 @@
 """Check sink dimensions against attention: do the tokens they detect really receive outsized attention?
 
-Per prompt and decoder layer `l` in `layers` (default `2 .. L-1`):
+Per prompt and decoder layer `l` in `layers` (default `2 .. L-1`; layers without softmax attention,
+Qwen3.5's linear-attention ones, are left out):
 
 - *detected*: spec step 1 with the given `dims` and `tau` on the residual stream entering layer `l`.
 - *outsized attention*: the layer's post-softmax attention `A[h, q, k]` (eager, float32) is compared
@@ -140,7 +141,9 @@ def validate_sink_dims(
     check_validation_settings(tau=tau, attention_factor=attention_factor, min_distance=min_distance)
     prompts = builtin_prompts() if prompts is None else list(prompts)
     modules = backbone.decoder_layers(model)
-    layers = resolve_layers(layers, len(modules))
+    layers = [
+        layer for layer in resolve_layers(layers, len(modules)) if layer in backbone.attention_layers(model)
+    ]
     counts = {layer: dict.fromkeys(("detected", "outsized", "both", "scored"), 0) for layer in layers}
     detected: dict[int, torch.Tensor] = {}
 

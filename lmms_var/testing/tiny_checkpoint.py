@@ -120,15 +120,22 @@ def _image_prompt(processor: ProcessorMixin, images: list, question: str, device
 def _reserve_channels(model: PreTrainedModel, backbone: Backbone, channels: list[int]) -> None:
     """Make `channels` of the residual stream written only by the embedding: zero them in every other
     writer (attention and MLP outputs of every layer, every visual writer), weights and biases."""
+    paths = (backbone.attention_output, backbone.mlp_output, *backbone.layer_residual_writers)
     writers = [
         _writer(layer, path)
         for layer in backbone.decoder_layers(model)
-        for path in (backbone.attention_output, backbone.mlp_output)
+        for path in paths
+        if _has(layer, path)  # linear-attention layers (Qwen3.5) have no softmax attention, and back
     ]
     for weight, bias in [*writers, *((w.weight, w.bias) for w in backbone.visual_writers(model))]:
         weight[..., channels, :] = 0.0  # [out, in], or [experts, out, in]
         if bias is not None:
             bias[channels] = 0.0
+
+
+def _has(layer: torch.nn.Module, path: str) -> bool:
+    owner = path.rsplit(".", 1)[0]
+    return owner == path or any(name == owner for name, _ in layer.named_modules())
 
 
 def _writer(layer: torch.nn.Module, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -202,7 +209,10 @@ def _wire_sink_heads(model: PreTrainedModel, backbone: Backbone, spec: TinySpec)
     query_bias = strength / len(low_freq)
     if backbone.query_key_norms:
         query_bias *= 10.0  # dominate the random part of every wired query before normalisation
-    for layer in backbone.decoder_layers(model):
+    # Each head's rows of the query projection (query, then its output gate where the family gates).
+    head_rows = head_dim * (2 if backbone.gated_query else 1)
+    layers = backbone.decoder_layers(model)
+    for layer in (layers[index] for index in backbone.attention_layers(model)):
         query, key = layer.get_submodule(backbone.query), layer.get_submodule(backbone.key)
         if query.bias is None or key.bias is None:
             raise ValueError(
@@ -213,8 +223,8 @@ def _wire_sink_heads(model: PreTrainedModel, backbone: Backbone, spec: TinySpec)
             key.weight[dim, dims] = strength
             key.bias[dim] = 0.0
             for head in range(group):
-                query.bias[head * head_dim + dim] = query_bias
-                query.weight[head * head_dim + dim, :] = 0.0
+                query.bias[head * head_rows + dim] = query_bias
+                query.weight[head * head_rows + dim, :] = 0.0
         if backbone.query_key_norms:
             # Normalised, a wired dim holds about sqrt(head_dim / 2) of a sink's key and of a wired
             # query: the logit is scale^2 * sqrt(head_dim) over the two dims.

@@ -30,6 +30,7 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3_5Config,
     Qwen3VLConfig,
     Qwen3VLMoeConfig,
     Qwen3VLProcessor,
@@ -315,6 +316,38 @@ def _qwen3_vl_config(shape: TinyShape, tokenizer, config_class=Qwen3VLConfig, **
     )
 
 
+def _qwen3_5_config(shape: TinyShape, tokenizer) -> Qwen3_5Config:
+    """Linear attention in layers 0, 1 and 3 (Qwen3.5 has it in three of four), softmax attention in
+    layer 2, the one VAR acts on in a 4-layer model."""
+    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "partial_rotary_factor": 0.25}
+    rope |= {"mrope_section": [2, 1, 1], "mrope_interleaved": True}  # a quarter of a 32-dim head
+    linear = {
+        "linear_num_key_heads": 2,
+        "linear_num_value_heads": 4,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+    }
+    return Qwen3_5Config(
+        text_config=shape.text_config(
+            tokenizer,
+            head_dim=shape.head_dim,
+            attention_bias=True,  # as Qwen3-VL's: for the planted sink heads
+            rope_parameters=rope,
+            layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+            **linear,
+        ),
+        vision_config={
+            "depth": shape.vision_depth,
+            "hidden_size": shape.vision_hidden_size,
+            "intermediate_size": shape.vision_hidden_size * 2,
+            "num_heads": shape.vision_heads,
+            "out_hidden_size": shape.hidden_size,
+            "num_position_embeddings": 64,
+        },
+        **_qwen_ids(tokenizer),
+    )
+
+
 def _qwen3_vl_moe_config(shape: TinyShape, tokenizer) -> Qwen3VLMoeConfig:
     """Qwen3-VL's, every MLP a mixture of 4 small experts, 2 per token (untied head, as Qwen3-VL's)."""
     experts = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": shape.intermediate_size}
@@ -530,6 +563,12 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
             **_QWEN,
             # lmms-eval's qwen3_vl loads the MoE class only for a checkpoint named like Qwen3-VL-30B-A3B.
             folder="tiny_qwen3_vl_moe_A1B",
+        ),
+        TinyFamily(
+            "qwen3_5",
+            _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, patch_size=16),
+            _qwen3_5_config,
+            **_QWEN,
         ),
         TinyFamily(
             "gemma3",

@@ -27,6 +27,16 @@ CONFIG = VARConfig(sink_dims=TINY_SPEC.sink_dims, tau=TINY_TAU, except_last_laye
 LAYERS = (1, 2, 3)  # layer 1 is one VAR leaves alone: there A' is A
 
 
+def softmax_layers(model) -> list[int]:
+    """The decoder layers that return attention weights: not linear-attention ones (Qwen3.5's), as
+    transformers' `layer_types` says."""
+    text_config = model.config.get_text_config()
+    types = getattr(text_config, "layer_types", None)
+    return [
+        i for i in range(text_config.num_hidden_layers) if types is None or types[i] != "linear_attention"
+    ]
+
+
 @contextmanager
 def eager(model):
     """Within: the text decoder runs transformers' eager attention, which returns attention weights."""
@@ -59,11 +69,12 @@ def independent_maps(model, processor, model_type: str, inputs, rows_rule: str):
         plain = model(**inputs, output_attentions=True, use_cache=False).attentions
         with enable_var(model, CONFIG):
             var_run = model(**inputs, output_attentions=True, output_hidden_states=True, use_cache=False)
-    active = set(CONFIG.active_layers(len(plain)))
+    with_weights = softmax_layers(model)
+    active = set(CONFIG.active_layers(len(var_run.hidden_states) - 1))
     before, after, selected, sink_positions = [], [], [], set()
-    for layer in LAYERS:
-        before.append(plain[layer][0][:, rows].float())
-        attn = var_run.attentions[layer][0][:, rows].float()
+    for layer in (layer for layer in LAYERS if layer in with_weights):
+        before.append(plain[with_weights.index(layer)][0][:, rows].float())
+        attn = var_run.attentions[with_weights.index(layer)][0][:, rows].float()
         if layer in active:
             sinks = find_sink_tokens(var_run.hidden_states[layer], CONFIG.sink_dims, CONFIG.tau)[0]
             sink_positions |= set((sinks & visual).nonzero().flatten().tolist())
@@ -114,9 +125,10 @@ def test_every_panel_holds_the_averaged_attention_before_and_after_var(
     expected, heads, expected_rows, sink_positions, pairs = independent_maps(
         model, processor, model_type, inputs, rows
     )
+    layers = tuple(layer for layer in LAYERS if layer in softmax_layers(model))
     with enable_var(model, CONFIG) as handle:
-        maps = attention_maps(handle, processor, inputs, MapSettings(layers=LAYERS, rows=rows))
-    assert (maps.layers, list(maps.heads), list(maps.rows)) == (LAYERS, heads, expected_rows)
+        maps = attention_maps(handle, processor, inputs, MapSettings(layers=layers, rows=rows))
+    assert (maps.layers, list(maps.heads), list(maps.rows)) == (layers, heads, expected_rows)
     assert maps.head_rule == "selected" and maps.total_selected_pairs == pairs > 0
     assert len(maps.panels) == (2 if make_inputs is two_images else 3)  # a video of 4 frames: 2 groups
     visual = torch.isin(inputs["input_ids"][0], torch.tensor(visual_token_ids(model_type, processor)))

@@ -21,7 +21,7 @@ from tests.models.conftest import (
     TINY_SINKS,
     TINY_VAR_ARGS,
     Run,
-    image_args,
+    family_args,
     join_args,
 )
 from tests.models.test_attention_maps import assert_attention_maps
@@ -47,7 +47,8 @@ def var_on(family: str, checkpoint: Path, name: str, extra: str = "") -> dict:
         "model": backbone.lmms_eval.model_id,
         # Relative paths resolve in the launch folder, which holds every run's output folder.
         "model_args": model_args(
-            checkpoint, join_args(TINY_SINKS, image_args(backbone), ON_CPU, f"diagnostics_path={name}", extra)
+            checkpoint,
+            join_args(TINY_SINKS, family_args(backbone), ON_CPU, f"diagnostics_path={name}", extra),
         ),
     }
 
@@ -63,14 +64,14 @@ def parity_runs(family: str, checkpoint: Path) -> list[dict]:
             "name": f"{family}_off",
             "model": spec.model_id,
             "model_args": model_args(
-                checkpoint, join_args("var=false", same_dtype, image_args(backbone), ON_CPU)
+                checkpoint, join_args("var=false", same_dtype, family_args(backbone), ON_CPU)
             ),
         },
         {
             "name": f"{family}_upstream",
             "model": spec.upstream_id,
             "model_args": model_args(
-                checkpoint, join_args("device=cpu,device_map=cpu", image_args(backbone))
+                checkpoint, join_args("device=cpu,device_map=cpu", family_args(backbone))
             ),
         },
     ]

@@ -17,6 +17,7 @@ from lmms_var.models.args import ModelArgError
 from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
 from lmms_var.testing.images import random_image
 from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
+from tests.models.conftest import thinks_by_default
 from tests.models.instances import LMMS_EVAL_OPTIONS, SPLIT, TASK, make_requests
 
 # Small images keep prompts short; the four sizes give four different visual-token counts.
@@ -52,7 +53,8 @@ def model_args(backbone, **args) -> dict:
     CUDA where there is one."""
     spec = backbone.lmms_eval
     pixels = PIXELS if "min_pixels" in spec.upstream_args else {}
-    return {"batch_size": min(2, spec.max_batch_size or 2), **pixels, **args}
+    thinking = {"enable_thinking": False} if thinks_by_default(backbone) else {}
+    return {"batch_size": min(2, spec.max_batch_size or 2), **pixels, **thinking, **args}
 
 
 def var_class(backbone, kind: str) -> type:
