@@ -74,16 +74,16 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
 
 
 def attention_layers_among(
-    backbone: Backbone, model: torch.nn.Module, layers: Sequence[int] | None
+    layers: Sequence[int] | None, num_layers: int, with_attention: Sequence[int]
 ) -> list[int]:
-    """`resolve_layers`, among the layers with softmax attention: by default the others are left out
-    (Qwen3.5's linear-attention layers have no attention map); given ones are refused."""
-    chosen = resolve_layers(layers, len(backbone.decoder_layers(model)))
-    with_attention = backbone.attention_layers(model)
+    """`resolve_layers`, among the layers `with_attention` (softmax attention): by default the others
+    are left out (Qwen3.5's linear-attention layers have no attention map); given ones are refused."""
+    chosen = resolve_layers(layers, num_layers)
     linear = [layer for layer in chosen if layer not in with_attention]
     if linear and layers is not None:
         raise ValueError(
-            f"layers {linear} are linear-attention layers, which have no attention map; choose among {with_attention}"
+            f"layers {linear} are linear-attention layers, which have no attention map; "
+            f"choose among {list(with_attention)}"
         )
     return [layer for layer in chosen if layer in with_attention]
 
@@ -259,7 +259,8 @@ def attention_maps(
             f"inputs must hold one prompt, got a batch of {inputs['input_ids'].shape[0]} "
             "(see lmms_var.attention_maps.inputs.split_batch)"
         )
-    layers = attention_layers_among(backbone, model, settings.layers)
+    num_layers = len(backbone.decoder_layers(model))
+    layers = attention_layers_among(settings.layers, num_layers, backbone.attention_layers(model))
     panels, pictures = _panels_and_pictures(backbone, model, processor, inputs)
     prompt_length = inputs["input_ids"].shape[1]
     answer = None

@@ -33,6 +33,14 @@ def _no_checks(_args: Mapping[str, Any]) -> None:
     return None
 
 
+def attention_layer_indices(text_config) -> list[int]:
+    """Decoder layers with softmax attention, from a text config alone (checkable before loading): all
+    but those its `layer_types` calls "linear_attention" (Qwen3.5's Gated DeltaNet layers)."""
+    types = getattr(text_config, "layer_types", None)
+    count = text_config.num_hidden_layers
+    return [index for index in range(count) if types is None or types[index] != "linear_attention"]
+
+
 @dataclass(frozen=True)
 class VisualGrid:
     """How one image's (or video's) visual tokens tile the picture the model saw.
@@ -187,11 +195,8 @@ class Backbone:
         return self.text_model_of(model).get_submodule(self.layers)
 
     def attention_layers(self, model: torch.nn.Module) -> list[int]:
-        """Decoder layers with softmax attention (a module at `attention`), the only ones VAR can act
-        on: all but those the text config's `layer_types` calls "linear_attention" (Qwen3.5's)."""
-        types = getattr(self.text_config(model), "layer_types", None)
-        count = len(self.decoder_layers(model))
-        return [index for index in range(count) if types is None or types[index] != "linear_attention"]
+        """Decoder layers with softmax attention (a module at `attention`), the only ones VAR can act on."""
+        return attention_layer_indices(self.text_config(model))
 
     def full_attention_layers(self, model: torch.nn.Module) -> list[int]:
         """Decoder layers whose queries see every earlier token: those the text config's `layer_types`

@@ -168,8 +168,9 @@ def _var_config(args: argparse.Namespace) -> VARConfig:
     """VAR's settings, checked against the model's config (image support, layers, sink dims) before loading."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    from lmms_var.attention_maps import resolve_layers
+    from lmms_var.attention_maps.capture import attention_layers_among
     from lmms_var.backbones import UnsupportedModelError, backbone_for_config, checkpoint_config
+    from lmms_var.backbones.base import attention_layer_indices
     from lmms_var.sink_dims.known import lookup_known
 
     model_config = checkpoint_config(args.model, "--model ")
@@ -184,7 +185,9 @@ def _var_config(args: argparse.Namespace) -> VARConfig:
         raise ValueError(f"--model {args.model}: {error}") from None
     text_config = model_config.get_text_config()
     try:
-        resolve_layers(args.layers, text_config.num_hidden_layers)
+        attention_layers_among(
+            args.layers, text_config.num_hidden_layers, attention_layer_indices(text_config)
+        )
     except ValueError as error:
         raise ValueError(f"--{error}") from None
     dims = args.sink_dims

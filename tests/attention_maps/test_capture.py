@@ -238,3 +238,12 @@ def test_bad_settings_and_inputs_are_refused(tiny_model):
             attention_maps(handle, processor, text_only)
         with pytest.raises(ValueError, match="inputs must hold one prompt, got a batch of 2"):
             attention_maps(handle, processor, prompt_inputs(processor, [(1, "a"), (1, "b")]))
+
+
+def test_a_linear_attention_layer_is_refused_naming_the_others(tiny_models):
+    model, processor = tiny_models("qwen3_5")
+    with enable_var(model, CONFIG) as handle, pytest.raises(ValueError) as error:
+        attention_maps(handle, processor, two_images(processor), MapSettings(layers=[1, 2]))
+    assert str(error.value) == (
+        "layers [1] are linear-attention layers, which have no attention map; choose among [2]"
+    )

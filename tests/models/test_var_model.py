@@ -170,7 +170,8 @@ def test_var_on_changes_logits_and_records_each_doc(
     assert any("VAR on: sink_dims=[17, 93] from model args" in line for line in log_lines)
 
 
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava"])  # both attributes processors are kept in
+# Both attributes processors are kept in; and the families with no published dims at all.
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava", "qwen3_vl_moe", "gemma3", "qwen3_5"])
 def test_sink_dims_auto_measures_then_reuses_the_cache(
     model_type, tiny_checkpoints, tmp_path, monkeypatch, log_lines
 ):
@@ -429,3 +430,19 @@ def test_sink_dims_that_never_fire_are_warned_about_once(tiny_checkpoint, log_li
         "validate-sink-dims",
     ):
         assert hint in warnings[0]
+
+
+def test_qwen3_5_names_the_layers_var_acts_on(tiny_checkpoints, log_lines, tmp_path):
+    """Layer 3 of the tiny Qwen3.5 is linear attention: with the last layer in, VAR acts on layer 2 only
+    and its log line says so; the diagnostics name that layer alone."""
+    backbone = backbone_for_model_type("qwen3_5")
+    args = model_args(backbone, pretrained=str(tiny_checkpoints("qwen3_5")), device="cpu")
+    var = {"sink_dims": "17;93", "tau": TINY_TAU, "except_last_layer": False, "diagnostics": True}
+    lm = var_class(backbone, "chat")(**var, diagnostics_path=str(tmp_path / "d.jsonl"), **args)
+    assert lm.var_handle.state.active_layers == {2}
+    assert any(
+        "(layers 2..3; of those only [2], the others being linear attention)" in line for line in log_lines
+    )
+    generate(lm, "chat", [])
+    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert len(records) == len(DOCS) and all(record["layers"] == [2] for record in records)

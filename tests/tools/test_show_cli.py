@@ -169,3 +169,14 @@ def test_an_image_reaches_the_model_as_a_viewer_shows_it(tmp_path, mode):
     read = show._read_image(path)
     assert read.mode == "RGB"
     assert np.array_equal(np.asarray(read), np.asarray(shown))
+
+
+def test_a_linear_attention_layer_is_refused_before_loading(
+    tiny_checkpoints, images, tmp_path, cli_error, no_weights
+):
+    """Qwen3.5's layer 1 (of the tiny checkpoint) is linear attention: no attention map there."""
+    args = show_args(tiny_checkpoints("qwen3_5"), images, tmp_path / "a.png", "--layers", "1", "2")
+    assert (
+        "--layers [1] are linear-attention layers, which have no attention map; choose among [2]"
+        in cli_error(args)
+    )
