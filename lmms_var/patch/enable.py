@@ -102,6 +102,14 @@ def enable_var(
     if any(hasattr(module, STATE_ATTRIBUTE) for module in attention_modules.values()):
         raise RuntimeError("VAR is already enabled on this model; call remove() on the first handle")
     base = text_config._attn_implementation or "eager"
+    if base == "flash_attention_2" and "sliding_attention" in (
+        getattr(text_config, "layer_types", None) or ()
+    ):
+        # Flash gets the window as an argument, not in the mask VAR's rows are computed from.
+        raise ValueError(
+            "attn_implementation flash_attention_2 hides sliding windows from VAR; use sdpa or eager, "
+            "whose masks hold the window"
+        )
     name = registered_name(base)
     state = VARState(
         config=config,
