@@ -322,7 +322,7 @@ def _qwen3_5_config(shape: TinyShape, tokenizer) -> Qwen3_5Config:
     rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "partial_rotary_factor": 0.25}
     rope |= {"mrope_section": [2, 1, 1], "mrope_interleaved": True}  # a quarter of a 32-dim head
     linear = {
-        "linear_num_key_heads": 2,
+        "linear_num_key_heads": 4,
         "linear_num_value_heads": 4,
         "linear_key_head_dim": 16,
         "linear_value_head_dim": 16,
