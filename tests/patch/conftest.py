@@ -19,12 +19,11 @@ def chat_text(processor, n_images: int, question: str, video: bool = False) -> s
 
 
 def prompt_inputs(processor, specs: list[tuple[int, str]], seed: int = 5):
-    """Processor outputs for prompts given as (number of images, question); images drawn per prompt."""
-    texts, images = [], []
-    for index, (n_images, question) in enumerate(specs):
-        texts.append(chat_text(processor, n_images, question))
-        images += random_images(n_images, seed=seed + index)
-    return processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+    """Processor outputs for prompts given as (number of images, question); images drawn per prompt,
+    handed over per prompt (Gemma 3's processor takes no flat list for several prompts)."""
+    texts = [chat_text(processor, n_images, question) for n_images, question in specs]
+    images = [random_images(n_images, seed=seed + index) for index, (n_images, _) in enumerate(specs)]
+    return processor(text=texts, images=images if any(images) else None, return_tensors="pt", padding=True)
 
 
 @pytest.fixture
