@@ -375,7 +375,7 @@ def _upstream_flags(model_class: type) -> tuple[str, ...]:
     upstream = model_class.__mro__[model_class.__mro__.index(VARModel) + 1]
     parameters = inspect.signature(upstream.__init__).parameters
     flags = []
-    for name, default in model_class.backbone.lmms_eval.upstream_args.items():
+    for name, default in model_class.lmms_eval.upstream_args.items():
         annotation = parameters[name].annotation if name in parameters else None
         if (
             isinstance(default, bool)
