@@ -15,13 +15,25 @@ from loguru import logger
 from lmms_var.backbones import BACKBONES
 from lmms_var.testing import TINY_TAU, TinySpec, build_tiny_model, save_tiny_checkpoint
 from lmms_var.testing.spatial_data import write_spatial_root
+from lmms_var.testing.tiny_families import TINY_FAMILIES
 
 __all__ = ["FAMILIES", "TINY_SPEC", "TINY_TAU"]
 REPOSITORY = Path(__file__).resolve().parents[1]
 # What a wheel is built from (an sdist holds the same): nothing else of the checkout may be needed.
 PACKAGING_SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "lmms_var", "tasks", "configs")
 TINY_SPEC = TinySpec()
-FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava", "internvl", "llava_next", "llava_onevision")
+FAMILIES = (
+    "qwen2_5_vl",
+    "qwen2_vl",
+    "qwen3_vl",
+    "llava",
+    "internvl",
+    "llava_next",
+    "llava_onevision",
+    "qwen3_vl_moe",
+    "gemma3",
+    "qwen3_5",
+)
 
 
 @pytest.fixture
@@ -100,7 +112,7 @@ def tiny_checkpoints(tiny_checkpoint, tmp_path_factory):
 
     def get(model_type: str) -> Path:
         if model_type not in saved:
-            folder = tmp_path_factory.mktemp(f"tiny_{model_type}")
+            folder = tmp_path_factory.mktemp(TINY_FAMILIES[model_type].folder_name)
             saved[model_type] = save_tiny_checkpoint(folder, TinySpec(model_type=model_type))
         return saved[model_type]
 

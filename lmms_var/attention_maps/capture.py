@@ -82,6 +82,21 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return check_layers(layers, num_layers)
 
 
+def attention_layers_among(
+    layers: Sequence[int] | None, num_layers: int, with_attention: Sequence[int]
+) -> list[int]:
+    """`resolve_layers`, among the layers `with_attention` (softmax attention): by default the others
+    are left out (Qwen3.5's linear-attention layers have no attention map); given ones are refused."""
+    chosen = resolve_layers(layers, num_layers)
+    linear = [layer for layer in chosen if layer not in with_attention]
+    if linear and layers is not None:
+        raise ValueError(
+            f"layers {linear} are linear-attention layers, which have no attention map; "
+            f"choose among {list(with_attention)}"
+        )
+    return [layer for layer in chosen if layer in with_attention]
+
+
 LayerHook = Callable[[int, LayerCall], None]
 
 
@@ -142,7 +157,9 @@ def _tapped_run(
     config = backbone.text_config(model)
     base = state.base_implementation
     tap = _Tap(registered_name(base) if var else base, frozenset(layers), hook)
-    modules = [backbone.attention_of(layer) for layer in backbone.decoder_layers(model)]
+    decoder_layers = backbone.decoder_layers(model)
+    # Only layers with softmax attention call the attention function (not Qwen3.5's linear ones).
+    modules = [backbone.attention_of(decoder_layers[index]) for index in backbone.attention_layers(model)]
     saved = config._attn_implementation
     with ExitStack() as restore:
         for module in modules:
@@ -162,7 +179,7 @@ def _eligible_rows(state: VARState) -> torch.Tensor:
 def _recorded_sinks(state: VARState, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(visual Bool[B, T], sinks Bool[B, T]) VAR recorded for `layer` in this forward; None where VAR
     leaves the layer alone."""
-    if not state.acts_on(layer):
+    if not state.acts_on(layer, key_length=state.visual.shape[1]):  # a whole prompt: every key is there
         return None
     return state.visual, state.sinks[layer]
 
@@ -309,7 +326,8 @@ def attention_maps(
             f"inputs must hold one prompt, got a batch of {inputs['input_ids'].shape[0]} "
             "(see lmms_var.attention_maps.inputs.split_batch)"
         )
-    layers = resolve_layers(settings.layers, len(backbone.decoder_layers(model)))
+    num_layers = len(backbone.decoder_layers(model))
+    layers = attention_layers_among(settings.layers, num_layers, backbone.attention_layers(model))
     panels, pictures = _panels_and_pictures(backbone, model, processor, inputs)
     prompt_length = inputs["input_ids"].shape[1]
     answer = None

@@ -8,13 +8,16 @@ in the test matrix).
 import os
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel, VisualGrid
+from lmms_var.backbones.gemma3 import GEMMA3
 from lmms_var.backbones.internvl import INTERNVL
 from lmms_var.backbones.llava import LLAVA
 from lmms_var.backbones.llava_next import LLAVA_NEXT
 from lmms_var.backbones.llava_onevision import LLAVA_ONEVISION
 from lmms_var.backbones.qwen2_5_vl import QWEN2_5_VL
 from lmms_var.backbones.qwen2_vl import QWEN2_VL
+from lmms_var.backbones.qwen3_5 import QWEN3_5
 from lmms_var.backbones.qwen3_vl import QWEN3_VL
+from lmms_var.backbones.qwen3_vl_moe import QWEN3_VL_MOE
 
 BACKBONES: tuple[Backbone, ...] = (
     QWEN2_5_VL,
@@ -24,6 +27,9 @@ BACKBONES: tuple[Backbone, ...] = (
     INTERNVL,
     LLAVA_NEXT,
     LLAVA_ONEVISION,
+    QWEN3_VL_MOE,
+    GEMMA3,
+    QWEN3_5,
 )
 
 __all__ = [

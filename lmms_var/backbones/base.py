@@ -33,6 +33,14 @@ def _no_checks(_args: Mapping[str, Any]) -> None:
     return None
 
 
+def attention_layer_indices(text_config) -> list[int]:
+    """Decoder layers with softmax attention, from a text config alone (checkable before loading): all
+    but those its `layer_types` calls "linear_attention" (Qwen3.5's Gated DeltaNet layers)."""
+    types = getattr(text_config, "layer_types", None)
+    count = text_config.num_hidden_layers
+    return [index for index in range(count) if types is None or types[index] != "linear_attention"]
+
+
 @dataclass(frozen=True)
 class VisualGrid:
     """How one image's (or video's) visual tokens tile the picture the model saw.
@@ -134,6 +142,10 @@ class LmmsEvalModel:
 class Backbone:
     """Where VAR attaches in one family's transformers models, and how lmms-eval runs the family.
 
+    Families that lmms-eval runs with one model (`llava_hf`: LLaVA-1.5, NeXT, OneVision; `qwen3_vl`:
+    Qwen3-VL and Qwen3-VL-MoE) share one `LmmsEvalModel` instance: one model of ours serves them all,
+    the checkpoint's config picking the backbone.
+
     `multimodal` modules own the text decoder at `text_model`; a loaded checkpoint (a
     `...ForConditionalGeneration`) wraps one as `.model`. Paths below `text_model` follow the
     Llama convention that all supported families share; a family overrides only what differs.
@@ -144,8 +156,9 @@ class Backbone:
     loader: str  # the transformers class that loads a checkpoint, e.g. "Qwen2_5_VLForConditionalGeneration"
     # Config attributes holding the ids of visual placeholder tokens (image, and video where there is one).
     visual_token_attributes: tuple[str, ...]
-    # First and last linear layer of the vision-to-text projector, under the multimodal module.
-    projector: tuple[str, str]
+    # First and last linear layer of the vision-to-text projector, under the multimodal module; None
+    # where the projector has no linear layer (Gemma 3: a norm and a bare matrix).
+    projector: tuple[str, str] | None
     lmms_eval: LmmsEvalModel
     # (processor outputs, processor) -> one `VisualGrid` per image, then per video, in batch order.
     visual_grids: Callable[[Mapping[str, Any], Any], list[VisualGrid]]
@@ -160,9 +173,14 @@ class Backbone:
     query: str = "self_attn.q_proj"
     key: str = "self_attn.k_proj"
     attention_output: str = "self_attn.o_proj"
+    # The MLP's output projection: a linear module, or a parameter `[..., hidden, in]` (MoE experts).
     mlp_output: str = "mlp.down_proj"
     # Per-head normalisation of queries and keys before the rotary embedding (Qwen3), if any.
     query_key_norms: tuple[str, str] | None = None
+    # The query projection gives each head its query and then an output gate (Qwen3.5).
+    gated_query: bool = False
+    # Other modules of a decoder layer writing into the residual stream (Qwen3.5's linear attention).
+    layer_residual_writers: tuple[str, ...] = ()
     # Keyword names under which the multimodal module's forward receives the KV cache.
     cache_kwargs: tuple[str, ...] = ("cache", "past_key_values")
     # (width, height) -> why the family's image processor, with its defaults, would refuse an image
@@ -185,6 +203,17 @@ class Backbone:
 
     def decoder_layers(self, model: torch.nn.Module) -> torch.nn.ModuleList:
         return self.text_model_of(model).get_submodule(self.layers)
+
+    def attention_layers(self, model: torch.nn.Module) -> list[int]:
+        """Decoder layers with softmax attention (a module at `attention`), the only ones VAR can act on."""
+        return attention_layer_indices(self.text_config(model))
+
+    def full_attention_layers(self, model: torch.nn.Module) -> list[int]:
+        """Decoder layers whose queries see every earlier token: those the text config's `layer_types`
+        calls "full_attention" (not sliding-window or linear attention), or all where it has none."""
+        types = getattr(self.text_config(model), "layer_types", None)
+        count = len(self.decoder_layers(model))
+        return [index for index in range(count) if types is None or types[index] == "full_attention"]
 
     def attention_of(self, layer: torch.nn.Module) -> torch.nn.Module:
         """A decoder layer's attention module (the one that calls the registered attention function)."""
@@ -209,14 +238,14 @@ class Backbone:
         return multimodal.get_submodule(first), multimodal.get_submodule(last)
 
     def visual_writers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        """Every module whose output enters the text residual stream as visual features."""
+        """Every linear module whose output enters the text residual stream as visual features."""
         multimodal = self.multimodal_model(model)
         extra = [
             module
             for name, module in multimodal.named_modules()
             if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.visual_residual_writers)
         ]
-        return [self.projector_layers(model)[1], *extra]
+        return extra if self.projector is None else [self.projector_layers(model)[1], *extra]
 
     def loader_class(self) -> type:
         """The transformers class that loads this family's checkpoints (imports its modeling file)."""

@@ -7,7 +7,8 @@ visual positions. VAR reads sinks from each layer's input, after that addition, 
 for it; but those mergers also write into the residual stream (`visual_residual_writers`).
 
 lmms-eval's `qwen3_vl` (simple and chat) hard-codes bfloat16 and `device_map=auto`, then moves inputs
-to `"cuda"`; it also loads MoE and Qwen3.5 checkpoints, which are other model types (not supported).
+to `"cuda"`; it also loads MoE checkpoints (`qwen3_vl_moe.py`, which shares this model) and Qwen3.5
+ones (lmms-eval's `qwen3_5` model, `qwen3_5.py`).
 """
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel

@@ -236,10 +236,14 @@ class VARModel:
         config = options.config(dims)
         handle = enable_var(self._model, config, diagnostics=options.diagnostics)
         layers = config.active_layers(len(self.backbone.decoder_layers(self._model)))
+        span = f"layers {layers.start}..{layers.stop - 1}"
+        acting = sorted(handle.state.active_layers)
+        if len(acting) < len(layers):
+            span += f"; of those only {acting}, the others being linear attention"
         self._log(
             f"VAR on: sink_dims={list(dims)} from {source}; tau={config.tau} rho={config.rho} "
             f"summ={config.summ} p={config.p} except_last_layer={config.except_last_layer} "
-            f"(layers {layers.start}..{layers.stop - 1}); diagnostics {'on' if options.diagnostics else 'off'}"
+            f"({span}); diagnostics {'on' if options.diagnostics else 'off'}"
         )
         return handle
 

@@ -81,7 +81,7 @@ def var_attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The base kernel for the rows VAR leaves alone, VAR for the allowed rows of layers with sinks."""
     state: VARState = getattr(module, STATE_ATTRIBUTE)
-    acts = state.acts_on(module.layer_idx)
+    acts = state.acts_on(module.layer_idx, key.shape[2])
     normaliser = Normaliser()
     if acts and state.whole_rows:  # VAR computes every row: a base kernel's output would be overwritten
         batch, heads, query_length, _ = query.shape

@@ -97,15 +97,25 @@ def enable_var(
             "sink dimensions must be hidden-state channels of this model"
         )
     layers = backbone.decoder_layers(model)
-    attention_modules = [backbone.attention_of(layer) for layer in layers]
-    if any(hasattr(module, STATE_ATTRIBUTE) for module in attention_modules):
+    with_attention = backbone.attention_layers(model)
+    attention_modules = {index: backbone.attention_of(layers[index]) for index in with_attention}
+    if any(hasattr(module, STATE_ATTRIBUTE) for module in attention_modules.values()):
         raise RuntimeError("VAR is already enabled on this model; call remove() on the first handle")
     base = text_config._attn_implementation or "eager"
+    if base == "flash_attention_2" and "sliding_attention" in (
+        getattr(text_config, "layer_types", None) or ()
+    ):
+        # Flash gets the window as an argument, not in the mask VAR's rows are computed from.
+        raise ValueError(
+            "attn_implementation flash_attention_2 hides sliding windows from VAR; use sdpa or eager, "
+            "whose masks hold the window"
+        )
     name = registered_name(base)
     state = VARState(
         config=config,
         visual_token_ids=backbone.visual_token_ids(inner.config),
-        active_layers=frozenset(config.active_layers(len(layers))),
+        # Linear-attention layers (Qwen3.5) have no attention rows to redistribute.
+        active_layers=frozenset(config.active_layers(len(layers))) & frozenset(with_attention),
         base_implementation=base,
         fused=fused,
         compile=compile,
@@ -115,12 +125,12 @@ def enable_var(
     handle = VARHandle(model=model, state=state, _text_config=text_config)
 
     handle._hooks.append(inner.register_forward_pre_hook(_prompt_starter(state, backbone), with_kwargs=True))
-    for index, (layer, attention) in enumerate(zip(layers, attention_modules, strict=True)):
+    for index, attention in attention_modules.items():
         setattr(attention, STATE_ATTRIBUTE, state)
         handle._attention_modules.append(attention)
         if index in state.active_layers:
             handle._hooks.append(
-                layer.register_forward_pre_hook(_sink_finder(state, index), with_kwargs=True)
+                layers[index].register_forward_pre_hook(_sink_finder(state, index), with_kwargs=True)
             )
     text_config._attn_implementation = name
     return handle

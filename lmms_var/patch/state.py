@@ -164,8 +164,16 @@ class VARState:
                 self.activity[layer] = LayerActivity(*(tensor.to(device) for tensor in counters))
         return plan, self.activity.get(layer)
 
-    def acts_on(self, layer: int) -> bool:
-        return layer in self.plans and self.config.p < 1.0 and self.rows.shape[1] > 0
+    def acts_on(self, layer: int, key_length: int) -> bool:
+        """Whether VAR changes this layer's rows in this forward. Not where the layer's cache holds
+        fewer keys than positions seen (a sliding-window cache dropped the oldest): the keys'
+        positions, which VAR's plans are indexed by, are then unknown here."""
+        return (
+            layer in self.plans
+            and self.config.p < 1.0
+            and self.rows.shape[1] > 0
+            and key_length >= self.visual.shape[1]
+        )
 
     def record_activity(self, layer: int, selected: torch.Tensor, budget: torch.Tensor) -> None:
         """Accumulate per-sample counts on the device (no synchronisation in the forward pass).

@@ -1,11 +1,13 @@
 """Check sink dimensions against attention: do the tokens they detect really receive outsized attention?
 
-Per prompt and decoder layer `l` in `layers` (default `2 .. L-1`):
+Per prompt and decoder layer `l` in `layers` (default `2 .. L-1`; layers without softmax attention,
+Qwen3.5's linear-attention ones, are left out):
 
 - *detected*: spec step 1 with the given `dims` and `tau` on the residual stream entering layer `l`.
 - *outsized attention*: the layer's post-softmax attention `A[h, q, k]` (eager, float32) is compared
-  with the uniform share `1 / (q + 1)` of a causal query `q`. Key `k` receives
-  `ratio[k] = mean over heads h and queries q >= k + min_distance of (q + 1) * A[h, q, k]`
+  with the uniform share `1 / n_q` of query `q` over the `n_q` keys its mask lets it see (`q + 1`
+  for a causal query; fewer in a sliding window). Key `k` receives
+  `ratio[k] = mean over heads h and queries q >= k + min_distance that see k of n_q * A[h, q, k]`
   and gets outsized attention when `ratio[k] > attention_factor`. Queries closer than `min_distance`
   are left out because attention to the last few tokens (local attention) is large in any model and
   says nothing about sinks; the last `min_distance` tokens, which no query scores, are not counted.
@@ -75,11 +77,12 @@ def _ratio(value: float | None) -> str:
 
 
 def outsized_attention(
-    attention: torch.Tensor, attention_factor: float, min_distance: int
+    attention: torch.Tensor, attention_factor: float, min_distance: int, visible: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(outsized, scored), both Bool[K], for one sample's causal attention `[H, Q, K]` with `Q == K`.
+    """(outsized, scored), both Bool[K], for one sample's attention `[H, Q, K]` with `Q == K`.
 
-    See the module docstring for the definition; `scored` marks keys with at least one counted query.
+    `visible` Bool[Q, K] is what the mask lets each query see (None: causal). See the module
+    docstring for the definition; `scored` marks keys with at least one counted query.
     """
     keys = attention.shape[-1]
     if attention.dim() != 3 or attention.shape[-2] != keys:
@@ -87,12 +90,23 @@ def outsized_attention(
             f"attention must be a prefill's [heads, Q, K] with Q == K, got {tuple(attention.shape)}"
         )
     position = torch.arange(keys, device=attention.device)
-    counted = position[:, None] >= position[None, :] + min_distance  # [Q, K]
-    weighted = attention.float().mean(dim=0) * (position[:, None] + 1)  # share relative to uniform
+    if visible is None:
+        visible = position[:, None] >= position[None, :]
+    counted = visible & (position[:, None] >= position[None, :] + min_distance)  # [Q, K]
+    weighted = attention.float().mean(dim=0) * visible.sum(dim=1, keepdim=True)  # share relative to uniform
     num_queries = counted.sum(dim=0)
     ratio = (weighted * counted).sum(dim=0) / num_queries.clamp(min=1)
     scored = num_queries > 0
     return (ratio > attention_factor) & scored, scored
+
+
+def _visible(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Bool[Q, K] of one prompt's 4-D eager mask (bool, or additive: blocked far below zero); None
+    for no mask (causal)."""
+    if mask is None:
+        return None
+    mask = mask[0, 0]
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
 
 
 @contextmanager
@@ -127,15 +141,17 @@ def validate_sink_dims(
     check_validation_settings(tau=tau, attention_factor=attention_factor, min_distance=min_distance)
     prompts = builtin_prompts() if prompts is None else list(prompts)
     modules = backbone.decoder_layers(model)
-    layers = resolve_layers(layers, len(modules))
+    layers = [
+        layer for layer in resolve_layers(layers, len(modules)) if layer in backbone.attention_layers(model)
+    ]
     counts = {layer: dict.fromkeys(("detected", "outsized", "both", "scored"), 0) for layer in layers}
     detected: dict[int, torch.Tensor] = {}
 
     def detect(layer: int, hidden_states: torch.Tensor) -> None:
         detected[layer] = find_sink_tokens(hidden_states, dims, tau)[0]
 
-    def compare(layer: int, attention: torch.Tensor) -> None:
-        outsized, scored = outsized_attention(attention[0], attention_factor, min_distance)
+    def compare(layer: int, attention: torch.Tensor, mask: torch.Tensor | None) -> None:
+        outsized, scored = outsized_attention(attention[0], attention_factor, min_distance, _visible(mask))
         sinks = detected.pop(layer) & scored
         for name, mask in (("detected", sinks), ("outsized", outsized), ("both", sinks & outsized)):
             counts[layer][name] += int(mask.sum())
@@ -143,7 +159,10 @@ def validate_sink_dims(
 
     hooks = [
         backbone.attention_of(modules[layer]).register_forward_hook(
-            lambda _module, _args, output, layer=layer: compare(layer, output[1])
+            lambda _module, _args, kwargs, output, layer=layer: compare(
+                layer, output[1], kwargs.get("attention_mask")
+            ),
+            with_kwargs=True,
         )
         for layer in layers
     ]
@@ -170,8 +189,9 @@ def validate_sink_dims(
         "min_distance": min_distance,
         "outsized_attention": (
             "key k of a layer gets outsized attention when the mean over heads h and queries "
-            f"q >= k + {min_distance} of (q + 1) * A[h, q, k] exceeds {attention_factor:g} "
-            "(times the uniform share 1 / (q + 1)); the last tokens, with no such query, are not scored"
+            f"q >= k + {min_distance} that see k of n_q * A[h, q, k] exceeds {attention_factor:g} "
+            "(n_q: the keys q sees, 1 / n_q its uniform share); the last tokens, with no such query, "
+            "are not scored"
         ),
         **total,
     }

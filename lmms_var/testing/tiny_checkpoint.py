@@ -120,15 +120,31 @@ def _image_prompt(processor: ProcessorMixin, images: list, question: str, device
 def _reserve_channels(model: PreTrainedModel, backbone: Backbone, channels: list[int]) -> None:
     """Make `channels` of the residual stream written only by the embedding: zero them in every other
     writer (attention and MLP outputs of every layer, every visual writer), weights and biases."""
+    paths = (backbone.attention_output, backbone.mlp_output, *backbone.layer_residual_writers)
     writers = [
-        layer.get_submodule(path)
+        _writer(layer, path)
         for layer in backbone.decoder_layers(model)
-        for path in (backbone.attention_output, backbone.mlp_output)
+        for path in paths
+        if _has(layer, path)  # linear-attention layers (Qwen3.5) have no softmax attention, and back
     ]
-    for writer in [*writers, *backbone.visual_writers(model)]:
-        writer.weight[channels, :] = 0.0
-        if writer.bias is not None:
-            writer.bias[channels] = 0.0
+    for weight, bias in [*writers, *((w.weight, w.bias) for w in backbone.visual_writers(model))]:
+        weight[..., channels, :] = 0.0  # [out, in], or [experts, out, in]
+        if bias is not None:
+            bias[channels] = 0.0
+
+
+def _has(layer: torch.nn.Module, path: str) -> bool:
+    owner = path.rsplit(".", 1)[0]
+    return owner == path or any(name == owner for name, _ in layer.named_modules())
+
+
+def _writer(layer: torch.nn.Module, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of a linear module at `path`, or (the parameter, None) for MoE experts' weights."""
+    try:
+        module = layer.get_submodule(path)
+    except AttributeError:
+        return layer.get_parameter(path), None
+    return module.weight, module.bias
 
 
 @torch.no_grad()
@@ -150,8 +166,14 @@ def _plant_sinks(
 def _plant_visual_sinks(
     model: PreTrainedModel, backbone: Backbone, processor: ProcessorMixin, spec: TinySpec
 ) -> None:
-    """Gate projector unit 0 so that only the top `visual_sink_fraction` of visual tokens fire it."""
-    first, last = backbone.projector_layers(model)
+    """Gate projector unit 0 so that only the top `visual_sink_fraction` of visual tokens fire it
+    (or the unit the family's `visual_sink_route` wires into the sink dims, where it has one)."""
+    route = spec.family.visual_sink_route
+    if route is None:
+        first, last = backbone.projector_layers(model)
+        last.weight[list(spec.sink_dims), 0] = spec.sink_value / 40.0
+    else:
+        first = route(model, list(spec.sink_dims), spec.sink_value)
     captured: list[torch.Tensor] = []
     hook = first.register_forward_hook(
         lambda _m, _i, out: captured.append(out.reshape(-1, out.shape[-1])[:, 0])
@@ -164,9 +186,8 @@ def _plant_visual_sinks(
     spread = pre_activation.std().clamp(min=1e-6)
     gain = 20.0 / spread
     first.weight[0] *= gain
-    first.bias[0] = (first.bias[0] - threshold) * gain
     # A token 1 spread above the threshold reaches about sink_value / 2; most firing tokens exceed it.
-    last.weight[list(spec.sink_dims), 0] = spec.sink_value / 40.0
+    first.bias[0] = (first.bias[0] - threshold) * gain
 
 
 def _wire_sink_heads(model: PreTrainedModel, backbone: Backbone, spec: TinySpec) -> None:
@@ -188,7 +209,10 @@ def _wire_sink_heads(model: PreTrainedModel, backbone: Backbone, spec: TinySpec)
     query_bias = strength / len(low_freq)
     if backbone.query_key_norms:
         query_bias *= 10.0  # dominate the random part of every wired query before normalisation
-    for layer in backbone.decoder_layers(model):
+    # Each head's rows of the query projection (query, then its output gate where the family gates).
+    head_rows = head_dim * (2 if backbone.gated_query else 1)
+    layers = backbone.decoder_layers(model)
+    for layer in (layers[index] for index in backbone.attention_layers(model)):
         query, key = layer.get_submodule(backbone.query), layer.get_submodule(backbone.key)
         if query.bias is None or key.bias is None:
             raise ValueError(
@@ -199,14 +223,21 @@ def _wire_sink_heads(model: PreTrainedModel, backbone: Backbone, spec: TinySpec)
             key.weight[dim, dims] = strength
             key.bias[dim] = 0.0
             for head in range(group):
-                query.bias[head * head_dim + dim] = query_bias
-                query.weight[head * head_dim + dim, :] = 0.0
+                query.bias[head * head_rows + dim] = query_bias
+                query.weight[head * head_rows + dim, :] = 0.0
         if backbone.query_key_norms:
             # Normalised, a wired dim holds about sqrt(head_dim / 2) of a sink's key and of a wired
-            # query: the logit is weight^2 * sqrt(head_dim) over the two dims.
-            weight = (spec.sink_attention_logit / head_dim**0.5) ** 0.5
+            # query: the logit is scale^2 * sqrt(head_dim) over the two dims.
+            scale = (spec.sink_attention_logit / head_dim**0.5) ** 0.5
             for path in backbone.query_key_norms:
-                layer.get_submodule(path).weight[low_freq] = weight
+                _set_norm_scale(layer.get_submodule(path), low_freq, scale)
+
+
+def _set_norm_scale(norm: torch.nn.Module, dims: list[int], scale: float) -> None:
+    """Make an RMS norm scale `dims` by `scale`, whether it multiplies by its weight or (Gemma) by 1 + weight."""
+    norm.weight[dims] = 0.0
+    at_zero = norm(torch.ones(norm.weight.shape, device=norm.weight.device))[dims]  # 0 or 1
+    norm.weight[dims] = scale - at_zero
 
 
 # Channels the letter-answer wiring owns: "always on" and "the previous token was a letter".
@@ -231,7 +262,8 @@ def _plant_letter_answers(
     letters = [tokenizer.convert_tokens_to_ids(letter) for letter in "ABCD"]
     always, after_letter = channels
     _reserve_channels(model, backbone, channels)  # as for sinks: only the planted sources write these
-    backbone.projector_layers(model)[1].bias[channels] = torch.tensor([_ANSWER_MARK, 0.0])
+    if backbone.projector is not None:  # visual tokens carry the mark too, where the projector has a bias
+        backbone.projector_layers(model)[1].bias[channels] = torch.tensor([_ANSWER_MARK, 0.0])
     embedding = backbone.text_model_of(model).get_input_embeddings()
     embedding.weight[:, channels] = torch.tensor([_ANSWER_MARK, 0.0])
     embedding.weight[letters, after_letter] = _ANSWER_MARK

@@ -10,9 +10,14 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessor,
+    Gemma3Config,
+    Gemma3ImageProcessor,
+    Gemma3Processor,
+    GemmaTokenizer,
     GotOcr2ImageProcessor,
     InternVLConfig,
     InternVLProcessor,
@@ -36,7 +41,9 @@ from transformers import (
     Qwen2VLImageProcessor,
     Qwen2VLProcessor,
     Qwen2VLVideoProcessor,
+    Qwen3_5Config,
     Qwen3VLConfig,
+    Qwen3VLMoeConfig,
     Qwen3VLProcessor,
     Qwen3VLVideoProcessor,
 )
@@ -105,6 +112,22 @@ LLAVA_CORPUS = [
 ]
 VOCAB_SIZE = 400
 
+# google/gemma-3-*-it's chat template, without its checks that roles alternate: a system turn opens
+# the first user turn, images become <start_of_image> (the processor expands each to its tokens).
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}{%- if messages[0]['content'] is string -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}{%- else -%}"
+    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{%- if message['content'] is string -%}{{ message['content'] | trim }}{%- else -%}"
+    "{%- for item in message['content'] -%}{%- if item['type'] == 'image' -%}{{ '<start_of_image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{ '<end_of_turn>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+
 
 @dataclass(frozen=True)
 class TinyShape:
@@ -161,6 +184,16 @@ class TinyFamily:
     # llava-hf's repos keep the chat template in the processor's legacy `chat_template.json`, so their
     # tokenizer has none (lmms-eval's simple llava_hf then uses its own Vicuna template).
     processor_only_chat_template: bool = False
+    # The name of a folder tests save the checkpoint in, where upstream's loader reads the name.
+    folder: str = ""
+    # Where the projector has no gated unit to plant visual sinks in (`Backbone.projector` is None):
+    # (model, sink_dims, sink_value) -> a linear layer of the vision side whose unit 0, once gated,
+    # writes `sink_value`-sized values into `sink_dims` of the text stream (wired by this call).
+    visual_sink_route: Callable[[torch.nn.Module, list[int], float], torch.nn.Linear] | None = None
+
+    @property
+    def folder_name(self) -> str:
+        return self.folder or f"tiny_{self.model_type}"
 
 
 def qwen_tokenizer(named_tokens: dict[str, str] | None = None) -> Qwen2Tokenizer:
@@ -279,13 +312,13 @@ def _qwen2_5_vl_config(shape: TinyShape, tokenizer) -> Qwen2_5_VLConfig:
     )
 
 
-def _qwen3_vl_config(shape: TinyShape, tokenizer) -> Qwen3VLConfig:
+def _qwen3_vl_config(shape: TinyShape, tokenizer, config_class=Qwen3VLConfig, **text) -> Qwen3VLConfig:
     rope = {"rope_type": "default", "rope_theta": 1_000_000.0}
     rope |= {"mrope_section": shape.mrope_section(), "mrope_interleaved": True}
-    return Qwen3VLConfig(
+    return config_class(
         # Qwen3 has no attention bias; the tiny one enables it, so the planted sink heads can be wired.
         text_config=shape.text_config(
-            tokenizer, head_dim=shape.head_dim, attention_bias=True, rope_parameters=rope
+            tokenizer, head_dim=shape.head_dim, attention_bias=True, rope_parameters=rope, **text
         ),
         vision_config={
             "depth": shape.vision_depth,
@@ -298,6 +331,175 @@ def _qwen3_vl_config(shape: TinyShape, tokenizer) -> Qwen3VLConfig:
         },
         **_qwen_ids(tokenizer),
     )
+
+
+def _qwen3_5_config(shape: TinyShape, tokenizer) -> Qwen3_5Config:
+    """Linear attention in layers 0, 1 and 3 (Qwen3.5 has it in three of four), softmax attention in
+    layer 2, the one VAR acts on in a 4-layer model."""
+    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "partial_rotary_factor": 0.25}
+    rope |= {"mrope_section": [2, 1, 1], "mrope_interleaved": True}  # a quarter of a 32-dim head
+    linear = {
+        "linear_num_key_heads": 4,
+        "linear_num_value_heads": 4,
+        "linear_key_head_dim": 16,
+        "linear_value_head_dim": 16,
+    }
+    return Qwen3_5Config(
+        text_config=shape.text_config(
+            tokenizer,
+            head_dim=shape.head_dim,
+            attention_bias=True,  # as Qwen3-VL's: for the planted sink heads
+            rope_parameters=rope,
+            layer_types=["linear_attention", "linear_attention", "full_attention", "linear_attention"],
+            **linear,
+        ),
+        vision_config={
+            "depth": shape.vision_depth,
+            "hidden_size": shape.vision_hidden_size,
+            "intermediate_size": shape.vision_hidden_size * 2,
+            "num_heads": shape.vision_heads,
+            "out_hidden_size": shape.hidden_size,
+            "num_position_embeddings": 64,
+        },
+        **_qwen_ids(tokenizer),
+    )
+
+
+def _qwen3_vl_moe_config(shape: TinyShape, tokenizer) -> Qwen3VLMoeConfig:
+    """Qwen3-VL's, every MLP a mixture of 4 small experts, 2 per token (untied head, as Qwen3-VL's)."""
+    experts = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": shape.intermediate_size}
+    return _qwen3_vl_config(shape, tokenizer, Qwen3VLMoeConfig, tie_word_embeddings=False, **experts)
+
+
+def gemma_tokenizer() -> GemmaTokenizer:
+    """A small BPE (byte fallback, spaces as "▁") as Gemma's tokenizer with Gemma 3's special tokens."""
+    special_tokens = [
+        *("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"),
+        *("<start_of_image>", "<end_of_image>", "<image_soft_token>"),
+        *(f"<0x{value:02X}>" for value in range(256)),
+    ]
+    corpus = [*LLAVA_CORPUS, "user model system"]
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.normalizer = normalizers.Replace(" ", "▁")
+    bpe.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE + len(special_tokens),
+        special_tokens=special_tokens,
+        initial_alphabet=sorted(set("".join(corpus).replace(" ", "▁"))),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus * 4, trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [
+        tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in model["merges"]
+    ]
+    images = {
+        "boi_token": "<start_of_image>",
+        "eoi_token": "<end_of_image>",
+        "image_token": "<image_soft_token>",
+    }
+    tokenizer = GemmaTokenizer(
+        vocab=model["vocab"],
+        merges=merges,
+        eos_token="<end_of_turn>",  # the real one's generation config stops there too
+        add_bos_token=True,
+        extra_special_tokens=images,
+    )
+    tokenizer.add_tokens(["<start_of_turn>", "<end_of_turn>"], special_tokens=True)
+    tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+# Gemma 3's vision side: GEMMA3_IMAGE_SIDE-pixel squares, GEMMA3_PATCH-pixel patches, one token each.
+GEMMA3_IMAGE_SIDE = 28
+GEMMA3_PATCH = 7
+# The vision tower's residual channels of the planted visual-sink gate: its output, a position signal.
+GEMMA3_GATE_CHANNELS = (0, 1)
+
+
+def _gemma3_processor(_shape: TinyShape) -> Gemma3Processor:
+    side = {"height": GEMMA3_IMAGE_SIDE, "width": GEMMA3_IMAGE_SIDE}
+    return Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(size=side),
+        tokenizer=gemma_tokenizer(),
+        chat_template=GEMMA3_CHAT_TEMPLATE,
+        image_seq_length=(GEMMA3_IMAGE_SIDE // GEMMA3_PATCH) ** 2,
+    )
+
+
+def _gemma3_config(shape: TinyShape, tokenizer) -> Gemma3Config:
+    """Sliding-window layers (a window shorter than the test prompts) between global ones; an untied
+    head, so the letter answers can be planted without touching the embedding."""
+    rope = {
+        "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    }
+    text = shape.text_config(
+        tokenizer,
+        head_dim=shape.head_dim,
+        query_pre_attn_scalar=shape.head_dim,
+        attention_bias=True,  # Gemma has none; the planted sink heads need it
+        rope_parameters=rope,
+        sliding_window=32,
+        layer_types=["sliding_attention", "full_attention"] * (shape.num_layers // 2),
+        tie_word_embeddings=False,
+    )
+    return Gemma3Config(
+        text_config=text,
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": shape.vision_hidden_size,
+            "intermediate_size": shape.vision_hidden_size * 2,
+            "num_hidden_layers": shape.vision_depth,
+            "num_attention_heads": shape.vision_heads,
+            "image_size": GEMMA3_IMAGE_SIDE,
+            "patch_size": GEMMA3_PATCH,
+            "vision_use_head": False,
+        },
+        mm_tokens_per_image=(GEMMA3_IMAGE_SIDE // GEMMA3_PATCH) ** 2,
+        boi_token_index=tokenizer.boi_token_id,
+        eoi_token_index=tokenizer.eoi_token_id,
+        image_token_index=tokenizer.image_token_id,
+        tie_word_embeddings=False,
+    )
+
+
+@torch.no_grad()
+def _gemma3_visual_sink_route(model: torch.nn.Module, dims: list[int], sink_value: float) -> torch.nn.Linear:
+    """Gemma 3's projector is a norm and a bare matrix: the gate is the vision tower's last MLP unit 0.
+
+    Two vision residual channels are reserved (zeroed in every writer): the gate's output channel,
+    which after the final layer norm and the projector's RMS norm is about sqrt(width) where the unit
+    fires and near 0 elsewhere, and which the projector alone maps into `dims`; and a position channel
+    the unit reads besides its random weights. A tower this small varies more between pictures than
+    between their patches, so without it whole pictures would fire; with it, mostly the same few
+    positions of each picture do.
+    """
+    vision = model.model.vision_tower
+    output, position = GEMMA3_GATE_CHANNELS
+    embeddings = vision.embeddings
+    writers = [embeddings.patch_embedding]
+    for layer in vision.encoder.layers:
+        writers += [layer.self_attn.out_proj, layer.mlp.fc2]
+    for writer in writers:
+        writer.weight[[output, position]] = 0.0
+        writer.bias[[output, position]] = 0.0
+    embeddings.position_embedding.weight[:, output] = 0.0
+    embeddings.position_embedding.weight[:, position].normal_(std=3.0)
+    gate = vision.encoder.layers[-1].mlp
+    gate.fc1.weight[0, position] = 1.0
+    gate.fc2.weight[output, 0] = 10.0
+    vision.post_layernorm.bias[output] = 0.0
+    projection = model.model.multi_modal_projector.mm_input_projection_weight  # [vision, text]
+    # transformers initialises it to zeros (a checkpoint brings its own): random, each visual token's
+    # state about as loud as its normalised features.
+    projection.normal_(std=projection.shape[0] ** -0.5)
+    projection[:, dims] = 0.0
+    # The channel's baseline (minus the token's mean over its std, from the layer norm) reaches about 1
+    # where the gate is shut: at half of sink_value / sqrt(width) per unit it stays below tau.
+    projection[output, dims] = sink_value / (2 * vision.config.hidden_size**0.5)
+    return gate.fc1
 
 
 # LLaVA's vision side: square crops of LLAVA_IMAGE_SIDE pixels cut into LLAVA_PATCH-pixel patches.
@@ -509,6 +711,29 @@ TINY_FAMILIES: dict[str, TinyFamily] = {
             _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, patch_size=16),
             _qwen3_vl_config,
             **_QWEN,
+        ),
+        TinyFamily(
+            "qwen3_vl_moe",
+            _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, patch_size=16),
+            _qwen3_vl_moe_config,
+            **_QWEN,
+            # lmms-eval's qwen3_vl loads the MoE class only for a checkpoint named like Qwen3-VL-30B-A3B.
+            folder="tiny_qwen3_vl_moe_A1B",
+        ),
+        TinyFamily(
+            "qwen3_5",
+            _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, patch_size=16),
+            _qwen3_5_config,
+            **_QWEN,
+        ),
+        TinyFamily(
+            "gemma3",
+            _gemma3_processor,
+            _gemma3_config,
+            text_sink_tokens=("<bos>",),
+            visual_tokens=("<image_soft_token>",),
+            end_of_answer="<end_of_turn>",
+            visual_sink_route=_gemma3_visual_sink_route,
         ),
         TinyFamily(
             "llava",

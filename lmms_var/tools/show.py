@@ -198,12 +198,15 @@ def _checked_model(args: argparse.Namespace) -> tuple["Backbone", "PretrainedCon
 
 def _var_config(args: argparse.Namespace, model_config: "PretrainedConfig") -> VARConfig:
     """VAR's settings, checked against the model's config (layers, sink dims) before loading."""
-    from lmms_var.attention_maps import resolve_layers
+    from lmms_var.attention_maps.capture import attention_layers_among
+    from lmms_var.backbones.base import attention_layer_indices
     from lmms_var.sink_dims.known import lookup_known
 
     text_config = model_config.get_text_config()
     try:
-        resolve_layers(args.layers, text_config.num_hidden_layers)
+        attention_layers_among(
+            args.layers, text_config.num_hidden_layers, attention_layer_indices(text_config)
+        )
     except ValueError as error:
         raise ValueError(f"--{error}") from None
     dims = args.sink_dims

@@ -30,6 +30,16 @@ CONFIG = VARConfig(sink_dims=TINY_SPEC.sink_dims, tau=TINY_TAU, except_last_laye
 LAYERS = (1, 2, 3)  # layer 1 is one VAR leaves alone: there A' is A
 
 
+def softmax_layers(model) -> list[int]:
+    """The decoder layers that return attention weights: not linear-attention ones (Qwen3.5's), as
+    transformers' `layer_types` says."""
+    text_config = model.config.get_text_config()
+    types = getattr(text_config, "layer_types", None)
+    return [
+        i for i in range(text_config.num_hidden_layers) if types is None or types[i] != "linear_attention"
+    ]
+
+
 @contextmanager
 def eager(model):
     """Within: the text decoder runs transformers' eager attention, which returns attention weights."""
@@ -62,11 +72,12 @@ def independent_maps(model, processor, model_type: str, inputs, rows_rule: str):
         plain = model(**inputs, output_attentions=True, use_cache=False).attentions
         with enable_var(model, CONFIG):
             var_run = model(**inputs, output_attentions=True, output_hidden_states=True, use_cache=False)
-    active = set(CONFIG.active_layers(len(plain)))
+    with_weights = softmax_layers(model)
+    active = set(CONFIG.active_layers(len(var_run.hidden_states) - 1))
     before, after, selected, sink_positions = [], [], [], set()
-    for layer in LAYERS:
-        before.append(plain[layer][0][:, rows].float())
-        attn = var_run.attentions[layer][0][:, rows].float()
+    for layer in (layer for layer in LAYERS if layer in with_weights):
+        before.append(plain[with_weights.index(layer)][0][:, rows].float())
+        attn = var_run.attentions[with_weights.index(layer)][0][:, rows].float()
         if layer in active:
             sinks = find_sink_tokens(var_run.hidden_states[layer], CONFIG.sink_dims, CONFIG.tau)[0]
             sink_positions |= set((sinks & visual).nonzero().flatten().tolist())
@@ -117,9 +128,10 @@ def test_every_panel_holds_the_averaged_attention_before_and_after_var(
     expected, heads, expected_rows, sink_positions, pairs = independent_maps(
         model, processor, model_type, inputs, rows
     )
+    layers = tuple(layer for layer in LAYERS if layer in softmax_layers(model))
     with enable_var(model, CONFIG) as handle:
-        maps = attention_maps(handle, processor, inputs, MapSettings(layers=LAYERS, rows=rows))
-    assert (maps.layers, list(maps.heads), list(maps.rows)) == (LAYERS, heads, expected_rows)
+        maps = attention_maps(handle, processor, inputs, MapSettings(layers=layers, rows=rows))
+    assert (maps.layers, list(maps.heads), list(maps.rows)) == (layers, heads, expected_rows)
     assert maps.head_rule == "selected" and maps.total_selected_pairs == pairs > 0
     # Two images, or an image and a video (a panel per frame or temporal group); an image seen in parts
     # (InternVL's tiles and thumbnail, LLaVA-NeXT's base and high-res view) has a panel per part.
@@ -332,3 +344,12 @@ def test_more_attention_reads_lighter_so_a_lowered_sink_darkens_after_var(tiny_m
                 drawn_after = after_heat.to_rgba(after_heat.get_array()[row, col])
                 assert _luminance(drawn_after) < _luminance(drawn_before)
     assert lowered > 0
+
+
+def test_a_linear_attention_layer_is_refused_naming_the_others(tiny_models):
+    model, processor = tiny_models("qwen3_5")
+    with enable_var(model, CONFIG) as handle, pytest.raises(ValueError) as error:
+        attention_maps(handle, processor, two_images(processor), MapSettings(layers=[1, 2]))
+    assert str(error.value) == (
+        "layers [1] are linear-attention layers, which have no attention map; choose among [2]"
+    )

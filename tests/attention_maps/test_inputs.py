@@ -38,7 +38,10 @@ def test_split_batch_removes_padding_on_either_side(family_model, padding_side):
     model, processor = family_model
     texts = [chat_text(processor, 1, QUESTIONS[0]), chat_text(processor, 1, "?")]
     images = [random_image(1), random_image(2)]
-    batch = processor(text=texts, images=images, return_tensors="pt", padding=True, padding_side=padding_side)
+    per_prompt = [[image] for image in images]
+    batch = processor(
+        text=texts, images=per_prompt, return_tensors="pt", padding=True, padding_side=padding_side
+    )
     samples = split_batch(model, processor, batch)
     for sample, text, image in zip(samples, texts, images, strict=True):
         alone = processor(text=[text], images=[image], return_tensors="pt")

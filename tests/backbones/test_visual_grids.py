@@ -14,7 +14,7 @@ def test_grids_cover_each_image_token_run_in_order(family, family_model):
     sizes = [(112, 56), (56, 112), (84, 84)]
     images = [image.resize(size) for image, size in zip(random_images(3, seed=9), sizes, strict=True)]
     texts = [chat_text(processor, 2, QUESTIONS[0]), chat_text(processor, 1, QUESTIONS[1])]
-    inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
+    inputs = processor(text=texts, images=[images[:2], images[2:]], return_tensors="pt", padding=True)
     grids = backbone_for_model_type(family).visual_grids(inputs, processor)
 
     image_token = processor.tokenizer.convert_tokens_to_ids(TINY_FAMILIES[family].visual_tokens[0])

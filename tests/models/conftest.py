@@ -14,12 +14,17 @@ from lmms_var.backbones import Backbone
 from lmms_var.tasks import ENV_DATA_ROOT, TASKS_PATH
 from lmms_var.testing import TinySpec, save_tiny_checkpoint
 from lmms_var.testing.spatial_data import write_spatial_root
+from lmms_var.testing.tiny_families import TINY_FAMILIES
 from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
 
 TASKS_DIR = TASKS_PATH
 TASKS = "spatial_blink_spatial_relation,spatial_blink_multi_view_reasoning"
 # One- and two-image questions, two docs each; short answers keep the tiny model fast.
-COMMON_ARGS = ["--tasks", TASKS, "--include_path", str(TASKS_DIR), "--gen_kwargs", "max_new_tokens=4"]
+# Greedy: Qwen3.5's upstream samples at temperature 0.7 unless told otherwise.
+COMMON_ARGS = [
+    *("--tasks", TASKS, "--include_path", str(TASKS_DIR)),
+    *("--gen_kwargs", "max_new_tokens=4,temperature=0"),
+]
 # The tiny checkpoints' planted sinks and their tau; small images; the CPU for our models, which
 # default to CUDA where there is one (upstream's runs get device=cpu,device_map=cpu).
 TINY_SINKS = f"sink_dims={';'.join(map(str, TINY_SPEC.sink_dims))},tau={TINY_TAU:g}"
@@ -30,9 +35,17 @@ TINY_VAR_ARGS = f"{TINY_SINKS},{SMALL_IMAGES},{ON_CPU}"
 OTHER_FAMILIES = tuple(family for family in FAMILIES if family != TINY_SPEC.model_type)
 
 
-def image_args(backbone: Backbone) -> str:
-    """`SMALL_IMAGES` where the family's model takes pixel bounds (Qwen), else nothing."""
-    return SMALL_IMAGES if "min_pixels" in backbone.lmms_eval.upstream_args else ""
+def thinks_by_default(backbone: Backbone) -> bool:
+    """Whether upstream's model thinks unless told not to (Qwen3.5): it then keeps only what follows
+    `</think>`, which the tiny checkpoints never write, so their tests turn thinking off."""
+    return backbone.lmms_eval.upstream_args.get("enable_thinking") is True
+
+
+def family_args(backbone: Backbone) -> str:
+    """`SMALL_IMAGES` where the family's model takes pixel bounds (Qwen), and thinking off where
+    upstream thinks by default."""
+    pixels = SMALL_IMAGES if "min_pixels" in backbone.lmms_eval.upstream_args else ""
+    return join_args(pixels, "enable_thinking=false" if thinks_by_default(backbone) else "")
 
 
 def join_args(*parts: str) -> str:
@@ -48,7 +61,7 @@ def answering_checkpoints(tmp_path_factory):
 
     def get(model_type: str) -> Path:
         if model_type not in saved:
-            folder = tmp_path_factory.mktemp(f"answering_{model_type}")
+            folder = tmp_path_factory.mktemp(f"answering_{TINY_FAMILIES[model_type].folder_name}")
             saved[model_type] = save_tiny_checkpoint(
                 folder, TinySpec(model_type=model_type, answers_letters=True)
             )

@@ -21,7 +21,7 @@ from tests.models.conftest import (
     TINY_SINKS,
     TINY_VAR_ARGS,
     Run,
-    image_args,
+    family_args,
     join_args,
 )
 from tests.models.test_attention_maps import assert_attention_maps
@@ -47,7 +47,8 @@ def var_on(family: str, checkpoint: Path, name: str, extra: str = "") -> dict:
         "model": backbone.lmms_eval.model_id,
         # Relative paths resolve in the launch folder, which holds every run's output folder.
         "model_args": model_args(
-            checkpoint, join_args(TINY_SINKS, image_args(backbone), ON_CPU, f"diagnostics_path={name}", extra)
+            checkpoint,
+            join_args(TINY_SINKS, family_args(backbone), ON_CPU, f"diagnostics_path={name}", extra),
         ),
     }
 
@@ -63,14 +64,14 @@ def parity_runs(family: str, checkpoint: Path) -> list[dict]:
             "name": f"{family}_off",
             "model": spec.model_id,
             "model_args": model_args(
-                checkpoint, join_args("var=false", same_dtype, image_args(backbone), ON_CPU)
+                checkpoint, join_args("var=false", same_dtype, family_args(backbone), ON_CPU)
             ),
         },
         {
             "name": f"{family}_upstream",
             "model": spec.upstream_id,
             "model_args": model_args(
-                checkpoint, join_args("device=cpu,device_map=cpu", image_args(backbone))
+                checkpoint, join_args("device=cpu,device_map=cpu", family_args(backbone))
             ),
         },
     ]
@@ -277,7 +278,14 @@ def test_two_cpu_processes_match_one(
         two_processes = Run(double.output.parent / f"{family}_var", double.log)
         assert two_processes.results() is not None, double.log[-3000:]
         assert two_processes.predictions() == one_process.predictions()
-        assert two_processes.diagnostics() == one_process.diagnostics()
+        # Counts exactly; the mass moved to float32 rounding (Qwen3-VL-MoE's differs in its last bit).
+        assert [approx_mass(r) for r in two_processes.diagnostics()] == [
+            approx_mass(r) for r in one_process.diagnostics()
+        ]
         # Docs mixed up between the processes would not match: their answers or their diagnostics
         # differ (the tiny LLaVA-NeXT gives every doc the same letter with VAR on).
         assert distinct_answers(one_process) > 1 or distinct_diagnostics(one_process) > 1
+
+
+def approx_mass(record: dict) -> dict:
+    return {**record, "moved_mass": pytest.approx(record["moved_mass"], rel=1e-6)}

@@ -14,12 +14,14 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.models import get_model
 
 from lmms_var.backbones import BACKBONES, backbone_for_model_type
+from lmms_var.backbones.qwen2_vl import qwen_pixel_bounds
 from lmms_var.models.args import ModelArgError
 from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
 from lmms_var.models.diagnostics import summarise
 from lmms_var.models.var_model import _upstream_flags
 from lmms_var.testing.images import random_image
 from tests.conftest import FAMILIES, TINY_SPEC, TINY_TAU
+from tests.models.conftest import thinks_by_default
 from tests.models.instances import LMMS_EVAL_OPTIONS, SPLIT, TASK, make_requests
 
 # Small images keep prompts short; the four sizes give four different visual-token counts.
@@ -60,7 +62,8 @@ def model_args(backbone, **args) -> dict:
     CUDA where there is one."""
     spec = backbone.lmms_eval
     pixels = PIXELS if "min_pixels" in spec.upstream_args else {}
-    return {"batch_size": min(2, spec.max_batch_size or 2), **pixels, **args}
+    thinking = {"enable_thinking": False} if thinks_by_default(backbone) else {}
+    return {"batch_size": min(2, spec.max_batch_size or 2), **pixels, **thinking, **args}
 
 
 def var_class(backbone, kind: str) -> type:
@@ -176,8 +179,12 @@ def test_var_on_changes_logits_and_records_each_doc(
     assert any("VAR on: sink_dims=[17, 93] from model args" in line for line in log_lines)
 
 
-# Each attribute upstream keeps its processor in (`processor`, `_image_processor`), every new family.
-@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "llava", "internvl", "llava_next", "llava_onevision"])
+# Each attribute upstream keeps its processor in (`processor`, `_image_processor`), every family added
+# since Qwen2.5-VL (none has published dims).
+@pytest.mark.parametrize(
+    "model_type",
+    ["qwen2_5_vl", "llava", "internvl", "llava_next", "llava_onevision", "qwen3_vl_moe", "gemma3", "qwen3_5"],
+)
 def test_sink_dims_auto_measures_then_reuses_the_cache(
     model_type, tiny_checkpoints, tmp_path, monkeypatch, log_lines
 ):
@@ -258,6 +265,7 @@ def test_a_checkpoint_of_another_family_fails_from_its_config(model_type, tiny_c
     checkpoint = tiny_checkpoints(other)
     with pytest.raises(ModelArgError) as error:
         get_model(spec.model_id)(pretrained=str(checkpoint), sink_dims="17;93", device="cpu")
+    served = " or ".join(f"{b.model_type!r} ({b.family})" for b in BACKBONES if b.lmms_eval is spec)
     assert str(error.value) == (
         f"{spec.model_id}: invalid model_args: pretrained={checkpoint} is a {other!r} checkpoint, not "
         f"{served}; run it with --model {backbone_for_model_type(other).lmms_eval.model_id}"
@@ -405,8 +413,10 @@ def test_a_generation_error_fails_the_run_where_upstream_answers_empty(tiny_chec
         generate(ours, "chat", [])
 
 
+# Gemma 3's upstream takes pixel bounds too, but its processor ignores them: nothing to refuse there.
 @pytest.mark.parametrize(
-    "model_type", [f for f in FAMILIES if "min_pixels" in backbone_for_model_type(f).lmms_eval.upstream_args]
+    "model_type",
+    [f for f in FAMILIES if backbone_for_model_type(f).lmms_eval.check_upstream_args is qwen_pixel_bounds],
 )
 def test_min_pixels_above_max_pixels_is_refused_for_every_family_with_pixel_bounds(
     model_type, tiny_checkpoints, no_weights
@@ -452,7 +462,8 @@ def test_every_boolean_model_arg_takes_only_true_or_false(model_type, tiny_check
     upstream takes as true for any string, so `maybe` emptied every answer)."""
     model_class = get_model(backbone_for_model_type(model_type).lmms_eval.model_id)
     flags = _upstream_flags(model_class)
-    assert "use_cache" in flags and ("enable_thinking" in flags) == (model_type == "qwen3_vl")
+    thinking = model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5")
+    assert "use_cache" in flags and ("enable_thinking" in flags) == thinking
     common = {"pretrained": str(tiny_checkpoints(model_type)), "sink_dims": "17;93", "device": "cpu"}
     for name in ("var", "except_last_layer", "diagnostics", *flags):
         with pytest.raises(ModelArgError) as error:
@@ -520,3 +531,19 @@ def test_a_diagnostics_summary_without_samples_points_at_no_file(tmp_path):
         summarise([], tmp_path / "diagnostics.jsonl")
         == "VAR diagnostics: no samples generated, no records written"
     )
+
+
+def test_qwen3_5_names_the_layers_var_acts_on(tiny_checkpoints, log_lines, tmp_path):
+    """Layer 3 of the tiny Qwen3.5 is linear attention: with the last layer in, VAR acts on layer 2 only
+    and its log line says so; the diagnostics name that layer alone."""
+    backbone = backbone_for_model_type("qwen3_5")
+    args = model_args(backbone, pretrained=str(tiny_checkpoints("qwen3_5")), device="cpu")
+    var = {"sink_dims": "17;93", "tau": TINY_TAU, "except_last_layer": False, "diagnostics": True}
+    lm = var_class(backbone, "chat")(**var, diagnostics_path=str(tmp_path / "d.jsonl"), **args)
+    assert lm.var_handle.state.active_layers == {2}
+    assert any(
+        "(layers 2..3; of those only [2], the others being linear attention)" in line for line in log_lines
+    )
+    generate(lm, "chat", [])
+    records = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert len(records) == len(DOCS) and all(record["layers"] == [2] for record in records)

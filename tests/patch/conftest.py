@@ -4,6 +4,7 @@ private copy of the tiny model to patch."""
 import copy
 
 import pytest
+from transformers import Gemma3Processor
 
 from lmms_var.testing.images import random_images
 
@@ -19,12 +20,16 @@ def chat_text(processor, n_images: int, question: str, video: bool = False) -> s
 
 
 def prompt_inputs(processor, specs: list[tuple[int, str]], seed: int = 5):
-    """Processor outputs for prompts given as (number of images, question); images drawn per prompt."""
-    texts, images = [], []
-    for index, (n_images, question) in enumerate(specs):
-        texts.append(chat_text(processor, n_images, question))
-        images += random_images(n_images, seed=seed + index)
-    return processor(text=texts, images=images or None, return_tensors="pt", padding=True)
+    """Processor outputs for prompts given as (number of images, question); images drawn per prompt.
+
+    Handed over as one flat list, as lmms-eval's models do (LLaVA-OneVision's processor would read
+    a prompt's images in a nested list as a multi-image prompt, base resolution only), except to
+    Gemma 3's processor, which takes no flat list for several prompts."""
+    texts = [chat_text(processor, n_images, question) for n_images, question in specs]
+    images = [random_images(n_images, seed=seed + index) for index, (n_images, _) in enumerate(specs)]
+    if not isinstance(processor, Gemma3Processor):
+        images = [image for prompt_images in images for image in prompt_images]
+    return processor(text=texts, images=images if any(images) else None, return_tensors="pt", padding=True)
 
 
 @pytest.fixture

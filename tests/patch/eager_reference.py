@@ -37,13 +37,14 @@ def eager_var(model, config: VARConfig, inputs, visual_ids: list[int]):
     text_model = model.get_submodule("model.language_model")
     active = set(config.active_layers(len(text_model.layers)))
     sinks: dict[int, torch.Tensor] = {}
+    positions = [0]  # seen so far: a layer whose cache holds fewer keys (a sliding window) is left alone
 
     def attention(module, query, key, value, mask, scaling, dropout=0.0, **kwargs):
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, 1).float(), value.repeat_interleave(groups, 1).float()
         scores = query.float() @ key.transpose(-1, -2) * scaling + mask.float()
         attn = torch.softmax(scores, dim=-1)
-        if module.layer_idx in active:
+        if module.layer_idx in active and key.shape[2] == positions[0]:
             new = key.shape[2] - prompt_length  # generated positions: never visual, never sinks
             if query.shape[2] == prompt_length:
                 rows = allowed_rows
@@ -72,10 +73,17 @@ def eager_var(model, config: VARConfig, inputs, visual_ids: list[int]):
     AttentionMaskInterface.register(NAME, eager_mask)
     text_config = text_model.config
     original = text_config._attn_implementation
+
+    def count_positions(_module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        new = (embeds if embeds is not None else kwargs.get("input_ids", args[0] if args else None)).shape[1]
+        positions[0] = new if new == prompt_length else positions[0] + new
+
     hooks = [
         layer.register_forward_pre_hook(sink_hook(i), with_kwargs=True)
         for i, layer in enumerate(text_model.layers)
     ]
+    hooks.append(text_model.register_forward_pre_hook(count_positions, with_kwargs=True))
     text_config._attn_implementation = NAME
     try:
         yield

@@ -150,7 +150,7 @@ def test_remove_restores_the_model(family_copy, family_batch):
     assert text_config._attn_implementation == implementation
     assert not any(layer._forward_pre_hooks for layer in text_model(model).layers)
     assert not model.model._forward_pre_hooks
-    assert not any(hasattr(layer.self_attn, "_lmms_var_state") for layer in text_model(model).layers)
+    assert not any(hasattr(module, "_lmms_var_state") for module in text_model(model).modules())
     assert torch.equal(logits(model, family_batch), base)
     enable_var(model, CONFIG).remove()  # can be enabled again
 
@@ -243,3 +243,13 @@ def test_inputs_embeds_only_is_a_clear_error(model, padded_batch):
     embeds = model.get_input_embeddings()(padded_batch["input_ids"])
     with enable_var(model, CONFIG), pytest.raises(ValueError, match="needs `input_ids`"):
         model(inputs_embeds=embeds, attention_mask=padded_batch["attention_mask"])
+
+
+def test_flash_attention_with_sliding_windows_is_refused(tiny_models):
+    """Flash attention gets Gemma 3's window as an argument, not in the mask VAR reads: refused."""
+    model = copy.deepcopy(tiny_models("gemma3")[0])
+    model.config.get_text_config()._attn_implementation_internal = "flash_attention_2"
+    with pytest.raises(
+        ValueError, match="flash_attention_2 hides sliding windows from VAR; use sdpa or eager"
+    ):
+        enable_var(model, CONFIG)

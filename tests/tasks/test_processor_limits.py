@@ -34,7 +34,7 @@ def test_each_family_refuses_exactly_what_its_own_processor_refuses(model_type, 
 def test_a_record_is_refused_when_any_family_refuses_it_naming_which():
     refusal = processor_refusal(6000, 20)
     assert refusal == (
-        "the Qwen2.5-VL, Qwen2-VL, Qwen3-VL image processors refuse its size 6000x20 "
+        "the Qwen2.5-VL, Qwen2-VL, Qwen3-VL, Qwen3-VL-MoE, Qwen3.5 image processors refuse its size 6000x20 "
         "(absolute aspect ratio must be smaller than 200, got 300.0)"
     )
     assert processor_refusal(600, 400) is None

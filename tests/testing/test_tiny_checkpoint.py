@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from lmms_var.backbones import backbone_for
 from lmms_var.core import find_sink_tokens
 from lmms_var.sink_dims.calibration import builtin_prompts
 from lmms_var.sink_dims.validator import validate_sink_dims
@@ -42,7 +43,13 @@ def test_planted_sinks_are_text_and_visual_tokens(family, family_model):
 
 
 def test_planted_sinks_draw_attention(family_model):
-    result = validate_sink_dims(*family_model, TINY_SPEC.sink_dims, tau=TINY_TAU, prompts=builtin_prompts(2))
+    """In the layers (from 2 on) where every query sees the sinks: a sliding window (Gemma 3) hides
+    them from later queries, whose wired heads then pick other keys."""
+    model = family_model[0]
+    layers = [layer for layer in backbone_for(model).full_attention_layers(model) if layer >= 2]
+    result = validate_sink_dims(
+        *family_model, TINY_SPEC.sink_dims, tau=TINY_TAU, prompts=builtin_prompts(2), layers=layers
+    )
     assert result.precision >= 0.9 and result.recall >= 0.9
 
 

@@ -187,3 +187,14 @@ def test_an_image_size_is_refused_only_by_a_model_whose_processor_refuses_it(tmp
     assert show._read_image(sliver, backbone_for_model_type("llava")).size == (10000, 20)
     with pytest.raises(ValueError, match=rf"--image {sliver}: the Qwen2-VL image processor refuses its size"):
         show._read_image(sliver, backbone_for_model_type("qwen2_vl"))
+
+
+def test_a_linear_attention_layer_is_refused_before_loading(
+    tiny_checkpoints, images, tmp_path, cli_error, no_weights
+):
+    """Qwen3.5's layer 1 (of the tiny checkpoint) is linear attention: no attention map there."""
+    args = show_args(tiny_checkpoints("qwen3_5"), images, tmp_path / "a.png", "--layers", "1", "2")
+    assert (
+        "--layers [1] are linear-attention layers, which have no attention map; choose among [2]"
+        in cli_error(args)
+    )
