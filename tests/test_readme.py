@@ -315,7 +315,11 @@ def workspace(tmp_path_factory, tiny_checkpoint, tiny_checkpoints) -> Workspace:
         # make: this environment, installed already (CI's .venv, or the one running the tests).
         "make ": f"make VENV={sys.prefix} -o {sys.prefix}/.installed ",
     }
-    paths = {"/data/spatial_v2": str(root / "data" / "spatial_v2"), "/data/spatial": str(spatial)}
+    paths = {
+        "/data/spatial_v2": str(root / "data" / "spatial_v2"),
+        "/data/spatial": str(spatial),
+        "/tmp/": f"{root / 'tmp'}/",  # the commands' $TMPDIR (the demo's default folder)
+    }
     return Workspace(root, env | {"LMMS_VAR_DATA_ROOT": str(spatial)}, stand_ins, paths)
 
 
