@@ -87,4 +87,5 @@ LLAVA = Backbone(
         max_batch_size=1,
         processor_attribute="_image_processor",
     ),
+    head_dims=(128,),  # 7B and 13B: 4096 / 32 and 5120 / 40
 )
