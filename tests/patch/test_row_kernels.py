@@ -428,3 +428,28 @@ def test_one_failing_specialisation_falls_back_alone(monkeypatch, caplog, tiny_m
     torch.testing.assert_close(kernel_run.logits[0], torch_run.logits[0], atol=0, rtol=0)
     for kernel_step, torch_step in zip(kernel_run.logits[1:], torch_run.logits[1:], strict=True):
         torch.testing.assert_close(kernel_step, torch_step, atol=1e-4, rtol=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("broken", [False, True], ids=["working", "prefill kernel off by one"])
+def test_doctor_checks_each_specialisation_against_the_pytorch_path(monkeypatch, broken):
+    """`lmms-var doctor`'s device check: every variant a model uses is launched as itself and
+    compared with the PyTorch path; a kernel that computes wrongly is reported for its variants only."""
+    from lmms_var.patch import doctor
+
+    if broken:
+        correct = kernels.correct_prefill_rows
+        monkeypatch.setattr(
+            kernels,
+            "correct_prefill_rows",
+            lambda output, *a, **k: (correct(output, *a, **k), output.add_(1)),
+        )
+    report = doctor.Report({}, DEVICE)
+    variants = doctor.model_specializations(kernels, torch.float32)
+    doctor.check_agreement(
+        report, variants, torch.device(DEVICE), {"small": doctor.LayerShape(4, 2, 128, 160)}
+    )
+    assert len(report.findings) == len(variants) == 16
+    failed = {finding.check for finding in report.findings if finding.status != doctor.OK}
+    prefill = {finding.check for finding in report.findings if "correct_prefill_rows" in finding.check}
+    assert failed == (prefill if broken else set()), [finding.detail for finding in report.findings]
