@@ -17,10 +17,12 @@ from typing import NamedTuple
 import torch
 
 from lmms_var.core import BUDGET, STATISTICS, KeyPlan, attention_change, row_statistics, selected_rows
-from lmms_var.patch.explicit import LayerCall, blocked_keys, scores
+from lmms_var.patch.explicit import LayerCall, blocked_keys, grouped, scores
 
 # Float32 values in one [B, H, rows, keys] block (4 MiB): one or two such tensors are VAR's extra memory.
 DEFAULT_BLOCK_ELEMENTS = 2**20
+# A block whose selected (head, row) pairs are at least 1 / _DENSE_SHARE of all is corrected whole.
+_DENSE_SHARE = 2
 
 
 class RelevantKeys(NamedTuple):
@@ -172,6 +174,19 @@ class _Pairs(NamedTuple):
         ]
         return torch.cat(products)
 
+    def dense_correction(
+        self, attn: torch.Tensor, statistics: torch.Tensor, keys: _GatheredKeys, start: int, stop: int
+    ) -> torch.Tensor:
+        """As `correction`, computed for every row of the block (`attn` is overwritten) and then picked.
+
+        Where most rows are selected this is cheaper: no [N, keys] gathers, one product per key/value head.
+        """
+        batch, heads, rows, _ = attn.shape
+        values = keys.value[:, :, start:stop]
+        weights = attn.mul_(attention_change(statistics, _slice(keys.plan, start, stop)))
+        products = torch.bmm(grouped(weights, values.shape[1]), values.flatten(0, 1))
+        return products.view(batch, heads, rows, -1)[self.sample, self.head, self.row]
+
 
 def correct_prefill_rows(
     output: torch.Tensor,
@@ -209,11 +224,14 @@ def correct_prefill_rows(
             statistics = statistics + row_statistics(attn, _slice(keys.plan, start, stop))
         selected = selected_rows(statistics, row_valid[:, row_start : row_start + row_step])
         pairs = _Pairs.of(selected, keys.value.shape[1])
+        # With most rows selected, correcting every row beats gathering the selected ones.
+        correct = pairs.dense_correction if pairs.count * _DENSE_SHARE >= selected.numel() else pairs.correction
         correction = 0.0
         for start, stop in key_ranges:
             if len(key_ranges) > 1:  # one block of keys is still there; several are recomputed
                 attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, stop)
-            correction = correction + pairs.correction(attn, statistics, keys, start, stop)
+            if pairs.count:
+                correction = correction + correct(attn, statistics, keys, start, stop)
         if pairs.count:
             target = (pairs.sample, block_rows[pairs.sample, pairs.row], pairs.head)
             output.index_put_(target, correction.to(output.dtype), accumulate=True)
