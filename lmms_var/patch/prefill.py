@@ -118,14 +118,29 @@ def _attention_on(
     """Float32[B, H, r, m]: the rows' attention on relevant keys `start:stop`, zero where blocked."""
     index = keys.index[:, start:stop]
     query_length, key_length = call.query.shape[2], call.key.shape[2]
-    blocked = blocked_keys(call.attention_mask, rows, query_length, key_length, index)
     weights = call.normaliser.weights
     if weights is not None:  # eager attention: read its own weights
+        blocked = blocked_keys(call.attention_mask, rows, query_length, key_length, index)
         samples = torch.arange(rows.shape[0], device=rows.device)[:, None, None]
         attn = weights[samples, :, rows[:, :, None], index[:, None, :]].permute(0, 3, 1, 2).float()
         return attn.masked_fill_(blocked, 0.0)
     attn = scores(query, keys.key[:, :, start:stop], call.scaling, shift=-log_sum_exp)
-    return attn.masked_fill_(blocked, float("-inf")).exp_()
+    seen = _seen_by_every_row(call, index, rows)  # only the keys after them may be blocked
+    blocked = blocked_keys(call.attention_mask, rows, query_length, key_length, index[:, seen:])
+    attn[..., seen:].masked_fill_(blocked, float("-inf"))
+    return attn.exp_()
+
+
+def _seen_by_every_row(call: LayerCall, index: torch.Tensor, rows: torch.Tensor) -> int:
+    """How many leading keys of `index` (Long[B, m]) every row sees, so that only the rest need a mask.
+
+    Only without a mask (causal only), where visual keys mostly come before the text rows: a key
+    at or before every row's position is seen by all of them. 0 where there is a mask.
+    """
+    if call.attention_mask is not None:
+        return 0
+    first_position = rows.min() + (call.key.shape[2] - call.query.shape[2])
+    return int((index <= first_position).all(dim=0).cumprod(dim=0).sum())  # a synchronisation on a GPU
 
 
 class _Pairs(NamedTuple):
@@ -225,7 +240,9 @@ def correct_prefill_rows(
         selected = selected_rows(statistics, row_valid[:, row_start : row_start + row_step])
         pairs = _Pairs.of(selected, keys.value.shape[1])
         # With most rows selected, correcting every row beats gathering the selected ones.
-        correct = pairs.dense_correction if pairs.count * _DENSE_SHARE >= selected.numel() else pairs.correction
+        correct = (
+            pairs.dense_correction if pairs.count * _DENSE_SHARE >= selected.numel() else pairs.correction
+        )
         correction = 0.0
         for start, stop in key_ranges:
             if len(key_ranges) > 1:  # one block of keys is still there; several are recomputed
