@@ -186,6 +186,8 @@ class Backbone:
     # (width, height) -> why the family's image processor, with its defaults, would refuse an image
     # of that size (asking the processor's own code), or None when it takes it. None: it takes any.
     image_size_refusal: Callable[[int, int], str | None] | None = None
+    # Head dims of the family's published checkpoints: VAR's GPU kernels are compiled for each in CI.
+    head_dims: tuple[int, ...] = ()
 
     def multimodal_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module that owns the text decoder: `model.model` of a loaded checkpoint, or `model` itself."""

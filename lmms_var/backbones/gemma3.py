@@ -93,4 +93,5 @@ GEMMA3 = Backbone(
         },
         state=_state,
     ),
+    head_dims=(128, 256),  # 4B and 12B: 256; 27B: 128 (explicit `head_dim` in the config)
 )

@@ -157,4 +157,5 @@ INTERNVL = Backbone(
         hub_options=_hub_options,
         max_batch_size=1,
     ),
+    head_dims=(64, 128),  # InternVL3-1B: 896 / 14; 2B, 8B, 14B, 38B, 78B: 128
 )

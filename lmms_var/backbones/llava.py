@@ -91,4 +91,5 @@ LLAVA = Backbone(
         pictures=_pictures,
     ),
     lmms_eval=LLAVA_HF,
+    head_dims=(128,),  # 7B and 13B: 4096 / 32 and 5120 / 40
 )

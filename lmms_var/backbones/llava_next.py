@@ -177,4 +177,5 @@ LLAVA_NEXT = Backbone(
         pictures=_pictures,
     ),
     lmms_eval=LLAVA_HF,
+    head_dims=(128,),  # Vicuna/Mistral 7B, 13B and Yi-34B: 128
 )

@@ -99,4 +99,5 @@ LLAVA_ONEVISION = Backbone(
         pictures=_pictures,
     ),
     lmms_eval=LLAVA_HF,
+    head_dims=(64, 128),  # 0.5B: 896 / 14; 7B and 72B: 128
 )

@@ -38,4 +38,5 @@ QWEN2_5_VL = Backbone(
         check_upstream_args=qwen_pixel_bounds,
         state=qwen_state,
     ),
+    head_dims=(128,),  # 3B, 7B, 32B and 72B
 )

@@ -114,4 +114,5 @@ QWEN2_VL = Backbone(
         flash_attention_flag="use_flash_attention_2",
         check_upstream_args=qwen_pixel_bounds,
     ),
+    head_dims=(128,),  # 2B, 7B and 72B
 )

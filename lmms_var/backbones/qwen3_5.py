@@ -66,4 +66,5 @@ QWEN3_5 = Backbone(
         check_upstream_args=qwen_pixel_bounds,
         state=_state,
     ),
+    head_dims=(256,),  # the full-attention layers (`head_dim` 256)
 )

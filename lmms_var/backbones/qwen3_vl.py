@@ -52,4 +52,5 @@ QWEN3_VL = Backbone(
         check_upstream_args=qwen_pixel_bounds,
         state=qwen_state,
     ),
+    head_dims=(128,),  # every size (an explicit `head_dim` in the config)
 )

@@ -13,7 +13,8 @@ step 2 allows are recomputed explicitly in float32 and redistributed:
 With `fused=False` every row is materialised and replaced by A' @ V: the slow reference "eager VAR".
 
 On CUDA with Triton, VAR's rows run as one kernel (`row_kernels.py`) instead of ~16 PyTorch
-operations per layer, after a once-per-device check that it agrees with the PyTorch path.
+operations per layer, after a check, once per device and kernel variant, that it agrees with the
+PyTorch path.
 """
 
 import functools
@@ -260,24 +261,33 @@ def _pytorch_var(
     return selected, row_statistics(attn, plan)[..., BUDGET]
 
 
-def _launch_kind(state: VARState) -> str:
-    """What a launch of the kernels computes in this forward; each kind is checked once."""
+def _specialization(kernels: ModuleType, state: VARState, call: LayerCall, plan: KeyPlan):
+    """The kernel variant this forward's launch compiles to (as `_run_kernels` launches it)."""
     if _corrects_prefill(state):
-        return "prefill"
-    return "whole rows" if state.whole_rows else "decode correction"
+        rows = state.rows_on(call.query.device)[0]
+        return kernels.prefill_specialization(call, plan.weights.shape[1], rows.shape[1])
+    return kernels.rows_specialization(
+        call.query.dtype,
+        call.query.shape[-1],
+        blocked=call.attention_mask is not None,
+        whole_rows=state.whole_rows,
+    )
 
 
 def _kernels_agree(
     state: VARState, layer: int, kernels: ModuleType, output: torch.Tensor, call: LayerCall, plan: KeyPlan
 ) -> bool:
     """Whether the Triton kernels give the PyTorch path's result here, checked once per model, device
-    and kind of launch (prefill rows, whole decode rows, or a decode step's correction).
+    and kernel specialisation (the variant Triton compiles: kernel, dtype, head dim, mask, tiling).
 
-    Triton builds vary with the GPU and the installed version; on any failure or disagreement VAR
-    warns and keeps the PyTorch path, which gives the same numbers more slowly.
+    Triton builds vary with the GPU and the installed version, and a variant first met hours into a
+    run (another mask, a longer prompt) may fail where others worked; on any failure or disagreement
+    VAR warns once for that variant and keeps the PyTorch path there, which gives the same numbers
+    more slowly.
     """
     device = call.query.device
-    verdict = (device, _launch_kind(state))
+    specialization = _specialization(kernels, state, call, plan)
+    verdict = (device, specialization)
     if verdict not in state.kernels_agree:
         expected = output.clone()
         _pytorch_var(state, layer, expected, call, plan)
@@ -294,6 +304,11 @@ def _kernels_agree(
         except Exception as error:  # a Triton build or launch failure: fall back, do not fail the run
             agree, problem = False, f"{type(error).__name__}: {error}"
         if not agree:
-            logger.warning("VAR's Triton kernels are off on %s (%s); using the PyTorch path", device, problem)
+            logger.warning(
+                "VAR's Triton kernels are off on %s for %s (%s); using the PyTorch path there",
+                device,
+                specialization.describe(),
+                problem,
+            )
         state.kernels_agree[verdict] = agree
     return state.kernels_agree[verdict]

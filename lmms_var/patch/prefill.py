@@ -17,10 +17,12 @@ from typing import NamedTuple
 import torch
 
 from lmms_var.core import BUDGET, STATISTICS, KeyPlan, attention_change, row_statistics, selected_rows
-from lmms_var.patch.explicit import LayerCall, blocked_keys, scores
+from lmms_var.patch.explicit import LayerCall, blocked_keys, grouped, scores
 
 # Float32 values in one [B, H, rows, keys] block (4 MiB): one or two such tensors are VAR's extra memory.
 DEFAULT_BLOCK_ELEMENTS = 2**20
+# A block whose selected (head, row) pairs are at least 1 / _DENSE_SHARE of all is corrected whole.
+_DENSE_SHARE = 2
 
 
 class RelevantKeys(NamedTuple):
@@ -116,14 +118,29 @@ def _attention_on(
     """Float32[B, H, r, m]: the rows' attention on relevant keys `start:stop`, zero where blocked."""
     index = keys.index[:, start:stop]
     query_length, key_length = call.query.shape[2], call.key.shape[2]
-    blocked = blocked_keys(call.attention_mask, rows, query_length, key_length, index)
     weights = call.normaliser.weights
     if weights is not None:  # eager attention: read its own weights
+        blocked = blocked_keys(call.attention_mask, rows, query_length, key_length, index)
         samples = torch.arange(rows.shape[0], device=rows.device)[:, None, None]
         attn = weights[samples, :, rows[:, :, None], index[:, None, :]].permute(0, 3, 1, 2).float()
         return attn.masked_fill_(blocked, 0.0)
     attn = scores(query, keys.key[:, :, start:stop], call.scaling, shift=-log_sum_exp)
-    return attn.masked_fill_(blocked, float("-inf")).exp_()
+    seen = _seen_by_every_row(call, index, rows)  # only the keys after them may be blocked
+    blocked = blocked_keys(call.attention_mask, rows, query_length, key_length, index[:, seen:])
+    attn[..., seen:].masked_fill_(blocked, float("-inf"))
+    return attn.exp_()
+
+
+def _seen_by_every_row(call: LayerCall, index: torch.Tensor, rows: torch.Tensor) -> int:
+    """How many leading keys of `index` (Long[B, m]) every row sees, so that only the rest need a mask.
+
+    Only without a mask (causal only), where visual keys mostly come before the text rows: a key
+    at or before every row's position is seen by all of them. 0 where there is a mask.
+    """
+    if call.attention_mask is not None:
+        return 0
+    first_position = rows.min() + (call.key.shape[2] - call.query.shape[2])
+    return int((index <= first_position).all(dim=0).cumprod(dim=0).sum())  # a synchronisation on a GPU
 
 
 class _Pairs(NamedTuple):
@@ -172,6 +189,19 @@ class _Pairs(NamedTuple):
         ]
         return torch.cat(products)
 
+    def dense_correction(
+        self, attn: torch.Tensor, statistics: torch.Tensor, keys: _GatheredKeys, start: int, stop: int
+    ) -> torch.Tensor:
+        """As `correction`, computed for every row of the block (`attn` is overwritten) and then picked.
+
+        Where most rows are selected this is cheaper: no [N, keys] gathers, one product per key/value head.
+        """
+        batch, heads, rows, _ = attn.shape
+        values = keys.value[:, :, start:stop]
+        weights = attn.mul_(attention_change(statistics, _slice(keys.plan, start, stop)))
+        products = torch.bmm(grouped(weights, values.shape[1]), values.flatten(0, 1))
+        return products.view(batch, heads, rows, -1)[self.sample, self.head, self.row]
+
 
 def correct_prefill_rows(
     output: torch.Tensor,
@@ -209,11 +239,16 @@ def correct_prefill_rows(
             statistics = statistics + row_statistics(attn, _slice(keys.plan, start, stop))
         selected = selected_rows(statistics, row_valid[:, row_start : row_start + row_step])
         pairs = _Pairs.of(selected, keys.value.shape[1])
+        # With most rows selected, correcting every row beats gathering the selected ones.
+        correct = (
+            pairs.dense_correction if pairs.count * _DENSE_SHARE >= selected.numel() else pairs.correction
+        )
         correction = 0.0
         for start, stop in key_ranges:
             if len(key_ranges) > 1:  # one block of keys is still there; several are recomputed
                 attn = _attention_on(call, keys, query, block_rows, log_sum_exp, start, stop)
-            correction = correction + pairs.correction(attn, statistics, keys, start, stop)
+            if pairs.count:
+                correction = correction + correct(attn, statistics, keys, start, stop)
         if pairs.count:
             target = (pairs.sample, block_rows[pairs.sample, pairs.row], pairs.head)
             output.index_put_(target, correction.to(output.dtype), accumulate=True)

@@ -19,7 +19,11 @@ Imported only where Triton is installed. `TRITON_INTERPRET=1` runs the kernel on
 
 import contextlib
 import functools
+import inspect
+import itertools
 import os
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -44,9 +48,13 @@ _HEADER = tl.constexpr(_HEADER_FLOATS)
 # Chunks per row are chosen for about this many programs per multiprocessor: more fill the GPU for
 # a single decode row, fewer keep the [B * H, R, chunks, ...] workspace small at prefill.
 _PROGRAMS_PER_SM = 4
+# At most this many chunks per decode row (a power of two): the program finishing a row merges them
+# in one [_MAX_CHUNKS, BLOCK_D] tile, so the chunk count is a runtime value, not a specialisation.
+_MAX_CHUNKS = 64
+_BLOCK_CHUNKS = tl.constexpr(_MAX_CHUNKS)
 
 
-@triton.jit(do_not_specialize=["key_length", "query_length"])
+@triton.jit(do_not_specialize=["key_length", "query_length", "heads", "group"])
 def _redistribute_rows(
     q_ptr,  # [B, H, Q, d], any strides but contiguous d
     k_ptr,  # [B, Hkv, K, d], any strides but contiguous d
@@ -61,8 +69,8 @@ def _redistribute_rows(
     out_ptr,  # [B, Q, H, d] contiguous: the base kernel's output, corrected in place (or written)
     partials_ptr,  # [B * H, R, chunks, PARTIAL_FLOATS] float32 scratch
     tickets_ptr,  # [B * H * R] int32 zeros: chunks of each row done so far; left zero again
-    redistributed_rows_ptr,  # [B] float32 diagnostics counter, += selected rows; needs WRITE_ACTIVITY
-    moved_mass_ptr,  # [B] float32 diagnostics counter, += their budgets; needs WRITE_ACTIVITY
+    redistributed_rows_ptr,  # [B] float32 diagnostics counter, += selected rows (scratch without diagnostics)
+    moved_mass_ptr,  # [B] float32 diagnostics counter, += their budgets (scratch without diagnostics)
     stride_qb,
     stride_qh,
     stride_qq,
@@ -77,22 +85,20 @@ def _redistribute_rows(
     planned_keys,
     chunk_keys,  # keys per chunk, a multiple of BLOCK_K
     scaling,
-    HEADS: tl.constexpr,
-    GROUP: tl.constexpr,  # query heads per key/value head
+    heads,
+    group,  # query heads per key/value head
     HEAD_DIM: tl.constexpr,
     HAS_BLOCKED: tl.constexpr,
     WHOLE_ROWS: tl.constexpr,  # write A'V rather than add A'V - AV
-    WRITE_ACTIVITY: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    BLOCK_CHUNKS: tl.constexpr,
     PARTIAL_FLOATS: tl.constexpr,  # per chunk: _HEADER, then 2 value sums (3 for whole rows)
 ):
     """One program per (batch x head, row, chunk of keys); the row's last chunk to finish merges them."""
     batch_head = tl.program_id(0).to(tl.int64)
     r, row_count = tl.program_id(1), tl.num_programs(1)
     chunk, chunk_count = tl.program_id(2), tl.num_programs(2)
-    b, h = batch_head // HEADS, batch_head % HEADS
+    b, h = batch_head // heads, batch_head % heads
     row = batch_head * row_count + r
     dims = tl.arange(0, BLOCK_D)
     dim_in = dims < HEAD_DIM
@@ -103,8 +109,8 @@ def _redistribute_rows(
     query = tl.load(
         q_ptr + b * stride_qb + h * stride_qh + position * stride_qq + dims, mask=dim_in, other=0.0
     ).to(tl.float32)
-    k_base = k_ptr + b * stride_kb + (h // GROUP) * stride_kh
-    v_base = v_ptr + b * stride_vb + (h // GROUP) * stride_vh
+    k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
+    v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
 
     # An online softmax over the chunk's tiles: sums are kept relative to the running maximum.
     running_max = tl.max(tl.full([BLOCK_K], _FAR_BELOW, tl.float32), axis=0)
@@ -175,13 +181,11 @@ def _redistribute_rows(
             chunk_count,
             offsets_ptr + b * _STATISTICS,
             row_valid_ptr + b * row_count + r,
-            out_ptr + ((b * query_length + position) * HEADS + h) * HEAD_DIM,
+            out_ptr + ((b * query_length + position) * heads + h) * HEAD_DIM,
             redistributed_rows_ptr + b,
             moved_mass_ptr + b,
             HEAD_DIM,
             WHOLE_ROWS,
-            WRITE_ACTIVITY,
-            BLOCK_CHUNKS,
             BLOCK_D,
             PARTIAL_FLOATS,
         )
@@ -198,8 +202,6 @@ def _finish_row(
     moved_mass,
     HEAD_DIM: tl.constexpr,
     WHOLE_ROWS: tl.constexpr,
-    WRITE_ACTIVITY: tl.constexpr,
-    BLOCK_CHUNKS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     PARTIAL_FLOATS: tl.constexpr,
 ):
@@ -207,7 +209,7 @@ def _finish_row(
     dims = tl.arange(0, BLOCK_D)
     dim_in = dims < HEAD_DIM
     stat_index = tl.arange(0, _STATISTICS)
-    chunk_index = tl.arange(0, BLOCK_CHUNKS)
+    chunk_index = tl.arange(0, _BLOCK_CHUNKS)
     chunk_in = chunk_index < chunk_count
     per_chunk = partials + chunk_index * PARTIAL_FLOATS
     # ".cg" reads from L2, where the other programs' stores are, never from a stale L1 line.
@@ -256,9 +258,8 @@ def _finish_row(
         store = tl.where(selected, dim_in, False)
         output = tl.load(out + dims, mask=store, other=0.0).to(tl.float32)
         tl.store(out + dims, (output + correction).to(out.dtype.element_ty), mask=store)
-    if WRITE_ACTIVITY:
-        tl.atomic_add(redistributed_rows, selected.to(tl.float32))
-        tl.atomic_add(moved_mass, tl.where(selected, budget, 0.0))
+    tl.atomic_add(redistributed_rows, selected.to(tl.float32))
+    tl.atomic_add(moved_mass, tl.where(selected, budget, 0.0))
 
 
 @triton.jit
@@ -301,7 +302,7 @@ def _visible(
     return visible
 
 
-@triton.jit(do_not_specialize=["key_length", "query_length", "row_count", "planned_keys"])
+@triton.jit(do_not_specialize=["key_length", "query_length", "row_count", "planned_keys", "heads", "group"])
 def _correct_prefill_rows(
     q_ptr,  # [B, H, Q, d], any strides but contiguous d
     k_ptr,  # [B, Hkv, K, d], any strides but contiguous d
@@ -319,8 +320,8 @@ def _correct_prefill_rows(
     out_ptr,  # [B, Q, H, d] contiguous: the base kernel's output, corrected in place
     partials_ptr,  # [B * H, tiles, chunks, TILE_R, PARTIAL_FLOATS] float32 scratch, with CHUNKED
     tickets_ptr,  # [B * H * tiles] int32 zeros, with CHUNKED; left zero again
-    redistributed_rows_ptr,  # [B] float32 diagnostics counter; needs WRITE_ACTIVITY
-    moved_mass_ptr,  # [B] float32 diagnostics counter; needs WRITE_ACTIVITY
+    redistributed_rows_ptr,  # [B] float32 diagnostics counter (scratch without diagnostics)
+    moved_mass_ptr,  # [B] float32 diagnostics counter (scratch without diagnostics)
     stride_qb,
     stride_qh,
     stride_qq,
@@ -342,13 +343,12 @@ def _correct_prefill_rows(
     row_count,
     scaling,
     blocked_below,  # an additive mask blocks where its entry is at most this
-    HEADS: tl.constexpr,
-    GROUP: tl.constexpr,  # query heads per key/value head
+    heads,
+    group,  # query heads per key/value head
     HEAD_DIM: tl.constexpr,
     MASK_KIND: tl.constexpr,
     HAS_LSE: tl.constexpr,  # else a first pass over every key computes the rows' log-sum-exp
     CHUNKED: tl.constexpr,  # several programs share a tile's relevant keys (grid axis 2)
-    WRITE_ACTIVITY: tl.constexpr,
     TILE_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -363,7 +363,7 @@ def _correct_prefill_rows(
     batch_head = tl.program_id(0).to(tl.int64)
     tile, tile_count = tl.program_id(1), tl.num_programs(1)
     chunk, chunk_count = tl.program_id(2), tl.num_programs(2)
-    b, h = batch_head // HEADS, batch_head % HEADS
+    b, h = batch_head // heads, batch_head % heads
     dims = tl.arange(0, BLOCK_D)
     dim_in = dims < HEAD_DIM
     stat_index = tl.arange(0, _STATISTICS)
@@ -376,8 +376,8 @@ def _correct_prefill_rows(
         mask=row_in[:, None] & dim_in[None, :],
         other=0.0,
     )
-    k_base = k_ptr + b * stride_kb + (h // GROUP) * stride_kh
-    v_base = v_ptr + b * stride_vb + (h // GROUP) * stride_vh
+    k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
+    v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
     mask_base = mask_ptr + b * stride_mb
     USE_DOT: tl.constexpr = TILE_R >= 16
 
@@ -484,13 +484,12 @@ def _correct_prefill_rows(
             row_valid_ptr + b * row_count,
             row_index,
             row_in,
-            out_ptr + b * query_length * HEADS * HEAD_DIM + h * HEAD_DIM,
+            out_ptr + b * query_length * heads * HEAD_DIM + h * HEAD_DIM,
             positions,
             redistributed_rows_ptr + b,
             moved_mass_ptr + b,
-            HEADS,
+            heads,
             HEAD_DIM,
-            WRITE_ACTIVITY,
             BLOCK_D,
         )
 
@@ -504,13 +503,12 @@ def _finish_tile(
     row_valid,  # [R] the sample's row flags
     row_index,
     row_in,
-    out,  # the sample's output at head h: row q starts at out + q * HEADS * HEAD_DIM
+    out,  # the sample's output at head h: row q starts at out + q * heads * HEAD_DIM
     positions,
     redistributed_rows,
     moved_mass,
-    HEADS: tl.constexpr,
+    heads,
     HEAD_DIM: tl.constexpr,
-    WRITE_ACTIVITY: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     """Select each row of the tile or not and add its correction to the base kernel's output."""
@@ -523,13 +521,12 @@ def _finish_tile(
     receiver_mass = tl.sum(tl.where(stat_index[None, :] == _RECEIVERS, statistics, 0.0), axis=1)
     gain = budget / tl.maximum(receiver_mass, _SMALLEST_NORMAL)
     correction = sink_values + gain[:, None] * receiver_values
-    rows_out = out + positions[:, None] * (HEADS * HEAD_DIM) + dims[None, :]
+    rows_out = out + positions[:, None] * (heads * HEAD_DIM) + dims[None, :]
     store = selected[:, None] & (dims < HEAD_DIM)[None, :]
     output = tl.load(rows_out, mask=store, other=0.0).to(tl.float32)
     tl.store(rows_out, (output + correction).to(out.dtype.element_ty), mask=store)
-    if WRITE_ACTIVITY:
-        tl.atomic_add(redistributed_rows, tl.sum(selected.to(tl.float32), axis=0))
-        tl.atomic_add(moved_mass, tl.sum(tl.where(selected, budget, 0.0), axis=0))
+    tl.atomic_add(redistributed_rows, tl.sum(selected.to(tl.float32), axis=0))
+    tl.atomic_add(moved_mass, tl.sum(tl.where(selected, budget, 0.0), axis=0))
 
 
 def _specialization(argument: object) -> tuple:
@@ -578,7 +575,266 @@ class _Launcher:
                 compiled[grid](*arguments, *constants)
 
 
+# The dtypes a model may run in; the kernels compute in float32 whatever the dtype.
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Prefill rows per program by default: 16 or more multiply tiles with `tl.dot`.
+TILE_ROWS = 16
+# How the prefill kernel reads the base kernel's mask (`_visible`'s MASK_KIND), by name.
+MASK_KINDS = ("causal only", "bool", "additive", "padding")
+_CAUSAL_ONLY, _BOOL_MASK, _ADDITIVE_MASK, _PADDING_MASK = range(len(MASK_KINDS))
+_TRITON_TYPES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.uint8: "u8",
+    torch.int32: "i32",
+    torch.int64: "i64",
+}
+_FLOAT_ARGUMENTS = frozenset({"scaling", "blocked_below"})  # passed as Python floats
+
+
+def _next_power_of_2(number: int) -> int:
+    """As `triton.next_power_of_2`, without its constexpr-function call cost on every launch."""
+    return 1 << (number - 1).bit_length()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _parameters(kernel) -> list[str]:
+    """A Triton kernel's parameter names (compiled or interpreted)."""
+    return list(inspect.signature(kernel.fn).parameters)
+
+
+class _Specialization:
+    """What both kernels' specialisations share: Triton's view of them (constexprs, argument types)."""
+
+    kernel: triton.JITFunction  # set by each subclass
+
+    def constexprs(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def _pointer_dtypes(self) -> dict[str, torch.dtype]:
+        raise NotImplementedError
+
+    def constants(self) -> tuple:
+        """The constexprs in the kernel's parameter order, as a launch passes them."""
+        constexprs = self.constexprs()
+        return tuple(constexprs[name] for name in _parameters(self.kernel) if name in constexprs)
+
+    def signature(self) -> dict[str, str]:
+        """Triton's type of every kernel parameter ("constexpr" for those in `constexprs`), as a launch gives them.
+
+        Integers are typed i32: they fit for any prompt a model takes (Triton would switch to i64 past 2**31).
+        """
+        pointers, constexprs = self._pointer_dtypes(), self.constexprs()
+        signature = {}
+        for name in _parameters(self.kernel):
+            if name in constexprs:
+                signature[name] = "constexpr"
+            elif name in pointers:
+                signature[name] = "*" + _TRITON_TYPES[pointers[name]]
+            else:
+                signature[name] = "fp32" if name in _FLOAT_ARGUMENTS else "i32"
+        return signature
+
+
+def _plan_pointers() -> dict[str, torch.dtype]:
+    """The key plan's and bookkeeping tensors' dtypes, the same in both kernels."""
+    return {
+        "weights_ptr": torch.float32,
+        "offsets_ptr": torch.float32,
+        "sink_change_ptr": torch.float32,
+        "receivers_ptr": torch.float32,
+        "rows_ptr": torch.int64,
+        "row_valid_ptr": torch.uint8,
+        "partials_ptr": torch.float32,
+        "tickets_ptr": torch.int32,
+        "redistributed_rows_ptr": torch.float32,
+        "moved_mass_ptr": torch.float32,
+    }
+
+
+@dataclass(frozen=True)
+class RowsSpecialization(_Specialization):
+    """One compiled variant of `_redistribute_rows` (decode rows over all their keys).
+
+    `redistribute_rows` launches exactly the one `rows_specialization` gives for its arguments, and
+    `specializations` lists every one it can launch; the first-use check in `attention.py` is per
+    specialisation, and CI compiles each ahead of time for real GPUs.
+    """
+
+    dtype: torch.dtype  # of query, key, value and output
+    head_dim: int
+    blocked: bool  # a [B, R, K] mask of blocked keys (else causal only)
+    whole_rows: bool  # write A'V rather than add A'V - AV
+    block_k: int  # keys per tile
+
+    kernel = _redistribute_rows  # a class attribute, not a field
+
+    @property
+    def block_d(self) -> int:
+        return _next_power_of_2(self.head_dim)
+
+    def constexprs(self) -> dict[str, object]:
+        return {
+            "HEAD_DIM": self.head_dim,
+            "HAS_BLOCKED": self.blocked,
+            "WHOLE_ROWS": self.whole_rows,
+            "BLOCK_K": self.block_k,
+            "BLOCK_D": self.block_d,
+            "PARTIAL_FLOATS": _HEADER_FLOATS + (3 if self.whole_rows else 2) * self.block_d,
+        }
+
+    def _pointer_dtypes(self) -> dict[str, torch.dtype]:
+        inputs = dict.fromkeys(("q_ptr", "k_ptr", "v_ptr", "out_ptr"), self.dtype)
+        return inputs | _plan_pointers() | {"blocked_ptr": torch.uint8}
+
+    def describe(self) -> str:
+        kind = "whole rows" if self.whole_rows else "decode correction"
+        mask = "blocked keys" if self.blocked else "causal only"
+        return f"redistribute_rows {kind}, {_dtype_name(self.dtype)}, d={self.head_dim}, {mask}, BLOCK_K={self.block_k}"
+
+
+def rows_specialization(
+    dtype: torch.dtype, head_dim: int, *, blocked: bool, whole_rows: bool, block_k: int | None = None
+) -> RowsSpecialization:
+    """The variant `redistribute_rows` launches; `block_k` (keys per tile) defaults to what fits 16K values."""
+    block_k = block_k or max(16, min(128, 16384 // _next_power_of_2(head_dim)))
+    return RowsSpecialization(dtype, head_dim, blocked, whole_rows, block_k)
+
+
+@dataclass(frozen=True)
+class PrefillSpecialization(_Specialization):
+    """One compiled variant of `_correct_prefill_rows` (prefill rows over their relevant keys).
+
+    As `RowsSpecialization`, for `correct_prefill_rows` and `prefill_specialization`.
+    """
+
+    dtype: torch.dtype  # of query, key, value and output
+    head_dim: int
+    mask_kind: int  # index into MASK_KINDS
+    mask_dtype: torch.dtype  # of the mask as the kernel reads it (uint8 but for additive masks)
+    log_sum_exp: bool  # the base kernel gave every row's log-sum-exp (else a first pass computes it)
+    chunked: bool  # several programs share a tile's relevant keys
+    tile_rows: int
+    block_k: int  # keys per tile
+
+    kernel = _correct_prefill_rows  # a class attribute, not a field
+
+    @property
+    def block_d(self) -> int:
+        return _next_power_of_2(self.head_dim)
+
+    def constexprs(self) -> dict[str, object]:
+        return {
+            "HEAD_DIM": self.head_dim,
+            "MASK_KIND": self.mask_kind,
+            "HAS_LSE": self.log_sum_exp,
+            "CHUNKED": self.chunked,
+            "TILE_R": self.tile_rows,
+            "BLOCK_K": self.block_k,
+            "BLOCK_D": self.block_d,
+            "PARTIAL_FLOATS": STATISTICS + 2 * self.block_d,
+            "VALUE_PRECISION": "ieee" if self.dtype == torch.float32 else "tf32",
+        }
+
+    def _pointer_dtypes(self) -> dict[str, torch.dtype]:
+        inputs = dict.fromkeys(("q_ptr", "k_ptr", "v_ptr", "out_ptr"), self.dtype)
+        keys = {"key_order_ptr": torch.int64, "key_counts_ptr": torch.int64}
+        return inputs | _plan_pointers() | keys | {"lse_ptr": torch.float32, "mask_ptr": self.mask_dtype}
+
+    def describe(self) -> str:
+        normaliser = "log-sum-exp given" if self.log_sum_exp else "log-sum-exp computed"
+        chunked = ", chunked" if self.chunked else ""
+        return (
+            f"correct_prefill_rows, {_dtype_name(self.dtype)}, d={self.head_dim}, {MASK_KINDS[self.mask_kind]} "
+            f"mask, {normaliser}{chunked}, TILE_R={self.tile_rows}, BLOCK_K={self.block_k}"
+        )
+
+
+def _prefill_block_k(head_dim: int) -> int:
+    return max(16, min(64, 8192 // _next_power_of_2(head_dim)))
+
+
+def _mask_kind(attention_mask: torch.Tensor | None) -> tuple[int, torch.dtype]:
+    """(kind, dtype as the kernel reads it) of the base kernel's mask."""
+    if attention_mask is None:
+        return _CAUSAL_ONLY, torch.uint8  # the kernel is given (and never reads) `row_valid`
+    if attention_mask.dim() == 4 and attention_mask.dtype != torch.bool:
+        return _ADDITIVE_MASK, attention_mask.dtype
+    return (_BOOL_MASK if attention_mask.dim() == 4 else _PADDING_MASK), torch.uint8
+
+
+class _PrefillTiling(NamedTuple):
+    specialization: PrefillSpecialization
+    tiles: int  # tiles of rows per sample and head
+    chunks: int  # programs sharing a tile's relevant keys
+
+
+def _prefill_tiling(
+    call: LayerCall,
+    planned_keys: int,
+    row_count: int,
+    tile_rows: int,
+    block_k: int | None,
+    chunks: int | None,
+) -> _PrefillTiling:
+    batch, heads, _, head_dim = call.query.shape
+    block_k = block_k or _prefill_block_k(head_dim)
+    tiles = _ceil_div(row_count, tile_rows)
+    has_lse = call.normaliser.log_sum_exp is not None
+    if not has_lse:
+        chunks = 1  # each chunk would repeat the pass over every key
+    elif chunks is None:
+        chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(call.query.device), batch * heads * tiles)
+    chunks = max(1, min(chunks, _ceil_div(planned_keys, block_k)))
+    kind, mask_dtype = _mask_kind(call.attention_mask)
+    specialization = PrefillSpecialization(
+        call.query.dtype, head_dim, kind, mask_dtype, has_lse, chunks > 1, tile_rows, block_k
+    )
+    return _PrefillTiling(specialization, tiles, chunks)
+
+
+def prefill_specialization(
+    call: LayerCall,
+    planned_keys: int,
+    row_count: int,
+    *,
+    tile_rows: int = TILE_ROWS,
+    block_k: int | None = None,
+    chunks: int | None = None,
+) -> PrefillSpecialization:
+    """The variant `correct_prefill_rows` launches for `row_count` rows and `planned_keys` planned keys."""
+    return _prefill_tiling(call, planned_keys, row_count, tile_rows, block_k, chunks).specialization
+
+
+def specializations(
+    head_dims: tuple[int, ...], dtypes: tuple[torch.dtype, ...] = DTYPES
+) -> list[_Specialization]:
+    """Every variant the launchers can launch, with their default tiles, for models of these head dims.
+
+    What varies at run time beyond these (heads, batch, lengths, strides) are kernel arguments.
+    """
+    variants: list[_Specialization] = []
+    for dtype, head_dim in itertools.product(dtypes, head_dims):
+        for blocked, whole_rows in itertools.product((False, True), repeat=2):
+            variants.append(rows_specialization(dtype, head_dim, blocked=blocked, whole_rows=whole_rows))
+        for kind, (has_lse, chunked) in itertools.product(
+            range(len(MASK_KINDS)), ((False, False), (True, False), (True, True))
+        ):
+            mask_dtype = dtype if kind == _ADDITIVE_MASK else torch.uint8
+            variants.append(
+                PrefillSpecialization(
+                    dtype, head_dim, kind, mask_dtype, has_lse, chunked, TILE_ROWS, _prefill_block_k(head_dim)
+                )
+            )
+    return variants
+
+
 _launch_redistribute_rows = _Launcher(_redistribute_rows)
+_launch_correct_prefill_rows = _Launcher(_correct_prefill_rows)
 
 
 @functools.cache
@@ -591,12 +847,8 @@ def _ceil_div(numerator: int, denominator: int) -> int:
     return -(-numerator // denominator)
 
 
-def _next_power_of_2(number: int) -> int:
-    """As `triton.next_power_of_2`, without its constexpr-function call cost on every launch."""
-    return 1 << (number - 1).bit_length()
-
-
 _tickets_on: dict[torch.device, torch.Tensor] = {}
+_scratch_counters_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def _zeroed_tickets(device: torch.device, count: int) -> torch.Tensor:
@@ -609,6 +861,23 @@ def _zeroed_tickets(device: torch.device, count: int) -> torch.Tensor:
     if tickets is None or tickets.numel() < count:
         tickets = _tickets_on[device] = torch.zeros(count, dtype=torch.int32, device=device)
     return tickets
+
+
+def _counters(
+    activity: LayerActivity | None, batch: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a launch adds its selected rows and budgets: the diagnostics', or scratch never read.
+
+    The kernels always add them (one variant fewer of each kernel to compile and check).
+    """
+    if activity is not None:
+        return activity.redistributed_rows, activity.moved_mass
+    scratch = _scratch_counters_on.get(device)
+    if scratch is None or scratch[0].numel() < batch:
+        scratch = _scratch_counters_on[device] = tuple(
+            torch.empty(batch, dtype=torch.float32, device=device) for _ in range(2)
+        )
+    return scratch
 
 
 def _check_layouts(output: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -644,8 +913,8 @@ def redistribute_rows(
     step 2 allows. `blocked` Bool[B, 1, R, K] marks keys a row may not see (from the attention
     mask); None means causal only.
     `activity` (diagnostics on) gets the selected rows and their budgets added on the device.
-    `block_k` (keys per tile) and `chunks` (per row) are for tests and tuning; by default a row is
-    split into just enough chunks to give every streaming multiprocessor a few programs.
+    `block_k` (keys per tile) and `chunks` (per row, at most 64) are for tests and tuning; by default
+    a row is split into just enough chunks to give every streaming multiprocessor a few programs.
     """
     batch, heads, query_length, head_dim = query.shape
     row_count, key_length = rows.shape[1], key.shape[2]
@@ -653,19 +922,19 @@ def redistribute_rows(
     rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
     if blocked is not None:
         blocked = blocked.contiguous().view(torch.uint8)
-    block_d = _next_power_of_2(head_dim)
-    block_k = block_k or max(16, min(128, 16384 // block_d))
-    tiles = _ceil_div(key_length, block_k)
+    specialization = rows_specialization(
+        query.dtype, head_dim, blocked=blocked is not None, whole_rows=whole_rows, block_k=block_k
+    )
+    tiles = _ceil_div(key_length, specialization.block_k)
     row_programs = batch * heads * row_count
     if chunks is None:
         chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(query.device), row_programs)
-    tiles_per_chunk = _ceil_div(tiles, max(1, min(chunks, tiles)))
+    tiles_per_chunk = _ceil_div(tiles, max(1, min(chunks, tiles, _MAX_CHUNKS)))
     chunk_count = _ceil_div(tiles, tiles_per_chunk)
-    partial_floats = _HEADER_FLOATS + (3 if whole_rows else 2) * block_d
+    constexprs = specialization.constexprs()
     partials = torch.empty(
-        row_programs * chunk_count * partial_floats, dtype=torch.float32, device=query.device
+        row_programs * chunk_count * constexprs["PARTIAL_FLOATS"], dtype=torch.float32, device=query.device
     )
-    counters = (activity.redistributed_rows, activity.moved_mass) if activity else (partials,) * 2
     _launch_redistribute_rows(
         (batch * heads, row_count, chunk_count),
         query.device,
@@ -683,47 +952,33 @@ def redistribute_rows(
             output,
             partials,
             _zeroed_tickets(query.device, row_programs),
-            *counters,
+            *_counters(activity, batch, query.device),
             *query.stride()[:3],
             *key.stride()[:3],
             *value.stride()[:3],
             key_length,
             query_length,
             plan.weights.shape[1],
-            tiles_per_chunk * block_k,
+            tiles_per_chunk * specialization.block_k,
             scaling,
-        ),
-        (
             heads,
             heads // key.shape[1],
-            head_dim,
-            blocked is not None,
-            whole_rows,
-            activity is not None,
-            block_k,
-            block_d,
-            _next_power_of_2(chunk_count),
-            partial_floats,
         ),
+        specialization.constants(),
     )
 
 
-_launch_correct_prefill_rows = _Launcher(_correct_prefill_rows)
-# Where the base kernel got its mask, how the prefill kernel reads it (see `_visible`).
-_CAUSAL_ONLY, _BOOL_MASK, _ADDITIVE_MASK, _PADDING_MASK = 0, 1, 2, 3
-
-
 def _mask_for_kernel(attention_mask: torch.Tensor | None, batch: int, key_length: int):
-    """(kind, tensor, strides over batch, query and key, additive threshold) of the base kernel's mask."""
+    """(tensor, strides over batch, query and key, additive threshold) of the base kernel's mask."""
     if attention_mask is None:
-        return _CAUSAL_ONLY, None, (0, 0, 0), 0.0
+        return None, (0, 0, 0), 0.0
     if attention_mask.dim() == 4:  # [B, 1, Q, K]: the same for every head
         mask = attention_mask[:, 0, :, -key_length:].expand(batch, -1, -1)
         if mask.dtype == torch.bool:
-            return _BOOL_MASK, mask.view(torch.uint8), mask.stride(), 0.0
-        return _ADDITIVE_MASK, mask, mask.stride(), torch.finfo(mask.dtype).min / 2
+            return mask.view(torch.uint8), mask.stride(), 0.0
+        return mask, mask.stride(), torch.finfo(mask.dtype).min / 2
     padding = attention_mask[:, -key_length:].bool().view(torch.uint8)  # [B, K] 2D padding mask
-    return _PADDING_MASK, padding, (padding.stride(0), 0, padding.stride(1)), 0.0
+    return padding, (padding.stride(0), 0, padding.stride(1)), 0.0
 
 
 def correct_prefill_rows(
@@ -735,7 +990,7 @@ def correct_prefill_rows(
     row_valid: torch.Tensor,
     *,
     activity: LayerActivity | None,
-    tile_rows: int = 16,
+    tile_rows: int = TILE_ROWS,
     block_k: int | None = None,
     chunks: int | None = None,
 ) -> None:
@@ -751,29 +1006,22 @@ def correct_prefill_rows(
     just enough chunks give every streaming multiprocessor a few programs.
     """
     query, key, value = call.query, call.key, call.value
-    batch, heads, query_length, head_dim = query.shape
+    batch, heads, query_length = query.shape[:3]
     row_count, key_length, planned_keys = rows.shape[1], key.shape[2], plan.weights.shape[1]
     _check_layouts(output, query, key, value)
     rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)
     order, counts = keys.order.contiguous(), keys.counts.contiguous()
     log_sum_exp = call.normaliser.log_sum_exp
-    mask_kind, mask, mask_strides, blocked_below = _mask_for_kernel(call.attention_mask, batch, key_length)
-    block_d = _next_power_of_2(head_dim)
-    block_k = block_k or max(16, min(64, 8192 // block_d))
-    tiles = _ceil_div(row_count, tile_rows)
+    specialization, tiles, chunks = _prefill_tiling(call, planned_keys, row_count, tile_rows, block_k, chunks)
+    mask, mask_strides, blocked_below = _mask_for_kernel(call.attention_mask, batch, key_length)
     tile_programs = batch * heads * tiles
-    if log_sum_exp is None:
-        chunks = 1  # each chunk would repeat the pass over every key
-    elif chunks is None:
-        chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(query.device), tile_programs)
-    chunks = max(1, min(chunks, _ceil_div(planned_keys, block_k)))
-    partial_floats = STATISTICS + 2 * block_d
     partials = torch.empty(
-        tile_programs * chunks * tile_rows * partial_floats if chunks > 1 else 1,
+        tile_programs * chunks * tile_rows * specialization.constexprs()["PARTIAL_FLOATS"]
+        if chunks > 1
+        else 1,
         dtype=torch.float32,
         device=query.device,
     )
-    counters = (activity.redistributed_rows, activity.moved_mass) if activity else (partials,) * 2
     _launch_correct_prefill_rows(
         (batch * heads, tiles, chunks),
         query.device,
@@ -794,7 +1042,7 @@ def correct_prefill_rows(
             output,
             partials,
             _zeroed_tickets(query.device, tile_programs),
-            *counters,
+            *_counters(activity, batch, query.device),
             *query.stride()[:3],
             *key.stride()[:3],
             *value.stride()[:3],
@@ -806,19 +1054,8 @@ def correct_prefill_rows(
             row_count,
             call.scaling,
             blocked_below,
-        ),
-        (
             heads,
             heads // key.shape[1],
-            head_dim,
-            mask_kind,
-            log_sum_exp is not None,
-            chunks > 1,
-            activity is not None,
-            tile_rows,
-            block_k,
-            block_d,
-            partial_floats,
-            "ieee" if value.dtype == torch.float32 else "tf32",
         ),
+        specialization.constants(),
     )

@@ -45,8 +45,8 @@ class VARState:
     fused: bool = True
     compile: bool = False
     use_triton: bool = True
-    # Checked once per device and kind of launch ("prefill", "whole rows", "decode correction").
-    kernels_agree: dict[tuple[torch.device, str], bool] = field(default_factory=dict)
+    # Checked once per device and kernel specialisation (`row_kernels.RowsSpecialization`, ...).
+    kernels_agree: dict[tuple[torch.device, object], bool] = field(default_factory=dict)
     # The most float32 values in one [B, H, rows, keys] block of the prefill rows' explicit work:
     # bounds VAR's extra memory whatever the prompt (tests set it small to cross block boundaries).
     block_elements: int = DEFAULT_BLOCK_ELEMENTS

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-TOOL_MODULES = ("check_data", "tasks_path", "sink_dims", "leaderboard", "demo", "show")
+TOOL_MODULES = ("check_data", "tasks_path", "sink_dims", "leaderboard", "demo", "show", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from lmms_var.patch import prefill
 from lmms_var.patch.prefill import _block_keys, _block_rows, correct_prefill_rows, relevant_keys
 from tests.patch.layer_cases import (
     ONE_IMAGE,
@@ -69,6 +70,18 @@ def test_relevant_keys_in_blocks_equal_whole_rows(images, padded, source, block)
     output, selected, budget = corrected(case, source, block_elements)
     assert torch.equal(selected, expected_selected)
     torch.testing.assert_close(budget, expected_budget, atol=1e-6, rtol=1e-5)
+    assert_matches_whole_rows(case, output, expected, selected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["selected pairs gathered", "every row corrected"])
+@pytest.mark.parametrize("block", ["rows +0", "rows -1", "keys -1"])
+def test_both_ways_of_correcting_a_block_equal_whole_rows(monkeypatch, path, block):
+    """A block is corrected pair by pair where few are selected, whole where most are: both are exact."""
+    monkeypatch.setattr(prefill, "_DENSE_SHARE", 10**9 if path == "every row corrected" else 0)
+    case = attention_case(torch.float32, decode=False, padded=True, images=TWO_IMAGES)
+    expected, expected_selected, _ = pytorch_path(case)
+    output, selected, _ = corrected(case, "sdpa", block_elements_for(case, block, relevant_count(case)))
+    assert torch.equal(selected, expected_selected) and selected.any() and not selected.all()
     assert_matches_whole_rows(case, output, expected, selected, atol=1e-5, rtol=1e-5)
 
 

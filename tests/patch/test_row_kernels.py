@@ -240,6 +240,73 @@ def test_launch_keys_tell_apart_every_specialisation_triton_compiles():
                 )
 
 
+def _recorded_launch(monkeypatch, run) -> tuple[object, tuple, tuple]:
+    """(kernel, arguments, constexprs) of the one launch `run` makes, the kernel not run."""
+    launches = []
+    for launcher in ("_launch_correct_prefill_rows", "_launch_redistribute_rows"):
+        kernel = getattr(kernels, launcher).kernel
+        monkeypatch.setattr(
+            kernels,
+            launcher,
+            lambda grid, device, arguments, constants, kernel=kernel: launches.append(
+                (kernel, arguments, constants)
+            ),
+        )
+    run()
+    (launch,) = launches
+    return launch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "decode correction",
+        "whole rows",
+        "prefill",
+        "prefill, no log-sum-exp",
+        "additive",
+        "padding",
+        "unmasked",
+    ],
+)
+def test_launches_are_specialisations_ci_compiles(monkeypatch, dtype, kind):
+    """What a launch passes Triton is exactly its specialisation: the constexprs, and the argument
+    types Triton derives at run time, are those `specializations` lists and CI compiles."""
+    from triton.backends.compiler import BaseBackend
+    from triton.runtime.jit import native_specialize_impl
+
+    case = attention_case(dtype, decode=kind in ("decode correction", "whole rows"), padded=True)
+    if kind == "additive":
+        case["mask"] = torch.zeros(case["mask"].shape, dtype=dtype).masked_fill(
+            ~case["mask"], torch.finfo(dtype).min
+        )
+    elif kind == "padding":
+        case["mask"] = case["mask"][:, 0, -1].long()
+    elif kind == "unmasked":
+        case["mask"] = None
+    if kind in ("decode correction", "whole rows"):
+        whole_rows = kind == "whole rows"
+        kernel, arguments, constants = _recorded_launch(
+            monkeypatch, lambda: through_kernels(case, whole_rows=whole_rows)
+        )
+        expected = kernels.rows_specialization(dtype, 48, blocked=True, whole_rows=whole_rows)
+    else:
+        source = "none" if kind in ("prefill, no log-sum-exp", "padding") else "sdpa"
+        call = layer_call(case, normaliser_for(case, source))
+        kernel, arguments, constants = _recorded_launch(
+            monkeypatch, lambda: prefill_through_kernels(case, source)
+        )
+        expected = kernels.prefill_specialization(call, case["plan"].weights.shape[1], case["rows"].shape[1])
+    assert expected in kernels.specializations((48,), (dtype,))
+    assert kernel is expected.kernel and constants == expected.constants()
+    # Triton makes an integer argument equal to 1 a constant; CI compiles the general i32 variant.
+    runtime = [native_specialize_impl(BaseBackend, argument, False, True, True)[0] for argument in arguments]
+    runtime = ["i32" if kind == "constexpr" else kind for kind in runtime]
+    signature = [kind for kind in expected.signature().values() if kind != "constexpr"]
+    assert runtime == signature
+
+
 @pytest.mark.parametrize("kernel", ["prefill", "decode"])
 def test_non_contiguous_output_is_rejected(kernel):
     case = attention_case(torch.float32, decode=kernel == "decode", padded=False)
@@ -274,12 +341,15 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
             )
             runs.append((out, handle.diagnostics()))
             if use_triton:  # the prefill corrected the base kernel, the decode steps were written whole
-                assert handle.state.kernels_agree == {
-                    (torch.device(DEVICE), "prefill"): True,
-                    (torch.device(DEVICE), "whole rows"): True,
-                }
+                checked = handle.state.kernels_agree
+                assert set(checked.values()) == {True}
+                assert sorted(type(variant).__name__ for _, variant in checked) == [
+                    "PrefillSpecialization",
+                    "RowsSpecialization",
+                ]
+                assert all(variant.whole_rows for _, variant in checked if hasattr(variant, "whole_rows"))
     active_layers = len(CONFIG.active_layers(len(model.model.language_model.layers)))
-    # The prefill and two decode steps, and two launches for each kind's first-use check.
+    # The prefill and two decode steps, and two launches for each specialisation's first-use check.
     assert calls.count("correct_prefill_rows") == active_layers + 2
     assert calls.count("redistribute_rows") == 2 * active_layers + 2
     (kernel_out, kernel_report), (torch_out, torch_report) = runs
@@ -314,3 +384,72 @@ def test_kernels_that_fail_fall_back_to_the_pytorch_path(
                 assert list(handle.state.kernels_agree.values()) == [False]
     torch.testing.assert_close(results[0], results[1], atol=0, rtol=0)
     assert "Triton kernels are off" in caplog.text
+
+
+@needs_kernels
+def test_one_failing_specialisation_falls_back_alone(monkeypatch, caplog, tiny_model, padded_batch):
+    """A variant that fails to compile (here the prefill's) is met in every layer of every prompt:
+    VAR warns once, takes the PyTorch path there with its exact numbers, and keeps the kernels for
+    the variants that work (the decode steps' whole rows)."""
+    model = copy.deepcopy(tiny_model[0]).to(DEVICE)
+    inputs = {key: value.to(DEVICE) for key, value in padded_batch.items()}
+    decode_launches = []
+    counted = kernels._launch_redistribute_rows
+
+    def broken(grid, device, arguments, constants):
+        raise RuntimeError("PTX .version 9.9 does not support .target sm_80")  # as a bad Triton build fails
+
+    def counting(*args):
+        decode_launches.append(args)
+        counted(*args)
+
+    monkeypatch.setattr(kernels, "_launch_correct_prefill_rows", broken)
+    monkeypatch.setattr(kernels, "_launch_redistribute_rows", counting)
+    options = {"max_new_tokens": 3, "min_new_tokens": 3, "do_sample": False}
+    options |= {"output_logits": True, "return_dict_in_generate": True}
+    runs = []
+    for use_triton in (True, False):
+        with enable_var(model, CONFIG, use_triton=use_triton) as handle:
+            prefill = model(**inputs).logits
+            generated = model.generate(**inputs, **options)
+            runs.append((prefill, generated))
+            if use_triton:
+                verdicts = {
+                    type(variant).__name__: agree
+                    for (_, variant), agree in handle.state.kernels_agree.items()
+                }
+    assert verdicts == {"PrefillSpecialization": False, "RowsSpecialization": True}
+    assert caplog.text.count("Triton kernels are off") == 1
+    assert "correct_prefill_rows, float32" in caplog.text and "PTX .version" in caplog.text
+    assert decode_launches, "the decode steps' variant kept the kernels"
+    (kernel_prefill, kernel_run), (torch_prefill, torch_run) = runs
+    torch.testing.assert_close(kernel_prefill, torch_prefill, atol=0, rtol=0)
+    assert torch.equal(kernel_run.sequences, torch_run.sequences)
+    torch.testing.assert_close(kernel_run.logits[0], torch_run.logits[0], atol=0, rtol=0)
+    for kernel_step, torch_step in zip(kernel_run.logits[1:], torch_run.logits[1:], strict=True):
+        torch.testing.assert_close(kernel_step, torch_step, atol=1e-4, rtol=0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("broken", [False, True], ids=["working", "prefill kernel off by one"])
+def test_doctor_checks_each_specialisation_against_the_pytorch_path(monkeypatch, broken):
+    """`lmms-var doctor`'s device check: every variant a model uses is launched as itself and
+    compared with the PyTorch path; a kernel that computes wrongly is reported for its variants only."""
+    from lmms_var.patch import doctor
+
+    if broken:
+        correct = kernels.correct_prefill_rows
+        monkeypatch.setattr(
+            kernels,
+            "correct_prefill_rows",
+            lambda output, *a, **k: (correct(output, *a, **k), output.add_(1)),
+        )
+    report = doctor.Report({}, DEVICE)
+    variants = doctor.model_specializations(kernels, torch.float32)
+    doctor.check_agreement(
+        report, variants, torch.device(DEVICE), {"small": doctor.LayerShape(4, 2, 128, 160)}
+    )
+    assert len(report.findings) == len(variants) == 16
+    failed = {finding.check for finding in report.findings if finding.status != doctor.OK}
+    prefill = {finding.check for finding in report.findings if "correct_prefill_rows" in finding.check}
+    assert failed == (prefill if broken else set()), [finding.detail for finding in report.findings]
