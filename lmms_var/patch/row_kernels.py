@@ -611,6 +611,12 @@ class _Specialization:
     """What both kernels' specialisations share: Triton's view of them (constexprs, argument types)."""
 
     kernel: triton.JITFunction  # set by each subclass
+    head_dim: int
+
+    @property
+    def block_d(self) -> int:
+        """The head dim rounded up to a power of two, as `tl.arange` needs."""
+        return _next_power_of_2(self.head_dim)
 
     def constexprs(self) -> dict[str, object]:
         raise NotImplementedError
@@ -673,10 +679,6 @@ class RowsSpecialization(_Specialization):
 
     kernel = _redistribute_rows  # a class attribute, not a field
 
-    @property
-    def block_d(self) -> int:
-        return _next_power_of_2(self.head_dim)
-
     def constexprs(self) -> dict[str, object]:
         return {
             "HEAD_DIM": self.head_dim,
@@ -722,10 +724,6 @@ class PrefillSpecialization(_Specialization):
     block_k: int  # keys per tile
 
     kernel = _correct_prefill_rows  # a class attribute, not a field
-
-    @property
-    def block_d(self) -> int:
-        return _next_power_of_2(self.head_dim)
 
     def constexprs(self) -> dict[str, object]:
         return {
