@@ -576,13 +576,19 @@ def _internvl_processor(_shape: TinyShape) -> InternVLProcessor:
     )
 
 
-def _internvl_config(shape: TinyShape, tokenizer) -> InternVLConfig:
-    text = shape.text_config(
+def _qwen2_decoder_config(shape: TinyShape, tokenizer) -> dict:
+    """A Qwen2 decoder, as InternVL3 and LLaVA-OneVision use (Qwen2 has query/key biases, where the
+    sink heads are wired)."""
+    return shape.text_config(
         tokenizer,
-        model_type="qwen2",  # InternVL3's decoder (Qwen2 has query/key biases, where sink heads are wired)
+        model_type="qwen2",
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         tie_word_embeddings=False,
     )
+
+
+def _internvl_config(shape: TinyShape, tokenizer) -> InternVLConfig:
+    text = _qwen2_decoder_config(shape, tokenizer)
     return InternVLConfig(
         text_config=text,
         vision_config={
@@ -668,12 +674,7 @@ def _llava_onevision_processor(_shape: TinyShape) -> LlavaOnevisionProcessor:
 
 
 def _llava_onevision_config(shape: TinyShape, tokenizer) -> LlavaOnevisionConfig:
-    text = shape.text_config(
-        tokenizer,
-        model_type="qwen2",  # OneVision's decoder (Qwen2 has query/key biases, where sink heads are wired)
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
-        tie_word_embeddings=False,
-    )
+    text = _qwen2_decoder_config(shape, tokenizer)
     return LlavaOnevisionConfig(
         text_config=text,
         vision_config=_anyres_vision(shape, "siglip_vision_model"),
