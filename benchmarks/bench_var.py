@@ -201,7 +201,7 @@ class Runner:
     def __call__(self, options: dict | None, new_tokens: int = NEW_TOKENS) -> "Run":
         handle = enable_var(self.model, self.config, **options) if options is not None else None
         if handle:
-            handle.state.kernels_agree.update(self.kernel_verdicts)
+            handle.state.caches.kernels_agree.update(self.kernel_verdicts)
         if self.device == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -219,7 +219,7 @@ class Runner:
         if handle and handle.state.collect_diagnostics:
             run = run._replace(report=handle.diagnostics()[0])
         if handle:
-            self.kernel_verdicts.update(handle.state.kernels_agree)
+            self.kernel_verdicts.update(handle.state.caches.kernels_agree)
             handle.remove()
         return run
 

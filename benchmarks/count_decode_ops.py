@@ -39,7 +39,9 @@ def per_decode_step(model, inputs: dict, options: dict | None) -> tuple[float, f
     handle = enable_var(model, CONFIG, **options) if options is not None else None
     if handle:  # the kernels' first-use checks would compare garbage from the stubbed launch
         variants = row_kernels.specializations((TinySpec().shape.head_dim,), (torch.float32,))
-        handle.state.kernels_agree.update({(torch.device("cpu"), variant): True for variant in variants})
+        handle.state.caches.kernels_agree.update(
+            {(torch.device("cpu"), variant): True for variant in variants}
+        )
     calls, launches = [], []
     for tokens in (1, 1 + DECODE_STEPS):
         _launches.clear()

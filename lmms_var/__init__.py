@@ -6,10 +6,19 @@ transformers, so they load on first use (keeps `lmms-var --help` and the lmms-ev
 
 from lmms_var.config import VARConfig
 
-__all__ = ["VARConfig", "VARHandle", "config_from_model", "enable_var"]
+__all__ = [
+    "InterventionHandle",
+    "VARConfig",
+    "VARHandle",
+    "config_from_model",
+    "enable_intervention",
+    "enable_var",
+]
 # Public names served on first use, and the module each comes from.
 _LAZY = {
+    "InterventionHandle": "lmms_var.patch",
     "VARHandle": "lmms_var.patch",
+    "enable_intervention": "lmms_var.patch",
     "enable_var": "lmms_var.patch",
     "config_from_model": "lmms_var.sink_dims.auto",
 }

@@ -32,7 +32,7 @@ from lmms_var.backbones import Backbone, backbone_for
 from lmms_var.checks import check_layers
 from lmms_var.config import VARConfig
 from lmms_var.core import redistribute_with_selection
-from lmms_var.patch import VARHandle, VARState
+from lmms_var.patch import InterventionState, VARHandle
 from lmms_var.patch.attention import attention_function, registered_name
 from lmms_var.patch.explicit import LayerCall, blocked_keys, explicit_attention
 from lmms_var.patch.prefill import DEFAULT_BLOCK_ELEMENTS
@@ -139,13 +139,13 @@ def _tap_name(base_implementation: str) -> str:
     return name
 
 
-# VAR's state (`VARState`) is read in the next three functions only: what the VAR run recorded.
+# VAR's state is read in the next three functions only, through its public methods: what the VAR run recorded.
 
 
 @contextmanager
 def _tapped_run(
     model: torch.nn.Module,
-    state: VARState,
+    state: InterventionState,
     *,
     var: bool,
     layers: Sequence[int] = (),
@@ -155,7 +155,7 @@ def _tapped_run(
     on `layers`; the config and the attention modules are restored after."""
     backbone = backbone_for(model)
     config = backbone.text_config(model)
-    base = state.base_implementation
+    base = state.settings.base_implementation
     tap = _Tap(registered_name(base) if var else base, frozenset(layers), hook)
     decoder_layers = backbone.decoder_layers(model)
     # Only layers with softmax attention call the attention function (not Qwen3.5's linear ones).
@@ -170,18 +170,11 @@ def _tapped_run(
         yield
 
 
-def _eligible_rows(state: VARState) -> torch.Tensor:
-    """Bool[B, T]: the rows VAR may change in this forward (spec step 2), as VAR's state holds them."""
-    eligible = torch.zeros_like(state.visual)
-    return eligible.scatter_(1, state.rows.to(eligible.device), state.row_valid.to(eligible.device))
-
-
-def _recorded_sinks(state: VARState, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _recorded_sinks(state: InterventionState, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(visual Bool[B, T], sinks Bool[B, T]) VAR recorded for `layer` in this forward; None where VAR
     leaves the layer alone."""
-    if not state.acts_on(layer, key_length=state.visual.shape[1]):  # a whole prompt: every key is there
-        return None
-    return state.visual, state.sinks[layer]
+    plan = state.layer_plan(layer)
+    return None if plan is None else (plan.visual, plan.sinks)
 
 
 def row_blocks(
@@ -220,7 +213,7 @@ class _Capture:
     """What the two runs leave: per head and key, the chosen rows' attention summed (`before` in the
     plain run, VAR's `A'` as `after` in the VAR run), and VAR's selections and visual sinks."""
 
-    state: VARState
+    state: InterventionState
     config: VARConfig
     row_rule: str
     predicting: range  # the rows of rule "last" or "answer": those predicting the answer's tokens
@@ -236,7 +229,7 @@ class _Capture:
         if self._rows is None:
             device = self.before.device
             if self.row_rule == "all":
-                self._rows = _eligible_rows(self.state)[0].nonzero().flatten().to(device)
+                self._rows = self.state.eligible_rows()[0].nonzero().flatten().to(device)
             else:
                 self._rows = torch.tensor(list(self.predicting), device=device)
             if self._rows.numel() == 0:
@@ -249,7 +242,7 @@ class _Capture:
         recorded = _recorded_sinks(state, layer)
         if recorded is not None:
             visual, sinks = (mask.to(call.query.device) for mask in recorded)
-            eligible = _eligible_rows(state).to(call.query.device)
+            eligible = state.eligible_rows().to(call.query.device)
             self.sink_positions.update((sinks & visual)[0].nonzero().flatten().tolist())
         pairs = 0
         for rows, attn in row_blocks(call, self.rows()):

@@ -237,7 +237,7 @@ class VARModel:
         handle = enable_var(self._model, config, diagnostics=options.diagnostics)
         layers = config.active_layers(len(self.backbone.decoder_layers(self._model)))
         span = f"layers {layers.start}..{layers.stop - 1}"
-        acting = sorted(handle.state.active_layers)
+        acting = sorted(handle.active_layers)
         if len(acting) < len(layers):
             span += f"; of those only {acting}, the others being linear attention"
         self._log(

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from lmms_var.core import plan_keys
-from lmms_var.patch.attention import _fused_rows
 from lmms_var.patch.explicit import LayerCall, Normaliser, blocked_keys
 from lmms_var.patch.normaliser import LogSumExpCapture
 from lmms_var.patch.prefill import correct_prefill_rows, relevant_keys
+from lmms_var.patch.var import rows_arithmetic
 
 OK, PROBLEM, NOT_CHECKED = "ok", "problem", "not checked"
 PACKAGES = ("torch", "triton", "transformers", "lmms_eval", "lmms_var")
@@ -215,7 +215,7 @@ def run_on_device(row_kernels, specialization, shape: LayerShape, device: torch.
         launched = row_kernels.rows_specialization(
             specialization.dtype, shape[2], blocked=blocked is not None, whole_rows=specialization.whole_rows
         )
-        computed = _fused_rows(
+        computed = rows_arithmetic(
             *(inputs[name] for name in ("query", "key", "value")),
             blocked,
             inputs["plan"],

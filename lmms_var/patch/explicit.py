@@ -7,12 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-
-class Normaliser(NamedTuple):
-    """Where the base kernel's softmax normaliser of every query row can be read, if anywhere."""
-
-    log_sum_exp: torch.Tensor | None = None  # Float32[B, H, Q]: from SDPA's fused kernels
-    weights: torch.Tensor | None = None  # [B, H, Q, K]: eager attention's own post-softmax weights
+from lmms_var.patch.normaliser import Normaliser
 
 
 class LayerCall(NamedTuple):

@@ -18,10 +18,20 @@ runs both SDPA and the operation and keeps the operation only if its output is b
 rows VAR leaves alone always keep the base kernel's exact output.
 """
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
+
+
+class Normaliser(NamedTuple):
+    """Where the base kernel's softmax normaliser of every query row can be read, if anywhere."""
+
+    log_sum_exp: torch.Tensor | None = None  # Float32[B, H, Q]: from SDPA's fused kernels
+    weights: torch.Tensor | None = None  # [B, H, Q, K]: eager attention's own post-softmax weights
+
 
 _SDPA_PARAMETERS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 _SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}

@@ -98,7 +98,7 @@ def _log_sum_exp(call: LayerCall, query: torch.Tensor, rows: torch.Tensor, step:
     return total
 
 
-def _rows_log_sum_exp(
+def rows_log_sum_exp(
     call: LayerCall, query: torch.Tensor, rows: torch.Tensor, block_elements: int
 ) -> torch.Tensor | None:
     """Float32[B, H, r]: the rows' log-sum-exp from the base kernel, or computed over every key;
@@ -230,7 +230,7 @@ def correct_prefill_rows(
     for row_start in range(0, rows.shape[1], row_step):
         block_rows = rows[:, row_start : row_start + row_step]
         query = call.query[samples, :, block_rows].transpose(1, 2)  # indexing beats gather on a CPU
-        log_sum_exp = _rows_log_sum_exp(call, query, block_rows, block_elements)
+        log_sum_exp = rows_log_sum_exp(call, query, block_rows, block_elements)
         key_step = _block_keys(batch_heads, block_rows.shape[1], relevant_count, block_elements)
         key_ranges = [(start, start + key_step) for start in range(0, relevant_count, key_step)]
         statistics = plan.offsets[:, None]

@@ -31,8 +31,8 @@ import triton.language as tl
 
 from lmms_var.core import BUDGET, RECEIVERS, STATISTICS, KeyPlan
 from lmms_var.patch.explicit import LayerCall
+from lmms_var.patch.intervention import Counters as LayerActivity
 from lmms_var.patch.prefill import RelevantKeys
-from lmms_var.patch.state import LayerActivity
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _INTERPRETED = tl.constexpr(INTERPRETED)

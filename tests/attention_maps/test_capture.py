@@ -177,10 +177,13 @@ def test_the_model_is_left_as_it_was_found(tiny_model):
     inputs = two_images(processor)
     text_config = model.config.get_text_config()
     with enable_var(model, CONFIG) as handle, torch.no_grad():
-        implementation, base = text_config._attn_implementation, handle.state.base_implementation
+        implementation, base = text_config._attn_implementation, handle.state.settings.base_implementation
         logits = model(**inputs).logits
         attention_maps(handle, processor, inputs, MapSettings(rows="answer", max_new_tokens=2))
-        assert (text_config._attn_implementation, handle.state.base_implementation) == (implementation, base)
+        assert (text_config._attn_implementation, handle.state.settings.base_implementation) == (
+            implementation,
+            base,
+        )
         torch.testing.assert_close(model(**inputs).logits, logits, rtol=0, atol=0)
 
 

@@ -540,7 +540,7 @@ def test_qwen3_5_names_the_layers_var_acts_on(tiny_checkpoints, log_lines, tmp_p
     args = model_args(backbone, pretrained=str(tiny_checkpoints("qwen3_5")), device="cpu")
     var = {"sink_dims": "17;93", "tau": TINY_TAU, "except_last_layer": False, "diagnostics": True}
     lm = var_class(backbone, "chat")(**var, diagnostics_path=str(tmp_path / "d.jsonl"), **args)
-    assert lm.var_handle.state.active_layers == {2}
+    assert lm.var_handle.active_layers == {2}
     assert any(
         "(layers 2..3; of those only [2], the others being linear attention)" in line for line in log_lines
     )

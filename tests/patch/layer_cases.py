@@ -1,6 +1,6 @@
 """Synthetic inputs of one attention layer for VAR's row computations, and what they must give.
 
-The reference is `_fused_rows` over whole rows (every key of every row, as VAR computed prefill rows
+The reference is `rows_arithmetic` over whole rows (every key of every row, as VAR computed prefill rows
 before it walked only visual and sink keys), checked in turn against the eager reference at model level.
 """
 
@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from lmms_var.core import plan_keys
-from lmms_var.patch.attention import _fused_rows
 from lmms_var.patch.explicit import (
     LayerCall,
     Normaliser,
@@ -18,6 +17,7 @@ from lmms_var.patch.explicit import (
     times_values,
 )
 from lmms_var.patch.normaliser import LogSumExpCapture
+from lmms_var.patch.var import rows_arithmetic
 
 PROMPT = 40
 PADDING = (0, 4, 0)  # left padding per sample
@@ -119,7 +119,7 @@ def pytorch_path(case: dict, whole_rows: bool = False) -> tuple[torch.Tensor, to
     heads, query_length, head_dim = query.shape[1:]
     rows_query = query.gather(2, rows[:, None, :, None].expand(-1, heads, -1, head_dim))
     blocked = blocked_keys(case["mask"], rows, query_length, case["key"].shape[2])
-    computed, selected, budget = _fused_rows(
+    computed, selected, budget = rows_arithmetic(
         rows_query,
         case["key"],
         case["value"],

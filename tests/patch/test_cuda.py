@@ -30,7 +30,7 @@ def test_fused_equals_reference_on_cuda(family, family_model, family_batch, dtyp
         patched = logits(model, inputs).float()
         assert all(sample["redistributed_rows"] > 0 for sample in handle.diagnostics())
         generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        kernels_used = list(handle.state.kernels_agree.values())
+        kernels_used = list(handle.state.caches.kernels_agree.values())
     # Prefill corrects the base kernel's rows, decode writes whole rows: two kinds, each checked.
     assert kernels_used == ([] if options else [True, True]), (
         "the kernels ran (no fallback) exactly when asked"
@@ -81,7 +81,7 @@ def test_var_never_synchronises_the_gpu(monkeypatch, tiny_model, padded_batch):
     A synchronisation per layer would stall the host until the GPU drains its queue, 30+ times a forward.
     """
     from lmms_var.patch import attention
-    from lmms_var.patch.state import VARState
+    from lmms_var.patch.state import InterventionState
 
     def without_synchronisation(function):
         def checked(*args, **kwargs):
@@ -100,8 +100,12 @@ def test_var_never_synchronises_the_gpu(monkeypatch, tiny_model, padded_batch):
         with enable_var(model, CONFIG, diagnostics=diagnostics) as handle:
             # The kernels' first-use check compares results on the host, once per model: do it first.
             model.generate(**inputs, **options)
-            assert set(handle.state.kernels_agree.values()) == {True}
+            assert set(handle.state.caches.kernels_agree.values()) == {True}
             with monkeypatch.context() as patched:
-                patched.setattr(attention, "_apply_var", without_synchronisation(attention._apply_var))
-                patched.setattr(VARState, "record_sinks", without_synchronisation(VARState.record_sinks))
+                patched.setattr(attention, "_apply", without_synchronisation(attention._apply))
+                patched.setattr(
+                    InterventionState,
+                    "record_layer_input",
+                    without_synchronisation(InterventionState.record_layer_input),
+                )
                 model.generate(**inputs, **options)

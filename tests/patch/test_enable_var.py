@@ -90,7 +90,7 @@ def test_eager_base_kernel_gives_the_same_result(model, padded_batch):
         with_sdpa = logits(model, padded_batch)
     model.set_attn_implementation("eager")
     with enable_var(model, CONFIG) as handle:
-        assert handle.state.base_implementation == "eager"
+        assert handle.state.settings.base_implementation == "eager"
         with_eager = logits(model, padded_batch)
     for a, b in zip(
         valid_logits(padded_batch, with_sdpa), valid_logits(padded_batch, with_eager), strict=True

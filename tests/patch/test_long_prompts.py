@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lmms_var import enable_var
+from lmms_var import enable_intervention
 from lmms_var.testing.images import random_images
 from tests.conftest import TINY_SPEC
 from tests.patch.test_enable_var import CONFIG, logits, reference, valid_logits
@@ -48,11 +48,10 @@ def test_fused_equals_the_eager_reference(model, tiny_model, prompt, base, block
     model.set_attn_implementation(base)
     with reference(model, CONFIG, TINY_SPEC.model_type, tiny_model[1], inputs):
         expected = logits(model, inputs)
-    with enable_var(model, CONFIG, diagnostics=True) as handle:
-        if block_elements is not None:
-            handle.state.block_elements = block_elements
+    blocks = {} if block_elements is None else {"block_elements": block_elements}
+    with enable_intervention(model, CONFIG, diagnostics=True, **blocks) as handle:
         patched = logits(model, inputs)
-        rows = handle.state.rows.shape[1]
+        rows = handle.state.forward.rows.shape[1]
         assert all(sample["redistributed_rows"] > 0 for sample in handle.diagnostics())
     assert rows > 100, "VAR's rows are most of the prompt"
     for mine, theirs in zip(valid_logits(inputs, patched), valid_logits(inputs, expected), strict=True):
@@ -65,8 +64,7 @@ def test_generation_with_small_blocks_equals_eager_var(model, tiny_model):
     options |= {"output_logits": True, "return_dict_in_generate": True}
     runs = []
     for fused in (True, False):
-        with enable_var(model, CONFIG, fused=fused) as handle:
-            handle.state.block_elements = SMALL_BLOCKS
+        with enable_intervention(model, CONFIG, fused=fused, block_elements=SMALL_BLOCKS):
             runs.append(model.generate(**inputs, **options))
     assert torch.equal(runs[0].sequences, runs[1].sequences)
     for fused_step, eager_step in zip(runs[0].logits, runs[1].logits, strict=True):
@@ -83,8 +81,7 @@ def test_without_a_normaliser_from_the_kernel_var_computes_it(model, tiny_model,
     passes = []
     own_pass = prefill._log_sum_exp
     monkeypatch.setattr(prefill, "_log_sum_exp", lambda *args: passes.append(1) or own_pass(*args))
-    with sdpa_kernel([SDPBackend.MATH]), enable_var(model, CONFIG) as handle:
-        handle.state.block_elements = SMALL_BLOCKS
+    with sdpa_kernel([SDPBackend.MATH]), enable_intervention(model, CONFIG, block_elements=SMALL_BLOCKS):
         patched = logits(model, inputs)
     assert passes, "VAR computed the normaliser itself"
     for mine, theirs in zip(valid_logits(inputs, patched), valid_logits(inputs, expected), strict=True):

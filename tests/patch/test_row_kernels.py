@@ -16,7 +16,7 @@ import torch
 from lmms_var import enable_var
 from lmms_var.patch.explicit import blocked_keys
 from lmms_var.patch.prefill import relevant_keys
-from lmms_var.patch.state import LayerActivity
+from lmms_var.patch.intervention import Counters
 from tests.patch import layer_cases
 from tests.patch.layer_cases import (
     ONE_IMAGE,
@@ -46,7 +46,7 @@ def through_kernels(case: dict, row_valid: torch.Tensor | None = None, **options
     """The corrected (or written) output and the diagnostics counters from `redistribute_rows`."""
     corrected = case["output"].clone()
     zeros = torch.zeros(3, device=DEVICE)
-    activity = LayerActivity(zeros, zeros.clone(), zeros.clone(), zeros.clone())
+    activity = Counters(zeros, zeros.clone())
     blocked = None
     if case["mask"] is not None:
         blocked = blocked_keys(case["mask"], case["rows"], case["query"].shape[2], case["key"].shape[2])
@@ -85,7 +85,7 @@ def prefill_through_kernels(case: dict, source: str = "sdpa", row_valid=None, **
     """The corrected output and the diagnostics counters from `correct_prefill_rows`."""
     corrected = case["output"].clone()
     zeros = torch.zeros(3, device=DEVICE)
-    activity = LayerActivity(zeros, zeros.clone(), zeros.clone(), zeros.clone())
+    activity = Counters(zeros, zeros.clone())
     kernels.correct_prefill_rows(
         corrected,
         layer_call(case, normaliser_for(case, source)),
@@ -174,7 +174,7 @@ def check_decode_correction(dtype, padded: bool, **tiling) -> None:
 
 
 def check_activity(
-    activity: LayerActivity, selected: torch.Tensor, budget: torch.Tensor, rtol: float = 1.3e-6
+    activity: Counters, selected: torch.Tensor, budget: torch.Tensor, rtol: float = 1.3e-6
 ) -> None:
     assert torch.equal(activity.redistributed_rows, selected.sum(dim=(1, 2)).float())
     torch.testing.assert_close(activity.moved_mass, (budget * selected).sum(dim=(1, 2)), rtol=rtol, atol=1e-5)
@@ -341,7 +341,7 @@ def test_generation_through_the_kernels_equals_the_pytorch_path(monkeypatch, tin
             )
             runs.append((out, handle.diagnostics()))
             if use_triton:  # the prefill corrected the base kernel, the decode steps were written whole
-                checked = handle.state.kernels_agree
+                checked = handle.state.caches.kernels_agree
                 assert set(checked.values()) == {True}
                 assert sorted(type(variant).__name__ for _, variant in checked) == [
                     "PrefillSpecialization",
@@ -381,7 +381,7 @@ def test_kernels_that_fail_fall_back_to_the_pytorch_path(
         with enable_var(model, CONFIG, use_triton=use_triton) as handle:
             results.append(model(**inputs).logits)
             if use_triton:
-                assert list(handle.state.kernels_agree.values()) == [False]
+                assert list(handle.state.caches.kernels_agree.values()) == [False]
     torch.testing.assert_close(results[0], results[1], atol=0, rtol=0)
     assert "Triton kernels are off" in caplog.text
 
@@ -416,7 +416,7 @@ def test_one_failing_specialisation_falls_back_alone(monkeypatch, caplog, tiny_m
             if use_triton:
                 verdicts = {
                     type(variant).__name__: agree
-                    for (_, variant), agree in handle.state.kernels_agree.items()
+                    for (_, variant), agree in handle.state.caches.kernels_agree.items()
                 }
     assert verdicts == {"PrefillSpecialization": False, "RowsSpecialization": True}
     assert caplog.text.count("Triton kernels are off") == 1

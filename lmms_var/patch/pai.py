@@ -1,0 +1,38 @@
+"""PAI's attention amplification (INTERVENTIONS_SPEC.md section 2): `s + alpha * |s|` on visual keys.
+
+In layers `start_layer .. end_layer - 1`, every head, the last row of every forward (the last prompt
+row at prefill, the new token's row at each decode step). The logit refine, a second text-only
+stream, is not in the attention function: it is a logits processor added in `generate`.
+"""
+
+import torch
+
+from lmms_var.config import PAIConfig
+from lmms_var.core.score_change import amplified_score_change
+from lmms_var.patch import row_local
+from lmms_var.patch.intervention import Intervention, Positions, PromptContext
+
+
+class PAI(Intervention):
+    """Attention amplification on the image (`PAIConfig`)."""
+
+    name = "PAI"
+    paths = row_local.PATHS
+    config: PAIConfig
+
+    def layers(self, layer_count: int) -> frozenset[int]:
+        return frozenset(self.config.active_layers(layer_count))
+
+    def is_identity(self) -> bool:
+        return self.config.alpha == 0.0
+
+    def rows(self, positions: Positions, new: int, prefill: bool) -> torch.Tensor:
+        return row_local.last_rows(positions, new)
+
+    def layer_plan(self, prompt: PromptContext) -> row_local.ScoreChangePlan:
+        device = prompt.positions.visual.device
+        if device not in prompt.shared:
+            prompt.shared[device] = row_local.visual_keys(prompt.positions)
+        batch = prompt.positions.visual.shape[0]
+        alpha = torch.full((batch,), float(self.config.alpha), device=device)
+        return row_local.ScoreChangePlan(prompt.shared[device], alpha, amplified_score_change)

@@ -1,0 +1,104 @@
+"""The compute path of methods that change a row's scores on visual keys (ScalingVis, AdaptVis, PAI).
+
+INTERVENTIONS_SPEC.md section 3 (`core.score_change`): a changed row needs its scores and values on
+the visual keys, its base attention there (from the row's log-sum-exp, which SDPA gives, or eager
+attention's own weights) and the base kernel's output. `O(visual)` per row; the base kernel's output
+is kept bit for bit everywhere else. The same path serves every backend: these methods change one
+row per sample and forward, too few for a kernel of their own to pay.
+"""
+
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import NamedTuple
+
+import torch
+
+from lmms_var.core.score_change import renormaliser, visual_weight_change
+from lmms_var.patch.explicit import blocked_keys, grouped, scores
+from lmms_var.patch.intervention import Backend, ForwardKind, LayerWork, Positions
+from lmms_var.patch.prefill import rows_log_sum_exp
+
+ScoreChange = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class VisualKeys(NamedTuple):
+    """Per sample, its visual key positions side by side."""
+
+    index: torch.Tensor  # Long[B, M]: visual positions first, then filler
+    present: torch.Tensor  # Bool[B, M]: false on the filler
+
+
+def visual_keys(positions: Positions) -> VisualKeys:
+    """The prompt's visual keys (one synchronisation: the most any sample has)."""
+    visual = positions.visual
+    order = torch.argsort((~visual).to(torch.int8), dim=1, stable=True)
+    count = int(visual.sum(dim=1).max())
+    index = order[:, :count].contiguous()
+    return VisualKeys(index, visual.gather(1, index))
+
+
+class ScoreChangePlan(NamedTuple):
+    """One layer of one prompt, for `correct_rows`."""
+
+    keys: VisualKeys
+    alpha: torch.Tensor  # Float32[B]: the method's strength per sample
+    change: ScoreChange  # g(s, alpha) of `core.score_change`
+
+
+def _base_attention(work: LayerWork, query: torch.Tensor, logits: torch.Tensor, keys: VisualKeys):
+    """Float32[B, H, R, M]: the rows' base attention on the visual keys (0 where blocked)."""
+    call, rows = work.call, work.rows
+    blocked = blocked_keys(call.attention_mask, rows, call.query.shape[2], call.key.shape[2], keys.index)
+    blocked = blocked | ~keys.present[:, None, None, :]
+    weights = call.normaliser.weights
+    if weights is not None:  # eager attention: read its own weights
+        samples = torch.arange(rows.shape[0], device=rows.device)[:, None, None]
+        attn = weights[samples, :, rows[:, :, None], keys.index[:, None, :]].permute(0, 3, 1, 2).float()
+        return attn.masked_fill_(blocked, 0.0)
+    log_sum_exp = rows_log_sum_exp(call, query, rows, work.options.block_elements)
+    return (logits - log_sum_exp[..., None]).masked_fill_(blocked, float("-inf")).exp_()
+
+
+def correct_rows(work: LayerWork) -> None:
+    """Replace the base output of the allowed rows by `(o + sum_k delta_k V_k) / r`, in place."""
+    call, rows, plan = work.call, work.rows, work.plan
+    keys = plan.keys
+    batch = rows.shape[0]
+    kv_heads, head_dim = call.key.shape[1], call.key.shape[3]
+    samples = torch.arange(batch, device=rows.device)[:, None]
+    query = call.query[samples, :, rows].transpose(1, 2)  # [B, H, R, d]
+    per_head = keys.index[:, None, :, None].expand(-1, kv_heads, -1, head_dim)
+    logits = scores(query, call.key.gather(2, per_head), call.scaling)  # s on the visual keys
+    attn = _base_attention(work, query, logits, keys)
+    delta = visual_weight_change(attn, plan.change(logits, plan.alpha[:, None, None, None]))
+    scale = renormaliser(delta)  # [B, H, R]
+    values = call.value.gather(2, per_head).float().flatten(0, 1)  # [B * Hkv, M, d]
+    heads, count = query.shape[1], rows.shape[1]
+    added = torch.bmm(grouped(delta, kv_heads), values).view(batch, heads, count, -1)
+    base = work.output[samples, rows].float()  # [B, R, H, d]
+    changed = (base + added.transpose(1, 2)) / scale.transpose(1, 2)[..., None]
+    keep = ~work.row_valid[..., None, None]
+    work.output[samples, rows] = torch.where(keep, work.output[samples, rows], changed.to(work.output.dtype))
+    if work.counters is not None:
+        allowed = work.row_valid[:, None, :]
+        image = attn.sum(dim=-1)
+        moved = (image + delta.sum(dim=-1)) / scale - image
+        work.counters.redistributed_rows.add_((allowed & (delta != 0).any(dim=-1)).sum(dim=(1, 2)))
+        work.counters.moved_mass.add_((moved * allowed).sum(dim=(1, 2)))
+
+
+# The same path for every kind and backend these methods meet (never whole rows: the base kernel runs).
+PATHS = MappingProxyType(
+    {
+        (kind, backend): correct_rows
+        for kind in (ForwardKind.PREFILL_CORRECTION, ForwardKind.DECODE_CORRECTION)
+        for backend in (Backend.PYTORCH, Backend.TRITON)
+    }
+)
+
+
+def last_rows(positions: Positions, new: int) -> torch.Tensor:
+    """Bool[B, new]: the last row of this forward, where it is not padding."""
+    last = torch.zeros(positions.valid.shape[0], new, dtype=torch.bool, device=positions.valid.device)
+    last[:, -1] = positions.valid[:, -1]
+    return last

@@ -1,0 +1,60 @@
+"""ScalingVis and AdaptVis (INTERVENTIONS_SPEC.md section 1): the last prompt row's visual scores times alpha.
+
+Only the row predicting the first answer token changes, in every layer and head, at prefill; decode
+steps are untouched. AdaptVis takes alpha per sample from the plain model's first-token confidence,
+chosen in `generate` (`choose_alpha`) and handed to the prefill as a per-prompt option.
+"""
+
+import torch
+
+from lmms_var.config import AdaptVisConfig, ScalingVisConfig
+from lmms_var.core.score_change import scaled_score_change
+from lmms_var.patch import row_local
+from lmms_var.patch.intervention import Intervention, Positions, PromptContext
+
+ALPHA_OPTION = "alpha"  # AdaptVis's per-prompt option: Float32[B], chosen per sample
+
+
+class ScalingVis(Intervention):
+    """Visual scores of the last prompt row scaled by `alpha` (`ScalingVisConfig`)."""
+
+    name = "ScalingVis"
+    paths = row_local.PATHS
+    config: ScalingVisConfig
+
+    def layers(self, layer_count: int) -> frozenset[int]:
+        return frozenset(range(layer_count))
+
+    def is_identity(self) -> bool:
+        return self.config.alpha == 1.0
+
+    def rows(self, positions: Positions, new: int, prefill: bool) -> torch.Tensor | None:
+        return row_local.last_rows(positions, new) if prefill else None
+
+    def _alpha(self, prompt: PromptContext) -> torch.Tensor:
+        batch = prompt.positions.visual.shape[0]
+        return torch.full((batch,), float(self.config.alpha), device=prompt.positions.visual.device)
+
+    def layer_plan(self, prompt: PromptContext) -> row_local.ScoreChangePlan:
+        device = prompt.positions.visual.device
+        if device not in prompt.shared:
+            prompt.shared[device] = row_local.visual_keys(prompt.positions)
+        return row_local.ScoreChangePlan(prompt.shared[device], self._alpha(prompt), scaled_score_change)
+
+
+class AdaptVis(ScalingVis):
+    """ScalingVis with alpha chosen per sample from the plain model's confidence (`AdaptVisConfig`)."""
+
+    name = "AdaptVis"
+    config: AdaptVisConfig
+
+    def is_identity(self) -> bool:
+        return self.config.alpha_low == self.config.alpha_high == 1.0
+
+    def _alpha(self, prompt: PromptContext) -> torch.Tensor:
+        if ALPHA_OPTION not in prompt.options:
+            raise RuntimeError(
+                "AdaptVis chooses alpha per prompt from the plain model's first-token confidence inside "
+                "model.generate; a bare forward has no alpha (use handle.prompt_options(alpha=...))"
+            )
+        return prompt.options[ALPHA_OPTION].to(prompt.positions.visual.device, torch.float32)
