@@ -15,8 +15,8 @@ import torch
 
 from lmms_var import enable_var
 from lmms_var.patch.explicit import blocked_keys
-from lmms_var.patch.prefill import relevant_keys
 from lmms_var.patch.intervention import Counters
+from lmms_var.patch.prefill import relevant_keys
 from tests.patch import layer_cases
 from tests.patch.layer_cases import (
     ONE_IMAGE,
