@@ -1,12 +1,20 @@
 """lmms-var: Visual Attention Redistribution (VAR) for vision-language models, as lmms-eval models.
 
-`VARConfig` is light; `enable_var`, `VARHandle` and `config_from_model` import torch and
-transformers, so they load on first use (keeps `lmms-var --help` and the lmms-eval entry point fast).
+The configs (`VARConfig`, `ScalingVisConfig`, `AdaptVisConfig`, `PAIConfig`) are light; `enable_var`,
+`VARHandle` and `config_from_model` import torch and transformers, so they load on first use (keeps `lmms-var --help` and the lmms-eval entry point fast).
 """
 
-from lmms_var.config import VARConfig
+from lmms_var.config import AdaptVisConfig, PAIConfig, ScalingVisConfig, VARConfig
 
-__all__ = ["VARConfig", "VARHandle", "config_from_model", "enable_var"]
+__all__ = [
+    "AdaptVisConfig",
+    "PAIConfig",
+    "ScalingVisConfig",
+    "VARConfig",
+    "VARHandle",
+    "config_from_model",
+    "enable_var",
+]
 # Public names served on first use, and the module each comes from.
 _LAZY = {
     "VARHandle": "lmms_var.patch",
