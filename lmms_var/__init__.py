@@ -1,14 +1,18 @@
 """lmms-var: Visual Attention Redistribution (VAR) for vision-language models, as lmms-eval models.
 
-`VARConfig` is light; `enable_var`, `VARHandle` and `config_from_model` import torch and
+The configs (`VARConfig`, `ScalingVisConfig`, `AdaptVisConfig`, `PAIConfig`) are light;
+`enable_intervention`, `enable_var`, their handle and `config_from_model` import torch and
 transformers, so they load on first use (keeps `lmms-var --help` and the lmms-eval entry point fast).
 """
 
-from lmms_var.config import VARConfig
+from lmms_var.config import AdaptVisConfig, PAIConfig, ScalingVisConfig, VARConfig
 
 __all__ = [
-    "InterventionHandle",
+    "AdaptVisConfig",
+    "PAIConfig",
+    "ScalingVisConfig",
     "VARConfig",
+    "InterventionHandle",
     "VARHandle",
     "config_from_model",
     "enable_intervention",

@@ -1,4 +1,5 @@
-"""VARConfig: the hyper-parameters of one VAR run, validated once so every layer can trust them.
+"""The configs of the attention interventions (VAR, ScalingVis, AdaptVis, PAI), validated once so every
+layer can trust them.
 
 This module imports nothing else from the package, so every layer can use it. A config with measured
 sink dims comes from `lmms_var.config_from_model` (in `sink_dims.auto`, the layer that measures).
@@ -15,8 +16,7 @@ DEFAULT_TAU = 20.0
 def check_tau(tau: object, name: str = "tau") -> None:
     """A sink threshold: a finite number above 0 (an infinite one finds no sink anywhere, so VAR
     would silently change nothing). `name` is the argument as the caller names it."""
-    if not _is_number(tau) or not 0 < tau < math.inf:
-        raise ValueError(f"{name} must be a finite number > 0, got {tau!r}")
+    _check_positive(name, tau)
 
 
 @dataclass(frozen=True)
@@ -52,14 +52,89 @@ class VARConfig:
         for dim in self.sink_dims:
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
                 raise ValueError(f"VARConfig.sink_dims must be non-negative integers, got {self.sink_dims!r}")
-        _check_range("p", self.p, 0.0, 1.0)
-        _check_range("rho", self.rho, 0.0, 1.0)
-        _check_range("summ", self.summ, 0.0, 1.0)
+        _check_range("VARConfig.p", self.p, 0.0, 1.0)
+        _check_range("VARConfig.rho", self.rho, 0.0, 1.0)
+        _check_range("VARConfig.summ", self.summ, 0.0, 1.0)
         check_tau(self.tau, "VARConfig.tau")
 
     def active_layers(self, num_layers: int) -> range:
         """Decoder layers VAR acts on: never the first two, and not the last with `except_last_layer`."""
         return range(2, num_layers - 1 if self.except_last_layer else num_layers)
+
+
+@dataclass(frozen=True)
+class ScalingVisConfig:
+    """ScalingVis (Chen et al., ICML 2025; INTERVENTIONS_SPEC.md section 1): in every layer and head, the
+    last prompt row's scores on visual keys are multiplied by `alpha` before the softmax, at prefill
+    only. `alpha > 1` sharpens the attention on the image, `alpha < 1` flattens it, 1 changes nothing.
+    """
+
+    alpha: float
+
+    def __post_init__(self) -> None:
+        _check_positive("ScalingVisConfig.alpha", self.alpha)
+
+    def active_layers(self, num_layers: int) -> range:
+        """Every decoder layer."""
+        return range(num_layers)
+
+
+@dataclass(frozen=True)
+class AdaptVisConfig:
+    """AdaptVis (the same paper): ScalingVis with `alpha_low` where the plain model's first-token
+    confidence (its largest probability) is below `threshold`, `alpha_high` where it is not. The
+    defaults are the authors' example run."""
+
+    alpha_low: float = 0.5
+    alpha_high: float = 1.5
+    threshold: float = 0.4
+
+    def __post_init__(self) -> None:
+        _check_positive("AdaptVisConfig.alpha_low", self.alpha_low)
+        _check_positive("AdaptVisConfig.alpha_high", self.alpha_high)
+        _check_range("AdaptVisConfig.threshold", self.threshold, 0.0, 1.0)
+
+    def active_layers(self, num_layers: int) -> range:
+        """Every decoder layer."""
+        return range(num_layers)
+
+
+@dataclass(frozen=True)
+class PAIConfig:
+    """PAI (Liu et al., ECCV 2024; INTERVENTIONS_SPEC.md section 2): in layers `start_layer` ..
+    `end_layer - 1` (None: to the last), the last row of every forward adds `alpha * |s|` to its scores
+    on visual keys; the logits are refined against a text-only stream with `gamma` (1: no refine).
+    `alpha = 0` and `gamma = 1` together are the plain model. The defaults are the authors'."""
+
+    alpha: float = 0.2
+    start_layer: int = 2
+    end_layer: int | None = None
+    gamma: float = 1.1
+
+    def __post_init__(self) -> None:
+        _check_non_negative("PAIConfig.alpha", self.alpha)
+        _check_non_negative("PAIConfig.gamma", self.gamma)
+        _check_layer("PAIConfig.start_layer", self.start_layer)
+        if self.end_layer is not None:
+            _check_layer("PAIConfig.end_layer", self.end_layer)
+            if self.end_layer <= self.start_layer:
+                raise ValueError(
+                    f"PAIConfig.end_layer must be above start_layer ({self.start_layer}), got {self.end_layer}"
+                )
+
+    def active_layers(self, num_layers: int) -> range:
+        """Layers `start_layer` .. `end_layer - 1`; a range beyond the model's `num_layers` is an error
+        (a config written for a deeper model would otherwise act on fewer layers than it says)."""
+        end = num_layers if self.end_layer is None else self.end_layer
+        if end > num_layers:
+            raise ValueError(
+                f"PAIConfig.end_layer must be at most the model's {num_layers} layers, got {end}"
+            )
+        if self.start_layer >= end:
+            raise ValueError(
+                f"PAIConfig.start_layer must be below the model's {num_layers} layers, got {self.start_layer}"
+            )
+        return range(self.start_layer, end)
 
 
 def _is_number(value: object) -> bool:
@@ -68,4 +143,19 @@ def _is_number(value: object) -> bool:
 
 def _check_range(name: str, value: object, low: float, high: float) -> None:
     if not _is_number(value) or not low <= value <= high:
-        raise ValueError(f"VARConfig.{name} must be in [{low:g}, {high:g}], got {value!r}")
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+
+
+def _check_positive(name: str, value: object) -> None:
+    if not _is_number(value) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _check_non_negative(name: str, value: object) -> None:
+    if not _is_number(value) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def _check_layer(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a layer index (an integer >= 0), got {value!r}")

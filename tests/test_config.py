@@ -1,6 +1,6 @@
 import pytest
 
-from lmms_var import VARConfig
+from lmms_var import AdaptVisConfig, PAIConfig, ScalingVisConfig, VARConfig
 
 
 def test_defaults_are_the_papers():
@@ -50,3 +50,60 @@ def test_invalid_values_name_the_field(field, value, message):
 )
 def test_active_layers(layers, except_last, expected):
     assert list(VARConfig([1], except_last_layer=except_last).active_layers(layers)) == expected
+
+
+def test_intervention_defaults_are_the_authors():
+    assert (AdaptVisConfig().alpha_low, AdaptVisConfig().alpha_high, AdaptVisConfig().threshold) == (
+        0.5,
+        1.5,
+        0.4,
+    )
+    pai = PAIConfig()
+    assert (pai.alpha, pai.start_layer, pai.end_layer, pai.gamma) == (0.2, 2, None, 1.1)
+    with pytest.raises(AttributeError):
+        pai.gamma = 1.0
+    assert hash(ScalingVisConfig(1.5)) == hash(ScalingVisConfig(alpha=1.5))
+
+
+@pytest.mark.parametrize(
+    ("config_class", "kwargs", "message"),
+    [
+        (ScalingVisConfig, {"alpha": 0}, r"ScalingVisConfig.alpha must be a finite number > 0, got 0"),
+        (ScalingVisConfig, {"alpha": float("inf")}, r"ScalingVisConfig.alpha must be a finite number > 0"),
+        (ScalingVisConfig, {"alpha": float("nan")}, r"ScalingVisConfig.alpha"),
+        (ScalingVisConfig, {"alpha": True}, r"ScalingVisConfig.alpha"),
+        (ScalingVisConfig, {"alpha": "1.5"}, r"ScalingVisConfig.alpha"),
+        (AdaptVisConfig, {"alpha_low": -0.5}, r"AdaptVisConfig.alpha_low must be a finite number > 0"),
+        (AdaptVisConfig, {"alpha_high": 0.0}, r"AdaptVisConfig.alpha_high must be a finite number > 0"),
+        (AdaptVisConfig, {"threshold": 1.2}, r"AdaptVisConfig.threshold must be in \[0, 1\], got 1.2"),
+        (PAIConfig, {"alpha": -0.1}, r"PAIConfig.alpha must be a finite number >= 0, got -0.1"),
+        (PAIConfig, {"gamma": float("inf")}, r"PAIConfig.gamma must be a finite number >= 0, got inf"),
+        (PAIConfig, {"start_layer": -1}, r"PAIConfig.start_layer must be a layer index \(an integer >= 0\)"),
+        (PAIConfig, {"start_layer": 2.0}, r"PAIConfig.start_layer must be a layer index"),
+        (PAIConfig, {"end_layer": True}, r"PAIConfig.end_layer must be a layer index"),
+        (PAIConfig, {"end_layer": 2}, r"PAIConfig.end_layer must be above start_layer \(2\), got 2"),
+    ],
+)
+def test_invalid_intervention_values_name_the_field(config_class, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        config_class(**kwargs)
+
+
+def test_intervention_active_layers():
+    assert ScalingVisConfig(2.0).active_layers(4) == range(4)
+    assert AdaptVisConfig().active_layers(3) == range(3)
+    assert PAIConfig().active_layers(6) == range(2, 6)
+    assert PAIConfig(start_layer=0, end_layer=3).active_layers(6) == range(0, 3)
+    assert PAIConfig(end_layer=6).active_layers(6) == range(2, 6)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (PAIConfig(end_layer=7), r"PAIConfig.end_layer must be at most the model's 6 layers, got 7"),
+        (PAIConfig(start_layer=6), r"PAIConfig.start_layer must be below the model's 6 layers, got 6"),
+    ],
+)
+def test_pai_layers_beyond_the_model_name_the_field(config, message):
+    with pytest.raises(ValueError, match=message):
+        config.active_layers(6)

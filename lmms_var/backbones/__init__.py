@@ -18,6 +18,7 @@ from lmms_var.backbones.qwen2_vl import QWEN2_VL
 from lmms_var.backbones.qwen3_5 import QWEN3_5
 from lmms_var.backbones.qwen3_vl import QWEN3_VL
 from lmms_var.backbones.qwen3_vl_moe import QWEN3_VL_MOE
+from lmms_var.backbones.text_only import PlaceholderTokens, text_only_inputs
 
 BACKBONES: tuple[Backbone, ...] = (
     QWEN2_5_VL,
@@ -36,12 +37,14 @@ __all__ = [
     "BACKBONES",
     "Backbone",
     "LmmsEvalModel",
+    "PlaceholderTokens",
     "UnsupportedModelError",
     "VisualGrid",
     "backbone_for",
     "backbone_for_config",
     "backbone_for_model_type",
     "checkpoint_config",
+    "text_only_inputs",
 ]
 
 

@@ -188,6 +188,9 @@ class Backbone:
     image_size_refusal: Callable[[int, int], str | None] | None = None
     # Head dims of the family's published checkpoints: VAR's GPU kernels are compiled for each in CI.
     head_dims: tuple[int, ...] = ()
+    # The tokens that open and close each run of visual placeholders (Qwen's `<|vision_start|>` and
+    # `<|vision_end|>`), part of the image as a text-only prompt drops it; None where runs have none.
+    visual_delimiters: tuple[str, str] | None = None
 
     def multimodal_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module that owns the text decoder: `model.model` of a loaded checkpoint, or `model` itself."""

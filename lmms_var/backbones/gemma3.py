@@ -66,6 +66,7 @@ GEMMA3 = Backbone(
     model_type="gemma3",
     loader="Gemma3ForConditionalGeneration",
     visual_token_attributes=("image_token_id",),
+    visual_delimiters=("<start_of_image>", "<end_of_image>"),
     projector=None,  # a norm and a bare [vision, text] matrix
     query_key_norms=("self_attn.q_norm", "self_attn.k_norm"),
     visual_grids=_visual_grids,

@@ -129,6 +129,7 @@ INTERNVL = Backbone(
     model_type="internvl",
     loader="InternVLForConditionalGeneration",
     visual_token_attributes=("image_token_id",),
+    visual_delimiters=("<img>", "</img>"),
     projector=("multi_modal_projector.linear_1", "multi_modal_projector.linear_2"),
     visual_grids=_visual_grids,
     processor_outputs=ProcessorOutputs(

@@ -2,6 +2,7 @@
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
 from lmms_var.backbones.qwen2_vl import (
+    QWEN_VISUAL_DELIMITERS,
     qwen_image_size_refusal,
     qwen_pixel_bounds,
     qwen_state,
@@ -14,6 +15,7 @@ QWEN2_5_VL = Backbone(
     model_type="qwen2_5_vl",
     loader="Qwen2_5_VLForConditionalGeneration",
     visual_token_attributes=("image_token_id", "video_token_id"),
+    visual_delimiters=QWEN_VISUAL_DELIMITERS,
     projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
     visual_grids=qwen_visual_grids,
     processor_outputs=QWEN_VL_OUTPUTS,

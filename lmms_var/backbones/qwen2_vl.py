@@ -83,11 +83,15 @@ def qwen_state(pretrained: str, args: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# The tokens around each image's (and each video frame group's) placeholders, in every Qwen-VL family.
+QWEN_VISUAL_DELIMITERS = ("<|vision_start|>", "<|vision_end|>")
+
 QWEN2_VL = Backbone(
     family="Qwen2-VL",
     model_type="qwen2_vl",
     loader="Qwen2VLForConditionalGeneration",
     visual_token_attributes=("image_token_id", "video_token_id"),
+    visual_delimiters=QWEN_VISUAL_DELIMITERS,
     projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
     visual_grids=qwen_visual_grids,
     processor_outputs=QWEN_VL_OUTPUTS,

@@ -16,6 +16,7 @@ from typing import Any
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
 from lmms_var.backbones.qwen2_vl import (
+    QWEN_VISUAL_DELIMITERS,
     qwen_image_size_refusal,
     qwen_pixel_bounds,
     qwen_state,
@@ -37,6 +38,7 @@ QWEN3_5 = Backbone(
     model_type="qwen3_5",
     loader="Qwen3_5ForConditionalGeneration",
     visual_token_attributes=("image_token_id", "video_token_id"),
+    visual_delimiters=QWEN_VISUAL_DELIMITERS,
     projector=("visual.merger.linear_fc1", "visual.merger.linear_fc2"),
     query_key_norms=("self_attn.q_norm", "self_attn.k_norm"),
     gated_query=True,

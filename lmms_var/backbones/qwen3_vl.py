@@ -13,6 +13,7 @@ ones (lmms-eval's `qwen3_5` model, `qwen3_5.py`).
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
 from lmms_var.backbones.qwen2_vl import (
+    QWEN_VISUAL_DELIMITERS,
     qwen_image_size_refusal,
     qwen_pixel_bounds,
     qwen_state,
@@ -25,6 +26,7 @@ QWEN3_VL = Backbone(
     model_type="qwen3_vl",
     loader="Qwen3VLForConditionalGeneration",
     visual_token_attributes=("image_token_id", "video_token_id"),
+    visual_delimiters=QWEN_VISUAL_DELIMITERS,
     projector=("visual.merger.linear_fc1", "visual.merger.linear_fc2"),
     visual_residual_writers=("visual.deepstack_merger_list.*.linear_fc2",),
     query_key_norms=("self_attn.q_norm", "self_attn.k_norm"),
