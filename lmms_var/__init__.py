@@ -9,10 +9,10 @@ from lmms_var.config import AdaptVisConfig, PAIConfig, ScalingVisConfig, VARConf
 
 __all__ = [
     "AdaptVisConfig",
+    "InterventionHandle",
     "PAIConfig",
     "ScalingVisConfig",
     "VARConfig",
-    "InterventionHandle",
     "VARHandle",
     "config_from_model",
     "enable_intervention",

@@ -24,7 +24,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 
 from lmms_var.backbones import Backbone, backbone_for
-from lmms_var.config import VARConfig
+from lmms_var.config import PAIConfig, VARConfig
 from lmms_var.patch.attention import STATE_ATTRIBUTE, registered_name
 from lmms_var.patch.intervention import Intervention, RowOptions
 from lmms_var.patch.interventions import intervention_for
@@ -40,6 +40,7 @@ class InterventionHandle:
     model: torch.nn.Module
     state: InterventionState
     backbone: Backbone
+    tokenizer: object | None  # PAI's refine reads the image delimiters and the pad from it
     _text_config: object
     _hooks: list[RemovableHandle] = field(default_factory=list)
     _attention_modules: list[torch.nn.Module] = field(default_factory=list)
@@ -121,6 +122,7 @@ def enable_intervention(
     compile: bool = False,
     use_triton: bool = True,
     block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    tokenizer=None,
 ) -> InterventionHandle:
     """Attach the intervention `config` describes (`VARConfig`, `ScalingVisConfig`, `AdaptVisConfig`,
     `PAIConfig`) to `model` (of a family in `lmms_var.backbones`); `remove()` on the handle undoes it.
@@ -130,9 +132,15 @@ def enable_intervention(
     as one Triton kernel per layer (`patch/row_kernels.py`): there, small PyTorch operations cost more
     in launches than in math. `use_triton=False` keeps the PyTorch path (for comparison);
     `compile=True` runs that path's decode arithmetic through `torch.compile`; `block_elements` bounds
-    the float32 values of one block of explicit rows (tests make it small).
+    the float32 values of one block of explicit rows (tests make it small). `tokenizer` (the model's)
+    is needed by PAI's logit refine (`PAIConfig.gamma != 1`) to build the text-only prompt.
     """
     intervention = intervention_for(config)
+    if isinstance(config, PAIConfig) and config.gamma != 1 and tokenizer is None:
+        raise ValueError(
+            "tokenizer: PAI's logit refine (gamma != 1) needs the model's tokenizer, which knows its image "
+            "delimiters and pad; pass enable_intervention(..., tokenizer=processor.tokenizer), or gamma=1"
+        )
     backbone = backbone_for(model)
     inner = backbone.multimodal_model(model)
     text_config = backbone.text_config(model)
@@ -170,7 +178,7 @@ def enable_intervention(
         options=RowOptions(block_elements=block_elements, compile=compile),
     )
     state = InterventionState(settings)
-    handle = InterventionHandle(model=model, state=state, backbone=backbone, _text_config=text_config)
+    handle = InterventionHandle(model, state, backbone, tokenizer, text_config)
     modules = list(attention_modules.values())
     handle._hooks.append(
         inner.register_forward_pre_hook(_prompt_starter(state, backbone, modules), with_kwargs=True)

@@ -81,6 +81,11 @@ class LayerWork(NamedTuple):
 ComputePath = Callable[[LayerWork], None]
 
 
+def tensor_inputs(generate_kwargs: Mapping) -> dict[str, torch.Tensor]:
+    """The model inputs among `generate`'s keyword arguments (the processor's tensors), for a forward."""
+    return {name: value for name, value in generate_kwargs.items() if isinstance(value, torch.Tensor)}
+
+
 @dataclass(frozen=True)
 class KernelPath:
     """A Triton entry of a paths table: `run` is checked once per `specialization` (the variant

@@ -1,12 +1,17 @@
 """The registry of interventions: which `Intervention` a config builds. A new method is one module
 (its `Intervention` subclass) and one row here."""
 
-from lmms_var.config import VARConfig
+from lmms_var.config import AdaptVisConfig, PAIConfig, ScalingVisConfig, VARConfig
 from lmms_var.patch.intervention import Intervention
+from lmms_var.patch.pai import PAI
+from lmms_var.patch.scalingvis import AdaptVis, ScalingVis
 from lmms_var.patch.var import VAR
 
 INTERVENTIONS: dict[type, type[Intervention]] = {
     VARConfig: VAR,
+    ScalingVisConfig: ScalingVis,
+    AdaptVisConfig: AdaptVis,
+    PAIConfig: PAI,
 }
 
 

@@ -6,11 +6,13 @@ stream, is not in the attention function: it is a logits processor added in `gen
 """
 
 import torch
+from transformers import LogitsProcessorList
 
 from lmms_var.config import PAIConfig
 from lmms_var.core.score_change import amplified_score_change
 from lmms_var.patch import row_local
-from lmms_var.patch.intervention import Intervention, Positions, PromptContext
+from lmms_var.patch.intervention import Intervention, Positions, PromptContext, tensor_inputs
+from lmms_var.patch.pai_refine import pai_refine
 
 
 class PAI(Intervention):
@@ -36,3 +38,14 @@ class PAI(Intervention):
         batch = prompt.positions.visual.shape[0]
         alpha = torch.full((batch,), float(self.config.alpha), device=device)
         return row_local.ScoreChangePlan(prompt.shared[device], alpha, amplified_score_change)
+
+    def generate(self, handle, generate, *args, **kwargs):
+        """Generation with the image-centric logit refine added (none where gamma is 1)."""
+        refine = pai_refine(
+            handle.model, tensor_inputs(kwargs), handle.tokenizer, self.config, handle.suspended
+        )
+        if refine is not None:
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [*(kwargs.get("logits_processor") or ()), refine]
+            )
+        return generate(*args, **kwargs)

@@ -10,7 +10,8 @@ import torch
 from lmms_var.config import AdaptVisConfig, ScalingVisConfig
 from lmms_var.core.score_change import scaled_score_change
 from lmms_var.patch import row_local
-from lmms_var.patch.intervention import Intervention, Positions, PromptContext
+from lmms_var.patch.adaptvis import adaptvis_alpha, first_token_confidence
+from lmms_var.patch.intervention import Intervention, Positions, PromptContext, tensor_inputs
 
 ALPHA_OPTION = "alpha"  # AdaptVis's per-prompt option: Float32[B], chosen per sample
 
@@ -58,3 +59,10 @@ class AdaptVis(ScalingVis):
                 "model.generate; a bare forward has no alpha (use handle.prompt_options(alpha=...))"
             )
         return prompt.options[ALPHA_OPTION].to(prompt.positions.visual.device, torch.float32)
+
+    def generate(self, handle, generate, *args, **kwargs):
+        """The plain model's first-token confidence from one prefill (no plain generation), alpha per
+        prompt from it, then the generation with ScalingVis(alpha)."""
+        confidence = first_token_confidence(handle.model, tensor_inputs(kwargs), plain=handle.suspended)
+        with handle.prompt_options(**{ALPHA_OPTION: adaptvis_alpha(confidence, self.config)}):
+            return generate(*args, **kwargs)
