@@ -1,4 +1,4 @@
-"""Cost of VAR side by side: plain attention, fused VAR (and eager VAR) on the same prompts.
+"""Cost of VAR (or, with `--method`, ScalingVis, AdaptVis or PAI) side by side with plain attention.
 
 For each variant: wall time of `generate` (prefill + 16 decoded tokens, greedy), of the prefill
 alone (`generate` of one token), both timed in one process with the variants interleaved, and
@@ -11,10 +11,13 @@ the allocator's peak above the level before `generate`.
     python benchmarks/bench_var.py --preset cpu cpu-dense cpu-3b-width cpu-long-text cpu-8-images cpu-batch
     python benchmarks/bench_var.py --preset cpu-long-text --text-lengths 250 1000 2000 4000
     python benchmarks/bench_var.py --preset gpu-3b        # CUDA: Qwen2.5-VL-3B-shaped model, 4 images
+    python benchmarks/bench_var.py --method pai --preset cpu cpu-long-text
 
 Targets (issue 12): fused / plain <= 1.10 in time and in peak extra memory on every CPU preset,
 <= 1.05 in time on `cpu` and `cpu-3b-width` (issue 25: `cpu-dense`, every pair selected, <= 1.10);
-on `gpu-3b` (issue 2) <= 1.10 in time and <= 1.05 in peak memory.
+on `gpu-3b` (issue 2) <= 1.10 in time and <= 1.05 in peak memory. Issue 23: each other method's
+attention part <= 1.10 on `cpu` and `cpu-long-text`; AdaptVis's confidence pass and PAI's text-only
+stream are their own rows.
 Models are random with planted sinks (lmms_var.testing), so VAR has real work. On CUDA fused VAR
 runs the Triton row kernels; "fused VAR, PyTorch path" times the same without them.
 """
@@ -32,14 +35,37 @@ from typing import NamedTuple
 
 import torch
 
-from lmms_var import VARConfig, enable_var
+from lmms_var import AdaptVisConfig, PAIConfig, ScalingVisConfig, VARConfig, enable_intervention
 from lmms_var.sink_dims.calibration import CalibrationPrompt, encode_prompt
 from lmms_var.testing import TinySpec, build_tiny_model
 from lmms_var.testing.images import random_images
 
 QUESTION = "Which point is closer to the camera? (A) the red point (B) the blue point"
 NEW_TOKENS = 16
-DIAGNOSTICS = "fused VAR + diagnostics"  # the variant whose report says what VAR did
+METHODS = ("var", "scalingvis", "adaptvis", "pai")
+# The configs other methods are timed with: the authors' example settings.
+SCALINGVIS = ScalingVisConfig(alpha=1.5)
+ADAPTVIS = AdaptVisConfig(alpha_low=0.5, alpha_high=1.5, threshold=0.4)
+PAI = PAIConfig(alpha=0.2, gamma=1.1)
+
+
+class Variant(NamedTuple):
+    """One timed variant: the intervention's config and `enable_intervention`'s keyword arguments."""
+
+    config: object
+    options: dict
+
+
+def main_variant(method: str) -> str:
+    """The variant whose time is the method's cost (the summary table's column)."""
+    return {"var": "fused VAR", "scalingvis": "ScalingVis", "adaptvis": "AdaptVis, attention only"}.get(
+        method, "PAI, attention only (gamma=1)"
+    )
+
+
+def diagnostics_variant(method: str) -> str:
+    """The variant whose report says what the method did."""
+    return main_variant(method) + " + diagnostics"
 
 
 @dataclass(frozen=True)
@@ -126,19 +152,35 @@ PRESETS["gpu-long-text"] = replace(
 )
 
 
-def variants_of(preset: Preset, compiled: bool) -> dict[str, dict | None]:
-    """name -> enable_var keyword arguments (None: VAR off)."""
+def variants_of(preset: Preset, compiled: bool, method: str = "var") -> dict[str, Variant | None]:
+    """name -> what the variant enables (None: plain)."""
+    main, diagnostics = main_variant(method), diagnostics_variant(method)
+    if method != "var":
+        attention_only = {"scalingvis": SCALINGVIS, "adaptvis": SCALINGVIS, "pai": replace(PAI, gamma=1.0)}
+        variants = {
+            "plain": None,
+            main: Variant(attention_only[method], {}),
+            diagnostics: Variant(attention_only[method], {"diagnostics": True}),
+        }
+        if method == "adaptvis":  # the whole method: the plain confidence pass, then the generation
+            variants["AdaptVis, with its confidence pass"] = Variant(ADAPTVIS, {})
+        if method == "pai":  # the whole method: the text-only stream's refine at every step
+            variants["PAI, with its refine (gamma=1.1)"] = Variant(PAI, {})
+        return variants
+    config = preset.var_config()
     variants = {
         "plain": None,
-        "fused VAR": {"fused": True},
-        DIAGNOSTICS: {"fused": True, "diagnostics": True},
+        main: Variant(config, {"fused": True}),
+        diagnostics: Variant(config, {"fused": True, "diagnostics": True}),
     }
     if preset.eager:
-        variants["eager VAR"] = {"fused": False}
+        variants["eager VAR"] = Variant(config, {"fused": False})
     if preset.device == "cuda":  # the fused path runs Triton kernels there unless told not to
-        variants["fused VAR, PyTorch path"] = {"fused": True, "use_triton": False}
+        variants["fused VAR, PyTorch path"] = Variant(config, {"fused": True, "use_triton": False})
     if compiled:
-        variants["fused VAR, compiled"] = {"fused": True, "compile": True, "use_triton": False}
+        variants["fused VAR, compiled"] = Variant(
+            config, {"fused": True, "compile": True, "use_triton": False}
+        )
     return variants
 
 
@@ -169,17 +211,17 @@ def prompt_inputs(processor, preset: Preset) -> dict:
     return {name: value.to(preset.device) for name, value in inputs.items()}
 
 
-def load(preset: Preset) -> tuple[torch.nn.Module, object, VARConfig]:
-    """(model, processor, VAR config) of the preset; `prompt_inputs` makes its batch."""
+def load(preset: Preset) -> tuple[torch.nn.Module, object]:
+    """(model, processor) of the preset; `prompt_inputs` makes its batch."""
     torch.manual_seed(0)
     model, processor = build_tiny_model(preset.spec, device=preset.device)
-    return model.to(preset.dtype), processor, preset.var_config()
+    return model.to(preset.dtype), processor
 
 
 def load_runner(preset: Preset) -> "Runner":
     """A `Runner` of the preset's model on the preset's batch."""
-    model, processor, config = load(preset)
-    return Runner(model, prompt_inputs(processor, preset), config, preset.device)
+    model, processor = load(preset)
+    return Runner(model, processor, prompt_inputs(processor, preset), preset.device)
 
 
 class Run(NamedTuple):
@@ -190,16 +232,19 @@ class Run(NamedTuple):
 
 
 class Runner:
-    """Runs `generate` on one model and batch with VAR as a variant asks, timing it."""
+    """Runs `generate` on one model and batch with an intervention as a variant asks, timing it."""
 
-    def __init__(self, model, inputs: dict, config: VARConfig, device: str) -> None:
-        self.model, self.inputs, self.config, self.device = model, inputs, config, device
+    def __init__(self, model, processor, inputs: dict, device: str) -> None:
+        self.model, self.processor, self.inputs, self.device = model, processor, inputs, device
         # In real use the kernels' first-use check runs once per model; carrying its verdict from
         # one enable_var to the next keeps it out of every timed generate.
         self.kernel_verdicts: dict = {}
 
-    def __call__(self, options: dict | None, new_tokens: int = NEW_TOKENS) -> "Run":
-        handle = enable_var(self.model, self.config, **options) if options is not None else None
+    def __call__(self, variant: Variant | None, new_tokens: int = NEW_TOKENS) -> "Run":
+        handle = None
+        if variant is not None:
+            tokenizer = self.processor.tokenizer
+            handle = enable_intervention(self.model, variant.config, tokenizer=tokenizer, **variant.options)
         if handle:
             handle.state.caches.kernels_agree.update(self.kernel_verdicts)
         if self.device == "cuda":
@@ -216,7 +261,7 @@ class Runner:
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - start_bytes
         run = Run(time.perf_counter() - start, time.process_time() - cpu_start, peak, {})
-        if handle and handle.state.collect_diagnostics:
+        if handle and handle.state.settings.collect_diagnostics:
             run = run._replace(report=handle.diagnostics()[0])
         if handle:
             self.kernel_verdicts.update(handle.state.caches.kernels_agree)
@@ -229,18 +274,18 @@ def _status_kib(field: str) -> int:
         return int(re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE).group(1))
 
 
-def measure_memory_here(preset: Preset, options: dict | None) -> int:
+def measure_memory_here(preset: Preset, variant: Variant | None) -> int:
     """Peak RSS bytes above the level after loading, over one `generate` (run in a fresh process)."""
     runner = load_runner(preset)
     loaded = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # resets the peak RSS (VmHWM) to the current RSS
-    runner(options)
+    runner(variant)
     return (_status_kib("VmHWM") - loaded) * 1024
 
 
-def measure_memory_in_fresh_process(preset_name: str, variant: str) -> int:
-    command = [sys.executable, __file__, "--preset", preset_name, "--memory-of", variant]
+def measure_memory_in_fresh_process(preset_name: str, variant: str, method: str) -> int:
+    command = [sys.executable, __file__, "--preset", preset_name, "--method", method, "--memory-of", variant]
     command += ["--threads", str(torch.get_num_threads())]
     # glibc then returns every block over 64 KiB to the system when freed (its default threshold
     # grows with use, and freed tensors linger in RSS): RSS follows live memory within ~1 MiB.
@@ -258,9 +303,10 @@ class Timings:
     report: dict
 
 
-def time_variants(runner: Runner, variants: dict, repeats: int) -> Timings:
+def time_variants(runner: Runner, variants: dict, repeats: int, method: str = "var") -> Timings:
     warm_up = {name: runner(options) for name, options in variants.items()}  # (and compilation)
-    report = warm_up[DIAGNOSTICS].report if DIAGNOSTICS in warm_up else {}
+    diagnostics = diagnostics_variant(method)
+    report = warm_up[diagnostics].report if diagnostics in warm_up else {}
     timings = Timings({name: [] for name in variants}, {name: [] for name in variants}, report)
     for _ in range(repeats):
         for name, options in variants.items():
@@ -323,13 +369,13 @@ TIME_COLUMNS = (
 
 def bench_preset(name: str, preset: Preset, args) -> dict:
     runner = load_runner(preset)
-    variants = variants_of(preset, args.compiled)
+    variants = variants_of(preset, args.compiled, args.method)
     repeats = args.repeats or preset.repeats
-    timings = time_variants(runner, variants, repeats)
+    timings = time_variants(runner, variants, repeats, args.method)
     if preset.device == "cuda":
         extra = {variant: max(run.cuda_peak for run in runs) for variant, runs in timings.generate.items()}
     else:
-        extra = {variant: measure_memory_in_fresh_process(name, variant) for variant in variants}
+        extra = {variant: measure_memory_in_fresh_process(name, variant, args.method) for variant in variants}
     summary = Summary.of(timings)
     tokens = runner.inputs["input_ids"].shape[1]
     device = (
@@ -341,10 +387,10 @@ def bench_preset(name: str, preset: Preset, args) -> dict:
         f"+{NEW_TOKENS} tokens, {device}, {repeats} repeats"
     )
     report = timings.report
-    print(
-        f"VAR acted (sample 0): {report['visual_sinks']} visual and {report['text_sinks']} text sinks per layer, "
-        f"{report['redistributed_rows']} (head, row) pairs redistributed"
-    )
+    sinks = ""
+    if "visual_sinks" in report:
+        sinks = f"{report['visual_sinks']} visual and {report['text_sinks']} text sinks per layer, "
+    print(f"{args.method} acted (sample 0): {sinks}{report['redistributed_rows']} (head, row) pairs changed")
     print(f"| variant | {TIME_COLUMNS} | peak extra memory (MiB) | extra / plain |")
     print("|---|---|---|---|---|---|---|---|---|")
     for variant in variants:
@@ -352,24 +398,29 @@ def bench_preset(name: str, preset: Preset, args) -> dict:
             f"| {variant} | {summary.row(variant)} | {extra[variant] / 2**20:.1f} | {ratio(extra, variant):.3f} |"
         )
     if args.profile:  # the same model and batch, profiled
-        profile(runner, {variant: variants[variant] for variant in ("plain", "fused VAR")}, preset.device)
+        main = main_variant(args.method)
+        profile(runner, {variant: variants[variant] for variant in ("plain", main)}, preset.device)
     return {"preset": name, "tokens": tokens, "device": device, "summary": summary, "peak_extra_bytes": extra}
 
 
 def sweep_text_lengths(name: str, preset: Preset, lengths: list[int], repeats: int) -> list[dict]:
     """Fused VAR / plain time as the text after the images grows (time only: one process)."""
-    variants = {"plain": None, "fused VAR": {"fused": True}}
+    variants = {
+        label: variant
+        for label, variant in variants_of(preset, False).items()
+        if label in ("plain", "fused VAR")
+    }
     print(f"\npreset {name}, text after the images growing (time only):")
     print(f"| text tokens after the image | prompt tokens | fused VAR: {TIME_COLUMNS} |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
-    model, processor, config = load(preset)  # one model: only the prompt changes
+    model, processor = load(preset)  # one model: only the prompt changes
     for length in lengths:
         sized = replace(
             preset, prompts=tuple(replace(prompt, text_tokens=length) for prompt in preset.prompts)
         )
         inputs = prompt_inputs(processor, sized)
-        summary = Summary.of(time_variants(Runner(model, inputs, config, sized.device), variants, repeats))
+        summary = Summary.of(time_variants(Runner(model, processor, inputs, sized.device), variants, repeats))
         tokens = inputs["input_ids"].shape[1]
         print(f"| {length} | {tokens} | {summary.row('fused VAR')} |")
         rows.append({"text_tokens": length, "tokens": tokens, "summary": summary})
@@ -399,6 +450,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=["cpu"])
+    parser.add_argument(
+        "--method", choices=METHODS, default="var", help="the intervention timed (default: var)"
+    )
     parser.add_argument("--repeats", type=int, help="timed generate calls per variant (default: per preset)")
     parser.add_argument("--json", help="also write the measurements to this file")
     parser.add_argument("--compiled", action="store_true", help="also time fused VAR with compile=True")
@@ -420,7 +474,7 @@ def main() -> None:
     presets = {name: PRESETS[name] for name in args.preset}
     if args.memory_of is not None:  # a child of measure_memory_in_fresh_process
         (preset,) = presets.values()
-        print(measure_memory_here(preset, variants_of(preset, compiled=True)[args.memory_of]))
+        print(measure_memory_here(preset, variants_of(preset, True, args.method)[args.memory_of]))
         return
     if args.text_lengths:
         results = [
@@ -433,12 +487,13 @@ def main() -> None:
     else:
         results = [bench_preset(name, preset, args) for name, preset in presets.items()]
         if len(results) > 1:
-            print(f"\n| preset | tokens | fused VAR: {TIME_COLUMNS} | peak extra memory / plain |")
+            main = main_variant(args.method)
+            print(f"\n| preset | tokens | {main}: {TIME_COLUMNS} | peak extra memory / plain |")
             print("|---|---|---|---|---|---|---|---|---|")
             for result in results:
-                memory = ratio(result["peak_extra_bytes"], "fused VAR")
+                memory = ratio(result["peak_extra_bytes"], main)
                 print(
-                    f"| {result['preset']} | {result['tokens']} | {result['summary'].row('fused VAR')} | {memory:.3f} |"
+                    f"| {result['preset']} | {result['tokens']} | {result['summary'].row(main)} | {memory:.3f} |"
                 )
     if args.json:
         with open(args.json, "w") as out:

@@ -11,7 +11,7 @@ from transformers import LogitsProcessorList
 from lmms_var.config import PAIConfig
 from lmms_var.core.score_change import amplified_score_change
 from lmms_var.patch import row_local
-from lmms_var.patch.intervention import Intervention, Positions, PromptContext, tensor_inputs
+from lmms_var.patch.intervention import ForwardKind, Intervention, Positions, PromptContext, tensor_inputs
 from lmms_var.patch.pai_refine import pai_refine
 
 
@@ -30,6 +30,10 @@ class PAI(Intervention):
 
     def rows(self, positions: Positions, new: int, prefill: bool) -> torch.Tensor:
         return row_local.last_rows(positions, new)
+
+    def decode_kind(self, every_sample_has_visual: bool) -> ForwardKind:
+        # A decode step's one row per sample is PAI's: where each sample has an image, computed whole.
+        return ForwardKind.WHOLE_ROWS if every_sample_has_visual else ForwardKind.DECODE_CORRECTION
 
     def layer_plan(self, prompt: PromptContext) -> row_local.ScoreChangePlan:
         device = prompt.positions.visual.device

@@ -4,7 +4,8 @@ INTERVENTIONS_SPEC.md section 3 (`core.score_change`): a changed row needs its s
 the visual keys, its base attention there (from the row's log-sum-exp, which SDPA gives, or eager
 attention's own weights) and the base kernel's output. `O(visual)` per row; the base kernel's output
 is kept bit for bit everywhere else. The same path serves every backend: these methods change one
-row per sample and forward, too few for a kernel of their own to pay.
+row per sample and forward, too few for a kernel of their own to pay. At a decode step where every
+sample has an image, the one new row is computed whole instead (`whole_rows`), as VAR does.
 """
 
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from lmms_var.core.score_change import renormaliser, visual_weight_change
-from lmms_var.patch.explicit import blocked_keys, grouped, scores
+from lmms_var.patch.explicit import blocked_keys, grouped, scores, times_values
 from lmms_var.patch.intervention import Backend, ForwardKind, LayerWork, Positions
 from lmms_var.patch.prefill import rows_log_sum_exp
 
@@ -87,11 +88,42 @@ def correct_rows(work: LayerWork) -> None:
         work.counters.moved_mass.add_((moved * allowed).sum(dim=(1, 2)))
 
 
-# The same path for every kind and backend these methods meet (never whole rows: the base kernel runs).
+def whole_rows(work: LayerWork) -> None:
+    """Write every row of a decode step whole, `softmax(s') V` over all its keys (the base kernel is
+    skipped: one row per sample costs less explicitly than a base kernel call and a correction)."""
+    call, plan = work.call, work.plan
+    query_length, key_length = call.query.shape[2], call.key.shape[2]
+    logits = scores(call.query, call.key, call.scaling)  # [B, H, Q, K]
+    visual = torch.zeros(logits.shape[0], key_length, dtype=torch.bool, device=logits.device)
+    visual.scatter_(1, plan.keys.index, plan.keys.present)
+    changed = visual[:, None, None, :] & work.row_valid[:, None, :, None]
+    new_logits = torch.where(changed, logits + plan.change(logits, plan.alpha[:, None, None, None]), logits)
+    blocked = blocked_keys(call.attention_mask, work.rows, query_length, key_length)
+    if blocked is not None:
+        new_logits.masked_fill_(blocked, float("-inf"))
+    attn = torch.softmax(new_logits, dim=-1)
+    work.output.copy_(times_values(attn, call.value).transpose(1, 2))
+    if work.counters is not None:
+        before = torch.softmax(
+            logits if blocked is None else logits.masked_fill(blocked, float("-inf")), dim=-1
+        )
+        on_image = visual[:, None, None, :]
+        moved = ((attn - before) * on_image).sum(dim=-1)  # [B, H, Q]
+        allowed = work.row_valid[:, None, :]
+        work.counters.redistributed_rows.add_((allowed & (moved != 0)).sum(dim=(1, 2)))
+        work.counters.moved_mass.add_((moved * allowed).sum(dim=(1, 2)))
+
+
+# Every kind and backend these methods meet, on the PyTorch path (one row per sample and forward is
+# too little work for a kernel of their own to pay).
 PATHS = MappingProxyType(
     {
-        (kind, backend): correct_rows
-        for kind in (ForwardKind.PREFILL_CORRECTION, ForwardKind.DECODE_CORRECTION)
+        (kind, backend): path
+        for kind, path in (
+            (ForwardKind.PREFILL_CORRECTION, correct_rows),
+            (ForwardKind.DECODE_CORRECTION, correct_rows),
+            (ForwardKind.WHOLE_ROWS, whole_rows),
+        )
         for backend in (Backend.PYTORCH, Backend.TRITON)
     }
 )
