@@ -269,12 +269,13 @@ def test_pai_generation_of_a_batch_equals_its_prompts_one_by_one(family, copies)
 
 def synthetic_call(decode: bool, window: int | None = None, seed: int = 0) -> dict:
     """One attention call of 2 prompts (the second left-padded by 3), 4 query heads on 2 key/value heads:
-    the prompt (10 positions, visual 3..6) at prefill, or the 2nd generated token's row at decode; a
-    sliding window keeps only the last `window` keys."""
+    the prompt (10 positions, visual 3..6) at prefill, or the 2nd generated token's row at decode. With a
+    sliding `window` a row sees its last `window` positions, and a decode step gets only those keys (as
+    from a sliding-window cache): the last prompt row's window leaves visual key 3 masked."""
     generator = torch.Generator().manual_seed(seed)
     prompt, end = 10, 12 if decode else 10
     queries = 1 if decode else prompt
-    keys = min(end, window or end)
+    keys = min(end, window or end) if decode else end
     visual = torch.zeros(2, prompt, dtype=torch.bool)
     visual[:, 3:7] = True
     positions = torch.arange(end - keys, end)
@@ -282,6 +283,8 @@ def synthetic_call(decode: bool, window: int | None = None, seed: int = 0) -> di
     visible = (positions[None, None, :] <= rows[None, :, None]) & (positions >= torch.tensor([[0], [3]]))[
         :, None
     ]
+    if window is not None:
+        visible &= positions[None, None, :] > rows[None, :, None] - window
     mask = torch.zeros(2, 1, queries, keys).masked_fill(~visible[:, None], torch.finfo(torch.float32).min)
     return {
         "query": torch.randn(2, 4, queries, 8, generator=generator),
@@ -322,11 +325,13 @@ def by_the_spec(call: dict, new_score, changed_rows) -> torch.Tensor:
 CHANGES = {
     "scalingvis": (scaled, torch.tensor([1.5, 0.5]), lambda s, b: [1.5, 0.5][b] * s, False),
     "pai": (amplified, torch.tensor([0.4, 0.4]), lambda s, b: s + 0.4 * abs(s), True),
+    # alpha >= 1 would lift a masked key's score to >= 0: only visible keys change.
+    "pai_large": (amplified, torch.tensor([1.5, 1.5]), lambda s, b: s + 1.5 * abs(s), True),
 }
 
 
 @pytest.mark.parametrize("method", CHANGES)
-@pytest.mark.parametrize(("decode", "window"), [(False, None), (True, None), (True, 6)])
+@pytest.mark.parametrize(("decode", "window"), [(False, None), (False, 6), (True, None), (True, 6)])
 def test_the_attention_function_follows_the_spec_formula(method, decode, window):
     change, alpha, new_score, generated_rows = CHANGES[method]
     call = synthetic_call(decode, window)
@@ -345,11 +350,15 @@ def test_the_attention_function_follows_the_spec_formula(method, decode, window)
 
 
 def test_pai_refine_by_hand():
-    """gamma * (lp_c - lp_t) + lp_t, and -inf where p_c < 0.1 max p_c (0.04 < 0.05 here)."""
-    main = torch.tensor([[0.5, 0.3, 0.04, 0.16]]).log()
-    text_only = torch.tensor([[0.1, 0.6, 0.2, 0.1]]).log()
-    expected = [1.1 * math.log(0.5 / 0.1) + math.log(0.1), 1.1 * math.log(0.3 / 0.6) + math.log(0.6)]
-    expected += [float("-inf"), 1.1 * math.log(0.16 / 0.1) + math.log(0.1)]
+    """gamma * (lp_c - lp_t) + lp_t, and -inf where p_c < 0.1 max p_c (0.04 < 0.05 <= 0.07 here)."""
+    main = torch.tensor([[0.5, 0.3, 0.04, 0.09, 0.07]]).log()
+    text_only = torch.tensor([[0.1, 0.5, 0.2, 0.1, 0.1]]).log()
+    expected = [1.1 * math.log(0.5 / 0.1) + math.log(0.1), 1.1 * math.log(0.3 / 0.5) + math.log(0.5)]
+    expected += [
+        float("-inf"),
+        1.1 * math.log(0.09 / 0.1) + math.log(0.1),
+        1.1 * math.log(0.07 / 0.1) + math.log(0.1),
+    ]
     torch.testing.assert_close(pai_refine(main, text_only, 1.1), torch.tensor([expected]))
     # Logits, not log-probabilities: shifting either stream changes nothing.
     torch.testing.assert_close(pai_refine(main + 3, text_only - 2, 1.1), torch.tensor([expected]))
