@@ -3,6 +3,7 @@ they change, batches, the spec's formulas by hand, and the generation loops agai
 
 import copy
 import math
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from tests.patch.conftest import BATCH, prompt_inputs
 from tests.patch.intervention_cases import (
     assert_generation_matches,
     assert_logits_match,
+    assert_matches_reference,
     family_cases,
     image_batch,
     text_only_inputs,
@@ -24,9 +26,11 @@ from tests.patch.intervention_references import (
     ForwardEnd,
     RowRule,
     amplified,
+    appended,
     attention_function,
     eager_pai_attention,
     eager_scalingvis,
+    last_logits,
     pai_refine,
     reference_adaptvis_generate,
     reference_pai_generate,
@@ -414,3 +418,71 @@ def test_adaptvis_chooses_alpha_per_prompt_from_the_plain_confidence(family, cop
         )
         assert torch.equal(adaptvis.generation.tokens[index], alone.tokens[index])
         assert torch.equal(adaptvis.generation.logits[:, index], alone.logits[:, index])
+
+
+class TextOnlyRefine(LogitsProcessor):
+    """A stand-in for a fused PAI's refine: the text-only stream re-run whole at each step, plainly."""
+
+    def __init__(self, model, text_only, prompt_length: int, gamma: float, plain_attention: str):
+        self.model, self.text_only, self.prompt_length = model, text_only, prompt_length
+        self.gamma, self.plain_attention = gamma, plain_attention
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        text_config = self.model.get_submodule("model.language_model").config
+        amplified_attention, text_config._attn_implementation = (
+            text_config._attn_implementation,
+            self.plain_attention,
+        )
+        try:
+            text_only = last_logits(self.model, appended(self.text_only, input_ids[:, self.prompt_length :]))
+        finally:
+            text_config._attn_implementation = amplified_attention
+        return pai_refine(scores, text_only, self.gamma)
+
+
+@contextmanager
+def stand_in_pai(model, config, inputs, text_only, ids):
+    """What a fused PAI must do, built from the reference's parts: amplification, and the refine as a
+    logits processor of `generate`."""
+    plain_attention = model.get_submodule("model.language_model").config._attn_implementation
+    refine = TextOnlyRefine(model, text_only, inputs["input_ids"].shape[1], config.gamma, plain_attention)
+    generate = model.generate
+    model.generate = lambda **options: generate(**options, logits_processor=LogitsProcessorList([refine]))
+    try:
+        with eager_pai_attention(model, config.alpha, config.start_layer, config.end_layer, inputs, ids):
+            yield
+    finally:
+        del model.generate
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava"])
+def test_assert_matches_reference_passes_a_right_method_and_fails_a_wrong_one(family, copies):
+    model, processor = copies(family)
+    ids = visual_ids(family, processor)
+    inputs = image_batch(processor)
+    text_only = text_only_inputs(inputs, processor, family)
+    scalingvis = SimpleNamespace(alpha=1.7)
+    adaptvis = SimpleNamespace(alpha_low=0.5, alpha_high=1.5, threshold=0.0)  # every prompt confident
+    pai = SimpleNamespace(alpha=0.8, start_layer=1, end_layer=None, gamma=1.5)
+    pai_all_layers = SimpleNamespace(alpha=0.8, start_layer=1, end_layer=layer_count(model), gamma=1.5)
+    cases = [  # (config, a right implementation, a wrong one)
+        (
+            scalingvis,
+            lambda: eager_scalingvis(model, 1.7, inputs, ids),
+            lambda: eager_scalingvis(model, 1.6, inputs, ids),
+        ),
+        (
+            adaptvis,
+            lambda: eager_scalingvis(model, 1.5, inputs, ids),
+            lambda: eager_scalingvis(model, 0.5, inputs, ids),
+        ),
+        (
+            pai,
+            lambda: stand_in_pai(model, pai_all_layers, inputs, text_only, ids),
+            lambda: eager_pai_attention(model, 0.8, 1, layer_count(model), inputs, ids),  # no refine
+        ),
+    ]
+    for config, right, wrong in cases:
+        assert_matches_reference(model, config, inputs, ids, right, text_only_inputs=text_only)
+        with pytest.raises(AssertionError):
+            assert_matches_reference(model, config, inputs, ids, wrong, text_only_inputs=text_only)
