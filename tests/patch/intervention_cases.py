@@ -64,12 +64,13 @@ def text_only_by_hand(inputs, drop_ids: list[int], pad_id: int) -> dict:
     """`inputs` without the tokens in `drop_ids` (each image's whole span), left-padded again with
     `pad_id`: the text-only prompt of PAI's refine, built here independently of the library's."""
     kept = [
-        ids[mask.bool() & ~torch.isin(ids, torch.tensor(drop_ids))]
+        ids[mask.bool() & ~torch.isin(ids, torch.tensor(drop_ids, device=ids.device))]
         for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)
     ]
     length = max(len(ids) for ids in kept)
-    input_ids = torch.full((len(kept), length), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(kept), length), dtype=torch.long)
+    device = inputs["input_ids"].device
+    input_ids = torch.full((len(kept), length), pad_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((len(kept), length), dtype=torch.long, device=device)
     for row, ids in enumerate(kept):
         input_ids[row, length - len(ids) :] = ids
         attention_mask[row, length - len(ids) :] = 1

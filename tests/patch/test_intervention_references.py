@@ -11,7 +11,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from tests.conftest import FAMILIES
-from tests.patch.conftest import BATCH, prompt_inputs
+from tests.patch.conftest import BATCH, chat_text, prompt_inputs
 from tests.patch.intervention_cases import (
     assert_generation_matches,
     assert_logits_match,
@@ -368,11 +368,11 @@ def test_pai_refine_by_hand():
     torch.testing.assert_close(pai_refine(main + 3, text_only - 2, 1.1), torch.tensor([expected]))
 
 
-@pytest.mark.parametrize("family", CORE)
+@pytest.mark.parametrize("family", MATRIX)
 def test_the_loops_equal_cached_generation_under_the_references(family, copies):
     """The references' whole-sequence greedy loops equal `generate` (with its cache) under the same
-    context: tokens and every step's logits. So ScalingVis's decode rows stay plain and PAI's are amplified
-    the same way whichever of the two runs them. PAI with gamma=1 is its amplification alone."""
+    context: tokens and every step's logits. So ScalingVis's decode rows stay plain, PAI's are amplified
+    the same way whichever of the two runs them, and a sliding-window cache's keys (Gemma 3) are placed. PAI with gamma=1 is its amplification alone."""
     model, processor = copies(family)
     ids = visual_ids(family, processor)
     inputs = image_batch(processor)
@@ -486,3 +486,14 @@ def test_assert_matches_reference_passes_a_right_method_and_fails_a_wrong_one(fa
         assert_matches_reference(model, config, inputs, ids, right, text_only_inputs=text_only)
         with pytest.raises(AssertionError):
             assert_matches_reference(model, config, inputs, ids, wrong, text_only_inputs=text_only)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_qwen_text_only_inputs_are_the_prompts_without_their_images(family, tiny_models):
+    """Dropping each image's placeholders and delimiters gives what the chat template gives with no image."""
+    processor = tiny_models(family)[1]
+    texts = [chat_text(processor, 0, question) for _, question in BATCH]
+    expected = processor.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left")
+    built = text_only_inputs(image_batch(processor), processor, family)
+    assert torch.equal(built["input_ids"], expected["input_ids"])
+    assert torch.equal(built["attention_mask"], expected["attention_mask"])
