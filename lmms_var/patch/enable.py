@@ -11,8 +11,9 @@ Three attachment points, all undone by `InterventionHandle.remove()`:
   prompt (prefill) or extend it (decode);
 - forward pre-hooks on the decoder layers the intervention acts on build its per-layer plans at
   prefill (VAR's sinks come from the residual stream entering the layer).
-A method with a part outside the attention (AdaptVis's choice of alpha, PAI's logit refine) also
-wraps `model.generate` (`Intervention.generate`).
+A method with a part outside the attention adds one more: AdaptVis a pre-hook on the model choosing
+alpha before each prefill (`Intervention.prompt_options`), PAI a wrapper of `model.generate` adding
+its logit refine (`Intervention.generate`).
 """
 
 import functools
@@ -190,6 +191,10 @@ def enable_intervention(
             handle._hooks.append(
                 layers[index].register_forward_pre_hook(_plan_builder(state, index), with_kwargs=True)
             )
+    if type(intervention).prompt_options is not Intervention.prompt_options:
+        handle._hooks.append(
+            model.register_forward_pre_hook(_prompt_chooser(handle, backbone), with_kwargs=True)
+        )
     if type(intervention).generate is not Intervention.generate:
         model.generate = functools.partial(intervention.generate, handle, model.generate)
     text_config._attn_implementation = name
@@ -233,11 +238,31 @@ def _prompt_starter(state: InterventionState, backbone: Backbone, attention_modu
         if state.suspended:
             return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = next((kwargs[name] for name in backbone.cache_kwargs if kwargs.get(name) is not None), None)
+        cache = _prompt_cache(backbone, args, kwargs)
         devices = frozenset(_device_of(module) for module in attention_modules)
         state.start_forward(input_ids, kwargs.get("attention_mask"), _past_length(cache), devices)
 
     return start_prompt
+
+
+def _prompt_cache(backbone: Backbone, args: tuple, kwargs: dict):
+    return next((kwargs[name] for name in backbone.cache_kwargs if kwargs.get(name) is not None), None)
+
+
+def _prompt_chooser(handle: InterventionHandle, backbone: Backbone):
+    """The model's pre-hook for methods that choose per-prompt options before the prefill (AdaptVis)."""
+    state = handle.state
+
+    def choose(_module, args, kwargs):
+        if (
+            state.suspended
+            or state.next_prompt_options
+            or _past_length(_prompt_cache(backbone, args, kwargs))
+        ):
+            return
+        state.next_prompt_options = handle.intervention.prompt_options(handle, kwargs)
+
+    return choose
 
 
 def _plan_builder(state: InterventionState, layer: int):

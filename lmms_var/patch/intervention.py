@@ -128,6 +128,12 @@ class Intervention(ABC):
         """The kind of a decode step (a correction unless overridden)."""
         return ForwardKind.DECODE_CORRECTION
 
+    def prompt_options(self, handle, forward_kwargs: Mapping) -> dict:
+        """Per-prompt options chosen before a prompt's prefill from the model's own forward arguments
+        (AdaptVis: alpha from a plain pass); only overridden where there are some (then
+        `enable_intervention` hooks the model's forward to call it)."""
+        return {}
+
     def generate(self, handle, generate: Callable, *args, **kwargs):
         """`model.generate` with the method's parts outside the attention; only overridden where
         there are some (then `enable_intervention` wraps `model.generate` with it)."""

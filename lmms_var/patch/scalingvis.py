@@ -2,8 +2,10 @@
 
 Only the row predicting the first answer token changes, in every layer and head, at prefill; decode
 steps are untouched. AdaptVis takes alpha per sample from the plain model's first-token confidence,
-chosen in `generate` (`choose_alpha`) and handed to the prefill as a per-prompt option.
+measured by a plain pass over the prompt before each prefill and handed to it as a per-prompt option.
 """
+
+from collections.abc import Mapping
 
 import torch
 
@@ -55,14 +57,15 @@ class AdaptVis(ScalingVis):
     def _alpha(self, prompt: PromptContext) -> torch.Tensor:
         if ALPHA_OPTION not in prompt.options:
             raise RuntimeError(
-                "AdaptVis chooses alpha per prompt from the plain model's first-token confidence inside "
-                "model.generate; a bare forward has no alpha (use handle.prompt_options(alpha=...))"
+                "AdaptVis found no alpha for this prompt: the model's forward chooses it (a forward of the "
+                "decoder alone does not); or give it with handle.prompt_options(alpha=...)"
             )
         return prompt.options[ALPHA_OPTION].to(prompt.positions.visual.device, torch.float32)
 
-    def generate(self, handle, generate, *args, **kwargs):
-        """The plain model's first-token confidence from one prefill (no plain generation), alpha per
-        prompt from it, then the generation with ScalingVis(alpha)."""
-        confidence = first_token_confidence(handle.model, tensor_inputs(kwargs), plain=handle.suspended)
-        with handle.prompt_options(**{ALPHA_OPTION: adaptvis_alpha(confidence, self.config)}):
-            return generate(*args, **kwargs)
+    def prompt_options(self, handle, forward_kwargs: Mapping) -> dict:
+        """Alpha per prompt from the plain model's first-token confidence: one plain prefill of the
+        same inputs (no plain generation), before the prompt's own prefill."""
+        confidence = first_token_confidence(
+            handle.model, tensor_inputs(forward_kwargs), plain=handle.suspended
+        )
+        return {ALPHA_OPTION: adaptvis_alpha(confidence, self.config)}
