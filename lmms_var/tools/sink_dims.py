@@ -16,11 +16,11 @@ DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from lmms_var.config import DEFAULT_TAU
-    from lmms_var.sink_dims.calibration import DEFAULT_NUM_SAMPLES
     from lmms_var.sink_dims.defaults import (
         DEFAULT_ATTENTION_FACTOR,
         DEFAULT_MIN_CONSISTENCY,
         DEFAULT_MIN_DISTANCE,
+        DEFAULT_NUM_SAMPLES,
     )
 
     def common(parser: argparse.ArgumentParser) -> None:
