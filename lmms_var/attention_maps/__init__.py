@@ -9,6 +9,7 @@ from lmms_var.attention_maps.capture import MapSettings, attention_maps, default
 from lmms_var.attention_maps.figure import draw_figure, model_note, save_attention_maps
 from lmms_var.attention_maps.layout import VisualPanel, visual_panels
 from lmms_var.attention_maps.maps import AttentionMaps, PanelMap
+from lmms_var.attention_maps.with_var import figure_for_prompt
 
 __all__ = [
     "AttentionMaps",
@@ -18,6 +19,7 @@ __all__ = [
     "attention_maps",
     "default_layers",
     "draw_figure",
+    "figure_for_prompt",
     "model_note",
     "resolve_layers",
     "save_attention_maps",
