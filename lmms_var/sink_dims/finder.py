@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from lmms_var.backbones import backbone_for
 from lmms_var.checks import check_layers
@@ -112,8 +113,6 @@ def encoded_prompts(
     model: torch.nn.Module, processor, prompts: Sequence[CalibrationPrompt], *, progress: bool, desc: str
 ) -> Iterator[dict]:
     """Each prompt's model inputs (batch of one) on the model's device, with a progress bar if asked."""
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     for prompt in tqdm(prompts, desc=desc, unit="prompt", disable=not progress, file=sys.stderr):
         yield {name: value.to(device) for name, value in encode_prompt(processor, prompt).items()}

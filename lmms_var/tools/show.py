@@ -10,7 +10,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmms_var.backbones import DTYPES
+from lmms_var.backbones import (
+    DTYPES,
+    UnsupportedModelError,
+    backbone_for_config,
+    checkpoint_config,
+    load_checkpoint,
+)
 from lmms_var.checks import check_output_file, device_or_default
 from lmms_var.config import VARConfig
 
@@ -77,7 +83,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lmms_var.attention_maps import MapSettings, figure_for_prompt, model_note
-    from lmms_var.backbones import load_checkpoint
     from lmms_var.sink_dims.calibration import CalibrationPrompt, encode_prompt
 
     backbone, model_config = _checked_model(args)
@@ -156,8 +161,6 @@ def _writable_png(path: Path) -> Path:
 def _checked_model(args: argparse.Namespace) -> tuple["Backbone", "PretrainedConfig"]:
     """The model's backbone and config, read before loading: a vision-language family VAR supports."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-    from lmms_var.backbones import UnsupportedModelError, backbone_for_config, checkpoint_config
 
     model_config = checkpoint_config(args.model, "--model ")
     if model_config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:

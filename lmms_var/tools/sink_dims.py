@@ -9,19 +9,24 @@ import argparse
 import json
 from pathlib import Path
 
-from lmms_var.backbones import DTYPES
+from lmms_var.backbones import (
+    DTYPES,
+    UnsupportedModelError,
+    backbone_for_config,
+    checkpoint_config,
+    load_checkpoint,
+)
 from lmms_var.checks import check_output_file, device_or_default
+from lmms_var.config import DEFAULT_TAU
+from lmms_var.sink_dims.defaults import (
+    DEFAULT_ATTENTION_FACTOR,
+    DEFAULT_MIN_CONSISTENCY,
+    DEFAULT_MIN_DISTANCE,
+    DEFAULT_NUM_SAMPLES,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from lmms_var.config import DEFAULT_TAU
-    from lmms_var.sink_dims.defaults import (
-        DEFAULT_ATTENTION_FACTOR,
-        DEFAULT_MIN_CONSISTENCY,
-        DEFAULT_MIN_DISTANCE,
-        DEFAULT_NUM_SAMPLES,
-    )
-
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
         parser.add_argument("--data", type=Path, help="spatial root; default: built-in calibration prompts")
@@ -122,12 +127,6 @@ def run_validate(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, dims: list[int] | None = None):
     """(model, processor) of `--model`; a path that is not a supported model, `dims` beyond its hidden
     size, `--layers` it lacks or a `--device` this machine lacks fail before any weights load."""
-    from lmms_var.backbones import (
-        UnsupportedModelError,
-        backbone_for_config,
-        checkpoint_config,
-        load_checkpoint,
-    )
     from lmms_var.sink_dims.finder import resolve_layers
     from lmms_var.sink_dims.validator import check_dims
 
