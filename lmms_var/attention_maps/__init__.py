@@ -5,7 +5,7 @@ the `attention_maps=N` model arg, the demo). What depends on the model family co
 backbone (`lmms_var.backbones`): the grids, the pictures the model saw, the processor outputs it takes.
 """
 
-from lmms_var.attention_maps.capture import MapSettings, attention_maps, default_layers, resolve_layers
+from lmms_var.attention_maps.capture import MapSettings, attention_maps, default_layers, map_layers
 from lmms_var.attention_maps.figure import draw_figure, model_note, save_attention_maps
 from lmms_var.attention_maps.layout import VisualPanel, visual_panels
 from lmms_var.attention_maps.maps import AttentionMaps, PanelMap
@@ -20,8 +20,8 @@ __all__ = [
     "default_layers",
     "draw_figure",
     "figure_for_prompt",
+    "map_layers",
     "model_note",
-    "resolve_layers",
     "save_attention_maps",
     "visual_panels",
 ]

@@ -75,8 +75,9 @@ def default_layers(num_layers: int) -> list[int]:
     return list(range(-(-num_layers // 3), -(-2 * num_layers // 3)))
 
 
-def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
-    """`layers` sorted and checked against the model, or `default_layers`."""
+def map_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """The decoder layers the maps average: `layers` sorted and checked against the model, or
+    `default_layers`."""
     if layers is None:
         return default_layers(num_layers)
     return check_layers(layers, num_layers)
@@ -85,9 +86,9 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
 def attention_layers_among(
     layers: Sequence[int] | None, num_layers: int, with_attention: Sequence[int]
 ) -> list[int]:
-    """`resolve_layers`, among the layers `with_attention` (softmax attention): by default the others
+    """`map_layers`, among the layers `with_attention` (softmax attention): by default the others
     are left out (Qwen3.5's linear-attention layers have no attention map); given ones are refused."""
-    chosen = resolve_layers(layers, num_layers)
+    chosen = map_layers(layers, num_layers)
     linear = [layer for layer in chosen if layer not in with_attention]
     if linear and layers is not None:
         raise ValueError(

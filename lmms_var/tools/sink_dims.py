@@ -127,7 +127,7 @@ def run_validate(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace, dims: list[int] | None = None):
     """(model, processor) of `--model`; a path that is not a supported model, `dims` beyond its hidden
     size, `--layers` it lacks or a `--device` this machine lacks fail before any weights load."""
-    from lmms_var.sink_dims.finder import resolve_layers
+    from lmms_var.sink_dims.finder import measured_layers
     from lmms_var.sink_dims.validator import check_dims
 
     config = checkpoint_config(args.model, "--model ")
@@ -139,7 +139,7 @@ def _load(args: argparse.Namespace, dims: list[int] | None = None):
     if dims is not None:
         check_dims(dims, text_config.hidden_size)
     if args.layers is not None:
-        resolve_layers(args.layers, text_config.num_hidden_layers)
+        measured_layers(args.layers, text_config.num_hidden_layers)
     device = device_or_default(args.device, "--device")
     return load_checkpoint(args.model, backbone, device=device, dtype=args.dtype)
 
