@@ -3,7 +3,7 @@
 - The **VAR run**: the prompt through the model with VAR attached (its `VARHandle`) and its own
   kernel. At each chosen layer a tap on the attention function takes the layer's queries and keys
   and computes the chosen rows of the attention `A` from them, then the `A'` VAR redistributes to,
-  with the core's `redistribute_with_selection` and the sinks, visual mask and allowed rows VAR
+  with the core's `redistribute_with_selection` and the sinks, image mask and allowed rows VAR
   itself recorded in its state for this prompt. (VAR's own kernel computes the same `A'` for the
   layer's output.)
 - The **plain run**: the same prompt with VAR bypassed, the same rows of `A` at the same layers.
@@ -178,8 +178,8 @@ def _eligible_rows(state: VARState) -> torch.Tensor:
 
 
 def _recorded_sinks(state: VARState, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(visual Bool[B, T], sinks Bool[B, T]) VAR recorded for `layer` in this forward; None where VAR
-    leaves the layer alone."""
+    """(image_mask Bool[B, T], sinks Bool[B, T]) VAR recorded for `layer` in this forward (the core's
+    names: `image_mask` marks every image and video position); None where VAR leaves the layer alone."""
     if not state.acts_on(layer, key_length=state.visual.shape[1]):  # a whole prompt: every key is there
         return None
     return state.visual, state.sinks[layer]
@@ -249,14 +249,14 @@ class _Capture:
         state, var = self.state, self.config
         recorded = _recorded_sinks(state, layer)
         if recorded is not None:
-            visual, sinks = (mask.to(call.query.device) for mask in recorded)
+            image_mask, sinks = (mask.to(call.query.device) for mask in recorded)
             eligible = _eligible_rows(state).to(call.query.device)
-            self.sink_positions.update((sinks & visual)[0].nonzero().flatten().tolist())
+            self.sink_positions.update((sinks & image_mask)[0].nonzero().flatten().tolist())
         pairs = 0
         for rows, attn in row_blocks(call, self.rows()):
             if recorded is not None:
                 after, selected = redistribute_with_selection(
-                    attn, visual, sinks, eligible[:, rows], p=var.p, rho=var.rho, summ=var.summ
+                    attn, image_mask, sinks, eligible[:, rows], p=var.p, rho=var.rho, summ=var.summ
                 )
             else:  # a layer VAR leaves alone: A' is A
                 after, selected = attn, torch.zeros(attn.shape[:3], dtype=torch.bool, device=attn.device)
