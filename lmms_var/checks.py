@@ -108,6 +108,16 @@ def check_device(device: str, what: str) -> torch.device:
     return parsed
 
 
+def device_or_default(device: str | None, what: str) -> str:
+    """`device` checked (`check_device`); "auto" as it is (accelerate spreads the model over what there
+    is); None: the GPU when there is one, else the CPU."""
+    import torch  # see check_device
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device if device == "auto" else str(check_device(device, what))
+
+
 def check_layers(layers: Sequence[int], num_layers: int) -> list[int]:
     """`layers` (decoder layer indices) sorted, without repeats, each in `[0, num_layers)`."""
     chosen = sorted(set(layers))

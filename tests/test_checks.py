@@ -11,6 +11,7 @@ from lmms_var.checks import (
     check_layers,
     check_output_file,
     check_output_folder,
+    device_or_default,
     probe_output_file,
     probe_output_folder,
 )
@@ -85,6 +86,18 @@ def test_devices(monkeypatch):
     assert check_device("cuda:1", "device") == torch.device("cuda:1")
     with pytest.raises(ValueError, match=r"has 2 CUDA device\(s\), cuda:0 to cuda:1$"):
         check_device("cuda:2", "device")
+
+
+def test_a_device_left_out_is_the_gpu_when_there_is_one(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_or_default(None, "--device") == "cpu"
+    assert device_or_default("auto", "--device") == "auto"  # accelerate's to spread
+    with pytest.raises(ValueError, match=r"^--device 'cuda': this machine has no CUDA device; give cpu$"):
+        device_or_default("cuda", "--device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert device_or_default(None, "--device") == "cuda"
+    assert device_or_default("cuda:0", "--device") == "cuda:0"
 
 
 def test_layers_are_sorted_unique_decoder_layers():

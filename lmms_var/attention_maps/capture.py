@@ -3,7 +3,7 @@
 - The **VAR run**: the prompt through the model with VAR attached (its `VARHandle`) and its own
   kernel. At each chosen layer a tap on the attention function takes the layer's queries and keys
   and computes the chosen rows of the attention `A` from them, then the `A'` VAR redistributes to,
-  with the core's `redistribute_with_selection` and the sinks, visual mask and allowed rows VAR
+  with the core's `redistribute_with_selection` and the sinks, image mask and allowed rows VAR
   itself recorded in its state for this prompt. (VAR's own kernel computes the same `A'` for the
   layer's output.)
 - The **plain run**: the same prompt with VAR bypassed, the same rows of `A` at the same layers.
@@ -75,8 +75,9 @@ def default_layers(num_layers: int) -> list[int]:
     return list(range(-(-num_layers // 3), -(-2 * num_layers // 3)))
 
 
-def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
-    """`layers` sorted and checked against the model, or `default_layers`."""
+def map_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """The decoder layers the maps average: `layers` sorted and checked against the model, or
+    `default_layers`."""
     if layers is None:
         return default_layers(num_layers)
     return check_layers(layers, num_layers)
@@ -85,9 +86,9 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
 def attention_layers_among(
     layers: Sequence[int] | None, num_layers: int, with_attention: Sequence[int]
 ) -> list[int]:
-    """`resolve_layers`, among the layers `with_attention` (softmax attention): by default the others
+    """`map_layers`, among the layers `with_attention` (softmax attention): by default the others
     are left out (Qwen3.5's linear-attention layers have no attention map); given ones are refused."""
-    chosen = resolve_layers(layers, num_layers)
+    chosen = map_layers(layers, num_layers)
     linear = [layer for layer in chosen if layer not in with_attention]
     if linear and layers is not None:
         raise ValueError(
@@ -171,10 +172,10 @@ def _tapped_run(
 
 
 def _recorded_sinks(state: InterventionState, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(visual Bool[B, T], sinks Bool[B, T]) VAR recorded for `layer` in this forward; None where VAR
+    """(image_mask Bool[B, T], sinks Bool[B, T]) VAR recorded for `layer` in this forward; None where VAR
     leaves the layer alone."""
     plan = state.layer_plan(layer)
-    return None if plan is None else (plan.visual, plan.sinks)
+    return None if plan is None else (plan.image_mask, plan.sinks)
 
 
 def row_blocks(
@@ -241,14 +242,14 @@ class _Capture:
         state, var = self.state, self.config
         recorded = _recorded_sinks(state, layer)
         if recorded is not None:
-            visual, sinks = (mask.to(call.query.device) for mask in recorded)
+            image_mask, sinks = (mask.to(call.query.device) for mask in recorded)
             eligible = state.eligible_rows().to(call.query.device)
-            self.sink_positions.update((sinks & visual)[0].nonzero().flatten().tolist())
+            self.sink_positions.update((sinks & image_mask)[0].nonzero().flatten().tolist())
         pairs = 0
         for rows, attn in row_blocks(call, self.rows()):
             if recorded is not None:
                 after, selected = redistribute_with_selection(
-                    attn, visual, sinks, eligible[:, rows], p=var.p, rho=var.rho, summ=var.summ
+                    attn, image_mask, sinks, eligible[:, rows], p=var.p, rho=var.rho, summ=var.summ
                 )
             else:  # a layer VAR leaves alone: A' is A
                 after, selected = attn, torch.zeros(attn.shape[:3], dtype=torch.bool, device=attn.device)

@@ -35,6 +35,7 @@ BACKBONES: tuple[Backbone, ...] = (
 
 __all__ = [
     "BACKBONES",
+    "DTYPES",
     "Backbone",
     "LmmsEvalModel",
     "PlaceholderTokens",
@@ -44,8 +45,11 @@ __all__ = [
     "backbone_for_config",
     "backbone_for_model_type",
     "checkpoint_config",
+    "load_checkpoint",
     "text_only_inputs",
 ]
+# Weight dtypes a checkpoint can be loaded in ("auto": the checkpoint's own).
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 class UnsupportedModelError(ValueError):
@@ -101,3 +105,21 @@ def checkpoint_config(pretrained: str, what: str, **hub_options):
         return AutoConfig.from_pretrained(pretrained, **hub_options)
     except (OSError, ValueError) as error:
         raise ValueError(f"{what}{pretrained}: not a checkpoint folder or Hub model id ({error})") from None
+
+
+def load_checkpoint(pretrained: str, backbone: Backbone, *, device: str, dtype: str):
+    """(model, processor) of a checkpoint of `backbone`'s family, in eval mode, on `device` (a torch
+    device or "auto", as `checks.device_or_default` gives it) in `dtype` (one of `DTYPES`).
+
+    Check the config first (`checkpoint_config`, `backbone_for_config`), so that a bad path fails
+    before any weights load; the backbone names the class that loads it.
+    """
+    import torch
+    from transformers import AutoProcessor
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    model = backbone.loader_class().from_pretrained(
+        pretrained, dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map=device
+    )
+    return model.eval(), AutoProcessor.from_pretrained(pretrained)

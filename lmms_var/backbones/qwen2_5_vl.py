@@ -1,14 +1,14 @@
 """Qwen2.5-VL (`qwen2_5_vl`): lmms-eval's `qwen2_5_vl` (simple and chat) loads bfloat16."""
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen2_vl import (
+from lmms_var.backbones.qwen_common import (
     QWEN_VISUAL_DELIMITERS,
+    QWEN_VL_OUTPUTS,
     qwen_image_size_refusal,
     qwen_pixel_bounds,
     qwen_state,
     qwen_visual_grids,
 )
-from lmms_var.backbones.qwen_vl_outputs import QWEN_VL_OUTPUTS
 
 QWEN2_5_VL = Backbone(
     family="Qwen2.5-VL",

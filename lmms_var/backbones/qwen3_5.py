@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen2_vl import (
+from lmms_var.backbones.qwen_common import (
     QWEN_VISUAL_DELIMITERS,
+    QWEN_VL_OUTPUTS,
     qwen_image_size_refusal,
     qwen_pixel_bounds,
     qwen_state,
     qwen_visual_grids,
 )
-from lmms_var.backbones.qwen_vl_outputs import QWEN_VL_OUTPUTS
 
 
 def _state(pretrained: str, args: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,14 +12,14 @@ ones (lmms-eval's `qwen3_5` model, `qwen3_5.py`).
 """
 
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen2_vl import (
+from lmms_var.backbones.qwen_common import (
     QWEN_VISUAL_DELIMITERS,
+    QWEN_VL_OUTPUTS,
     qwen_image_size_refusal,
     qwen_pixel_bounds,
     qwen_state,
     qwen_visual_grids,
 )
-from lmms_var.backbones.qwen_vl_outputs import QWEN_VL_OUTPUTS
 
 QWEN3_VL = Backbone(
     family="Qwen3-VL",

@@ -2,7 +2,7 @@
 
 from lmms_var.leaderboard.formats import FORMATS, render
 from lmms_var.leaderboard.plot import plot_deltas
-from lmms_var.leaderboard.runs import Run, TaskResult, load_run, parse_model_args
+from lmms_var.leaderboard.runs import Run, TaskResult, load_run, model_args_as_text
 from lmms_var.leaderboard.table import Cell, Column, Leaderboard, build_leaderboard
 
 __all__ = [
@@ -14,7 +14,7 @@ __all__ = [
     "TaskResult",
     "build_leaderboard",
     "load_run",
-    "parse_model_args",
+    "model_args_as_text",
     "plot_deltas",
     "render",
 ]

@@ -7,23 +7,19 @@ The interval is the paired bootstrap's over the docs both runs evaluated (`signi
 import math
 from pathlib import Path
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 from lmms_var.leaderboard.table import Cell, Column, Leaderboard
 
 
 def plot_formats() -> list[str]:
     """The file suffixes (without the dot) `plot_deltas` can save to: matplotlib's, read without drawing."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
     return sorted(FigureCanvasAgg.get_supported_filetypes())
 
 
 def plot_deltas(board: Leaderboard, path: str | Path):
     """Save grouped bars (one group per task, one bar per compared run) to `path`; returns the figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if board.baseline is None:
         raise ValueError("--plot needs a baseline: no run has VAR off, so name one with --baseline")
     tasks = [col for col, column in enumerate(board.columns) if not column.is_group]
@@ -31,10 +27,12 @@ def plot_deltas(board: Leaderboard, path: str | Path):
     if not tasks or not rows:
         raise ValueError("--plot needs at least one task and one run besides the baseline")
     width = 0.8 / len(rows)
-    figure, axes = plt.subplots(
+    # A `Figure` of its own, not pyplot's: no global backend to set, no figure to close.
+    figure = Figure(
         figsize=(max(6.0, 0.9 * len(tasks) * max(1, len(rows) / 2)), 4.5 + 0.2 * len(rows)),
         layout="constrained",
     )
+    axes = figure.subplots()
     for rank, row in enumerate(rows):
         cells = [board.cells[row][col] for col in tasks]
         # No bar (NaN) where a run lacks the task or there is no baseline value.
@@ -78,7 +76,6 @@ def plot_deltas(board: Leaderboard, path: str | Path):
     axes.margins(y=0.2)
     figure.legend(loc="outside lower center", fontsize="small")
     figure.savefig(path, dpi=150)
-    plt.close(figure)
     return figure
 
 

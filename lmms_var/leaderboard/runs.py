@@ -40,8 +40,9 @@ class Run:
     results_files: list[Path] = field(default_factory=list)  # those read, resolved
 
 
-def parse_model_args(model_args: str | dict | None) -> dict[str, str]:
-    """`a=1,b=x` (lmms-eval's string form) or a dict (its Python API form) -> {name: text value}."""
+def model_args_as_text(model_args: str | dict | None) -> dict[str, str]:
+    """`a=1,b=x` (lmms-eval's string form) or a dict (its Python API form) -> {name: text value}, for
+    run labels and comparisons (the models' own, typed parsing is `lmms_var.models.args`)."""
     if model_args is None:
         return {}
     if isinstance(model_args, dict):
@@ -155,7 +156,7 @@ def load_run(path: str | Path) -> Run:
         if not isinstance(config, dict):
             raise ValueError(f"{results_file}: not an lmms-eval results file: 'config' is {config!r:.80}")
         model = str(config.get("model", ""))
-        model_args = parse_model_args(config.get("model_args"))
+        model_args = model_args_as_text(config.get("model_args"))
         if run is None:
             run = Run(folder=path, model=model, model_args=model_args)
         elif (model, model_args) != (run.model, run.model_args):

@@ -10,7 +10,11 @@ from pathlib import Path
 
 from PIL import Image
 
-DEFAULT_NUM_SAMPLES = 8
+from lmms_var.sink_dims.defaults import DEFAULT_NUM_SAMPLES
+from lmms_var.sink_dims.synthetic_images import random_image
+from lmms_var.tasks.data_root import DataRoot
+from lmms_var.tasks.images import to_rgb
+from lmms_var.tasks.records import IMAGE_KEYS, read_blink_jsonl
 
 # Questions in the style of the spatial benchmarks VAR is evaluated on.
 _QUESTIONS = (
@@ -35,9 +39,6 @@ class CalibrationPrompt:
 
 def builtin_prompts(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0) -> list[CalibrationPrompt]:
     """`num_samples` deterministic prompts with one or two generated images each."""
-    # Imported here: `lmms_var.testing` pulls in transformers' modeling code, which `--help` must not.
-    from lmms_var.testing.images import random_image
-
     _check_num_samples(num_samples)
     prompts = []
     for i in range(num_samples):
@@ -52,10 +53,6 @@ def builtin_prompts(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = 0) -> li
 
 def data_prompts(root: str | Path, num_samples: int = DEFAULT_NUM_SAMPLES) -> list[CalibrationPrompt]:
     """The first `num_samples` BLINK records of a spatial root, read as the spatial tasks read them."""
-    from lmms_var.tasks.data_root import DataRoot
-    from lmms_var.tasks.images import to_rgb
-    from lmms_var.tasks.records import IMAGE_KEYS, read_blink_jsonl
-
     _check_num_samples(num_samples)
     data_root = DataRoot(Path(root))
     path = data_root.blink_jsonl

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from lmms_var.backbones import backbone_for
 from lmms_var.checks import check_layers
@@ -79,8 +80,9 @@ def check_finder_settings(*, tau: float, min_consistency: float) -> None:
         raise ValueError(f"min_consistency must be in (0, 1], got {min_consistency!r}")
 
 
-def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
-    """`layers` checked against the model, or the default `2 .. num_layers - 1`."""
+def measured_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """The decoder layers the finder and the validator measure: `layers` checked against the model,
+    or the default `2 .. num_layers - 1` (sinks form from layer 2 on)."""
     if layers is None:
         if num_layers <= 2:
             raise ValueError(f"the model has {num_layers} decoder layers; sinks are measured from layer 2 on")
@@ -112,8 +114,6 @@ def encoded_prompts(
     model: torch.nn.Module, processor, prompts: Sequence[CalibrationPrompt], *, progress: bool, desc: str
 ) -> Iterator[dict]:
     """Each prompt's model inputs (batch of one) on the model's device, with a progress bar if asked."""
-    from tqdm.auto import tqdm
-
     device = next(model.parameters()).device
     for prompt in tqdm(prompts, desc=desc, unit="prompt", disable=not progress, file=sys.stderr):
         yield {name: value.to(device) for name, value in encode_prompt(processor, prompt).items()}
@@ -188,7 +188,7 @@ def find_sink_dims(
     check_finder_settings(tau=tau, min_consistency=min_consistency)
     prompts = builtin_prompts() if prompts is None else list(prompts)
     backbone = backbone_for(model)
-    layers = resolve_layers(layers, len(backbone.decoder_layers(model)))
+    layers = measured_layers(layers, len(backbone.decoder_layers(model)))
     hidden_size = backbone.text_config(model).hidden_size
     settings = {"tau": tau, "max_token_fraction": max_token_fraction, "quiet_fraction": quiet_fraction}
     stats = _ChannelStats(hidden_size, layers, settings)

@@ -31,8 +31,8 @@ from lmms_var.sink_dims.defaults import DEFAULT_ATTENTION_FACTOR, DEFAULT_MIN_DI
 from lmms_var.sink_dims.finder import (
     encoded_prompts,
     layer_input_hooks,
+    measured_layers,
     model_name,
-    resolve_layers,
 )
 
 
@@ -142,7 +142,7 @@ def validate_sink_dims(
     prompts = builtin_prompts() if prompts is None else list(prompts)
     modules = backbone.decoder_layers(model)
     layers = [
-        layer for layer in resolve_layers(layers, len(modules)) if layer in backbone.attention_layers(model)
+        layer for layer in measured_layers(layers, len(modules)) if layer in backbone.attention_layers(model)
     ]
     counts = {layer: dict.fromkeys(("detected", "outsized", "both", "scored"), 0) for layer in layers}
     detected: dict[int, torch.Tensor] = {}

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from PIL import Image, ImageFile
 
 from lmms_var.tasks.data_root import BLINK_SUBTASKS, DataRoot, SpatialDataError
@@ -357,8 +358,6 @@ def _hub_doc(row: dict) -> dict:
 
 def read_hub_parquet(files: list[Path]) -> Loaded:
     """Docs from the `val-*.parquet` files of one sub-task of a local export of the Hub's BLINK."""
-    import pyarrow.parquet as pq
-
     loaded = Loaded(source=", ".join(map(str, files)))
     for path in files:
         try:

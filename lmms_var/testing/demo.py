@@ -5,6 +5,12 @@ synthetic colour-square questions in the spatial BLINK layout (`colour_squares`)
 CLI with VAR off and on, prints the leaderboard (VAR's gain per task with its paired p-value), plots
 the gains with their confidence intervals, and draws the attention on the picture of a doc whose
 answer VAR changed, before and after VAR.
+
+It lives with the fixtures because it runs on nothing else: the constructed checkpoint and the
+synthetic data are test fixtures, and every step it takes is library code (`lmms_var.leaderboard`,
+`lmms_var.attention_maps`, ...). So library code never imports `lmms_var.testing`; the `lmms-var demo`
+subcommand (`tools/demo.py`) is the one module outside it that does, only when the demo runs
+(`tests/test_imports.py` holds both rules).
 """
 
 import json
@@ -15,9 +21,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import yaml
 
+from lmms_var.attention_maps import figure_for_prompt
+from lmms_var.backbones import backbone_for_model_type
+from lmms_var.leaderboard import build_leaderboard, load_run, plot_deltas, render
+from lmms_var.models.diagnostics import summarise
+from lmms_var.patch import enable_var
+from lmms_var.sink_dims.calibration import data_prompts, encode_prompt
 from lmms_var.tasks import TASKS_PATH
-from lmms_var.testing.constructed import CONSTRUCTED_NOTE, SINK_DIMS, SPEC, var_config
+from lmms_var.testing.colour_squares import write_colour_square_root
+from lmms_var.testing.constructed import (
+    CONSTRUCTED_NOTE,
+    SINK_DIMS,
+    SPEC,
+    build_constructed_model,
+    save_constructed_checkpoint,
+    var_config,
+)
 
 DISCLAIMER = (
     "Note: the model is CONSTRUCTED (weights set by hand, lmms_var.testing.constructed) so that visual "
@@ -43,8 +64,6 @@ def run_lmms_eval(
     `workdir`; `cli_args` override every item, as on lmms-eval's command line. The combined log goes
     to `workdir/lmms_eval.log`.
     """
-    import yaml
-
     configs = yaml.safe_load(config_file.read_text())
     configs = configs if isinstance(configs, list) else [configs]
     environment = os.environ | {
@@ -85,8 +104,6 @@ def constructed_model_args(checkpoint: Path) -> str:
 
 def demo_runs(checkpoint: Path, diagnostics: Path, task: str = DEMO_TASK, p: float = 0.6) -> list[dict]:
     """lmms-eval `--config` items: the constructed model on `task` with VAR off, then on with `p`."""
-    from lmms_var.backbones import backbone_for_model_type
-
     config = var_config(p=p)
     return [
         {
@@ -107,9 +124,6 @@ def demo_runs(checkpoint: Path, diagnostics: Path, task: str = DEMO_TASK, p: flo
 @torch.no_grad()
 def first_changed_prompt(model, processor, prompts: Sequence, config) -> int:
     """Index of the first prompt whose next token VAR changes (0 when none does)."""
-    from lmms_var.patch import enable_var
-    from lmms_var.sink_dims.calibration import encode_prompt
-
     for index, prompt in enumerate(prompts):
         inputs = encode_prompt(processor, prompt)
         plain = model(**inputs).logits[0, -1].argmax()
@@ -121,15 +135,6 @@ def first_changed_prompt(model, processor, prompts: Sequence, config) -> int:
 
 def run_demo(output: Path) -> int:
     """Run the demo into the (new or empty) folder `output`, printing what it finds; returns an exit code."""
-    import yaml
-
-    from lmms_var.leaderboard import build_leaderboard, load_run, plot_deltas, render
-    from lmms_var.models.diagnostics import summarise
-    from lmms_var.sink_dims.calibration import data_prompts
-    from lmms_var.testing.colour_squares import write_colour_square_root
-    from lmms_var.testing.constructed import build_constructed_model, save_constructed_checkpoint
-    from lmms_var.tools.show import figure_for_prompt
-
     print(f"Building the constructed checkpoint and synthetic data in {output} ...", flush=True)
     checkpoint = save_constructed_checkpoint(output / "constructed_checkpoint")
     data_root = write_colour_square_root(output / "data", docs_per_subtask=DEMO_DOCS_PER_SUBTASK)
@@ -159,9 +164,10 @@ def run_demo(output: Path) -> int:
     figure_for_prompt(
         model,
         processor,
-        prompt,
+        encode_prompt(processor, prompt),
         var_config(),
         figure,
+        question=prompt.question,
         model_name="constructed demo model",
         note=CONSTRUCTED_NOTE,
     )

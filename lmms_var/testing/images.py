@@ -1,23 +1,15 @@
-"""Deterministic synthetic images (Pillow), shared by the checkpoint builder, tests and the demo."""
+"""Deterministic synthetic images (Pillow), shared by the checkpoint builder, tests and the demo.
 
-import random
+`random_image` itself is library code (`lmms_var.sink_dims.synthetic_images`, the calibration
+prompts' pictures); it is re-exported here for the fixtures.
+"""
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from lmms_var.sink_dims.synthetic_images import random_image
 
-def random_image(seed: int, size: tuple[int, int] = (112, 112)) -> Image.Image:
-    """A noisy background with a few coloured shapes: enough structure for a vision tower to vary."""
-    rng = random.Random(seed)
-    # Pillow's effect_noise is not seedable; bytes from our own generator are.
-    image = Image.frombytes("L", size, rng.randbytes(size[0] * size[1])).convert("RGB")
-    draw = ImageDraw.Draw(image)
-    for _ in range(rng.randint(2, 5)):
-        x0, y0 = rng.randrange(size[0] - 8), rng.randrange(size[1] - 8)
-        x1, y1 = x0 + rng.randint(8, size[0] // 2), y0 + rng.randint(8, size[1] // 2)
-        colour = tuple(rng.randrange(256) for _ in range(3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
-    return image
+__all__ = ["IMAGE_MODES", "picture_in_mode", "random_image", "random_images"]
 
 
 def random_images(count: int, seed: int = 0, size: tuple[int, int] = (112, 112)) -> list[Image.Image]:

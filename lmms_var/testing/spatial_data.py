@@ -11,6 +11,8 @@ import json
 import random
 from pathlib import Path
 
+import datasets
+
 from lmms_var.tasks.data_root import SPATIAL_SUBTASKS
 from lmms_var.testing.images import random_image
 
@@ -124,8 +126,6 @@ def write_hub_blink_root(
 ) -> Path:
     """Write `ROOT/BLINK/<Subtask>/val-00000-of-00001.parquet` as a local export of the Hub's BLINK
     (its columns, images as embedded PNG bytes, unused image slots null); returns ROOT."""
-    import datasets
-
     features = datasets.Features(
         {
             "idx": datasets.Value("string"),

@@ -28,6 +28,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The demo runs on test fixtures (`lmms_var.testing.demo` says why it lives there); imported here so
+    # that `lmms-var --help` does not wait for torch.
     from lmms_var.testing.demo import run_demo
 
     output = args.output if args.output is not None else Path(tempfile.mkdtemp(prefix="lmms_var_demo_"))

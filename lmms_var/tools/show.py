@@ -10,7 +10,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmms_var.checks import check_output_file
+from lmms_var.backbones import (
+    DTYPES,
+    UnsupportedModelError,
+    backbone_for_config,
+    checkpoint_config,
+    load_checkpoint,
+)
+from lmms_var.checks import check_output_file, device_or_default
 from lmms_var.config import VARConfig
 
 if TYPE_CHECKING:
@@ -31,8 +38,6 @@ VAR_OPTIONS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from lmms_var.tools.sink_dims import DTYPES
-
     parser = subparsers.add_parser(
         "show",
         help="draw attention maps on the image before and after VAR",
@@ -77,9 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmms_var.attention_maps import MapSettings, model_note
-    from lmms_var.sink_dims.calibration import CalibrationPrompt
-    from lmms_var.tools.sink_dims import load_model
+    from lmms_var.attention_maps import MapSettings, figure_for_prompt, model_note
+    from lmms_var.sink_dims.calibration import CalibrationPrompt, encode_prompt
 
     backbone, model_config = _checked_model(args)
     images = tuple(_read_image(path, backbone) for path in args.image)
@@ -88,15 +92,17 @@ def run(args: argparse.Namespace) -> int:
     settings = MapSettings(
         layers=args.layers, heads=args.heads, rows=args.rows, max_new_tokens=args.max_new_tokens
     )
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    device = device_or_default(args.device, "--device")
+    model, processor = load_checkpoint(args.model, backbone, device=device, dtype=args.dtype)
     maps = figure_for_prompt(
         model,
         processor,
-        CalibrationPrompt(images, args.question),
+        encode_prompt(processor, CalibrationPrompt(images, args.question)),
         config,
         output,
-        settings=settings,
+        question=args.question,
         model_name=args.model,
+        settings=settings,
         note=model_note(args.model),
     )
     for panel_map in maps.panels:
@@ -112,32 +118,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {output} and {output.with_suffix('.json')}")
     return 0
-
-
-def figure_for_prompt(
-    model,
-    processor,
-    prompt,
-    config: VARConfig,
-    output: Path,
-    *,
-    model_name: str,
-    settings=None,
-    note: str | None = None,
-):  # settings: a MapSettings (default MapSettings())
-    """Attach VAR to `model` with `config`, draw `prompt`'s attention maps to `output` (+ JSON), detach.
-
-    Returns the `AttentionMaps`. Shared by `lmms-var show` and `lmms-var demo`.
-    """
-    from lmms_var.attention_maps import MapSettings, attention_maps, save_attention_maps
-    from lmms_var.patch import enable_var
-    from lmms_var.sink_dims.calibration import encode_prompt
-
-    inputs = encode_prompt(processor, prompt)
-    with enable_var(model, config) as handle:
-        maps = attention_maps(handle, processor, inputs, settings or MapSettings())
-    save_attention_maps(maps, output, model=model_name, question=prompt.question, note=note)
-    return maps
 
 
 def _positive_int(text: str) -> int:
@@ -181,8 +161,6 @@ def _writable_png(path: Path) -> Path:
 def _checked_model(args: argparse.Namespace) -> tuple["Backbone", "PretrainedConfig"]:
     """The model's backbone and config, read before loading: a vision-language family VAR supports."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-    from lmms_var.backbones import UnsupportedModelError, backbone_for_config, checkpoint_config
 
     model_config = checkpoint_config(args.model, "--model ")
     if model_config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:

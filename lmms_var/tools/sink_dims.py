@@ -9,20 +9,24 @@ import argparse
 import json
 from pathlib import Path
 
-from lmms_var.checks import check_device, check_output_file
-
-DTYPES = ("auto", "bfloat16", "float16", "float32")
+from lmms_var.backbones import (
+    DTYPES,
+    UnsupportedModelError,
+    backbone_for_config,
+    checkpoint_config,
+    load_checkpoint,
+)
+from lmms_var.checks import check_output_file, device_or_default
+from lmms_var.config import DEFAULT_TAU
+from lmms_var.sink_dims.defaults import (
+    DEFAULT_ATTENTION_FACTOR,
+    DEFAULT_MIN_CONSISTENCY,
+    DEFAULT_MIN_DISTANCE,
+    DEFAULT_NUM_SAMPLES,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from lmms_var.config import DEFAULT_TAU
-    from lmms_var.sink_dims.calibration import DEFAULT_NUM_SAMPLES
-    from lmms_var.sink_dims.defaults import (
-        DEFAULT_ATTENTION_FACTOR,
-        DEFAULT_MIN_CONSISTENCY,
-        DEFAULT_MIN_DISTANCE,
-    )
-
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--model", required=True, help="checkpoint folder or Hub id")
         parser.add_argument("--data", type=Path, help="spatial root; default: built-in calibration prompts")
@@ -82,7 +86,7 @@ def run_find(args: argparse.Namespace) -> int:
     check_output_file(args.output, "--output")
     check_finder_settings(tau=args.tau, min_consistency=args.min_consistency)
     prompts, source = _prompts(args)
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype, layers=args.layers)
+    model, processor = _load(args)
     result = find_sink_dims(
         model,
         processor,
@@ -104,9 +108,7 @@ def run_validate(args: argparse.Namespace) -> int:
         tau=args.tau, attention_factor=args.attention_factor, min_distance=args.min_distance
     )
     prompts, source = _prompts(args)
-    model, processor = load_model(
-        args.model, device=args.device, dtype=args.dtype, dims=args.dims, layers=args.layers
-    )
+    model, processor = _load(args, args.dims)
     result = validate_sink_dims(
         model,
         processor,
@@ -122,45 +124,24 @@ def run_validate(args: argparse.Namespace) -> int:
     return _report(args, result)
 
 
-def load_model(
-    path: str,
-    *,
-    device: str | None,
-    dtype: str,
-    dims: list[int] | None = None,
-    layers: list[int] | None = None,
-):
-    """(model, processor) from a checkpoint folder or Hub id, in eval mode.
-
-    The config is read first, so a path that is not a supported model, `dims` beyond its hidden size,
-    `layers` it lacks or a `device` this machine lacks fail before any weights are loaded; the
-    backbone names the class that loads it.
-    """
-    import torch
-    from transformers import AutoProcessor
-
-    from lmms_var.backbones import UnsupportedModelError, backbone_for_config, checkpoint_config
-    from lmms_var.sink_dims.finder import resolve_layers
+def _load(args: argparse.Namespace, dims: list[int] | None = None):
+    """(model, processor) of `--model`; a path that is not a supported model, `dims` beyond its hidden
+    size, `--layers` it lacks or a `--device` this machine lacks fail before any weights load."""
+    from lmms_var.sink_dims.finder import measured_layers
     from lmms_var.sink_dims.validator import check_dims
 
-    config = checkpoint_config(path, "--model ")
+    config = checkpoint_config(args.model, "--model ")
     try:
         backbone = backbone_for_config(config)
     except UnsupportedModelError as error:
-        raise ValueError(f"--model {path}: {error}") from None
+        raise ValueError(f"--model {args.model}: {error}") from None
     text_config = config.get_text_config()
     if dims is not None:
         check_dims(dims, text_config.hidden_size)
-    if layers is not None:
-        resolve_layers(layers, text_config.num_hidden_layers)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device != "auto":  # "auto": accelerate spreads the model over what there is
-        device = str(check_device(device, "--device"))
-    model = backbone.loader_class().from_pretrained(
-        path, dtype=dtype if dtype == "auto" else getattr(torch, dtype), device_map=device
-    )
-    return model.eval(), AutoProcessor.from_pretrained(path)
+    if args.layers is not None:
+        measured_layers(args.layers, text_config.num_hidden_layers)
+    device = device_or_default(args.device, "--device")
+    return load_checkpoint(args.model, backbone, device=device, dtype=args.dtype)
 
 
 def _prompts(args: argparse.Namespace):

@@ -14,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lmms_var import VARConfig, enable_var
-from lmms_var.attention_maps import MapSettings, attention_maps, default_layers, resolve_layers
+from lmms_var.attention_maps import MapSettings, attention_maps, default_layers, map_layers
 from lmms_var.attention_maps.capture import BLOCK_ELEMENTS, row_blocks
 from lmms_var.attention_maps.figure import draw_figure
 from lmms_var.core import find_sink_tokens
@@ -240,7 +240,7 @@ def test_the_figure_outlines_exactly_the_sinks_and_shares_one_colour_scale(tiny_
 def test_bad_settings_and_inputs_are_refused(tiny_model):
     model, processor = tiny_model
     with pytest.raises(ValueError, match=r"layers must be decoder layers in \[0, 4\), got \[4\]"):
-        resolve_layers([4], 4)
+        map_layers([4], 4)
     with pytest.raises(ValueError, match="heads must be one of"):
         MapSettings(heads="some")
     with pytest.raises(ValueError, match="rows must be one of"):

@@ -11,6 +11,7 @@ from lmms_var.backbones import (
     backbone_for,
     backbone_for_config,
     backbone_for_model_type,
+    load_checkpoint,
 )
 from lmms_var.testing.tiny_families import TINY_FAMILIES
 from tests.conftest import FAMILIES, modules_after
@@ -42,6 +43,22 @@ def test_an_unsupported_model_names_every_supported_family():
         assert f"{backbone.model_type} ({backbone.family})" in message
     with pytest.raises(UnsupportedModelError, match=r"got 'llama' \(LlamaConfig\)"):
         backbone_for_config(type("LlamaConfig", (), {"model_type": "llama"})())
+
+
+def test_a_checkpoint_loads_in_eval_mode_in_the_dtype_asked(tiny_checkpoint):
+    backbone = backbone_for_model_type("qwen2_5_vl")
+    model, processor = load_checkpoint(str(tiny_checkpoint), backbone, device="cpu", dtype="bfloat16")
+    assert isinstance(model, backbone.loader_class()) and not model.training
+    assert model.dtype == torch.bfloat16 and processor.image_processor is not None
+
+
+def test_a_bad_dtype_is_named_before_the_weights_load(tiny_checkpoint, no_weights):
+    with pytest.raises(
+        ValueError, match=r"^dtype must be one of auto, bfloat16, float16, float32, got 'fp8'$"
+    ):
+        load_checkpoint(
+            str(tiny_checkpoint), backbone_for_model_type("qwen2_5_vl"), device="cpu", dtype="fp8"
+        )
 
 
 def test_the_entry_point_imports_neither_torch_transformers_nor_lmms_eval():

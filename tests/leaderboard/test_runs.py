@@ -5,13 +5,13 @@ import re
 
 import pytest
 
-from lmms_var.leaderboard import load_run, parse_model_args
+from lmms_var.leaderboard import load_run, model_args_as_text
 from tests.leaderboard.results_files import doc_samples, write_run
 
 
 def test_model_args_as_string_and_as_dict_read_the_same():
-    text = parse_model_args("pretrained=/ckpt/Qwen2.5-VL-7B,var=false,p=0.6,sink_dims=458;2570")
-    as_dict = parse_model_args(
+    text = model_args_as_text("pretrained=/ckpt/Qwen2.5-VL-7B,var=false,p=0.6,sink_dims=458;2570")
+    as_dict = model_args_as_text(
         {"pretrained": "/ckpt/Qwen2.5-VL-7B", "var": False, "p": 0.6, "sink_dims": "458;2570"}
     )
     assert (
@@ -19,7 +19,7 @@ def test_model_args_as_string_and_as_dict_read_the_same():
         == as_dict
         == {"pretrained": "/ckpt/Qwen2.5-VL-7B", "var": "false", "p": "0.6", "sink_dims": "458;2570"}
     )
-    assert parse_model_args(None) == parse_model_args("") == {}
+    assert model_args_as_text(None) == model_args_as_text("") == {}
 
 
 def test_run_reads_metrics_without_stderr_groups_primary_and_samples(tmp_path):

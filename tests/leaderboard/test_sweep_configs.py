@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lmms_var.leaderboard import build_leaderboard, load_run, parse_model_args
+from lmms_var.leaderboard import build_leaderboard, load_run, model_args_as_text
 from lmms_var.tasks import TASKS_PATH
 from lmms_var.testing.demo import run_lmms_eval
 from lmms_var.testing.spatial_data import write_spatial_root
@@ -27,7 +27,7 @@ def _lmms_eval_arg_names(monkeypatch) -> set[str]:
 def test_sweep_is_a_baseline_then_the_p_rho_grid(name, task, monkeypatch):
     runs = yaml.safe_load((CONFIGS / name).read_text())
     assert all(set(run) <= _lmms_eval_arg_names(monkeypatch) for run in runs)
-    args = [parse_model_args(run["model_args"]) for run in runs]
+    args = [model_args_as_text(run["model_args"]) for run in runs]
     assert args[0]["var"] == "false"
     assert {(a["p"], a["rho"]) for a in args[1:]} == GRID and len(args) == 1 + len(GRID)
     assert all(a["var"] == "true" for a in args[1:])
@@ -42,7 +42,7 @@ def test_paper_check_runs_both_readings_of_the_papers_p(monkeypatch):
     both ways; rho = 0.5 is its own complement; the other settings are the paper's."""
     runs = yaml.safe_load((CONFIGS / "paper_check_llava15.yaml").read_text())
     assert all(set(run) <= _lmms_eval_arg_names(monkeypatch) for run in runs)
-    args = [parse_model_args(run["model_args"]) for run in runs]
+    args = [model_args_as_text(run["model_args"]) for run in runs]
     assert {a["pretrained"] for a in args} == {"llava-hf/llava-1.5-7b-hf"}
     assert args[0]["var"] == "false"
     assert [a["p"] for a in args[1:]] == ["0.6", "0.4"]

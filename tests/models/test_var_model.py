@@ -14,7 +14,7 @@ from lmms_eval.api.instance import Instance
 from lmms_eval.models import get_model
 
 from lmms_var.backbones import BACKBONES, backbone_for_model_type
-from lmms_var.backbones.qwen2_vl import qwen_pixel_bounds
+from lmms_var.backbones.qwen_common import qwen_pixel_bounds
 from lmms_var.models.args import ModelArgError
 from lmms_var.models.classes import Qwen2_5_VL_VAR, Qwen2_5_VL_VAR_Chat
 from lmms_var.models.diagnostics import summarise

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmms_var.sink_dims.calibration import builtin_prompts, data_prompts
-from lmms_var.sink_dims.finder import find_sink_dims, resolve_layers
+from lmms_var.sink_dims.finder import find_sink_dims, measured_layers
 from lmms_var.testing import TinySpec, build_tiny_model
 from lmms_var.testing.tiny_families import TINY_FAMILIES
 from tests.conftest import TINY_SPEC, TINY_TAU
@@ -81,14 +81,14 @@ def test_tau_above_every_reachable_value_gets_a_clear_error(tiny_model):
 
 
 @pytest.mark.parametrize(("layers", "expected"), [(None, [2, 3]), ([3, 0, 3], [0, 3])])
-def test_resolve_layers(layers, expected):
-    assert resolve_layers(layers, 4) == expected
+def test_measured_layers(layers, expected):
+    assert measured_layers(layers, 4) == expected
 
 
 @pytest.mark.parametrize("layers", [[4], [-1], []])
 def test_layers_outside_the_model_are_rejected(layers):
     with pytest.raises(ValueError, match=r"^layers must be decoder layers in \[0, 4\)"):
-        resolve_layers(layers, 4)
+        measured_layers(layers, 4)
 
 
 def test_finder_rejects_other_model_types():

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from lmms_var.attention_maps import MapSettings, attention_maps, resolve_layers
+from lmms_var.attention_maps import MapSettings, attention_maps, map_layers
 from lmms_var.leaderboard import build_leaderboard, load_run
 from lmms_var.patch import enable_var
 from lmms_var.sink_dims.calibration import CalibrationPrompt, encode_prompt
@@ -96,7 +96,7 @@ def test_var_recovers_answers_the_sinks_hide_and_p1_changes_none(constructed):
 def test_in_each_drawn_layer_var_moves_attention_from_sinks_to_content(constructed):
     model, processor = constructed
     config = var_config()
-    layers = resolve_layers(None, SPEC.num_layers)
+    layers = map_layers(None, SPEC.num_layers)
     assert layers and set(layers) <= set(config.active_layers(SPEC.num_layers))
     for seed, square in enumerate(_squares(4)):
         inputs = encode_prompt(processor, _prompt(square, seed))

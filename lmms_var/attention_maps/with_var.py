@@ -1,0 +1,37 @@
+"""One prompt's attention maps before and after VAR, drawn and saved: what `lmms-var show` and the
+demo draw, VAR attached for the prompt alone."""
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from lmms_var.attention_maps.capture import MapSettings, attention_maps
+from lmms_var.attention_maps.figure import save_attention_maps
+from lmms_var.attention_maps.maps import AttentionMaps
+from lmms_var.config import VARConfig
+from lmms_var.patch import enable_var
+
+
+def figure_for_prompt(
+    model: torch.nn.Module,
+    processor,
+    inputs: Mapping,
+    config: VARConfig,
+    output: Path,
+    *,
+    question: str,
+    model_name: str,
+    settings: MapSettings | None = None,
+    note: str | None = None,
+) -> AttentionMaps:
+    """Attach VAR to `model` with `config`, draw the maps of one prompt's processor outputs `inputs`
+    to `output` (a `.png`, and its numbers beside it as `.json`), detach; returns the maps.
+
+    `question` and `model_name` are written on the figure, as is `note` (what the model is);
+    `settings` default to `MapSettings()`.
+    """
+    with enable_var(model, config) as handle:
+        maps = attention_maps(handle, processor, inputs, settings or MapSettings())
+    save_attention_maps(maps, output, model=model_name, question=question, note=note)
+    return maps
