@@ -15,8 +15,6 @@ from lmms_var.backbones.qwen_common import (
     qwen_visual_grids,
 )
 
-# The tokens around each image's (and each video frame group's) placeholders, in every Qwen-VL family.
-
 QWEN2_VL = Backbone(
     family="Qwen2-VL",
     model_type="qwen2_vl",

@@ -64,7 +64,7 @@ def _pictures(inputs: Mapping[str, Any], processor) -> list[Any]:
     return pictures
 
 
-# Around each image's (and video's) placeholder run: what PAI's text-only prompt removes with it.
+# The tokens around each image's (and each video frame group's) placeholders, in every Qwen-VL family.
 QWEN_VISUAL_DELIMITERS = ("<|vision_start|>", "<|vision_end|>")
 
 QWEN_VL_OUTPUTS = ProcessorOutputs(
