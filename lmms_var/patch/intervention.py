@@ -39,7 +39,7 @@ class Backend(Enum):
 class Positions(NamedTuple):
     """The prompt so far, per sample: which positions are visual, which are not padding."""
 
-    visual: torch.Tensor  # Bool[B, T]
+    image_mask: torch.Tensor  # Bool[B, T]: image and video placeholder positions (the core's name)
     valid: torch.Tensor  # Bool[B, T]
 
 
@@ -74,6 +74,7 @@ class LayerWork(NamedTuple):
     rows: torch.Tensor  # Long[B, R]: query indices of this forward the intervention may change
     row_valid: torch.Tensor  # Bool[B, R]: false where a sample has fewer such rows than R
     plan: object  # the intervention's `layer_plan` for this layer, on the layer's device
+    key_offset: int  # positions before the layer's first key (a sliding-window cache dropped them)
     counters: Counters | None  # None without diagnostics
     options: RowOptions
 
@@ -103,6 +104,9 @@ class Intervention(ABC):
     paths: ClassVar[Mapping[tuple[ForwardKind, Backend], ComputePath | KernelPath]]
     # Whether `layer_plan` reads the residual stream entering the layer (VAR's sinks).
     reads_hidden_states: ClassVar[bool] = False
+    # Whether its rows need every key of the prompt: if so it leaves alone a layer whose cache dropped
+    # the oldest (a sliding window), else its paths read `LayerWork.key_offset`.
+    needs_every_key: ClassVar[bool] = False
 
     def __init__(self, config) -> None:
         self.config = config

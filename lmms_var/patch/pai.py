@@ -36,10 +36,10 @@ class PAI(Intervention):
         return ForwardKind.WHOLE_ROWS if every_sample_has_visual else ForwardKind.DECODE_CORRECTION
 
     def layer_plan(self, prompt: PromptContext) -> row_local.ScoreChangePlan:
-        device = prompt.positions.visual.device
+        device = prompt.positions.image_mask.device
         if device not in prompt.shared:
             prompt.shared[device] = row_local.visual_keys(prompt.positions)
-        batch = prompt.positions.visual.shape[0]
+        batch = prompt.positions.image_mask.shape[0]
         alpha = torch.full((batch,), float(self.config.alpha), device=device)
         return row_local.ScoreChangePlan(prompt.shared[device], alpha, amplified_score_change)
 

@@ -31,11 +31,11 @@ class VisualKeys(NamedTuple):
 
 def visual_keys(positions: Positions) -> VisualKeys:
     """The prompt's visual keys (one synchronisation: the most any sample has)."""
-    visual = positions.visual
-    order = torch.argsort((~visual).to(torch.int8), dim=1, stable=True)
-    count = int(visual.sum(dim=1).max())
+    image_mask = positions.image_mask
+    order = torch.argsort((~image_mask).to(torch.int8), dim=1, stable=True)
+    count = int(image_mask.sum(dim=1).max())
     index = order[:, :count].contiguous()
-    return VisualKeys(index, visual.gather(1, index))
+    return VisualKeys(index, image_mask.gather(1, index))
 
 
 class ScoreChangePlan(NamedTuple):
@@ -44,6 +44,16 @@ class ScoreChangePlan(NamedTuple):
     keys: VisualKeys
     alpha: torch.Tensor  # Float32[B]: the method's strength per sample
     change: ScoreChange  # g(s, alpha) of `core.score_change`
+
+
+def _layer_keys(work: LayerWork) -> VisualKeys:
+    """The visual keys as this layer's cache holds them: a sliding-window cache keeps only the last
+    keys, so key `j` is position `key_offset + j` and earlier visual keys are gone."""
+    keys = work.plan.keys
+    if not work.key_offset:
+        return keys
+    index = keys.index - work.key_offset
+    return VisualKeys(index.clamp(min=0), keys.present & (index >= 0))
 
 
 def _base_attention(work: LayerWork, query: torch.Tensor, logits: torch.Tensor, keys: VisualKeys):
@@ -63,7 +73,7 @@ def _base_attention(work: LayerWork, query: torch.Tensor, logits: torch.Tensor, 
 def correct_rows(work: LayerWork) -> None:
     """Replace the base output of the allowed rows by `(o + sum_k delta_k V_k) / r`, in place."""
     call, rows, plan = work.call, work.rows, work.plan
-    keys = plan.keys
+    keys = _layer_keys(work)
     batch = rows.shape[0]
     kv_heads, head_dim = call.key.shape[1], call.key.shape[3]
     samples = torch.arange(batch, device=rows.device)[:, None]
@@ -94,9 +104,13 @@ def whole_rows(work: LayerWork) -> None:
     call, plan = work.call, work.plan
     query_length, key_length = call.query.shape[2], call.key.shape[2]
     logits = scores(call.query, call.key, call.scaling)  # [B, H, Q, K]
-    visual = torch.zeros(logits.shape[0], key_length, dtype=torch.bool, device=logits.device)
-    visual.scatter_(1, plan.keys.index, plan.keys.present)
-    changed = visual[:, None, None, :] & work.row_valid[:, None, :, None]
+    # The visual keys as a mask, the filler sent to one extra column (clamped filler may share an index
+    # with a present key, and a scatter of both would keep either).
+    keys = _layer_keys(work)
+    image_mask = torch.zeros(logits.shape[0], key_length + 1, dtype=torch.bool, device=logits.device)
+    image_mask.scatter_(1, keys.index.masked_fill(~keys.present, key_length), True)
+    image_mask = image_mask[:, :key_length]
+    changed = image_mask[:, None, None, :] & work.row_valid[:, None, :, None]
     new_logits = torch.where(changed, logits + plan.change(logits, plan.alpha[:, None, None, None]), logits)
     blocked = blocked_keys(call.attention_mask, work.rows, query_length, key_length)
     if blocked is not None:
@@ -107,7 +121,7 @@ def whole_rows(work: LayerWork) -> None:
         before = torch.softmax(
             logits if blocked is None else logits.masked_fill(blocked, float("-inf")), dim=-1
         )
-        on_image = visual[:, None, None, :]
+        on_image = image_mask[:, None, None, :]
         moved = ((attn - before) * on_image).sum(dim=-1)  # [B, H, Q]
         allowed = work.row_valid[:, None, :]
         work.counters.redistributed_rows.add_((allowed & (moved != 0)).sum(dim=(1, 2)))

@@ -35,11 +35,11 @@ class ScalingVis(Intervention):
         return row_local.last_rows(positions, new) if prefill else None
 
     def _alpha(self, prompt: PromptContext) -> torch.Tensor:
-        batch = prompt.positions.visual.shape[0]
-        return torch.full((batch,), float(self.config.alpha), device=prompt.positions.visual.device)
+        batch = prompt.positions.image_mask.shape[0]
+        return torch.full((batch,), float(self.config.alpha), device=prompt.positions.image_mask.device)
 
     def layer_plan(self, prompt: PromptContext) -> row_local.ScoreChangePlan:
-        device = prompt.positions.visual.device
+        device = prompt.positions.image_mask.device
         if device not in prompt.shared:
             prompt.shared[device] = row_local.visual_keys(prompt.positions)
         return row_local.ScoreChangePlan(prompt.shared[device], self._alpha(prompt), scaled_score_change)
@@ -60,7 +60,7 @@ class AdaptVis(ScalingVis):
                 "AdaptVis found no alpha for this prompt: the model's forward chooses it (a forward of the "
                 "decoder alone does not); or give it with handle.prompt_options(alpha=...)"
             )
-        return prompt.options[ALPHA_OPTION].to(prompt.positions.visual.device, torch.float32)
+        return prompt.options[ALPHA_OPTION].to(prompt.positions.image_mask.device, torch.float32)
 
     def prompt_options(self, handle, forward_kwargs: Mapping) -> dict:
         """Alpha per prompt from the plain model's first-token confidence: one plain prefill of the

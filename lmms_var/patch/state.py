@@ -53,7 +53,7 @@ class ModelCaches:
 
     # Whether a Triton kernel agrees with the PyTorch path, per (device, kernel specialisation).
     kernels_agree: dict[tuple[torch.device, object], bool] = field(default_factory=dict)
-    visual_ids_on: dict[torch.device, torch.Tensor] = field(default_factory=dict)
+    image_token_ids_on: dict[torch.device, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,9 +109,11 @@ class InterventionState:
             )
         batch, new = input_ids.shape
         device = input_ids.device
-        if device not in self.caches.visual_ids_on:
-            self.caches.visual_ids_on[device] = torch.tensor(self.settings.visual_token_ids, device=device)
-        visual = torch.isin(input_ids, self.caches.visual_ids_on[device])
+        if device not in self.caches.image_token_ids_on:
+            self.caches.image_token_ids_on[device] = torch.tensor(
+                self.settings.visual_token_ids, device=device
+            )
+        image_mask = torch.isin(input_ids, self.caches.image_token_ids_on[device])
         if attention_mask is not None and attention_mask.dim() == 2:
             valid = attention_mask[:, -new:].bool()
         else:
@@ -119,10 +121,10 @@ class InterventionState:
         prefill = past_length == 0
         if prefill:
             # Whether every sample has an image is known after `_plan_forward`'s synchronisation.
-            self.prompt = PromptState(Positions(visual, valid), self.next_prompt_options, False)
+            self.prompt = PromptState(Positions(image_mask, valid), self.next_prompt_options, False)
             self.next_prompt_options = {}
         else:
-            seen = 0 if self.prompt is None else self.prompt.positions.visual.shape[1]
+            seen = 0 if self.prompt is None else self.prompt.positions.image_mask.shape[1]
             if seen != past_length:
                 raise RuntimeError(
                     f"{self.settings.intervention.name} state saw {seen} positions but the cache holds "
@@ -130,18 +132,18 @@ class InterventionState:
                 )
             old = self.prompt.positions
             self.prompt.positions = Positions(
-                torch.cat([old.visual, visual], dim=1), torch.cat([old.valid, valid], dim=1)
+                torch.cat([old.image_mask, image_mask], dim=1), torch.cat([old.valid, valid], dim=1)
             )
         self.forward = self._plan_forward(new, prefill, devices | {device})
 
     def _plan_forward(self, new: int, prefill: bool, devices: frozenset[torch.device]) -> ForwardPlan:
         settings, positions = self.settings, self.prompt.positions
         eligible = settings.intervention.rows(positions, new, prefill)
-        device = positions.visual.device
+        device = positions.image_mask.device
         if eligible is None:
             kind, rows, row_valid = (
                 ForwardKind.PREFILL_CORRECTION,
-                *_no_rows(positions.visual.shape[0], device),
+                *_no_rows(positions.image_mask.shape[0], device),
             )
         elif not settings.fused or not prefill:
             # Every row of a decode step (or of the eager reference) is given, kept contiguous: the
@@ -157,7 +159,7 @@ class InterventionState:
             # The rows a sample may change first; as many columns as the sample with most. The one
             # synchronisation of a prompt also tells whether every sample has an image.
             kind = ForwardKind.PREFILL_CORRECTION
-            with_visual = positions.visual.any(dim=1).sum()
+            with_visual = positions.image_mask.any(dim=1).sum()
             count, with_visual = torch.stack([eligible.sum(dim=1).max(), with_visual]).tolist()
             self.prompt.every_sample_has_visual = with_visual == eligible.shape[0]
             order = torch.argsort((~eligible).to(torch.int8), dim=1, stable=True)[:, :count]
@@ -178,19 +180,22 @@ class InterventionState:
         prompt.plans[layer] = plan = intervention.layer_plan(context)
         if self.settings.collect_diagnostics:
             prompt.records[layer] = intervention.layer_record(plan, positions)
-            zeros = torch.zeros(positions.visual.shape[0], device=device)
+            zeros = torch.zeros(positions.image_mask.shape[0], device=device)
             prompt.counters[layer] = Counters(zeros, zeros.clone())
 
     def acts_on(self, layer: int, key_length: int) -> bool:
-        """Whether the intervention changes rows of `layer` in this forward. Not where the layer's cache
-        holds fewer keys than positions seen (a sliding-window cache dropped the oldest): the keys'
-        positions, which the plans are indexed by, are then unknown here."""
+        """Whether the intervention changes rows of `layer` in this forward. Not, for one that needs every
+        key (VAR), where the layer's cache holds fewer keys than positions seen (a sliding-window cache
+        dropped the oldest)."""
         prompt = self.prompt
         return (
             not self.suspended
             and layer in prompt.plans
             and self.forward.rows.shape[1] > 0
-            and key_length >= prompt.positions.visual.shape[1]
+            and (
+                not self.settings.intervention.needs_every_key
+                or key_length >= prompt.positions.image_mask.shape[1]
+            )
         )
 
     def backend(self, triton_ready: bool) -> Backend:
@@ -210,6 +215,7 @@ class InterventionState:
             rows,
             row_valid,
             self.prompt.plans[layer],
+            self.prompt.positions.image_mask.shape[1] - call.key.shape[2],
             self.prompt.counters.get(layer),
             self.settings.options,
         )
@@ -217,14 +223,16 @@ class InterventionState:
     def layer_plan(self, layer: int) -> object | None:
         """The intervention's plan of `layer` for this prompt (VAR's: its sinks); None where it leaves
         the layer alone in this forward."""
-        if self.prompt is None or not self.acts_on(layer, key_length=self.prompt.positions.visual.shape[1]):
+        if self.prompt is None or not self.acts_on(
+            layer, key_length=self.prompt.positions.image_mask.shape[1]
+        ):
             return None
         return self.prompt.plans[layer]
 
     def eligible_rows(self) -> torch.Tensor:
         """Bool[B, T]: the rows the intervention may change in this forward (for attention maps)."""
         forward = self.forward
-        eligible = torch.zeros_like(self.prompt.positions.visual)
+        eligible = torch.zeros_like(self.prompt.positions.image_mask)
         return eligible.scatter_(1, forward.rows.to(eligible.device), forward.row_valid.to(eligible.device))
 
     def diagnostics(self) -> list[dict]:
@@ -236,7 +244,7 @@ class InterventionState:
         layers = sorted(prompt.counters)
         records = {layer: {k: v.tolist() for k, v in prompt.records[layer].items()} for layer in layers}
         counts = {layer: [c.tolist() for c in prompt.counters[layer]] for layer in layers}
-        visual_tokens = prompt.positions.visual.sum(dim=1).tolist()
+        visual_tokens = prompt.positions.image_mask.sum(dim=1).tolist()
         names = list(records[layers[0]]) if layers else []
         return [
             {"layers": layers}

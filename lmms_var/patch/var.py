@@ -68,7 +68,7 @@ class VARLayerPlan(NamedTuple):
 
     keys: KeyPlan
     sinks: torch.Tensor  # Bool[B, T_prefill]
-    visual: torch.Tensor  # Bool[B, T_prefill]
+    image_mask: torch.Tensor  # Bool[B, T_prefill]
     config: VARConfig
 
 
@@ -193,12 +193,12 @@ def _eager_reference(work: LayerWork) -> None:
     query_length, key_length = call.query.shape[2], call.key.shape[2]
     blocked = blocked_keys(call.attention_mask, work.rows, query_length, key_length)
     attn = explicit_attention(call.query, call.key, blocked, call.scaling, may_be_empty=True)
-    extra = (0, key_length - plan.visual.shape[1])  # keys generated since the prefill: text, no sink
-    visual = torch.nn.functional.pad(plan.visual, extra)
+    extra = (0, key_length - plan.image_mask.shape[1])  # keys generated since the prefill: text, no sink
+    image_mask = torch.nn.functional.pad(plan.image_mask, extra)
     sinks = torch.nn.functional.pad(plan.sinks, extra)
     config = plan.config
     new_attn, selected = redistribute_with_selection(
-        attn, visual, sinks, work.row_valid, p=config.p, rho=config.rho, summ=config.summ
+        attn, image_mask, sinks, work.row_valid, p=config.p, rho=config.rho, summ=config.summ
     )
     work.output.copy_(times_values(new_attn, call.value).transpose(1, 2))
     count(work.counters, selected, row_statistics(attn, plan.keys)[..., BUDGET])
@@ -226,6 +226,7 @@ class VAR(Intervention):
 
     name = "VAR"
     reads_hidden_states = True
+    needs_every_key = True  # its plans are indexed by key position
     paths = MappingProxyType(
         {
             (ForwardKind.PREFILL_CORRECTION, Backend.PYTORCH): _prefill_pytorch,
@@ -248,8 +249,8 @@ class VAR(Intervention):
 
     def rows(self, positions: Positions, new: int, prefill: bool) -> torch.Tensor:
         """Spec step 2: valid, non-visual rows after the sample's first visual token."""
-        visual, valid = positions
-        return ((visual.cumsum(dim=1) > 0) & ~visual & valid)[:, -new:]
+        image_mask, valid = positions
+        return ((image_mask.cumsum(dim=1) > 0) & ~image_mask & valid)[:, -new:]
 
     def decode_kind(self, every_sample_has_visual: bool) -> ForwardKind:
         # Where every sample has an image, each decode row is VAR's: computed whole, no base kernel.
@@ -257,22 +258,24 @@ class VAR(Intervention):
 
     def layer_plan(self, prompt: PromptContext) -> VARLayerPlan:
         """Spec step 1 at prefill: the layer's sinks from the residual stream entering it, and its plan."""
-        config, visual = self.config, prompt.positions.visual
+        config, image_mask = self.config, prompt.positions.image_mask
         sinks = find_sink_tokens(prompt.hidden_states, config.sink_dims, config.tau, prompt.positions.valid)
-        if visual.device not in prompt.shared:  # what all layers' plans share, once per prompt and device
-            prompt.shared[visual.device] = plan_image(visual, p=config.p, rho=config.rho, summ=config.summ)
-        return VARLayerPlan(plan_layer(prompt.shared[visual.device], sinks), sinks, visual, config)
+        if image_mask.device not in prompt.shared:  # what all layers' plans share, once per prompt and device
+            prompt.shared[image_mask.device] = plan_image(
+                image_mask, p=config.p, rho=config.rho, summ=config.summ
+            )
+        return VARLayerPlan(plan_layer(prompt.shared[image_mask.device], sinks), sinks, image_mask, config)
 
     def layer_record(self, plan: VARLayerPlan, positions: Positions) -> dict[str, torch.Tensor]:
         return {
-            "visual_sinks": (plan.sinks & plan.visual).sum(-1),
-            "text_sinks": (plan.sinks & ~plan.visual).sum(-1),
+            "visual_sinks": (plan.sinks & plan.image_mask).sum(-1),
+            "text_sinks": (plan.sinks & ~plan.image_mask).sum(-1),
         }
 
     @staticmethod
     def visual_sinks(plan: VARLayerPlan) -> torch.Tensor:
         """Bool[B, T_prefill]: the visual tokens found as sinks in the layer."""
-        return plan.sinks & plan.visual
+        return plan.sinks & plan.image_mask
 
 
 def prompt_sinks(prompt: PromptState | None) -> list[PromptSinks]:
@@ -280,7 +283,7 @@ def prompt_sinks(prompt: PromptState | None) -> list[PromptSinks]:
     per layer, so call it after `generate` (once, say), never inside the forward."""
     if prompt is None:
         return []
-    visual_tokens = prompt.positions.visual.sum(dim=1).cpu()
+    visual_tokens = prompt.positions.image_mask.sum(dim=1).cpu()
     visual_sinks = torch.zeros_like(visual_tokens)
     for plan in prompt.plans.values():
         visual_sinks += VAR.visual_sinks(plan).sum(dim=1).cpu()
