@@ -52,9 +52,8 @@ class VARConfig:
         for dim in self.sink_dims:
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
                 raise ValueError(f"VARConfig.sink_dims must be non-negative integers, got {self.sink_dims!r}")
-        _check_range("p", self.p, 0.0, 1.0)
-        _check_range("rho", self.rho, 0.0, 1.0)
-        _check_range("summ", self.summ, 0.0, 1.0)
+        for name in ("p", "rho", "summ"):
+            check_fraction(getattr(self, name), f"VARConfig.{name}")
         check_tau(self.tau, "VARConfig.tau")
 
     def active_layers(self, num_layers: int) -> range:
@@ -66,6 +65,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_range(name: str, value: object, low: float, high: float) -> None:
-    if not _is_number(value) or not low <= value <= high:
-        raise ValueError(f"VARConfig.{name} must be in [{low:g}, {high:g}], got {value!r}")
+def check_fraction(value: object, name: str) -> None:
+    """A share in [0, 1] (`p`, `rho`, `summ`); `name` is the argument as the caller names it."""
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
