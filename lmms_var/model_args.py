@@ -20,8 +20,9 @@ from lmms_var.config import DEFAULT_TAU, check_fraction, check_tau
 AUTO = "auto"
 # The attention interventions a run may choose with `method=` (var=false turns any of them off).
 METHODS = ("var",)
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
+# The spellings of a true/false model arg (lmms-eval hands `true`/`false` over as bools already).
+TRUE_WORDS = ("true", "yes", "on", "1")
+FALSE_WORDS = ("false", "no", "off", "0")
 # dtype spellings -> torch's name for the dtype (the models resolve them to torch dtypes).
 DTYPE_NAMES = {
     "bfloat16": "bfloat16",
@@ -51,9 +52,9 @@ def parse_bool(name: str, value: object) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in _TRUE:
+    if text in TRUE_WORDS:
         return True
-    if text in _FALSE:
+    if text in FALSE_WORDS:
         return False
     raise ModelArgError(f"{name} must be true or false, got {value!r}")
 
@@ -153,11 +154,11 @@ def parse_sink_dims(value: object) -> tuple[int, ...] | str | None:
 def parse_journal(value: object) -> str | None:
     """`auto`, a folder path, or None for `off` (lmms-eval hands `false` and `0` over as False and 0)."""
     text = str(value).strip()
-    if value is None or text.lower() in _FALSE:
+    if value is None or text.lower() in FALSE_WORDS:
         return None
     if text.lower() == AUTO:
         return AUTO
-    if isinstance(value, bool) or text.lower() in _TRUE or not text:
+    if isinstance(value, bool) or text.lower() in TRUE_WORDS or not text:
         raise ModelArgError(f"journal must be auto, off or a folder path, got {value!r}")
     return text
 
