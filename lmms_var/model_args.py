@@ -340,10 +340,6 @@ class ModelSettings:
     def __getitem__(self, name: str) -> object:
         return self.values[name]
 
-    def answer_args(self) -> dict[str, object]:
-        """The args that can change an answer, for the journal's key."""
-        return {name: value for name, value in self.values.items() if name not in NOT_OUTPUT_ARGS}
-
 
 def parse_settings(given: Mapping[str, object]) -> ModelSettings:
     """Parse the table's args among `given` (others, upstream's, are the caller's), defaults for the

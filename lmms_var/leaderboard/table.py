@@ -10,7 +10,7 @@ from pathlib import Path
 from lmms_var.backbones import BACKBONES
 from lmms_var.leaderboard.runs import Run, TaskResult
 from lmms_var.leaderboard.significance import SamplesError, Significance, Unpaired, pair_samples, paired_test
-from lmms_var.model_args import FALSE_WORDS, MODEL_ARGS, Label, label_args, model_arg
+from lmms_var.model_args import FALSE_WORDS, Label, find_model_arg, label_args, model_arg
 
 # The lmms-eval models this project registers (VAR on unless `var=false`).
 VAR_MODELS = frozenset(backbone.lmms_eval.model_id for backbone in BACKBONES)
@@ -88,14 +88,19 @@ def _short(value: str) -> str:
     return "/".join(value.rstrip("/").split("/")[-2:])
 
 
+def _listed_if_varying(key: str) -> bool:
+    """Upstream's args, and ours of `Label.IF_VARYING`, are in a run's name only where runs differ in them."""
+    row = find_model_arg(key)
+    return row is None or row.label is Label.IF_VARYING
+
+
 def run_names(runs: list[Run]) -> list[str]:
     """`model var=true p=0.6 rho=0.8 ...`: the model, the args the table of model args lists in labels
     (the run's method's, while on), then any other arg that differs between runs."""
-    unvarying = {row.name for row in MODEL_ARGS if row.label is not Label.IF_VARYING}
     varying = [
         key
         for key in dict.fromkeys(key for run in runs for key in run.model_args)
-        if key not in unvarying and len({run.model_args.get(key) for run in runs}) > 1
+        if _listed_if_varying(key) and len({run.model_args.get(key) for run in runs}) > 1
     ]
     names = []
     for run in runs:
