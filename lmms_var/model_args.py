@@ -68,24 +68,24 @@ def parse_float(name: str, value: object) -> float:
         raise ModelArgError(f"{name} must be a number, got {value!r}") from None
 
 
-def parse_fraction(name: str, value: object) -> float:
-    """A share in [0, 1]."""
-    number = parse_float(name, value)
-    try:
-        check_fraction(number, name)
-    except ValueError as error:
-        raise ModelArgError(str(error)) from None
-    return number
+def _checked_number(check: Callable[[float, str], None]) -> "Parser":
+    """A number parser that then runs `check(number, name)`, a check `VARConfig` shares, naming the arg."""
+
+    def parse(name: str, value: object) -> float:
+        number = parse_float(name, value)
+        try:
+            check(number, name)
+        except ValueError as error:
+            raise ModelArgError(str(error)) from None
+        return number
+
+    return parse
 
 
-def parse_threshold(name: str, value: object) -> float:
-    """A finite number above 0 (an infinite sink threshold finds no sink, so VAR would change nothing)."""
-    number = parse_float(name, value)
-    try:
-        check_tau(number, name)
-    except ValueError as error:
-        raise ModelArgError(str(error)) from None
-    return number
+# A share in [0, 1] (`p`, `rho`, `summ`).
+parse_fraction = _checked_number(check_fraction)
+# A finite number above 0 (an infinite sink threshold finds no sink, so VAR would change nothing).
+parse_threshold = _checked_number(check_tau)
 
 
 def parse_positive_int(name: str, value: object) -> int:
