@@ -6,7 +6,9 @@ upstream's. Only `__init__` is re-implemented, because upstream's hard-codes wha
 `cuda` devices in multi-process runs, dtypes, an assert that those runs are MULTI_GPU/FSDP (so no
 multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist. The backbone says
 what upstream's `__init__` sets (`LmmsEvalModel`), so `var=false` reproduces upstream's predictions.
-`generate_until` adds the journal, diagnostics and attention maps around upstream's and lets
+`__init__` takes three steps: parse the model args (the table in `lmms_var.model_args` and upstream's;
+no I/O), load (outputs and the checkpoint's config checked first, then the weights), attach (VAR, the
+watchers of upstream's loop, the journal). `generate_until` adds the journal, diagnostics and attention maps around upstream's and lets
 generation errors through where upstream would answer "" instead.
 """
 
@@ -81,9 +83,10 @@ class VARModel:
             loaded = self._load(settings)
             self._attach(settings, loaded)
 
-    def _parse_settings(self, model_args: Mapping[str, object]) -> "_Settings":
+    @classmethod
+    def _parse_settings(cls, model_args: Mapping[str, object]) -> "_Settings":
         """Every model arg checked, before any file is touched; upstream's `__init__` checks, in its order."""
-        spec = self.lmms_eval
+        spec = cls.lmms_eval
         upstream_given = {name: value for name, value in model_args.items() if find_model_arg(name) is None}
         unknown = sorted(set(upstream_given) - set(spec.upstream_args))
         if unknown:
@@ -95,7 +98,7 @@ class VARModel:
             upstream = spec.upstream_arguments(upstream_given)
         upstream |= {
             name: parse_bool(name, upstream[name])
-            for name in _upstream_flags(type(self))
+            for name in _upstream_flags(cls)
             if upstream[name] is not None
         }
         ours = parse_settings(
@@ -185,6 +188,7 @@ class VARModel:
         """VAR (unless var=false), the watchers of upstream's loop, the journal, data parallelism."""
         spec, options = self.lmms_eval, settings.var
         self.var_handle = self._attach_var(options, loaded.sink_dims)
+        # Those reading VAR's state come first, before attention maps rerun the model.
         watchers: list[Watcher] = []
         if self.var_handle is not None and self.accelerator.is_main_process:
             watchers.append(FirstBatchSinkCheck(self.var_handle, spec.model_id, settings.pretrained))
@@ -193,7 +197,6 @@ class VARModel:
         maps = settings.maps.recorder(self.var_handle, getattr(self, spec.processor_attribute))
         if maps is not None:
             watchers.append(maps)
-        # Those reading VAR's state come first, before attention maps rerun the model.
         self._watchers = tuple(watchers)
         self._journal = None
         if loaded.journal_dir is not None:
