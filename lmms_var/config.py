@@ -16,7 +16,7 @@ DEFAULT_TAU = 20.0
 def check_tau(tau: object, name: str = "tau") -> None:
     """A sink threshold: a finite number above 0 (an infinite one finds no sink anywhere, so VAR
     would silently change nothing). `name` is the argument as the caller names it."""
-    _check_positive(name, tau)
+    check_positive(tau, name)
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,8 @@ class VARConfig:
         for dim in self.sink_dims:
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
                 raise ValueError(f"VARConfig.sink_dims must be non-negative integers, got {self.sink_dims!r}")
-        _check_range("VARConfig.p", self.p, 0.0, 1.0)
-        _check_range("VARConfig.rho", self.rho, 0.0, 1.0)
-        _check_range("VARConfig.summ", self.summ, 0.0, 1.0)
+        for name in ("p", "rho", "summ"):
+            check_fraction(getattr(self, name), f"VARConfig.{name}")
         check_tau(self.tau, "VARConfig.tau")
 
     def active_layers(self, num_layers: int) -> range:
@@ -72,7 +71,7 @@ class ScalingVisConfig:
     alpha: float
 
     def __post_init__(self) -> None:
-        _check_positive("ScalingVisConfig.alpha", self.alpha)
+        check_positive(self.alpha, "ScalingVisConfig.alpha")
 
     def active_layers(self, num_layers: int) -> range:
         """Every decoder layer."""
@@ -90,9 +89,9 @@ class AdaptVisConfig:
     threshold: float = 0.4
 
     def __post_init__(self) -> None:
-        _check_positive("AdaptVisConfig.alpha_low", self.alpha_low)
-        _check_positive("AdaptVisConfig.alpha_high", self.alpha_high)
-        _check_range("AdaptVisConfig.threshold", self.threshold, 0.0, 1.0)
+        check_positive(self.alpha_low, "AdaptVisConfig.alpha_low")
+        check_positive(self.alpha_high, "AdaptVisConfig.alpha_high")
+        check_fraction(self.threshold, "AdaptVisConfig.threshold")
 
     def active_layers(self, num_layers: int) -> range:
         """Every decoder layer."""
@@ -112,11 +111,11 @@ class PAIConfig:
     gamma: float = 1.1
 
     def __post_init__(self) -> None:
-        _check_non_negative("PAIConfig.alpha", self.alpha)
-        _check_non_negative("PAIConfig.gamma", self.gamma)
-        _check_layer("PAIConfig.start_layer", self.start_layer)
+        check_non_negative(self.alpha, "PAIConfig.alpha")
+        check_non_negative(self.gamma, "PAIConfig.gamma")
+        check_layer(self.start_layer, "PAIConfig.start_layer")
         if self.end_layer is not None:
-            _check_layer("PAIConfig.end_layer", self.end_layer)
+            check_layer(self.end_layer, "PAIConfig.end_layer")
             if self.end_layer <= self.start_layer:
                 raise ValueError(
                     f"PAIConfig.end_layer must be above start_layer ({self.start_layer}), got {self.end_layer}"
@@ -141,21 +140,22 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _check_range(name: str, value: object, low: float, high: float) -> None:
-    if not _is_number(value) or not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+def check_fraction(value: object, name: str) -> None:
+    """A share in [0, 1] (`p`, `rho`, `summ`); `name` is the argument as the caller names it."""
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
 
 
-def _check_positive(name: str, value: object) -> None:
+def check_positive(value: object, name: str) -> None:
     if not _is_number(value) or not 0 < value < math.inf:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
-def _check_non_negative(name: str, value: object) -> None:
+def check_non_negative(value: object, name: str) -> None:
     if not _is_number(value) or not 0 <= value < math.inf:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def _check_layer(name: str, value: object) -> None:
+def check_layer(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a layer index (an integer >= 0), got {value!r}")

@@ -10,14 +10,10 @@ from pathlib import Path
 from lmms_var.backbones import BACKBONES
 from lmms_var.leaderboard.runs import Run, TaskResult
 from lmms_var.leaderboard.significance import SamplesError, Significance, Unpaired, pair_samples, paired_test
+from lmms_var.model_args import FALSE_WORDS, Label, find_model_arg, label_args, model_arg
 
 # The lmms-eval models this project registers (VAR on unless `var=false`).
 VAR_MODELS = frozenset(backbone.lmms_eval.model_id for backbone in BACKBONES)
-# VAR's model args, in the order a run name lists them.
-VAR_ARGS = ("var", "p", "rho", "tau", "summ", "sink_dims", "except_last_layer")
-# Model args that change what is logged, never a prediction: they stay out of run names.
-LOGGING_ARGS = ("diagnostics", "diagnostics_path", "attention_maps", "attention_maps_path", "journal")
-FALSE_WORDS = {"false", "0", "no", "off"}
 # Metrics whose [0, 1] values are rates, shown in percent.
 ACCURACY_WORDS = ("acc", "match", "correct")
 # Marks a cell whose doc set differs from the baseline's; the note under the table says how.
@@ -78,7 +74,8 @@ class Leaderboard:
 
 def _var_arg(run: Run) -> bool:
     """The `var` model arg; the VAR models default to on."""
-    return run.model_args.get("var", "true").lower() not in FALSE_WORDS
+    value = run.model_args.get("var", str(model_arg("var").default))
+    return value.lower() not in FALSE_WORDS
 
 
 def var_enabled(run: Run) -> bool:
@@ -91,12 +88,19 @@ def _short(value: str) -> str:
     return "/".join(value.rstrip("/").split("/")[-2:])
 
 
+def _listed_if_varying(key: str) -> bool:
+    """Upstream's args, and ours of `Label.IF_VARYING`, are in a run's name only where runs differ in them."""
+    row = find_model_arg(key)
+    return row is None or row.label is Label.IF_VARYING
+
+
 def run_names(runs: list[Run]) -> list[str]:
-    """`model var=true p=0.6 rho=0.8 ...`: the model, VAR's args, then any other arg that differs between runs."""
+    """`model var=true p=0.6 rho=0.8 ...`: the model, the args the table of model args lists in labels
+    (the run's method's, while on), then any other arg that differs between runs."""
     varying = [
         key
         for key in dict.fromkeys(key for run in runs for key in run.model_args)
-        if key not in VAR_ARGS + LOGGING_ARGS and len({run.model_args.get(key) for run in runs}) > 1
+        if _listed_if_varying(key) and len({run.model_args.get(key) for run in runs}) > 1
     ]
     names = []
     for run in runs:
@@ -106,7 +110,9 @@ def run_names(runs: list[Run]) -> list[str]:
             parts.append(f"var={str(var_on).lower()}")
             # With VAR off its hyper-parameters change nothing, so they stay out of the name.
             if var_on:
-                parts += [f"{key}={run.model_args[key]}" for key in VAR_ARGS[1:] if key in run.model_args]
+                method = run.model_args.get("method", model_arg("method").default)
+                listed = [key for key in label_args(method) if key != "var" and key in run.model_args]
+                parts += [f"{key}={run.model_args[key]}" for key in listed]
         parts += [f"{key}={_short(run.model_args[key])}" for key in varying if key in run.model_args]
         names.append(" ".join(parts))
     # Runs with identical args (e.g. repeated seeds) stay apart by their folder.

@@ -1,6 +1,6 @@
 """`attention_maps=N`: an attention-map figure (and its JSON) for the first N docs of each task.
 
-After each `generate` of the upstream loop, the docs of the batch are known (`watching_generate`);
+After each `generate` of the upstream loop, the docs of the batch are known (a `Watcher`);
 for each doc whose id is below N, its prompt is taken out of the batch and run twice more, without
 and with VAR, as `lmms-var show` does. With `attention_maps=0` (the default) nothing is attached.
 """
@@ -13,8 +13,8 @@ from loguru import logger as eval_logger
 
 from lmms_var.attention_maps import MapSettings, attention_maps, model_note, save_attention_maps
 from lmms_var.attention_maps.inputs import split_batch
-from lmms_var.models.args import ModelArgError, parse_positive_int
-from lmms_var.models.diagnostics import run_output_folder, watching_generate
+from lmms_var.model_args import ModelArgError, model_arg
+from lmms_var.models.lmms_eval_loop import Watcher, run_output_folder
 from lmms_var.patch import VARHandle
 
 MAPS_FOLDER_SUFFIX = "attention_maps"
@@ -43,9 +43,7 @@ def parse_attention_maps(
     The folder is `attention_maps_path`, else `<run_id>_attention_maps` next to lmms-eval's outputs
     for the model (as diagnostics).
     """
-    per_task = (
-        0 if str(attention_maps).strip() == "0" else parse_positive_int("attention_maps", attention_maps)
-    )
+    per_task = model_arg("attention_maps").parsed(attention_maps)
     if not per_task:
         if attention_maps_path is not None:
             raise ModelArgError(
@@ -70,26 +68,23 @@ def figure_name(task: str, doc_id: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', task)}_doc{doc_id}.png"
 
 
-class AttentionMapRecorder:
+class AttentionMapRecorder(Watcher):
     """Draws the figure of each doc with `doc_id < per_task`, once per (task, doc), as the run reaches it."""
 
     def __init__(self, handle: VARHandle, processor, options: AttentionMapOptions) -> None:
         self.handle, self.processor, self.options = handle, processor, options
         self.drawn: set[tuple[str, int]] = set()
 
-    def draws(self, request) -> bool:
-        """Whether generating `request` draws a figure: its doc is among the first N and not drawn yet."""
+    def needs(self, request) -> str | None:
+        """Generating `request` draws a figure: its doc is among the first N and not drawn yet."""
         doc_id, task, _split = request.args[-3:]
-        return self._wanted(task, doc_id)
+        return "attention_maps" if self._wanted(task, doc_id) else None
 
     def _wanted(self, task: str, doc_id: int | None) -> bool:
         return doc_id is not None and doc_id < self.options.per_task and (task, doc_id) not in self.drawn
 
-    def recording(self, lm):
-        """Within: every batch `lm.model.generate` runs is checked for docs to draw."""
-        return watching_generate(lm, self._after_generate)
-
-    def _after_generate(self, docs: list[dict], inputs: dict) -> None:
+    def after_batch(self, docs: list[dict], inputs: dict) -> None:
+        """Draw the figures of the batch's docs that are wanted."""
         wanted = [(row, doc) for row, doc in enumerate(docs) if self._wanted(doc["task"], doc["doc_id"])]
         if not wanted:
             return

@@ -42,17 +42,12 @@ from PIL import Image
 
 from lmms_var.checks import probe_output_folder
 from lmms_var.config import VARConfig
-from lmms_var.models.args import AUTO, ModelArgError
-from lmms_var.models.diagnostics import DocKey, RecordedDocs, doc_key, run_output_folder
+from lmms_var.model_args import AUTO, NOT_OUTPUT_ARGS, ModelArgError
+from lmms_var.models.lmms_eval_loop import DocKey, RecordedDocs, doc_key, run_output_folder
 
 JOURNAL_FOLDER = "journal"
 # Bump when what a key covers changes, so that no older journal is read with another meaning.
 FORMAT_VERSION = 2
-# Model args that place the work or log it but never change an answer: left out of the settings.
-NOT_OUTPUT_ARGS = frozenset(
-    {"device", "device_map", "batch_size", "diagnostics", "diagnostics_path", "journal"}
-    | {"attention_maps", "attention_maps_path"}
-)
 _VERSIONED_PACKAGES = ("lmms-var", "lmms-eval", "transformers", "torch")
 _SOURCES = Path(__file__).resolve().parents[1]  # the installed lmms_var package
 _AVOID = "give journal=off, or journal=FOLDER for another folder"
@@ -98,7 +93,10 @@ def journal_settings(
     var_config: VARConfig | None,
     model_class: str,
 ) -> dict:
-    """What decides a model's answers besides the request itself; journals are kept per settings."""
+    """What decides a model's answers besides the request itself; journals are kept per settings.
+
+    `model_args` are left out where the table of model args says they cannot change an answer
+    (`NOT_OUTPUT_ARGS`: placement and logging)."""
     return {
         "format": FORMAT_VERSION,
         "model_class": model_class,

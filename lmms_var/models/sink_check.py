@@ -6,25 +6,21 @@ hold an image, the check reads how many visual sinks VAR found (one read of tens
 per run) and, if none in any layer, logs one warning saying what to try.
 """
 
-from contextlib import AbstractContextManager, nullcontext
-
 from loguru import logger as eval_logger
 
-from lmms_var.models.diagnostics import watching_generate
+from lmms_var.models.lmms_eval_loop import Watcher
 from lmms_var.patch import VARHandle
 
 
-class FirstBatchSinkCheck:
-    """Watches `generate` until a batch with visual tokens has been checked, then nothing more."""
+class FirstBatchSinkCheck(Watcher):
+    """Watches the batches until one with visual tokens has been checked, then nothing more."""
 
     def __init__(self, handle: VARHandle, model_id: str, pretrained: str) -> None:
         self.handle, self.model_id, self.pretrained = handle, model_id, pretrained
         self.pending = True
 
-    def recording(self, lm) -> AbstractContextManager[None]:
-        if not self.pending:
-            return nullcontext()
-        return watching_generate(lm, lambda _docs, _inputs: self.check_last_prefill())
+    def after_batch(self, docs: list[dict], inputs: dict) -> None:
+        self.check_last_prefill()
 
     def check_last_prefill(self) -> None:
         """Warn if the last prefill held images and VAR found no visual sink in any layer; the first

@@ -6,7 +6,9 @@ upstream's. Only `__init__` is re-implemented, because upstream's hard-codes wha
 `cuda` devices in multi-process runs, dtypes, an assert that those runs are MULTI_GPU/FSDP (so no
 multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist. The backbone says
 what upstream's `__init__` sets (`LmmsEvalModel`), so `var=false` reproduces upstream's predictions.
-`generate_until` adds the journal, diagnostics and attention maps around upstream's and lets
+`__init__` takes three steps: parse the model args (the table in `lmms_var.model_args` and upstream's;
+no I/O), load (outputs and the checkpoint's config checked first, then the weights), attach (VAR, the
+watchers of upstream's loop, the journal). `generate_until` adds the journal, diagnostics and attention maps around upstream's and lets
 generation errors through where upstream would answer "" instead.
 """
 
@@ -14,8 +16,9 @@ import functools
 import inspect
 import re
 import typing
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,27 +36,26 @@ from lmms_var.backbones import (
     checkpoint_config,
 )
 from lmms_var.checks import check_device, probe_output_file, probe_output_folder
-from lmms_var.config import DEFAULT_TAU
-from lmms_var.models.args import (
+from lmms_var.model_args import (
     AUTO,
+    MODEL_ARGS,
     ModelArgError,
+    ModelSettings,
+    find_model_arg,
+    parse_bool,
+    parse_settings,
+)
+from lmms_var.models.args import (
     VAROptions,
     merge_lmms_eval_options,
     model_arg_checks,
-    parse_bool,
     parse_dtype,
-    parse_journal,
     parse_model_args,
-    parse_positive_int,
-    parse_var_options,
 )
-from lmms_var.models.attention_maps import parse_attention_maps
-from lmms_var.models.diagnostics import (
-    DiagnosticsRecorder,
-    lmms_eval_cache_from_argv,
-    resolve_diagnostics_path,
-)
+from lmms_var.models.attention_maps import AttentionMapOptions, parse_attention_maps
+from lmms_var.models.diagnostics import DiagnosticsRecorder, resolve_diagnostics_path
 from lmms_var.models.journal import Journal, journal_settings, resolve_journal_dir
+from lmms_var.models.lmms_eval_loop import Watcher, lmms_eval_cache_from_argv, watching_batches
 from lmms_var.models.sink_check import FirstBatchSinkCheck
 from lmms_var.patch import VARHandle, enable_var
 from lmms_var.patch.attention import BASE_IMPLEMENTATIONS
@@ -70,135 +72,141 @@ class VARModel:
     backbones: ClassVar[tuple[Backbone, ...]]
     backbone: Backbone
 
-    def __init__(
-        self,
-        pretrained: str | None = None,
-        device: str | None = None,
-        device_map: str | None = None,
-        dtype: str | None = None,
-        batch_size: int | str = 1,
-        attn_implementation: str = "sdpa",
-        var: bool | str = True,
-        sink_dims: int | str | None = None,
-        tau: float = DEFAULT_TAU,
-        rho: float = 0.5,
-        summ: float = 0.2,
-        p: float = 0.6,
-        except_last_layer: bool | str = True,
-        diagnostics: bool | str = False,
-        diagnostics_path: str | None = None,
-        attention_maps: int | str = 0,
-        attention_maps_path: str | None = None,
-        journal: str | bool = AUTO,
-        **upstream_args,
-    ) -> None:
-        # Every arg as given, for the journal's settings (taken first, so args added later are in).
-        model_args = {
-            name: value for name, value in locals().items() if name not in ("self", "upstream_args")
-        }
-        model_args |= upstream_args
+    def __init__(self, **model_args: object) -> None:
+        """`model_args` as lmms-eval passes them (keywords, values half-parsed): the rows of
+        `lmms_var.model_args.MODEL_ARGS` and upstream's args. Parsed first, without I/O; then the
+        outputs and the checkpoint's config are checked and the weights loaded; then VAR, the watchers
+        and the journal are attached."""
         lmms.__init__(self)
-        spec = self.lmms_eval
-        pretrained = pretrained or spec.default_pretrained
-        # Upstream's `__init__`, in its order, with every argument checked before weights load.
-        with _errors_naming(spec.model_id):
-            unknown = sorted(set(upstream_args) - set(spec.upstream_args))
-            if unknown:
-                raise ModelArgError(
-                    f"unknown arg(s) {unknown}: {spec.model_id} takes {sorted(VAR_MODEL_ARGS)} and "
-                    f"lmms-eval's {spec.upstream_id} args {sorted(spec.upstream_args)}"
-                )
-            with model_arg_checks():
-                args = spec.upstream_arguments(upstream_args)
-            args |= {
-                name: parse_bool(name, args[name])
-                for name in _upstream_flags(type(self))
-                if args[name] is not None
-            }
-            options = parse_var_options(
-                var=var,
-                sink_dims=sink_dims,
-                tau=tau,
-                rho=rho,
-                summ=summ,
-                p=p,
-                except_last_layer=except_last_layer,
-                diagnostics=diagnostics,
-                diagnostics_path=diagnostics_path,
-            )
-            flash = spec.flash_attention_flag
-            if flash and args[flash]:
-                attn_implementation = "flash_attention_2"
-            if options.enabled and attn_implementation not in BASE_IMPLEMENTATIONS:
-                raise ModelArgError(
-                    f"attn_implementation must be one of {list(BASE_IMPLEMENTATIONS)} with VAR on, "
-                    f"got {attn_implementation!r}"
-                )
-            run_id = get_datetime_str()
-            maps = parse_attention_maps(
-                attention_maps, attention_maps_path, var=options.enabled, pretrained=pretrained, run_id=run_id
-            )
-            self.batch_size_per_gpu = parse_positive_int("batch_size", batch_size)
-            if spec.max_batch_size is not None and self.batch_size_per_gpu > spec.max_batch_size:
-                raise ModelArgError(
-                    f"batch_size must be at most {spec.max_batch_size}: lmms-eval's {spec.upstream_id} "
-                    f"generates {spec.max_batch_size} prompt(s) at a time, got {self.batch_size_per_gpu}"
-                )
-            journal_dir = resolve_journal_dir(parse_journal(journal), pretrained)
-            diagnostics_file = _diagnostics_file(options, pretrained, run_id)
-            with model_arg_checks():
-                if maps.folder is not None:
-                    probe_output_folder(maps.folder, "attention_maps_path")
-            if options.enabled and options.sink_dims == AUTO:
-                try:
-                    checked_cache_dir()
-                except ValueError as error:
-                    raise ModelArgError(f"sink_dims=auto: {error}") from None
-            self.accelerator = Accelerator()
-            if self.accelerator.is_main_process:
-                _warn_about_lmms_eval_cache()
-            self._device, self.device_map = _placement(self.accelerator, device, device_map)
-            hub_options = spec.hub_options(args)
-            # Read the config alone first: a checkpoint of another family, or unknown sink dims, must
-            # fail before any weights are loaded.
-            with model_arg_checks():
-                model_config = checkpoint_config(pretrained, "pretrained=", **hub_options)
-            self.backbone = self._served_backbone(pretrained, model_config)
-            known = _known_sink_dims(options, pretrained, model_config)
-            load_dtype = parse_dtype(dtype, self._device.type, spec.cuda_dtype)
+        with _errors_naming(self.lmms_eval.model_id):
+            settings = self._parse_settings(model_args)
+            loaded = self._load(settings)
+            self._attach(settings, loaded)
 
-            self._model = (
-                self.backbone.loader_class()
-                .from_pretrained(
-                    pretrained,
-                    dtype=load_dtype,
-                    device_map=self.device_map,
-                    attn_implementation=attn_implementation,
-                    **hub_options,
-                )
-                .eval()
+    @classmethod
+    def _parse_settings(cls, model_args: Mapping[str, object]) -> "_Settings":
+        """Every model arg checked, before any file is touched; upstream's `__init__` checks, in its order."""
+        spec = cls.lmms_eval
+        upstream_given = {name: value for name, value in model_args.items() if find_model_arg(name) is None}
+        unknown = sorted(set(upstream_given) - set(spec.upstream_args))
+        if unknown:
+            raise ModelArgError(
+                f"unknown arg(s) {unknown}: {spec.model_id} takes {sorted(VAR_MODEL_ARGS)} and "
+                f"lmms-eval's {spec.upstream_id} args {sorted(spec.upstream_args)}"
             )
-            # The attributes upstream's generate_until reads, set as upstream sets them.
-            for name, value in spec.state(pretrained, args).items():
-                setattr(self, name, value)
-            self._config = self._model.config
+        with model_arg_checks():
+            upstream = spec.upstream_arguments(upstream_given)
+        upstream |= {
+            name: parse_bool(name, upstream[name])
+            for name in _upstream_flags(cls)
+            if upstream[name] is not None
+        }
+        ours = parse_settings(
+            {name: value for name, value in model_args.items() if name not in upstream_given}
+        )
+        options = VAROptions.from_settings(ours)
+        attn_implementation = ours["attn_implementation"]
+        flash = spec.flash_attention_flag
+        if flash and upstream[flash]:
+            attn_implementation = "flash_attention_2"
+        if options.enabled and attn_implementation not in BASE_IMPLEMENTATIONS:
+            raise ModelArgError(
+                f"attn_implementation must be one of {list(BASE_IMPLEMENTATIONS)} with VAR on, "
+                f"got {attn_implementation!r}"
+            )
+        pretrained = ours["pretrained"] or spec.default_pretrained
+        run_id = get_datetime_str()
+        maps = parse_attention_maps(
+            ours["attention_maps"],
+            ours["attention_maps_path"],
+            var=options.enabled,
+            pretrained=pretrained,
+            run_id=run_id,
+        )
+        batch_size = ours["batch_size"]
+        if spec.max_batch_size is not None and batch_size > spec.max_batch_size:
+            raise ModelArgError(
+                f"batch_size must be at most {spec.max_batch_size}: lmms-eval's {spec.upstream_id} "
+                f"generates {spec.max_batch_size} prompt(s) at a time, got {batch_size}"
+            )
+        return _Settings(
+            model_args=ours,
+            upstream=upstream,
+            upstream_given=upstream_given,
+            pretrained=pretrained,
+            attn_implementation=attn_implementation,
+            var=options,
+            maps=maps,
+            run_id=run_id,
+        )
 
-            self.var_handle = self._attach_var(options, known)
-            self._sink_check = None
-            if self.var_handle is not None and self.accelerator.is_main_process:
-                self._sink_check = FirstBatchSinkCheck(self.var_handle, spec.model_id, pretrained)
-            self._diagnostics = None
-            if self.var_handle is not None and options.diagnostics:
-                self._diagnostics = DiagnosticsRecorder(self.var_handle, diagnostics_file)
-            self._attention_maps = maps.recorder(self.var_handle, getattr(self, spec.processor_attribute))
-            self._journal = None
-            if journal_dir is not None:
-                var_config = None if self.var_handle is None else self.var_handle.config
-                settings = journal_settings(
-                    model_args, model=self._model, var_config=var_config, model_class=type(self).__name__
-                )
-                self._journal = Journal(journal_dir, settings, rank=self.accelerator.process_index)
-            self._distribute()
+    def _load(self, settings: "_Settings") -> "_Loaded":
+        """Outputs made writable and the checkpoint's config read, so that a bad one fails before the
+        weights load; then the weights, and upstream's attributes set as upstream sets them."""
+        spec, pretrained, options = self.lmms_eval, settings.pretrained, settings.var
+        journal_dir = resolve_journal_dir(settings.model_args["journal"], pretrained)
+        diagnostics_file = _diagnostics_file(options, pretrained, settings.run_id)
+        with model_arg_checks():
+            if settings.maps.folder is not None:
+                probe_output_folder(settings.maps.folder, "attention_maps_path")
+        if options.enabled and options.sink_dims == AUTO:
+            try:
+                checked_cache_dir()
+            except ValueError as error:
+                raise ModelArgError(f"sink_dims=auto: {error}") from None
+        self.accelerator = Accelerator()
+        if self.accelerator.is_main_process:
+            _warn_about_lmms_eval_cache()
+        self._device, self.device_map = _placement(
+            self.accelerator, settings.model_args["device"], settings.model_args["device_map"]
+        )
+        self.batch_size_per_gpu = settings.model_args["batch_size"]
+        hub_options = spec.hub_options(settings.upstream)
+        with model_arg_checks():
+            model_config = checkpoint_config(pretrained, "pretrained=", **hub_options)
+        self.backbone = self._served_backbone(pretrained, model_config)
+        known = _known_sink_dims(options, pretrained, model_config)
+        load_dtype = parse_dtype(settings.model_args["dtype"], self._device.type, spec.cuda_dtype)
+        self._model = (
+            self.backbone.loader_class()
+            .from_pretrained(
+                pretrained,
+                dtype=load_dtype,
+                device_map=self.device_map,
+                attn_implementation=settings.attn_implementation,
+                **hub_options,
+            )
+            .eval()
+        )
+        # The attributes upstream's generate_until reads, set as upstream sets them.
+        for name, value in spec.state(pretrained, settings.upstream).items():
+            setattr(self, name, value)
+        self._config = self._model.config
+        return _Loaded(journal_dir=journal_dir, diagnostics_file=diagnostics_file, sink_dims=known)
+
+    def _attach(self, settings: "_Settings", loaded: "_Loaded") -> None:
+        """VAR (unless var=false), the watchers of upstream's loop, the journal, data parallelism."""
+        spec, options = self.lmms_eval, settings.var
+        self.var_handle = self._attach_var(options, loaded.sink_dims)
+        # Those reading VAR's state come first, before attention maps rerun the model.
+        watchers: list[Watcher] = []
+        if self.var_handle is not None and self.accelerator.is_main_process:
+            watchers.append(FirstBatchSinkCheck(self.var_handle, spec.model_id, settings.pretrained))
+        if self.var_handle is not None and options.diagnostics:
+            watchers.append(DiagnosticsRecorder(self.var_handle, loaded.diagnostics_file, self.accelerator))
+        maps = settings.maps.recorder(self.var_handle, getattr(self, spec.processor_attribute))
+        if maps is not None:
+            watchers.append(maps)
+        self._watchers = tuple(watchers)
+        self._journal = None
+        if loaded.journal_dir is not None:
+            var_config = None if self.var_handle is None else self.var_handle.config
+            journal_args = {**settings.model_args.values, **settings.upstream_given}
+            key = journal_settings(
+                journal_args, model=self._model, var_config=var_config, model_class=type(self).__name__
+            )
+            self._journal = Journal(loaded.journal_dir, key, rank=self.accelerator.process_index)
+        self._distribute()
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None):
@@ -230,7 +238,7 @@ class VARModel:
             return None
         if known is None:  # sink_dims=auto
             processor = getattr(self, self.lmms_eval.processor_attribute)
-            dims, source = auto_sink_dims(self._model, processor, tau=options.tau)
+            dims, source = auto_sink_dims(self._model, processor, tau=options.hyper["tau"])
             known = tuple(dims), f"sink_dims=auto ({source})"
         dims, source = known
         config = options.config(dims)
@@ -270,32 +278,43 @@ class VARModel:
     def generate_until(self, requests):
         """Answers from the journal (if on), the other requests computed by `_generate_until`; a
         generation error fails the call even where upstream would answer "" instead."""
-        with _generation_errors_raised(self.model):
-            if self._journal is None:
-                return self._generate_until(requests)
-            return self._journal.generate_until(self, requests, self._generate_until, self._generated_for)
+        if self._journal is None:
+            return self._generate_until(requests)
+        return self._journal.generate_until(self, requests, self._generate_until, self._generated_for)
 
     def _generated_for(self, request) -> str | None:
         """What needs `request` generated although the journal holds its answer (the journal keeps
         answers only): diagnostics want every doc, attention maps the docs they draw."""
-        if self._diagnostics is not None:
-            return "diagnostics"
-        if self._attention_maps is not None and self._attention_maps.draws(request):
-            return "attention_maps"
-        return None
+        return next(filter(None, (watcher.needs(request) for watcher in self._watchers)), None)
 
     def _generate_until(self, requests):
-        """Upstream's generation; diagnostics (one record per sample, flushed after the call) and
-        attention maps watch its batches, after the first batch's sink check. Those reading VAR's state
-        come first (a watcher entered earlier runs earlier), before attention maps rerun the model."""
-        with ExitStack() as watchers:
-            for recorder in (self._sink_check, self._diagnostics, self._attention_maps):
-                if recorder is not None:
-                    watchers.enter_context(recorder.recording(self))
-            results = super().generate_until(requests)
-        if self._diagnostics is not None:
-            self._diagnostics.flush(self.accelerator)
-        return results
+        """Upstream's generation, its batches watched (sink check, diagnostics, attention maps)."""
+        with watching_batches(self, self._watchers):
+            return super().generate_until(requests)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The model args, parsed and checked (no I/O): `model_args` the table's, `upstream` upstream's
+    as its `__init__` takes them, `upstream_given` as given (for the journal's key)."""
+
+    model_args: ModelSettings
+    upstream: Mapping[str, object]
+    upstream_given: Mapping[str, object]
+    pretrained: str
+    attn_implementation: str
+    var: VAROptions
+    maps: AttentionMapOptions
+    run_id: str
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What loading found out: the run's checked output places and the sink dims (None: measure them)."""
+
+    journal_dir: Path | None
+    diagnostics_file: Path | None
+    sink_dims: tuple[tuple[int, ...], str] | None
 
 
 @contextmanager
@@ -305,35 +324,6 @@ def _errors_naming(model_id: str) -> Iterator[None]:
         yield
     except ModelArgError as error:
         raise error.for_model(model_id) from None
-
-
-class _GenerationFailed(BaseException):
-    """Carries a generation error past upstream loops that catch `Exception` and answer "" instead
-    (lmms-eval's llava_hf): a run whose model cannot generate must fail, not score empty answers."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(error)
-        self.error = error
-
-
-@contextmanager
-def _generation_errors_raised(model: torch.nn.Module) -> Iterator[None]:
-    generate = model.generate
-
-    def generate_or_fail(*args, **kwargs):
-        try:
-            return generate(*args, **kwargs)
-        except Exception as error:
-            raise _GenerationFailed(error) from error
-
-    model.generate = generate_or_fail
-    try:
-        yield
-    except _GenerationFailed as failure:
-        raise failure.error from None
-    finally:
-        # The diagnostics recorder, entered inside, may already have removed the instance attribute.
-        vars(model).pop("generate", None)
 
 
 def _placement(
@@ -443,4 +433,4 @@ def _in_range(
 
 
 # VARModel's own model args (every other one is upstream's), for the message naming an unknown one.
-VAR_MODEL_ARGS = tuple(inspect.signature(VARModel.__init__).parameters)[1:-1]
+VAR_MODEL_ARGS = tuple(row.name for row in MODEL_ARGS)

@@ -6,7 +6,6 @@ and once with it, and writes one figure (`--output`, a PNG) and the numbers behi
 """
 
 import argparse
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +18,7 @@ from lmms_var.backbones import (
 )
 from lmms_var.checks import check_output_file, device_or_default
 from lmms_var.config import VARConfig
+from lmms_var.model_args import model_arg
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -28,13 +28,8 @@ if TYPE_CHECKING:
 HEAD_CHOICES = ("selected", "all")
 ROW_CHOICES = ("last", "answer", "all")
 DEFAULT_OUTPUT = Path("attention.png")
-_VAR_DEFAULTS = {field.name: field.default for field in fields(VARConfig)}
-VAR_OPTIONS = {
-    "tau": "sink threshold on the RMS-normalised hidden state",
-    "p": "fraction of sink attention kept",
-    "rho": "largest visual-sink share of image attention for a selected head",
-    "summ": "smallest image attention for a selected head",
-}
+# VAR's hyper-parameters as options, their help and defaults the model args' (`lmms_var.model_args`).
+VAR_OPTIONS = {name: model_arg(name) for name in ("tau", "p", "rho", "summ")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,9 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--sink-dims", type=int, nargs="+", help="sink dimensions (default: published for the model)"
     )
-    for name, meaning in VAR_OPTIONS.items():
-        default = _VAR_DEFAULTS[name]
-        parser.add_argument(f"--{name}", type=float, default=default, help=f"{meaning} (default {default:g})")
+    for name, row in VAR_OPTIONS.items():
+        parser.add_argument(
+            f"--{name}", type=float, default=row.default, help=f"{row.help} (default {row.default:g})"
+        )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="weights dtype (default: checkpoint's)"

@@ -39,8 +39,13 @@ def test_values_as_lmms_eval_parses_them():
     args = simple_parse_args_string("sink_dims=458,var=false,p=1,tau=5,except_last_layer=False")
     assert args == {"sink_dims": 458, "var": False, "p": 1, "tau": 5, "except_last_layer": False}
     parsed = options(**args)
-    assert (parsed.sink_dims, parsed.enabled, parsed.p, parsed.tau) == ((458,), False, 1.0, 5.0)
-    assert parsed.except_last_layer is False
+    assert (parsed.sink_dims, parsed.enabled, parsed.hyper["p"], parsed.hyper["tau"]) == (
+        (458,),
+        False,
+        1.0,
+        5.0,
+    )
+    assert parsed.hyper["except_last_layer"] is False
     several = simple_parse_args_string("sink_dims=458;2570")
     assert options(**several).sink_dims == (458, 2570)
 
