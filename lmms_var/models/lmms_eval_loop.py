@@ -117,6 +117,7 @@ def watching_batches(lm, watchers: Sequence[Watcher]) -> Iterator[None]:
     seen: list[DocKey] = []
     task_dict, model = lm.task_dict, lm.model
     generate = model.generate
+    own_generate = vars(model).get("generate")  # an intervention's (PAI's refine), kept under ours
 
     def generate_and_watch(*args, **kwargs):
         try:
@@ -137,6 +138,9 @@ def watching_batches(lm, watchers: Sequence[Watcher]) -> Iterator[None]:
         raise failure.error from None
     finally:
         lm.task_dict = task_dict
-        del model.generate
+        if own_generate is None:
+            del model.generate
+        else:
+            model.generate = own_generate
     for watcher in watchers:
         watcher.after_call()

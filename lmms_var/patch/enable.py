@@ -45,6 +45,7 @@ class InterventionHandle:
     _text_config: object
     _hooks: list[RemovableHandle] = field(default_factory=list)
     _attention_modules: list[torch.nn.Module] = field(default_factory=list)
+    _generate: object = None  # the wrapper of `model.generate` it installed, if any
     _removed: bool = False
 
     @property
@@ -95,7 +96,8 @@ class InterventionHandle:
             hook.remove()
         for module in self._attention_modules:
             delattr(module, STATE_ATTRIBUTE)
-        vars(self.model).pop("generate", None)
+        if self._generate is not None and vars(self.model).get("generate") is self._generate:
+            del self.model.generate
         self._text_config._attn_implementation = self.state.settings.base_implementation
         self._removed = True
 
@@ -196,7 +198,7 @@ def enable_intervention(
             model.register_forward_pre_hook(_prompt_chooser(handle, backbone), with_kwargs=True)
         )
     if type(intervention).generate is not Intervention.generate:
-        model.generate = functools.partial(intervention.generate, handle, model.generate)
+        handle._generate = model.generate = functools.partial(intervention.generate, handle, model.generate)
     text_config._attn_implementation = name
     return handle
 
