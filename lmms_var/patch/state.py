@@ -34,8 +34,8 @@ class Settings:
     """What `enable_intervention` fixed."""
 
     intervention: Intervention
-    visual_token_ids: tuple[int, ...]
     active_layers: frozenset[int]  # layers it changes: its own, with softmax attention
+    visual_token_ids: tuple[int, ...]
     base_implementation: str  # the model's own kernel, wrapped
     options: RowOptions
     fused: bool = True  # False: the eager reference (every row materialised)

@@ -2,8 +2,6 @@
 references (`intervention_references.py`), on every family: prefill logits, generated tokens, raw
 logits and PAI's refined scores; identities exact; bad use refused before anything runs."""
 
-import copy
-
 import pytest
 import torch
 
@@ -23,15 +21,6 @@ CONFIGS = {
     "pai": PAIConfig(alpha=0.5, start_layer=1, gamma=1.3),
     "pai, attention only": PAIConfig(alpha=0.5, start_layer=1, gamma=1.0),
 }
-
-
-@pytest.fixture
-def copies(tiny_models):
-    def get(model_type: str):
-        model, processor = tiny_models(model_type)
-        return copy.deepcopy(model), processor
-
-    return get
 
 
 def library_text_only(model, processor, inputs) -> dict:
