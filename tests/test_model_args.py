@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 
 import pytest
 
+from lmms_var.backbones import BACKBONES
 from lmms_var.leaderboard import load_run
 from lmms_var.leaderboard.table import run_names
 from lmms_var.model_args import (
@@ -66,6 +67,13 @@ def test_rows_sharing_a_name_are_methods_args_alike_but_for_default_parser_and_h
         assert len(names) == len(set(names)), method
     assert model_arg("alpha", "pai").default == 0.2
     assert isinstance(model_arg("alpha", "scalingvis").default, Required)
+
+
+def test_no_row_shadows_an_upstream_arg():
+    """An upstream arg of the same name as a row (`threshold`, `alpha`) would never reach upstream."""
+    ours = {row.name for row in MODEL_ARGS}
+    for backbone in BACKBONES:
+        assert not ours & set(backbone.lmms_eval.upstream_args), backbone.lmms_eval.model_id
 
 
 @pytest.mark.parametrize("method", METHODS)

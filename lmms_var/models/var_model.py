@@ -8,7 +8,8 @@ multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist
 what upstream's `__init__` sets (`LmmsEvalModel`), so `var=false` reproduces upstream's predictions.
 `__init__` takes three steps: parse the model args (the table in `lmms_var.model_args` and upstream's;
 no I/O), load (outputs and the checkpoint's config checked first, then the weights), attach (the
-intervention `method=` chooses, VAR by default; the watchers of upstream's loop, the journal). `generate_until` adds the journal, diagnostics and attention maps around upstream's and lets
+intervention `method=` chooses, VAR by default; the watchers of upstream's loop, the journal).
+`generate_until` adds the journal, diagnostics and attention maps around upstream's and lets
 generation errors through where upstream would answer "" instead.
 """
 
