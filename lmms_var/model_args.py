@@ -2,7 +2,8 @@
 
 The models' parser (`lmms_var.models`), the journal's key (the rows that can change an answer), the
 leaderboard's run labels and `lmms-var show`'s help read `MODEL_ARGS`, so a new arg is one row, and a
-new method's arg is one row with `method=` its method. This module imports no torch, transformers or
+new method's arg is one row with `method=` its method. Methods may share an arg's name (`alpha` is
+ScalingVis's scale and PAI's amplification): one row per method, each with its own default and parser. This module imports no torch, transformers or
 lmms-eval: the leaderboard and the CLI's help read it without loading a model stack.
 
 lmms-eval turns `true`/`false` into bools, digit strings into ints and decimals into floats before the
@@ -15,11 +16,28 @@ from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
 
-from lmms_var.config import DEFAULT_TAU, check_fraction, check_tau
+from lmms_var.config import (
+    DEFAULT_TAU,
+    AdaptVisConfig,
+    PAIConfig,
+    ScalingVisConfig,
+    VARConfig,
+    check_fraction,
+    check_layer,
+    check_non_negative,
+    check_positive,
+    check_tau,
+)
 
 AUTO = "auto"
-# The attention interventions a run may choose with `method=` (var=false turns any of them off).
-METHODS = ("var",)
+# The attention interventions a run may choose with `method=` (var=false turns any of them off), and
+# the config each builds from its rows (the rows are the config's fields, of the same names).
+METHOD_CONFIGS: Mapping[str, type] = MappingProxyType(
+    {"var": VARConfig, "scalingvis": ScalingVisConfig, "adaptvis": AdaptVisConfig, "pai": PAIConfig}
+)
+METHODS = tuple(METHOD_CONFIGS)
+# ScalingVis's alpha grid in the authors' paper (Chen et al., ICML 2025), for the missing-alpha message.
+SCALINGVIS_GRID = (0.5, 0.8, 1.2, 1.5, 2.0)
 # The spellings of a true/false model arg (lmms-eval hands `true`/`false` over as bools already).
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
@@ -86,12 +104,31 @@ def _checked_number(check: Callable[[float, str], None]) -> "Parser":
 parse_fraction = _checked_number(check_fraction)
 # A finite number above 0 (an infinite sink threshold finds no sink, so VAR would change nothing).
 parse_threshold = _checked_number(check_tau)
+# A finite number above 0 (ScalingVis's and AdaptVis's scales), or at least 0 (PAI's alpha and gamma).
+parse_positive = _checked_number(check_positive)
+parse_non_negative = _checked_number(check_non_negative)
 
 
 def parse_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not str(value).strip().isdigit() or int(str(value)) < 1:
         raise ModelArgError(f"{name} must be a positive integer, got {value!r}")
     return int(str(value))
+
+
+def parse_layer(name: str, value: object) -> int:
+    """A decoder layer index (an integer >= 0), checked as the configs check theirs."""
+    text = str(value).strip()
+    number = int(text) if not isinstance(value, bool) and text.lstrip("-").isdigit() else value
+    try:
+        check_layer(number, name)
+    except ValueError as error:
+        raise ModelArgError(str(error)) from None
+    return number
+
+
+def parse_optional_layer(name: str, value: object) -> int | None:
+    """A decoder layer index, or None (`none`, or not given: the model's last)."""
+    return None if value is None or str(value).strip().lower() == "none" else parse_layer(name, value)
 
 
 def parse_count(name: str, value: object) -> int:
@@ -180,8 +217,15 @@ class Label(Enum):
 
 
 @dataclass(frozen=True)
+class Required:
+    """The default of an arg its method cannot run without (ScalingVis's `alpha`); `hint` says what to give."""
+
+    hint: str
+
+
+@dataclass(frozen=True)
 class ModelArg:
-    """One model arg: its name, default, parser (raises `ModelArgError` naming the arg), one line of
+    """One model arg: its name, default (or `Required`), parser (raises `ModelArgError` naming the arg), one line of
     help, the method it belongs to (None: every run), whether it can change an answer (the journal's
     key holds those) and where run labels show it."""
 
@@ -263,10 +307,69 @@ MODEL_ARGS: tuple[ModelArg, ...] = (
         label=Label.LISTED,
     ),
     ModelArg(
+        "alpha",
+        Required(f"e.g. one of the authors' grid {', '.join(map(str, SCALINGVIS_GRID))}"),
+        parse_positive,
+        "scale of the last prompt row's scores on image keys (> 1 sharpens, < 1 flattens; required)",
+        method="scalingvis",
+        label=Label.LISTED,
+    ),
+    ModelArg(
+        "alpha_low",
+        0.5,
+        parse_positive,
+        "ScalingVis's alpha where the plain model's first-token confidence is below threshold",
+        method="adaptvis",
+        label=Label.LISTED,
+    ),
+    ModelArg(
+        "alpha_high",
+        1.5,
+        parse_positive,
+        "ScalingVis's alpha where that confidence is at least threshold",
+        method="adaptvis",
+        label=Label.LISTED,
+    ),
+    ModelArg(
+        "threshold",
+        0.4,
+        parse_fraction,
+        "confidence (largest first-token probability) that picks alpha_high",
+        method="adaptvis",
+        label=Label.LISTED,
+    ),
+    ModelArg(
+        "alpha",
+        0.2,
+        parse_non_negative,
+        "amplification of the last row's scores on image keys (s + alpha * |s|)",
+        method="pai",
+        label=Label.LISTED,
+    ),
+    ModelArg(
+        "start_layer", 2, parse_layer, "first decoder layer amplified", method="pai", label=Label.LISTED
+    ),
+    ModelArg(
+        "end_layer",
+        None,
+        parse_optional_layer,
+        "decoder layer after the last amplified (default: the number of layers)",
+        method="pai",
+        label=Label.LISTED,
+    ),
+    ModelArg(
+        "gamma",
+        1.1,
+        parse_non_negative,
+        "logit refine against the text-only stream (1: off)",
+        method="pai",
+        label=Label.LISTED,
+    ),
+    ModelArg(
         "diagnostics",
         False,
         parse_bool,
-        "log what VAR did per sample",
+        "log what the intervention did per sample",
         changes_answers=False,
         label=Label.NEVER,
     ),
@@ -307,16 +410,23 @@ MODEL_ARGS: tuple[ModelArg, ...] = (
 NOT_OUTPUT_ARGS = frozenset(row.name for row in MODEL_ARGS if not row.changes_answers)
 
 
-def find_model_arg(name: str) -> ModelArg | None:
-    """The row of the model arg `name`, None when the table has none (an upstream arg, or unknown)."""
-    return next((row for row in MODEL_ARGS if row.name == name), None)
+def rows_named(name: str) -> tuple[ModelArg, ...]:
+    """The rows of the model arg `name`: one, or one per method that takes an arg of that name."""
+    return tuple(row for row in MODEL_ARGS if row.name == name)
 
 
-def model_arg(name: str) -> ModelArg:
-    """The row of the model arg `name`, which the table holds."""
-    row = find_model_arg(name)
+def find_model_arg(name: str, method: str | None = None) -> ModelArg | None:
+    """The row of the model arg `name` a run of `method` takes; without `method`, its first row (rows
+    sharing a name share `changes_answers` and `label`). None when there is none (an upstream arg, or
+    unknown)."""
+    return next((row for row in rows_named(name) if method is None or row.method in (None, method)), None)
+
+
+def model_arg(name: str, method: str | None = None) -> ModelArg:
+    """The row of the model arg `name` (for `method`, if given), which the table holds."""
+    row = find_model_arg(name, method)
     if row is None:
-        raise KeyError(f"no model arg {name!r} in lmms_var.model_args.MODEL_ARGS")
+        raise KeyError(f"no model arg {name!r} for method {method!r} in lmms_var.model_args.MODEL_ARGS")
     return row
 
 
@@ -343,11 +453,32 @@ class ModelSettings:
 
 def parse_settings(given: Mapping[str, object]) -> ModelSettings:
     """Parse the table's args among `given` (others, upstream's, are the caller's), defaults for the
-    rest of the chosen method's; an arg of another method than the chosen one is an error."""
+    rest of the chosen method's; an arg of another method than the chosen one is an error. A `Required`
+    arg not given is an error while the method is on (None with var=false: the plain model)."""
     method = model_arg("method").parsed(given.get("method", model_arg("method").default))
     for name in given:
-        row = find_model_arg(name)
-        if row is not None and row.method not in (None, method):
-            raise ModelArgError(f"{name} belongs to method={row.method}, not method={method}")
-    values = {row.name: row.parsed(given.get(row.name, row.default)) for row in method_args(method)}
+        rows = rows_named(name)
+        if rows and not any(row.method in (None, method) for row in rows):
+            owners = " or ".join(f"method={row.method}" for row in rows)
+            raise ModelArgError(f"{name} belongs to {owners}, not method={method}")
+    enabled = model_arg("var").parsed(given.get("var", model_arg("var").default))
+    values = {}
+    for row in method_args(method):
+        try:
+            values[row.name] = _parsed(row, given, enabled)
+        except ModelArgError as error:
+            # The default method's messages are as they were before there were others.
+            if row.method in (None, METHODS[0]):
+                raise
+            raise ModelArgError(f"method={method}: {error.message}") from None
     return ModelSettings(method, MappingProxyType(values))
+
+
+def _parsed(row: ModelArg, given: Mapping[str, object], enabled: bool) -> object:
+    if row.name in given:
+        return row.parsed(given[row.name])
+    if not isinstance(row.default, Required):
+        return row.parsed(row.default)
+    if enabled:
+        raise ModelArgError(f"{row.name} is required: give {row.name}=N, {row.default.hint}")
+    return None

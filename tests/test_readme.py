@@ -476,6 +476,10 @@ BAD_ARGS = {
     "`min_pixels=1000000,max_pixels=12544`": BadArgs("min_pixels=1000000,max_pixels=12544"),
     "`device=cuda` on a machine without a GPU": BadArgs("device=cuda", needs_no_gpu=True),
     "`batch_size=2` with `--batch_size 4`": BadArgs("batch_size=2", batch_size="4"),
+    "`alpha=1.5`": BadArgs("alpha=1.5"),
+    "`method=scalingvis`": BadArgs("method=scalingvis"),
+    "`method=pai,end_layer=40`": BadArgs("method=pai,end_layer=40"),
+    "`method=pai,attention_maps=1`": BadArgs("method=pai,attention_maps=1"),
 }
 # The table's lines give the folder the run started in as this, and elide the model's prefix with "...".
 TABLE_FOLDER = "/tmp/rb"

@@ -2,7 +2,7 @@
 
 The table of model args, their parsers and `ModelArgError` live in `lmms_var.model_args` (no torch);
 this module adds lmms-eval's `k=v` string, its own options (`--batch_size`, `--device`), torch dtypes
-and the VAR part of the settings. Each error names the model arg and what it expected.
+and the chosen method's part of the settings (`InterventionOptions`), which builds its config. Each error names the model arg and what it expected.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 from lmms_eval.utils import _smart_comma_split, handle_arg_string
 
-from lmms_var.config import VARConfig
 from lmms_var.model_args import (
     AUTO,
     DTYPE_NAMES,
+    METHOD_CONFIGS,
+    METHODS,
     MODEL_ARGS,
     ModelArgError,
     ModelSettings,
@@ -26,22 +27,23 @@ from lmms_var.model_args import (
     parse_settings,
     parse_sink_dims,
 )
+from lmms_var.patch.interventions import INTERVENTIONS
 
 __all__ = [
     "AUTO",
     "DTYPES",
     "LMMS_EVAL_DEFAULT_BATCH_SIZE",
+    "InterventionOptions",
     "ModelArgError",
-    "VAROptions",
     "merge_lmms_eval_options",
     "model_arg_checks",
     "parse_bool",
     "parse_dtype",
+    "parse_intervention_options",
     "parse_journal",
     "parse_model_args",
     "parse_positive_int",
     "parse_sink_dims",
-    "parse_var_options",
 ]
 
 # lmms-eval passes its own `--batch_size` to every model, 1 when the command line leaves it out.
@@ -122,37 +124,74 @@ def parse_dtype(value: object, device: str, cuda_default: str = "bfloat16") -> t
 
 
 @dataclass(frozen=True)
-class VAROptions:
-    """The VAR part of the model args, checked before any weights are loaded: `hyper` holds the VAR rows
-    of the table but `sink_dims` (`tau`, `p`, ...), which are `VARConfig`'s fields of the same names."""
+class InterventionOptions:
+    """The chosen method's part of the model args, checked before any weights are loaded: `args` holds
+    the method's rows but `sink_dims` (`tau`, `p`, ...; `alpha`, ...), which are its config's fields of
+    the same names; `sink_dims` is VAR's (None: look them up; other methods have none)."""
 
+    method: str
     enabled: bool
+    args: Mapping[str, object]
     sink_dims: tuple[int, ...] | str | None
-    hyper: Mapping[str, object]
     diagnostics: bool
     diagnostics_path: str | None
 
     @classmethod
-    def from_settings(cls, settings: ModelSettings) -> "VAROptions":
-        hyper = {
+    def from_settings(cls, settings: ModelSettings) -> "InterventionOptions":
+        """The options of `settings`; a method without dims builds its config now, so args that are
+        wrong together (PAI's `end_layer` not above `start_layer`) fail before loading too."""
+        args = {
             row.name: settings[row.name]
             for row in MODEL_ARGS
-            if row.method == "var" and row.name != "sink_dims"
+            if row.method == settings.method and row.name != "sink_dims"
         }
-        return cls(
+        options = cls(
+            method=settings.method,
             enabled=settings["var"],
-            sink_dims=settings["sink_dims"],
-            hyper=hyper,
+            args=args,
+            sink_dims=settings.values.get("sink_dims"),
             diagnostics=settings["diagnostics"] or settings["diagnostics_path"] is not None,
             diagnostics_path=settings["diagnostics_path"],
         )
+        if options.enabled and not options.needs_sink_dims:
+            options.config()
+        return options
 
-    def config(self, sink_dims: Sequence[int]) -> VARConfig:
-        """The run's config once its dims are known (the table's parsers checked every other value)."""
-        return VARConfig(sink_dims=tuple(sink_dims), **self.hyper)
+    @property
+    def name(self) -> str:
+        """The method as its intervention names itself (`VAR`, `ScalingVis`, `AdaptVis`, `PAI`)."""
+        return INTERVENTIONS[METHOD_CONFIGS[self.method]].name
+
+    @property
+    def needs_sink_dims(self) -> bool:
+        return self.method == "var"
+
+    def config(self, sink_dims: Sequence[int] | None = None):
+        """The run's config (VAR's once its dims are known); the table's parsers checked each value,
+        the config checks them together."""
+        fields = dict(self.args) if sink_dims is None else {**self.args, "sink_dims": tuple(sink_dims)}
+        try:
+            return METHOD_CONFIGS[self.method](**fields)
+        except ValueError as error:
+            raise ModelArgError(self._named(error)) from None
+
+    def check_layers(self, num_layers: int, source: str) -> None:
+        """The method's layer range lies within the `num_layers` decoder layers `source` (the checkpoint's
+        config.json) gives, so PAI's `end_layer=40` on a 28-layer model fails before the weights load."""
+        if not self.enabled or self.needs_sink_dims:
+            return
+        try:
+            self.config().active_layers(num_layers)
+        except ValueError as error:
+            raise ModelArgError(f"{self._named(error)} ({source})") from None
+
+    def _named(self, error: ValueError) -> str:
+        """A config's message (`PAIConfig.end_layer must ...`) naming the model arg and the method."""
+        message = str(error).replace(f"{METHOD_CONFIGS[self.method].__name__}.", "")
+        return message if self.method == METHODS[0] else f"method={self.method}: {message}"
 
 
-def parse_var_options(**model_args: object) -> VAROptions:
-    """Parse and validate every VAR model arg among `model_args` (dims are range-checked against the
-    model later)."""
-    return VAROptions.from_settings(parse_settings(model_args))
+def parse_intervention_options(**model_args: object) -> InterventionOptions:
+    """Parse and validate every model arg of the chosen method among `model_args` (VAR's dims are
+    range-checked against the model later)."""
+    return InterventionOptions.from_settings(parse_settings(model_args))

@@ -15,7 +15,7 @@ from lmms_var.attention_maps import MapSettings, attention_maps, model_note, sav
 from lmms_var.attention_maps.inputs import split_batch
 from lmms_var.model_args import ModelArgError, model_arg
 from lmms_var.models.lmms_eval_loop import Watcher, run_output_folder
-from lmms_var.patch import VARHandle
+from lmms_var.patch import InterventionHandle
 
 MAPS_FOLDER_SUFFIX = "attention_maps"
 
@@ -28,7 +28,7 @@ class AttentionMapOptions:
     folder: Path | None
     pretrained: str
 
-    def recorder(self, handle: VARHandle | None, processor) -> "AttentionMapRecorder | None":
+    def recorder(self, handle: InterventionHandle | None, processor) -> "AttentionMapRecorder | None":
         """The recorder for `handle`'s model, or None when off (then nothing is attached at all)."""
         if not self.per_task:
             return None
@@ -36,9 +36,16 @@ class AttentionMapOptions:
 
 
 def parse_attention_maps(
-    attention_maps: object, attention_maps_path: object, *, var: bool, pretrained: str, run_id: str
+    attention_maps: object,
+    attention_maps_path: object,
+    *,
+    var: bool,
+    method: str,
+    pretrained: str,
+    run_id: str,
 ) -> AttentionMapOptions:
-    """Check the two model args, and find the figures' folder, before any weights are loaded.
+    """Check the two model args, and find the figures' folder, before any weights are loaded. The
+    figures draw what VAR changes (`lmms_var.attention_maps`): another method's run is refused.
 
     The folder is `attention_maps_path`, else `<run_id>_attention_maps` next to lmms-eval's outputs
     for the model (as diagnostics).
@@ -52,6 +59,11 @@ def parse_attention_maps(
         return AttentionMapOptions(0, None, pretrained)
     if not var:
         raise ModelArgError("attention_maps draws what VAR changes; it needs var=true")
+    if method != "var":
+        raise ModelArgError(
+            f"attention_maps draws what VAR changes; method={method} has no attention maps here "
+            "(give attention_maps=0)"
+        )
     if attention_maps_path is not None:
         return AttentionMapOptions(per_task, Path(str(attention_maps_path)), pretrained)
     folder = run_output_folder(pretrained)
@@ -71,7 +83,7 @@ def figure_name(task: str, doc_id: int) -> str:
 class AttentionMapRecorder(Watcher):
     """Draws the figure of each doc with `doc_id < per_task`, once per (task, doc), as the run reaches it."""
 
-    def __init__(self, handle: VARHandle, processor, options: AttentionMapOptions) -> None:
+    def __init__(self, handle: InterventionHandle, processor, options: AttentionMapOptions) -> None:
         self.handle, self.processor, self.options = handle, processor, options
         self.drawn: set[tuple[str, int]] = set()
 

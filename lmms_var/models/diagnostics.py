@@ -1,7 +1,9 @@
-"""Per-sample VAR diagnostics for lmms-eval runs: which docs, what VAR did, written as JSONL.
+"""Per-sample diagnostics for lmms-eval runs: which docs, what the intervention did, written as JSONL.
 
-A `Watcher` of upstream's loop (`lmms_eval_loop`): after each batch it reads what VAR did to each row,
-keyed by the row's doc, and after each `generate_until` call writes the records, merged across ranks.
+A `Watcher` of upstream's loop (`lmms_eval_loop`): after each batch it reads what the intervention (VAR,
+ScalingVis, AdaptVis, PAI) did to each row, keyed by the row's doc and naming the `method`, and after
+each `generate_until` call writes the records, merged across ranks. (The file keeps VAR's name,
+`*_var_diagnostics.jsonl`, for every method.)
 """
 
 import json
@@ -11,7 +13,7 @@ from lmms_eval.api.instance import Instance
 from loguru import logger as eval_logger
 
 from lmms_var.models.lmms_eval_loop import DOC_FIELDS, Watcher, run_output_folder
-from lmms_var.patch import VARHandle
+from lmms_var.patch import InterventionHandle
 
 DIAGNOSTICS_SUFFIX = "var_diagnostics.jsonl"
 
@@ -28,10 +30,11 @@ def resolve_diagnostics_path(
 
 
 class DiagnosticsRecorder(Watcher):
-    """Collects one record per generated sample and writes them, merged across ranks, after each call."""
+    """Collects one record per generated sample and writes them, merged across ranks, after each call;
+    `method` is the model arg's value, which each record holds."""
 
-    def __init__(self, handle: VARHandle, path: Path | None, accelerator) -> None:
-        self.handle = handle
+    def __init__(self, handle: InterventionHandle, method: str, path: Path | None, accelerator) -> None:
+        self.handle, self.method = handle, method
         self.path = path
         self.accelerator = accelerator
         self.records: list[dict] = []
@@ -46,7 +49,9 @@ class DiagnosticsRecorder(Watcher):
         if len(docs) != len(samples):
             self._unmatched_batches += 1
             docs = [dict.fromkeys(DOC_FIELDS)] * len(samples)
-        self.records.extend({**doc, **sample} for doc, sample in zip(docs, samples, strict=True))
+        self.records.extend(
+            {**doc, "method": self.method, **sample} for doc, sample in zip(docs, samples, strict=True)
+        )
 
     def after_call(self) -> None:
         """Gather records from all ranks; rank 0 appends them to the JSONL and logs a summary."""
@@ -61,7 +66,7 @@ class DiagnosticsRecorder(Watcher):
             return
         if self._unmatched_batches:
             eval_logger.warning(
-                f"VAR diagnostics: {self._unmatched_batches} batch(es) could not be matched to their docs; "
+                f"{self.handle.intervention.name} diagnostics: {self._unmatched_batches} batch(es) could not be matched to their docs; "
                 "their records have doc_id null"
             )
         records.sort(key=lambda r: (str(r["task"]), r["doc_id"] if r["doc_id"] is not None else -1))
@@ -69,26 +74,33 @@ class DiagnosticsRecorder(Watcher):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as file:
                 file.writelines(json.dumps(record) + "\n" for record in records)
-        eval_logger.info(summarise(records, self.path))
+        eval_logger.info(summarise(records, self.path, self.handle.intervention.name))
 
 
-def summarise(records: list[dict], path: Path | None) -> str:
-    """One log line: how often VAR found visual sinks and acted, and how much attention it moved."""
+def summarise(records: list[dict], path: Path | None, name: str = "VAR") -> str:
+    """One log line: how often the intervention `name` acted and how much attention it moved; for VAR
+    also how often it found visual sinks."""
     where = (
         f"; per-sample records in {path}" if path else "; set diagnostics_path= to keep per-sample records"
     )
     if not records:  # nothing generated (every request answered otherwise): no file to point at
-        return "VAR diagnostics: no samples generated, no records written"
+        return f"{name} diagnostics: no samples generated, no records written"
     count = len(records)
-    layer_slots = sum(len(r["layers"]) for r in records) or 1
-    with_visual_sinks = sum(any(r["visual_sinks"]) for r in records)
     acted = sum(r["redistributed_rows"] > 0 for r in records)
     rows = sum(r["redistributed_rows"] for r in records)
     mass = sum(r["moved_mass"] for r in records)
+    sinks = ""
+    if "visual_sinks" in records[0]:
+        layer_slots = sum(len(r["layers"]) for r in records) or 1
+        with_visual_sinks = sum(any(r["visual_sinks"]) for r in records)
+        sinks = (
+            f" visual sinks found in {with_visual_sinks}/{count} "
+            f"(mean {sum(map(sum, (r['visual_sinks'] for r in records))) / layer_slots:.1f} visual and "
+            f"{sum(map(sum, (r['text_sinks'] for r in records))) / layer_slots:.1f} text sinks per layer);"
+        )
+    verb = "redistributed" if name == "VAR" else "changed"
     return (
-        f"VAR diagnostics: {count} samples; visual sinks found in {with_visual_sinks}/{count} "
-        f"(mean {sum(map(sum, (r['visual_sinks'] for r in records))) / layer_slots:.1f} visual and "
-        f"{sum(map(sum, (r['text_sinks'] for r in records))) / layer_slots:.1f} text sinks per layer); "
-        f"VAR redistributed attention in {acted}/{count} samples, {rows} (head, row) pairs in all "
-        f"({rows / count:.1f} per sample), moving {mass / count:.3f} attention mass per sample{where}"
+        f"{name} diagnostics: {count} samples;{sinks} {name} {verb} attention in {acted}/{count} samples, "
+        f"{rows} (head, row) pairs in all ({rows / count:.1f} per sample), moving {mass / count:.3f} "
+        f"attention mass per sample{where}"
     )

@@ -41,13 +41,12 @@ from loguru import logger as eval_logger
 from PIL import Image
 
 from lmms_var.checks import probe_output_folder
-from lmms_var.config import VARConfig
 from lmms_var.model_args import AUTO, NOT_OUTPUT_ARGS, ModelArgError
 from lmms_var.models.lmms_eval_loop import DocKey, RecordedDocs, doc_key, run_output_folder
 
 JOURNAL_FOLDER = "journal"
 # Bump when what a key covers changes, so that no older journal is read with another meaning.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the intervention's config under "intervention", named by its class
 _VERSIONED_PACKAGES = ("lmms-var", "lmms-eval", "transformers", "torch")
 _SOURCES = Path(__file__).resolve().parents[1]  # the installed lmms_var package
 _AVOID = "give journal=off, or journal=FOLDER for another folder"
@@ -90,7 +89,7 @@ def journal_settings(
     model_args: Mapping[str, object],
     *,
     model: torch.nn.Module,
-    var_config: VARConfig | None,
+    config: object | None,
     model_class: str,
 ) -> dict:
     """What decides a model's answers besides the request itself; journals are kept per settings.
@@ -103,7 +102,8 @@ def journal_settings(
         "model_args": {name: value for name, value in model_args.items() if name not in NOT_OUTPUT_ARGS},
         "checkpoint": _checkpoint_identity(model),
         "dtype": str(model.dtype),
-        "var": None if var_config is None else dataclasses.asdict(var_config),
+        # The attached intervention's config (`VARConfig`, `PAIConfig`, ...; None: the plain model).
+        "intervention": None if config is None else {type(config).__name__: dataclasses.asdict(config)},
         "versions": {package: version(package) for package in _VERSIONED_PACKAGES},
         "sources": source_fingerprint(_SOURCES),
     }

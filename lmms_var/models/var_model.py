@@ -7,8 +7,9 @@ upstream's. Only `__init__` is re-implemented, because upstream's hard-codes wha
 multi-process CPU), `assert kwargs == {}` and an `attn_implementation` whitelist. The backbone says
 what upstream's `__init__` sets (`LmmsEvalModel`), so `var=false` reproduces upstream's predictions.
 `__init__` takes three steps: parse the model args (the table in `lmms_var.model_args` and upstream's;
-no I/O), load (outputs and the checkpoint's config checked first, then the weights), attach (VAR, the
-watchers of upstream's loop, the journal). `generate_until` adds the journal, diagnostics and attention maps around upstream's and lets
+no I/O), load (outputs and the checkpoint's config checked first, then the weights), attach (the
+intervention `method=` chooses, VAR by default; the watchers of upstream's loop, the journal).
+`generate_until` adds the journal, diagnostics and attention maps around upstream's and lets
 generation errors through where upstream would answer "" instead.
 """
 
@@ -46,7 +47,7 @@ from lmms_var.model_args import (
     parse_settings,
 )
 from lmms_var.models.args import (
-    VAROptions,
+    InterventionOptions,
     merge_lmms_eval_options,
     model_arg_checks,
     parse_dtype,
@@ -57,7 +58,7 @@ from lmms_var.models.diagnostics import DiagnosticsRecorder, resolve_diagnostics
 from lmms_var.models.journal import Journal, journal_settings, resolve_journal_dir
 from lmms_var.models.lmms_eval_loop import Watcher, lmms_eval_cache_from_argv, watching_batches
 from lmms_var.models.sink_check import FirstBatchSinkCheck
-from lmms_var.patch import VARHandle, enable_var
+from lmms_var.patch import InterventionHandle, enable_intervention
 from lmms_var.patch.attention import BASE_IMPLEMENTATIONS
 from lmms_var.sink_dims.auto import auto_sink_dims, checked_cache_dir
 from lmms_var.sink_dims.known import lookup_known
@@ -75,8 +76,8 @@ class VARModel:
     def __init__(self, **model_args: object) -> None:
         """`model_args` as lmms-eval passes them (keywords, values half-parsed): the rows of
         `lmms_var.model_args.MODEL_ARGS` and upstream's args. Parsed first, without I/O; then the
-        outputs and the checkpoint's config are checked and the weights loaded; then VAR, the watchers
-        and the journal are attached."""
+        outputs and the checkpoint's config are checked and the weights loaded; then the intervention,
+        the watchers and the journal are attached."""
         lmms.__init__(self)
         with _errors_naming(self.lmms_eval.model_id):
             settings = self._parse_settings(model_args)
@@ -104,14 +105,14 @@ class VARModel:
         ours = parse_settings(
             {name: value for name, value in model_args.items() if name not in upstream_given}
         )
-        options = VAROptions.from_settings(ours)
+        options = InterventionOptions.from_settings(ours)
         attn_implementation = ours["attn_implementation"]
         flash = spec.flash_attention_flag
         if flash and upstream[flash]:
             attn_implementation = "flash_attention_2"
         if options.enabled and attn_implementation not in BASE_IMPLEMENTATIONS:
             raise ModelArgError(
-                f"attn_implementation must be one of {list(BASE_IMPLEMENTATIONS)} with VAR on, "
+                f"attn_implementation must be one of {list(BASE_IMPLEMENTATIONS)} with {options.name} on, "
                 f"got {attn_implementation!r}"
             )
         pretrained = ours["pretrained"] or spec.default_pretrained
@@ -120,6 +121,7 @@ class VARModel:
             ours["attention_maps"],
             ours["attention_maps_path"],
             var=options.enabled,
+            method=options.method,
             pretrained=pretrained,
             run_id=run_id,
         )
@@ -135,7 +137,7 @@ class VARModel:
             upstream_given=upstream_given,
             pretrained=pretrained,
             attn_implementation=attn_implementation,
-            var=options,
+            intervention=options,
             maps=maps,
             run_id=run_id,
         )
@@ -143,7 +145,7 @@ class VARModel:
     def _load(self, settings: "_Settings") -> "_Loaded":
         """Outputs made writable and the checkpoint's config read, so that a bad one fails before the
         weights load; then the weights, and upstream's attributes set as upstream sets them."""
-        spec, pretrained, options = self.lmms_eval, settings.pretrained, settings.var
+        spec, pretrained, options = self.lmms_eval, settings.pretrained, settings.intervention
         journal_dir = resolve_journal_dir(settings.model_args["journal"], pretrained)
         diagnostics_file = _diagnostics_file(options, pretrained, settings.run_id)
         with model_arg_checks():
@@ -165,6 +167,10 @@ class VARModel:
         with model_arg_checks():
             model_config = checkpoint_config(pretrained, "pretrained=", **hub_options)
         self.backbone = self._served_backbone(pretrained, model_config)
+        options.check_layers(
+            model_config.get_text_config().num_hidden_layers,
+            f"num_hidden_layers of {pretrained} in its config.json",
+        )
         known = _known_sink_dims(options, pretrained, model_config)
         load_dtype = parse_dtype(settings.model_args["dtype"], self._device.type, spec.cuda_dtype)
         self._model = (
@@ -185,25 +191,30 @@ class VARModel:
         return _Loaded(journal_dir=journal_dir, diagnostics_file=diagnostics_file, sink_dims=known)
 
     def _attach(self, settings: "_Settings", loaded: "_Loaded") -> None:
-        """VAR (unless var=false), the watchers of upstream's loop, the journal, data parallelism."""
-        spec, options = self.lmms_eval, settings.var
-        self.var_handle = self._attach_var(options, loaded.sink_dims)
-        # Those reading VAR's state come first, before attention maps rerun the model.
+        """The intervention (unless var=false), the watchers of upstream's loop, the journal, data
+        parallelism."""
+        spec, options = self.lmms_eval, settings.intervention
+        handle = self.intervention_handle = self._attach_intervention(options, loaded.sink_dims)
+        # Those reading the intervention's state come first, before attention maps rerun the model.
         watchers: list[Watcher] = []
-        if self.var_handle is not None and self.accelerator.is_main_process:
-            watchers.append(FirstBatchSinkCheck(self.var_handle, spec.model_id, settings.pretrained))
-        if self.var_handle is not None and options.diagnostics:
-            watchers.append(DiagnosticsRecorder(self.var_handle, loaded.diagnostics_file, self.accelerator))
-        maps = settings.maps.recorder(self.var_handle, getattr(self, spec.processor_attribute))
+        if handle is not None and options.needs_sink_dims and self.accelerator.is_main_process:
+            watchers.append(FirstBatchSinkCheck(handle, spec.model_id, settings.pretrained))
+        if handle is not None and options.diagnostics:
+            watchers.append(
+                DiagnosticsRecorder(handle, options.method, loaded.diagnostics_file, self.accelerator)
+            )
+        maps = settings.maps.recorder(handle, getattr(self, spec.processor_attribute))
         if maps is not None:
             watchers.append(maps)
         self._watchers = tuple(watchers)
         self._journal = None
         if loaded.journal_dir is not None:
-            var_config = None if self.var_handle is None else self.var_handle.config
             journal_args = {**settings.model_args.values, **settings.upstream_given}
             key = journal_settings(
-                journal_args, model=self._model, var_config=var_config, model_class=type(self).__name__
+                journal_args,
+                model=self._model,
+                config=None if handle is None else handle.config,
+                model_class=type(self).__name__,
             )
             self._journal = Journal(loaded.journal_dir, key, rank=self.accelerator.process_index)
         self._distribute()
@@ -232,27 +243,38 @@ class VARModel:
             f"pretrained={pretrained} is a {model_config.model_type!r} checkpoint, not {served}; {hint}"
         )
 
-    def _attach_var(self, options: VAROptions, known: tuple[tuple[int, ...], str] | None) -> VARHandle | None:
+    def _attach_intervention(
+        self, options: InterventionOptions, known: tuple[tuple[int, ...], str] | None
+    ) -> InterventionHandle | None:
+        """The chosen method on the model, and one log line saying what it does where."""
         if not options.enabled:
-            self._log(f"VAR off (var=false): plain {self.backbone.family}")
+            self._log(f"{options.name} off (var=false): plain {self.backbone.family}")
             return None
-        if known is None:  # sink_dims=auto
-            processor = getattr(self, self.lmms_eval.processor_attribute)
-            dims, source = auto_sink_dims(self._model, processor, tau=options.hyper["tau"])
-            known = tuple(dims), f"sink_dims=auto ({source})"
-        dims, source = known
-        config = options.config(dims)
-        handle = enable_var(self._model, config, diagnostics=options.diagnostics)
+        processor = getattr(self, self.lmms_eval.processor_attribute)
+        if options.needs_sink_dims:
+            if known is None:  # sink_dims=auto
+                dims, source = auto_sink_dims(self._model, processor, tau=options.args["tau"])
+                known = tuple(dims), f"sink_dims=auto ({source})"
+            dims, source = known
+            config = options.config(dims)
+        else:
+            config = options.config()
+        handle = enable_intervention(
+            self._model, config, diagnostics=options.diagnostics, tokenizer=processor.tokenizer
+        )
         layers = config.active_layers(len(self.backbone.decoder_layers(self._model)))
         span = f"layers {layers.start}..{layers.stop - 1}"
         acting = sorted(handle.active_layers)
         if len(acting) < len(layers):
             span += f"; of those only {acting}, the others being linear attention"
-        self._log(
-            f"VAR on: sink_dims={list(dims)} from {source}; tau={config.tau} rho={config.rho} "
-            f"summ={config.summ} p={config.p} except_last_layer={config.except_last_layer} "
-            f"({span}); diagnostics {'on' if options.diagnostics else 'off'}"
-        )
+        if options.needs_sink_dims:
+            what = (
+                f"sink_dims={list(dims)} from {source}; tau={config.tau} rho={config.rho} "
+                f"summ={config.summ} p={config.p} except_last_layer={config.except_last_layer}"
+            )
+        else:
+            what = " ".join(f"{name}={value}" for name, value in options.args.items())
+        self._log(f"{options.name} on: {what} ({span}); diagnostics {'on' if options.diagnostics else 'off'}")
         return handle
 
     def _distribute(self) -> None:
@@ -303,7 +325,7 @@ class _Settings:
     upstream_given: Mapping[str, object]
     pretrained: str
     attn_implementation: str
-    var: VAROptions
+    intervention: InterventionOptions
     maps: AttentionMapOptions
     run_id: str
 
@@ -347,7 +369,7 @@ def _placement(
     return device, device_map or str(device)
 
 
-def _diagnostics_file(options: VAROptions, pretrained: str, run_id: str) -> Path | None:
+def _diagnostics_file(options: InterventionOptions, pretrained: str, run_id: str) -> Path | None:
     """Where diagnostics go (None: only the log's summary), checked to be writable before loading."""
     if not options.enabled or not options.diagnostics:
         return None
@@ -395,10 +417,11 @@ def _warn_once(message: str) -> None:
 
 
 def _known_sink_dims(
-    options: VAROptions, pretrained: str, model_config
+    options: InterventionOptions, pretrained: str, model_config
 ) -> tuple[tuple[int, ...], str] | None:
-    """(dims, where they came from) unless VAR is off or they are to be measured (`sink_dims=auto`)."""
-    if not options.enabled or options.sink_dims == AUTO:
+    """(dims, where they came from) unless VAR is off, not the method, or its dims are to be measured
+    (`sink_dims=auto`)."""
+    if not options.enabled or not options.needs_sink_dims or options.sink_dims == AUTO:
         return None
     if options.sink_dims is not None:
         return _in_range(options.sink_dims, "model args", pretrained, model_config)
@@ -433,4 +456,4 @@ def _in_range(
 
 
 # VARModel's own model args (every other one is upstream's), for the message naming an unknown one.
-VAR_MODEL_ARGS = tuple(row.name for row in MODEL_ARGS)
+VAR_MODEL_ARGS = tuple(dict.fromkeys(row.name for row in MODEL_ARGS))

@@ -10,10 +10,10 @@ from lmms_var.models.args import (
     merge_lmms_eval_options,
     parse_bool,
     parse_dtype,
+    parse_intervention_options,
     parse_model_args,
     parse_positive_int,
     parse_sink_dims,
-    parse_var_options,
 )
 from tests.models.instances import LMMS_EVAL_OPTIONS
 
@@ -31,7 +31,7 @@ DEFAULTS = dict(
 
 
 def options(**overrides):
-    return parse_var_options(**{**DEFAULTS, **overrides})
+    return parse_intervention_options(**{**DEFAULTS, **overrides})
 
 
 def test_values_as_lmms_eval_parses_them():
@@ -39,13 +39,13 @@ def test_values_as_lmms_eval_parses_them():
     args = simple_parse_args_string("sink_dims=458,var=false,p=1,tau=5,except_last_layer=False")
     assert args == {"sink_dims": 458, "var": False, "p": 1, "tau": 5, "except_last_layer": False}
     parsed = options(**args)
-    assert (parsed.sink_dims, parsed.enabled, parsed.hyper["p"], parsed.hyper["tau"]) == (
+    assert (parsed.sink_dims, parsed.enabled, parsed.args["p"], parsed.args["tau"]) == (
         (458,),
         False,
         1.0,
         5.0,
     )
-    assert parsed.hyper["except_last_layer"] is False
+    assert parsed.args["except_last_layer"] is False
     several = simple_parse_args_string("sink_dims=458;2570")
     assert options(**several).sink_dims == (458, 2570)
 

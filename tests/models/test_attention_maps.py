@@ -9,13 +9,27 @@ from lmms_var.models.args import ModelArgError
 from lmms_var.models.attention_maps import figure_name, parse_attention_maps
 
 
-def parse(attention_maps, path=None, *, var=True):
-    return parse_attention_maps(attention_maps, path, var=var, pretrained="org/My-Model", run_id="RUN")
+def parse(attention_maps, path=None, *, var=True, method="var"):
+    return parse_attention_maps(
+        attention_maps, path, var=var, method=method, pretrained="org/My-Model", run_id="RUN"
+    )
 
 
 def test_off_by_default_attaches_nothing():
     options = parse(0)
     assert options.per_task == 0 and options.recorder(handle=None, processor=None) is None
+
+
+@pytest.mark.parametrize("method", ["scalingvis", "adaptvis", "pai"])
+def test_other_methods_have_no_maps(method):
+    """The figures draw VAR's redistribution; another method's run is refused naming both."""
+    with pytest.raises(ModelArgError) as error:
+        parse(1, method=method)
+    assert str(error.value) == (
+        f"invalid model_args: attention_maps draws what VAR changes; method={method} has no attention maps "
+        "here (give attention_maps=0)"
+    )
+    assert parse(0, method=method).per_task == 0
 
 
 def test_the_folder_is_next_to_lmms_evals_outputs_or_the_given_path(monkeypatch, tmp_path):

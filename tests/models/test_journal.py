@@ -244,7 +244,7 @@ def test_the_settings_hold_a_fingerprint_of_lmms_var_sources_that_a_code_change_
 ):
     """Every editable install is version 0.1.0: a fixed bug must not keep the answers computed before."""
     installed = Path(lmms_var.__file__).parent
-    settings = journal_settings({"p": 0.6}, model=tiny_model[0], var_config=None, model_class="M")
+    settings = journal_settings({"p": 0.6}, model=tiny_model[0], config=None, model_class="M")
     assert settings["sources"] == source_fingerprint(installed)
     edited = shutil.copytree(installed, tmp_path / "lmms_var", ignore=shutil.ignore_patterns("__pycache__"))
     assert source_fingerprint(edited) == settings["sources"]  # the same code, elsewhere
@@ -252,7 +252,7 @@ def test_the_settings_hold_a_fingerprint_of_lmms_var_sources_that_a_code_change_
     fixed.write_text(fixed.read_text() + "\n# a fix\n")
     source_fingerprint.cache_clear()  # a new process
     monkeypatch.setattr(journal_module, "_SOURCES", edited)
-    after_fix = journal_settings({"p": 0.6}, model=tiny_model[0], var_config=None, model_class="M")
+    after_fix = journal_settings({"p": 0.6}, model=tiny_model[0], config=None, model_class="M")
     assert after_fix["sources"] != settings["sources"]
     assert {name for name in settings if settings[name] != after_fix[name]} == {"sources"}
 

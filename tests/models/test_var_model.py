@@ -133,7 +133,7 @@ def test_var_off_matches_upstream(model_type, kind, answering_checkpoints, monke
     upstream = upstream_class(device="cpu", device_map="cpu", **common)
     dtype = {"dtype": "bfloat16"} if spec.cuda_dtype == "bfloat16" else {}
     ours = var_class(backbone, kind)(var=False, device="cpu", **dtype, **common)
-    assert isinstance(ours, upstream_class) and ours.var_handle is None
+    assert isinstance(ours, upstream_class) and ours.intervention_handle is None
     assert ours.model.dtype == upstream.model.dtype
     upstream_out = generate(upstream, kind, generated_ids)
     assert generate(ours, kind, generated_ids) == upstream_out
@@ -151,7 +151,7 @@ def test_var_on_changes_logits_and_records_each_doc(
     common = dict(pretrained=str(tiny_checkpoint), batch_size=2, device="cpu", **PIXELS)
     on = CLASSES[kind](sink_dims="17;93", tau=TINY_TAU, p=0.0, diagnostics_path=str(path), **common)
     assert on.model.dtype == torch.float32  # the CPU default
-    assert on.var_handle.config.sink_dims == (17, 93) and on.var_handle.config.p == 0.0
+    assert on.intervention_handle.config.sink_dims == (17, 93) and on.intervention_handle.config.p == 0.0
     off = CLASSES[kind](var=False, **common)
     on.task_dict = off.task_dict = {TASK: {SPLIT: DOCS}}
     assert len(on.generate_until(requests(kind))) == len(DOCS)
@@ -194,7 +194,7 @@ def test_sink_dims_auto_measures_then_reuses_the_cache(
     for source in ("sink_dims=auto (measured)", "sink_dims=auto (cache:"):
         args = model_args(backbone, pretrained=str(checkpoint), sink_dims="auto", tau=TINY_TAU, device="cpu")
         lm = var_class(backbone, "chat")(**args)
-        assert lm.var_handle.config.sink_dims == (17, 93)
+        assert lm.intervention_handle.config.sink_dims == (17, 93)
         assert any(f"from {source}" in line for line in log_lines)
 
 
@@ -540,7 +540,7 @@ def test_qwen3_5_names_the_layers_var_acts_on(tiny_checkpoints, log_lines, tmp_p
     args = model_args(backbone, pretrained=str(tiny_checkpoints("qwen3_5")), device="cpu")
     var = {"sink_dims": "17;93", "tau": TINY_TAU, "except_last_layer": False, "diagnostics": True}
     lm = var_class(backbone, "chat")(**var, diagnostics_path=str(tmp_path / "d.jsonl"), **args)
-    assert lm.var_handle.active_layers == {2}
+    assert lm.intervention_handle.active_layers == {2}
     assert any(
         "(layers 2..3; of those only [2], the others being linear attention)" in line for line in log_lines
     )
