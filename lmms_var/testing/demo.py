@@ -1,9 +1,10 @@
-"""The offline demo behind `lmms-var demo`: the constructed model, its data, lmms-eval with VAR off and on.
+"""The offline demo behind `lmms-var demo`: the constructed model, its data, lmms-eval plain, with VAR and
+with its alternatives (ScalingVis, AdaptVis, PAI).
 
 It saves the constructed tiny Qwen2.5-VL (`constructed`), whose visual sinks hide the answer, writes
 synthetic colour-square questions in the spatial BLINK layout (`colour_squares`), runs lmms-eval's real
-CLI with VAR off and on, prints the leaderboard (VAR's gain per task with its paired p-value), plots
-the gains with their confidence intervals, and draws the attention on the picture of a doc whose
+CLI plain and with each method, prints the leaderboard (each method's gain per task with its paired
+p-value), plots the gains with their confidence intervals, and draws the attention on the picture of a doc whose
 answer VAR changed, before and after VAR.
 
 It lives with the fixtures because it runs on nothing else: the constructed checkpoint and the
@@ -47,7 +48,14 @@ DISCLAIMER = (
 )
 DEMO_TASK = "spatial_blink"
 DEMO_DOCS_PER_SUBTASK = 20
-RUNS = {"baseline": "var=false", "var": "var=true,p={p},tau={tau},diagnostics_path={diagnostics}"}
+# The plain model, VAR, and its alternatives at their authors' example settings (INTERVENTIONS_SPEC.md).
+RUNS = {
+    "baseline": "var=false",
+    "var": "var=true,p={p},tau={tau},sink_dims={sink_dims},diagnostics_path={diagnostics}",
+    "scalingvis": "method=scalingvis,alpha=1.5",
+    "adaptvis": "method=adaptvis,alpha_low=0.5,alpha_high=1.5,threshold=0.4",
+    "pai": "method=pai,alpha=0.2,gamma=1.1",
+}
 LOG_TAIL_LINES = 40
 
 
@@ -93,23 +101,23 @@ def run_lmms_eval(
 
 
 def constructed_model_args(checkpoint: Path) -> str:
-    """lmms-eval model args of the constructed checkpoint: its sink dims, and the processor's pixel
-    bounds, so that every picture keeps its size (one visual token per 28-pixel cell)."""
-    sink_dims = ";".join(map(str, SINK_DIMS))
+    """lmms-eval model args of the constructed checkpoint: the processor's pixel bounds, so that every
+    picture keeps its size (one visual token per 28-pixel cell)."""
     return (
-        f"pretrained={checkpoint},sink_dims={sink_dims},device=cpu,dtype=float32,"
+        f"pretrained={checkpoint},device=cpu,dtype=float32,"
         f"min_pixels={SPEC.min_pixels},max_pixels={SPEC.max_pixels}"
     )
 
 
 def demo_runs(checkpoint: Path, diagnostics: Path, task: str = DEMO_TASK, p: float = 0.6) -> list[dict]:
-    """lmms-eval `--config` items: the constructed model on `task` with VAR off, then on with `p`."""
-    config = var_config(p=p)
+    """lmms-eval `--config` items: the constructed model on `task`, plain, then with each of `RUNS`'s
+    methods (VAR with `p`)."""
+    config, sink_dims = var_config(p=p), ";".join(map(str, SINK_DIMS))
     return [
         {
             "model": backbone_for_model_type(SPEC.model_type).lmms_eval.model_id,
             "model_args": f"{constructed_model_args(checkpoint)},"
-            + var_args.format(p=config.p, tau=config.tau, diagnostics=diagnostics),
+            + run_args.format(p=config.p, tau=config.tau, sink_dims=sink_dims, diagnostics=diagnostics),
             "tasks": task,
             "include_path": str(TASKS_PATH),
             "batch_size": 1,
@@ -117,7 +125,7 @@ def demo_runs(checkpoint: Path, diagnostics: Path, task: str = DEMO_TASK, p: flo
             "output_path": f"runs/{name}",
             "log_samples": True,
         }
-        for name, var_args in RUNS.items()
+        for name, run_args in RUNS.items()
     ]
 
 
@@ -141,7 +149,11 @@ def run_demo(output: Path) -> int:
     diagnostics = output / "var_diagnostics.jsonl"
     config_file = output / "lmms_eval_runs.yaml"
     config_file.write_text(yaml.safe_dump(demo_runs(checkpoint, diagnostics), sort_keys=False))
-    print(f"Running lmms-eval on {DEMO_TASK} with VAR off and on, as {config_file} says ...", flush=True)
+    print(
+        f"Running lmms-eval on {DEMO_TASK} plain, with VAR, ScalingVis, AdaptVis and PAI, as {config_file} "
+        "says ...",
+        flush=True,
+    )
     try:
         folders = run_lmms_eval(config_file, output, env={"LMMS_VAR_DATA_ROOT": str(data_root)})
     except LMMSEvalRunError as error:
