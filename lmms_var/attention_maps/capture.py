@@ -419,7 +419,8 @@ def attention_maps(
         selected_pairs=capture.selected_pairs,
         method=handle.intervention.name,
         config=handle.config,
-        chosen={name: float(value.flatten()[0]) for name, value in options.items()},
+        # As the float32 the method used, in its shortest decimal (1.8, not 1.7999999523).
+        chosen={name: float(str(value.flatten()[0].cpu().numpy())) for name, value in options.items()},
         panels=_panel_maps(panels, pictures, per_key, capture.sink_positions),
         next_token={
             "before": tokenizer.decode([int(before_logits.argmax())]),
