@@ -19,6 +19,7 @@ PACKAGE = Path(lmms_var.__file__).parent
 # command) is above it for `lmms-var demo` alone, which runs on fixtures (`lmms_var.testing.demo`).
 LAYERS = (
     {"core", "config", "checks"},
+    {"model_args"},
     {"backbones"},
     {"patch"},
     {"tasks", "attention_maps"},

@@ -70,6 +70,7 @@ QUOTED_OUTPUT = {
 }
 NOT_OUTPUT = {
     "from lmms_var import VARConfig": "Python code (the API's own tests run it)",
+    "from lmms_var import AdaptVisConfig": "Python code (tests/patch/test_interventions.py runs it)",
     '{"model": "demo/constructed_checkpoint"': "an abbreviated excerpt of attention.json, whose fields tests/attention_maps check",
     "lmms_var/": "the source tree",
 }

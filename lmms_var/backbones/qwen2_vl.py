@@ -5,26 +5,19 @@ selects flash attention with `use_flash_attention_2`, and defaults to smaller im
 `qwen2_5_vl` (`min_pixels=3136`, `max_pixels=602112`).
 """
 
+from lmms_var.backbones import qwen_common
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen_common import (
-    QWEN_VISUAL_DELIMITERS,
-    QWEN_VL_OUTPUTS,
-    qwen_image_size_refusal,
-    qwen_pixel_bounds,
-    qwen_state,
-    qwen_visual_grids,
-)
 
 QWEN2_VL = Backbone(
     family="Qwen2-VL",
     model_type="qwen2_vl",
     loader="Qwen2VLForConditionalGeneration",
     visual_token_attributes=("image_token_id", "video_token_id"),
-    visual_delimiters=QWEN_VISUAL_DELIMITERS,
+    visual_delimiters=qwen_common.QWEN_VISUAL_DELIMITERS,
     projector=("visual.merger.mlp.0", "visual.merger.mlp.2"),
-    visual_grids=qwen_visual_grids,
-    processor_outputs=QWEN_VL_OUTPUTS,
-    image_size_refusal=qwen_image_size_refusal,
+    visual_grids=qwen_common.qwen_visual_grids,
+    processor_outputs=qwen_common.QWEN_VL_OUTPUTS,
+    image_size_refusal=qwen_common.qwen_image_size_refusal,
     lmms_eval=LmmsEvalModel(
         model_id="qwen2_vl_var",
         upstream_id="qwen2_vl",
@@ -42,10 +35,10 @@ QWEN2_VL = Backbone(
             "interleave_visuals": False,
             "reasoning_prompt": None,
         },
-        state=qwen_state,
+        state=qwen_common.qwen_state,
         cuda_dtype="auto",
         flash_attention_flag="use_flash_attention_2",
-        check_upstream_args=qwen_pixel_bounds,
+        check_upstream_args=qwen_common.qwen_pixel_bounds,
     ),
     head_dims=(128,),  # 2B, 7B and 72B
 )

@@ -14,21 +14,14 @@ on, sampling at temperature 0.7 unless the task sets 0, `max_frames` as an alias
 from collections.abc import Mapping
 from typing import Any
 
+from lmms_var.backbones import qwen_common
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen_common import (
-    QWEN_VISUAL_DELIMITERS,
-    QWEN_VL_OUTPUTS,
-    qwen_image_size_refusal,
-    qwen_pixel_bounds,
-    qwen_state,
-    qwen_visual_grids,
-)
 
 
 def _state(pretrained: str, args: Mapping[str, Any]) -> dict[str, Any]:
     """Qwen-VL's state, `max_frames` (when given) replacing `max_num_frames` as upstream does."""
     frames = args["max_frames"] if args["max_frames"] is not None else args["max_num_frames"]
-    state = qwen_state(pretrained, {**args, "max_num_frames": frames})
+    state = qwen_common.qwen_state(pretrained, {**args, "max_num_frames": frames})
     del state["max_frames"]
     return state
 
@@ -38,14 +31,14 @@ QWEN3_5 = Backbone(
     model_type="qwen3_5",
     loader="Qwen3_5ForConditionalGeneration",
     visual_token_attributes=("image_token_id", "video_token_id"),
-    visual_delimiters=QWEN_VISUAL_DELIMITERS,
+    visual_delimiters=qwen_common.QWEN_VISUAL_DELIMITERS,
     projector=("visual.merger.linear_fc1", "visual.merger.linear_fc2"),
     query_key_norms=("self_attn.q_norm", "self_attn.k_norm"),
     gated_query=True,
     layer_residual_writers=("linear_attn.out_proj",),
-    visual_grids=qwen_visual_grids,
-    processor_outputs=QWEN_VL_OUTPUTS,
-    image_size_refusal=qwen_image_size_refusal,
+    visual_grids=qwen_common.qwen_visual_grids,
+    processor_outputs=qwen_common.QWEN_VL_OUTPUTS,
+    image_size_refusal=qwen_common.qwen_image_size_refusal,
     lmms_eval=LmmsEvalModel(
         model_id="qwen3_5_var",
         upstream_id="qwen3_5",
@@ -65,7 +58,7 @@ QWEN3_5 = Backbone(
             "enable_thinking": True,
             "reasoning_prompt": None,
         },
-        check_upstream_args=qwen_pixel_bounds,
+        check_upstream_args=qwen_common.qwen_pixel_bounds,
         state=_state,
     ),
     head_dims=(256,),  # the full-attention layers (`head_dim` 256)

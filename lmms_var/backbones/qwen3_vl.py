@@ -11,28 +11,21 @@ to `"cuda"`; it also loads MoE checkpoints (`qwen3_vl_moe.py`, which shares this
 ones (lmms-eval's `qwen3_5` model, `qwen3_5.py`).
 """
 
+from lmms_var.backbones import qwen_common
 from lmms_var.backbones.base import Backbone, LmmsEvalModel
-from lmms_var.backbones.qwen_common import (
-    QWEN_VISUAL_DELIMITERS,
-    QWEN_VL_OUTPUTS,
-    qwen_image_size_refusal,
-    qwen_pixel_bounds,
-    qwen_state,
-    qwen_visual_grids,
-)
 
 QWEN3_VL = Backbone(
     family="Qwen3-VL",
     model_type="qwen3_vl",
     loader="Qwen3VLForConditionalGeneration",
     visual_token_attributes=("image_token_id", "video_token_id"),
-    visual_delimiters=QWEN_VISUAL_DELIMITERS,
+    visual_delimiters=qwen_common.QWEN_VISUAL_DELIMITERS,
     projector=("visual.merger.linear_fc1", "visual.merger.linear_fc2"),
     visual_residual_writers=("visual.deepstack_merger_list.*.linear_fc2",),
     query_key_norms=("self_attn.q_norm", "self_attn.k_norm"),
-    visual_grids=qwen_visual_grids,
-    processor_outputs=QWEN_VL_OUTPUTS,
-    image_size_refusal=qwen_image_size_refusal,
+    visual_grids=qwen_common.qwen_visual_grids,
+    processor_outputs=qwen_common.QWEN_VL_OUTPUTS,
+    image_size_refusal=qwen_common.qwen_image_size_refusal,
     lmms_eval=LmmsEvalModel(
         model_id="qwen3_vl_var",
         upstream_id="qwen3_vl",
@@ -51,8 +44,8 @@ QWEN3_VL = Backbone(
             "enable_thinking": None,
             "reasoning_prompt": None,
         },
-        check_upstream_args=qwen_pixel_bounds,
-        state=qwen_state,
+        check_upstream_args=qwen_common.qwen_pixel_bounds,
+        state=qwen_common.qwen_state,
     ),
     head_dims=(128,),  # every size (an explicit `head_dim` in the config)
 )

@@ -203,21 +203,12 @@ def enable_intervention(
     return handle
 
 
-def enable_var(
-    model: torch.nn.Module,
-    config: VARConfig,
-    *,
-    fused: bool = True,
-    diagnostics: bool = False,
-    compile: bool = False,
-    use_triton: bool = True,
-) -> InterventionHandle:
-    """Attach VAR (`enable_intervention` with a `VARConfig`)."""
+def enable_var(model: torch.nn.Module, config: VARConfig, **options) -> InterventionHandle:
+    """Attach VAR: `enable_intervention` with a `VARConfig` (and its keyword options: `fused`,
+    `diagnostics`, `compile`, `use_triton`, `block_elements`)."""
     if not isinstance(config, VARConfig):
         raise TypeError(f"enable_var takes a VARConfig, got {type(config).__name__}; see enable_intervention")
-    return enable_intervention(
-        model, config, fused=fused, diagnostics=diagnostics, compile=compile, use_triton=use_triton
-    )
+    return enable_intervention(model, config, **options)
 
 
 def _check_sink_dims(config: VARConfig, hidden_size: int) -> None:

@@ -111,9 +111,9 @@ class Intervention(ABC):
     def __init__(self, config) -> None:
         self.config = config
 
-    @abstractmethod
     def layers(self, layer_count: int) -> frozenset[int]:
-        """Decoder layers it may change (the patch keeps those with softmax attention)."""
+        """Decoder layers it may change (the patch keeps those with softmax attention): its config's."""
+        return frozenset(self.config.active_layers(layer_count))
 
     @abstractmethod
     def is_identity(self) -> bool:

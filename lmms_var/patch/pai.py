@@ -11,22 +11,17 @@ from transformers import LogitsProcessorList
 from lmms_var.config import PAIConfig
 from lmms_var.core.score_change import amplified_score_change
 from lmms_var.patch import row_local
-from lmms_var.patch.intervention import ForwardKind, Intervention, Positions, PromptContext, tensor_inputs
+from lmms_var.patch.intervention import ForwardKind, Positions, tensor_inputs
 from lmms_var.patch.pai_refine import pai_refine
 
 
-class PAI(Intervention):
+class PAI(row_local.ScoreChangeIntervention):
     """Attention amplification on the image (`PAIConfig`)."""
 
     name = "PAI"
-    paths = row_local.PATHS
+    score_change = amplified_score_change
+    identity_alpha = 0.0
     config: PAIConfig
-
-    def layers(self, layer_count: int) -> frozenset[int]:
-        return frozenset(self.config.active_layers(layer_count))
-
-    def is_identity(self) -> bool:
-        return self.config.alpha == 0.0
 
     def rows(self, positions: Positions, new: int, prefill: bool) -> torch.Tensor:
         return row_local.last_rows(positions, new)
@@ -34,14 +29,6 @@ class PAI(Intervention):
     def decode_kind(self, every_sample_has_visual: bool) -> ForwardKind:
         # A decode step's one row per sample is PAI's: where each sample has an image, computed whole.
         return ForwardKind.WHOLE_ROWS if every_sample_has_visual else ForwardKind.DECODE_CORRECTION
-
-    def layer_plan(self, prompt: PromptContext) -> row_local.ScoreChangePlan:
-        device = prompt.positions.image_mask.device
-        if device not in prompt.shared:
-            prompt.shared[device] = row_local.visual_keys(prompt.positions)
-        batch = prompt.positions.image_mask.shape[0]
-        alpha = torch.full((batch,), float(self.config.alpha), device=device)
-        return row_local.ScoreChangePlan(prompt.shared[device], alpha, amplified_score_change)
 
     def generate(self, handle, generate, *args, **kwargs):
         """Generation with the image-centric logit refine added (none where gamma is 1)."""

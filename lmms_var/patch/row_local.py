@@ -10,13 +10,20 @@ sample has an image, the one new row is computed whole instead (`whole_rows`), a
 
 from collections.abc import Callable
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 
 from lmms_var.core.score_change import renormaliser, visual_weight_change
 from lmms_var.patch.explicit import blocked_keys, grouped, scores, times_values
-from lmms_var.patch.intervention import Backend, ForwardKind, LayerWork, Positions
+from lmms_var.patch.intervention import (
+    Backend,
+    ForwardKind,
+    Intervention,
+    LayerWork,
+    Positions,
+    PromptContext,
+)
 from lmms_var.patch.prefill import rows_log_sum_exp
 
 ScoreChange = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -141,6 +148,29 @@ PATHS = MappingProxyType(
         for backend in (Backend.PYTORCH, Backend.TRITON)
     }
 )
+
+
+class ScoreChangeIntervention(Intervention):
+    """The shared part of ScalingVis, AdaptVis and PAI: the row-local paths and a plan of the prompt's
+    visual keys with the method's `alpha` per sample and its change of a score, `score_change`."""
+
+    paths = PATHS
+    score_change: ClassVar[ScoreChange]
+    identity_alpha: ClassVar[float]  # the alpha that changes no score
+
+    def is_identity(self) -> bool:
+        return self.config.alpha == self.identity_alpha
+
+    def alpha(self, prompt: PromptContext) -> torch.Tensor:
+        """Float32[B]: the method's strength per sample (the config's `alpha` for each)."""
+        batch = prompt.positions.image_mask.shape[0]
+        return torch.full((batch,), float(self.config.alpha), device=prompt.positions.image_mask.device)
+
+    def layer_plan(self, prompt: PromptContext) -> ScoreChangePlan:
+        device = prompt.positions.image_mask.device
+        if device not in prompt.shared:  # the same for every layer of the prompt
+            prompt.shared[device] = visual_keys(prompt.positions)
+        return ScoreChangePlan(prompt.shared[device], self.alpha(prompt), type(self).score_change)
 
 
 def last_rows(positions: Positions, new: int) -> torch.Tensor:

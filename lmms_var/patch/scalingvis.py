@@ -13,36 +13,21 @@ from lmms_var.config import AdaptVisConfig, ScalingVisConfig
 from lmms_var.core.score_change import scaled_score_change
 from lmms_var.patch import row_local
 from lmms_var.patch.adaptvis import adaptvis_alpha, first_token_confidence
-from lmms_var.patch.intervention import Intervention, Positions, PromptContext, tensor_inputs
+from lmms_var.patch.intervention import Positions, PromptContext, tensor_inputs
 
 ALPHA_OPTION = "alpha"  # AdaptVis's per-prompt option: Float32[B], chosen per sample
 
 
-class ScalingVis(Intervention):
+class ScalingVis(row_local.ScoreChangeIntervention):
     """Visual scores of the last prompt row scaled by `alpha` (`ScalingVisConfig`)."""
 
     name = "ScalingVis"
-    paths = row_local.PATHS
+    score_change = scaled_score_change
+    identity_alpha = 1.0
     config: ScalingVisConfig
-
-    def layers(self, layer_count: int) -> frozenset[int]:
-        return frozenset(range(layer_count))
-
-    def is_identity(self) -> bool:
-        return self.config.alpha == 1.0
 
     def rows(self, positions: Positions, new: int, prefill: bool) -> torch.Tensor | None:
         return row_local.last_rows(positions, new) if prefill else None
-
-    def _alpha(self, prompt: PromptContext) -> torch.Tensor:
-        batch = prompt.positions.image_mask.shape[0]
-        return torch.full((batch,), float(self.config.alpha), device=prompt.positions.image_mask.device)
-
-    def layer_plan(self, prompt: PromptContext) -> row_local.ScoreChangePlan:
-        device = prompt.positions.image_mask.device
-        if device not in prompt.shared:
-            prompt.shared[device] = row_local.visual_keys(prompt.positions)
-        return row_local.ScoreChangePlan(prompt.shared[device], self._alpha(prompt), scaled_score_change)
 
 
 class AdaptVis(ScalingVis):
@@ -54,7 +39,7 @@ class AdaptVis(ScalingVis):
     def is_identity(self) -> bool:
         return self.config.alpha_low == self.config.alpha_high == 1.0
 
-    def _alpha(self, prompt: PromptContext) -> torch.Tensor:
+    def alpha(self, prompt: PromptContext) -> torch.Tensor:
         if ALPHA_OPTION not in prompt.options:
             raise RuntimeError(
                 "AdaptVis found no alpha for this prompt: the model's forward chooses it (a forward of the "

@@ -34,8 +34,8 @@ class Settings:
     """What `enable_intervention` fixed."""
 
     intervention: Intervention
-    visual_token_ids: tuple[int, ...]
     active_layers: frozenset[int]  # layers it changes: its own, with softmax attention
+    visual_token_ids: tuple[int, ...]
     base_implementation: str  # the model's own kernel, wrapped
     options: RowOptions
     fused: bool = True  # False: the eager reference (every row materialised)
@@ -140,11 +140,9 @@ class InterventionState:
         settings, positions = self.settings, self.prompt.positions
         eligible = settings.intervention.rows(positions, new, prefill)
         device = positions.image_mask.device
-        if eligible is None:
-            kind, rows, row_valid = (
-                ForwardKind.PREFILL_CORRECTION,
-                *_no_rows(positions.image_mask.shape[0], device),
-            )
+        if eligible is None:  # no row: the intervention leaves this forward alone
+            kind = ForwardKind.PREFILL_CORRECTION if prefill else ForwardKind.DECODE_CORRECTION
+            rows, row_valid = _no_rows(positions.image_mask.shape[0], device)
         elif not settings.fused or not prefill:
             # Every row of a decode step (or of the eager reference) is given, kept contiguous: the
             # Triton kernels index them flat.

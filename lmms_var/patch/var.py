@@ -241,9 +241,6 @@ class VAR(Intervention):
 
     config: VARConfig
 
-    def layers(self, layer_count: int) -> frozenset[int]:
-        return frozenset(self.config.active_layers(layer_count))
-
     def is_identity(self) -> bool:
         return self.config.p == 1.0
 

@@ -47,3 +47,14 @@ def padded_batch(tiny_model):
 def family_batch(family_model):
     """The padded batch for each family of the test matrix."""
     return prompt_inputs(family_model[1], BATCH)
+
+
+@pytest.fixture
+def copies(tiny_models):
+    """`get(model_type)` -> (private copy of the tiny model, processor)."""
+
+    def get(model_type: str):
+        model, processor = tiny_models(model_type)
+        return copy.deepcopy(model), processor
+
+    return get

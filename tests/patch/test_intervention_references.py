@@ -1,7 +1,6 @@
 """The eager references of ScalingVis/AdaptVis and PAI are right: identities, which rows and layers
 they change, batches, the spec's formulas by hand, and the generation loops against `generate`."""
 
-import copy
 import math
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -43,17 +42,6 @@ CORE = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava")
 # tiles) run with the slow tests.
 MATRIX = [family if family in CORE else pytest.param(family, marks=pytest.mark.slow) for family in FAMILIES]
 NEW_TOKENS = 4
-
-
-@pytest.fixture
-def copies(tiny_models):
-    """`get(model_type)` -> (private copy of the tiny model, processor)."""
-
-    def get(model_type: str):
-        model, processor = tiny_models(model_type)
-        return copy.deepcopy(model), processor
-
-    return get
 
 
 @torch.no_grad()

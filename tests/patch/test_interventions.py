@@ -2,14 +2,12 @@
 references (`intervention_references.py`), on every family: prefill logits, generated tokens, raw
 logits and PAI's refined scores; identities exact; bad use refused before anything runs."""
 
-import copy
-
 import pytest
 import torch
 
 from lmms_var import AdaptVisConfig, PAIConfig, ScalingVisConfig, VARConfig, enable_intervention
 from lmms_var.backbones import PlaceholderTokens, backbone_for, text_only_inputs
-from tests.conftest import FAMILIES, TINY_SPEC
+from tests.conftest import FAMILIES, REPOSITORY, TINY_SPEC
 from tests.patch.intervention_cases import assert_matches_reference, family_cases, visual_ids
 
 CORE = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "llava")
@@ -23,15 +21,6 @@ CONFIGS = {
     "pai": PAIConfig(alpha=0.5, start_layer=1, gamma=1.3),
     "pai, attention only": PAIConfig(alpha=0.5, start_layer=1, gamma=1.0),
 }
-
-
-@pytest.fixture
-def copies(tiny_models):
-    def get(model_type: str):
-        model, processor = tiny_models(model_type)
-        return copy.deepcopy(model), processor
-
-    return get
 
 
 def library_text_only(model, processor, inputs) -> dict:
@@ -148,3 +137,16 @@ def test_bad_use_is_refused_naming_the_argument(copies):
     ):
         enable_intervention(model, VARConfig(sink_dims=TINY_SPEC.sink_dims))
     assert not hasattr(model, "generate") or "generate" not in vars(model)
+
+
+def test_the_readme_example_runs(copies):
+    """The README's Python example of the alternatives, run on the tiny model as written."""
+    readme = (REPOSITORY / "README.md").read_text()
+    start = readme.index("```python\nfrom lmms_var import AdaptVisConfig") + len("```python\n")
+    model, processor = copies(TINY_SPEC.model_type)
+    inputs = dict(family_cases(TINY_SPEC.model_type, processor)["images"], max_new_tokens=2)
+    namespace = {"model": model, "processor": processor, "inputs": inputs}
+    exec(readme[start : readme.index("```", start)], namespace)
+    assert "generate" not in vars(model) and not hasattr(
+        model.model.language_model.layers[0].self_attn, "_lmms_var_state"
+    )
