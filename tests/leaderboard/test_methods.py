@@ -1,5 +1,7 @@
 """Runs of different methods (baseline, VAR, ScalingVis, AdaptVis, PAI) in one table and one plot."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from matplotlib.colors import to_hex
@@ -74,3 +76,12 @@ def test_runs_of_one_method_share_its_hue_in_shades(tmp_path):
     reds, greens, blues = (np.array([colour[channel] for colour in colours[1:4]]) for channel in range(3))
     # Oranges get darker along the grid: every channel falls.
     assert all(np.all(np.diff(channel) <= 0) for channel in (reds, greens, blues))
+
+
+def test_the_readmes_methods_table_is_this_ones(board):
+    """README's "Methods side by side" quotes this table row for row."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("**Methods side by side.**") : readme.index("<!-- methods demo table -->")]
+    quoted = [line.strip() for line in section.splitlines() if line.strip().startswith("| qwen2_5_vl_var")]
+    rendered = [line for line in render(board, "md").splitlines() if line.startswith("| qwen2_5_vl_var")]
+    assert quoted == rendered
