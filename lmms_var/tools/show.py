@@ -21,7 +21,7 @@ from lmms_var.backbones import (
 )
 from lmms_var.checks import check_output_file, device_or_default
 from lmms_var.config import METHOD_CONFIGS, VARConfig
-from lmms_var.model_args import find_model_arg, model_arg
+from lmms_var.model_args import MODEL_ARGS, model_arg
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -46,15 +46,16 @@ def _method_options() -> dict[str, tuple[str, ...]]:
 
 
 METHOD_OPTIONS = _method_options()
-# Their help where the table of model args has no row for them (its rows' help wins).
+# Their help where the table of model args has no row of that method and name (its rows' help wins).
 OWN_HELP = {
-    "alpha": "ScalingVis: factor on the last prompt row's scores on visual keys; PAI: their amplification",
-    "alpha_low": "AdaptVis: alpha where the plain model's first-token confidence is below --threshold",
-    "alpha_high": "AdaptVis: alpha where it is not",
-    "threshold": "AdaptVis: the confidence that chooses between --alpha-low and --alpha-high",
-    "start_layer": "PAI: the first decoder layer amplified",
-    "end_layer": "PAI: the decoder layer after the last one amplified",
-    "gamma": "PAI: the logit refine's strength (1: off); the maps draw the attention, which it leaves alone",
+    ("scalingvis", "alpha"): "factor on the last prompt row's scores on visual keys",
+    ("pai", "alpha"): "amplification of the last row's scores on visual keys (s + alpha * |s|)",
+    ("adaptvis", "alpha_low"): "alpha where the plain model's first-token confidence is below --threshold",
+    ("adaptvis", "alpha_high"): "alpha where it is not",
+    ("adaptvis", "threshold"): "the confidence that chooses between --alpha-low and --alpha-high",
+    ("pai", "start_layer"): "the first decoder layer amplified",
+    ("pai", "end_layer"): "the decoder layer after the last one amplified",
+    ("pai", "gamma"): "the logit refine's strength (1: off); the maps draw attention, which it leaves alone",
 }
 
 
@@ -154,18 +155,18 @@ def _number(text: str) -> int | float:
 
 
 def _method_option_help(name: str, methods: tuple[str, ...]) -> str:
-    """The table of model args' help for the option where it has a row, then each method's default."""
-    row = find_model_arg(name)
-    defaults = []
+    """Per method that takes the option: the table of model args' help for its row where there is one
+    (`OWN_HELP` where not), and its default (the config's)."""
+    parts = []
     for method in methods:
-        default = next(
-            field.default for field in dataclasses.fields(METHOD_CONFIGS[method]) if field.name == name
-        )
+        row = next((row for row in MODEL_ARGS if row.name == name and row.method == method), None)
+        default = next(f.default for f in dataclasses.fields(METHOD_CONFIGS[method]) if f.name == name)
         if default is dataclasses.MISSING:
-            defaults.append(f"{method}: required")
+            default_text = "required"
         else:
-            defaults.append(f"{method}: default {'through the last layer' if default is None else default}")
-    return f"{OWN_HELP[name] if row is None else row.help} ({'; '.join(defaults)})"
+            default_text = f"default {'through the last layer' if default is None else default}"
+        parts.append(f"{method}: {OWN_HELP[method, name] if row is None else row.help} ({default_text})")
+    return "; ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:

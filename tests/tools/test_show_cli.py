@@ -1,5 +1,6 @@
 """`lmms-var show` on every family's tiny checkpoint: a PNG and its JSON, and clear messages for bad inputs."""
 
+import argparse
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ from transformers import PaliGemmaConfig, Qwen2Config
 from lmms_var.attention_maps import MapSettings
 from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
 from lmms_var.backbones import backbone_for_model_type
+from lmms_var.model_args import ModelArg, parse_float
 from lmms_var.testing.images import picture_in_mode, random_image
 from lmms_var.tools import show
 from lmms_var.tools.cli import build_parser, main
@@ -278,3 +280,18 @@ def test_bad_method_args_are_named_before_loading_weights(
     tiny_checkpoint, images, tmp_path, cli_error, no_weights, args, message
 ):
     assert message in cli_error(show_args(tiny_checkpoint, images, tmp_path / "a.png", var_args=args))
+
+
+def test_method_options_take_their_help_from_the_model_args_table(monkeypatch):
+    """Per method taking the option: its row's help where the table has one, the config's default."""
+    row = ModelArg("gamma", 1.1, parse_float, "refine strength, as the table says", method="pai")
+    monkeypatch.setattr(show, "MODEL_ARGS", (*(r for r in show.MODEL_ARGS if r.name != "gamma"), row))
+    parser = argparse.ArgumentParser()
+    show.register(parser.add_subparsers())
+    actions = {
+        action.dest: action for action in parser._subparsers._group_actions[0].choices["show"]._actions
+    }
+    assert actions["gamma"].help == "pai: refine strength, as the table says (default 1.1)"
+    assert actions["alpha"].help.startswith("scalingvis: ") and "(required); pai: " in actions["alpha"].help
+    assert actions["end_layer"].help.endswith("(default through the last layer)")
+    assert all(actions[name].default is None for name in show.METHOD_OPTIONS)
