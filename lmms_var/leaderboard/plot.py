@@ -35,7 +35,8 @@ def plot_deltas(board: Leaderboard, path: str | Path):
     width = 0.8 / len(rows)
     # A `Figure` of its own, not pyplot's: no global backend to set, no figure to close.
     figure = Figure(
-        figsize=(max(6.0, 0.9 * len(tasks) * max(1, len(rows) / 2)), 4.5 + 0.2 * len(rows)),
+        # About 0.6 inch a bar, so that each bar's delta and p-value stay apart (a sweep has many).
+        figsize=(max(6.0, 0.6 * len(tasks) * max(1.5, len(rows))), 4.5 + 0.2 * len(rows)),
         layout="constrained",
     )
     axes = figure.subplots()
