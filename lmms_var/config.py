@@ -159,3 +159,12 @@ def check_non_negative(value: object, name: str) -> None:
 def check_layer(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a layer index (an integer >= 0), got {value!r}")
+
+
+# The interventions by the name a run or a command chooses them with (`method=`, `lmms-var show --method`).
+METHOD_CONFIGS: dict[str, type] = {
+    "var": VARConfig,
+    "scalingvis": ScalingVisConfig,
+    "adaptvis": AdaptVisConfig,
+    "pai": PAIConfig,
+}

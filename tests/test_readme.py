@@ -73,6 +73,9 @@ NOT_OUTPUT = {
     "from lmms_var import AdaptVisConfig": "Python code (tests/patch/test_interventions.py runs it)",
     '{"model": "demo/constructed_checkpoint"': "an abbreviated excerpt of attention.json, whose fields tests/attention_maps check",
     "lmms_var/": "the source tree",
+    "| run | spatial_blink_counting | spatial_sat2 |": (
+        "a table of synthetic runs, which tests/leaderboard/test_methods.py builds and checks"
+    ),
 }
 # lmms-eval runs: at most this many docs per task unless the command sets --limit or runs lmms-eval's
 # instant dummy model (whose examples count docs), and short answers.

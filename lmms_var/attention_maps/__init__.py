@@ -1,7 +1,8 @@
-"""Attention maps on the image, before and after VAR: capture, token-to-pixel layout, figure and JSON.
+"""Attention maps on the image, before and after an intervention (VAR, ScalingVis, AdaptVis, PAI):
+capture, token-to-pixel layout, figure and JSON.
 
-Above `patch` (it runs a model with a `VARHandle`), below `models` and `tools` (`lmms-var show`,
-the `attention_maps=N` model arg, the demo). What depends on the model family comes from its
+Above `patch` (it runs a model with an intervention's handle), below `models` and `tools` (`lmms-var
+show`, the `attention_maps=N` model arg, the demo). What depends on the model family comes from its
 backbone (`lmms_var.backbones`): the grids, the pictures the model saw, the processor outputs it takes.
 """
 

@@ -1,18 +1,23 @@
-"""Attention on the visual tokens, before VAR and after: two forward passes over one prompt.
+"""Attention on the visual tokens, before an intervention and after: two forward passes over one prompt.
 
-- The **VAR run**: the prompt through the model with VAR attached (its `VARHandle`) and its own
-  kernel. At each chosen layer a tap on the attention function takes the layer's queries and keys
-  and computes the chosen rows of the attention `A` from them, then the `A'` VAR redistributes to,
-  with the core's `redistribute_with_selection` and the sinks, image mask and allowed rows VAR
-  itself recorded in its state for this prompt. (VAR's own kernel computes the same `A'` for the
-  layer's output.)
-- The **plain run**: the same prompt with VAR bypassed, the same rows of `A` at the same layers.
+- The **intervention run**: the prompt through the model with the intervention attached (its
+  handle) and its own kernel. At each chosen layer a tap on the attention function takes the
+  layer's queries and keys and computes the chosen rows of the attention `A` from them, then the
+  `A'` the method leaves from the plan it recorded in its state for this layer and prompt: VAR's
+  with the core's `redistribute_with_selection` and its sinks, image mask and allowed rows;
+  ScalingVis's, AdaptVis's and PAI's by the row-local change of the scores on visual keys
+  (`core.score_change`, INTERVENTIONS_SPEC.md section 3) on the rows they change. (The method's own
+  kernel computes the same `A'` for the layer's output.)
+- The **plain run**: the same prompt with the intervention bypassed, the same rows of `A` at the
+  same layers.
 
 Only the chosen rows are computed, a block of rows at a time (at most `BLOCK_ELEMENTS` float32
 values per block, all keys of its rows), and summed over rows as they come (`[heads, keys]` per
 run). So memory grows with the rows drawn times the keys, never with the keys squared as the
 eager kernel's full attention would: a long prompt costs time, not memory. The averages over
-layers, heads and rows are taken at the end, when the heads VAR selected are known.
+layers, heads and rows are taken at the end, when the heads the method changed are known.
+AdaptVis's alpha is chosen before the intervention run, from a plain pass of the prompt, as its
+hook would.
 """
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -32,10 +37,13 @@ from lmms_var.backbones import Backbone, backbone_for
 from lmms_var.checks import check_layers
 from lmms_var.config import VARConfig
 from lmms_var.core import redistribute_with_selection
-from lmms_var.patch import InterventionState, VARHandle
+from lmms_var.core.score_change import renormaliser, visual_weight_change
+from lmms_var.patch import InterventionHandle, InterventionState
 from lmms_var.patch.attention import attention_function, registered_name
-from lmms_var.patch.explicit import LayerCall, blocked_keys, explicit_attention
+from lmms_var.patch.explicit import LayerCall, blocked_keys, explicit_attention, scores
 from lmms_var.patch.prefill import DEFAULT_BLOCK_ELEMENTS
+from lmms_var.patch.row_local import ScoreChangePlan
+from lmms_var.patch.var import VARLayerPlan
 
 HEAD_RULES = ("selected", "all")
 ROW_RULES = ("last", "answer", "all")
@@ -140,7 +148,7 @@ def _tap_name(base_implementation: str) -> str:
     return name
 
 
-# VAR's state is read in the next three functions only, through its public methods: what the VAR run recorded.
+# The intervention's state is read through its public methods only: what the intervention run recorded.
 
 
 @contextmanager
@@ -152,8 +160,8 @@ def _tapped_run(
     layers: Sequence[int] = (),
     hook: LayerHook | None = None,
 ) -> Iterator[None]:
-    """Within: the text decoder runs VAR's attention or the model's own (VAR bypassed), with `hook`
-    on `layers`; the config and the attention modules are restored after."""
+    """Within: the text decoder runs the intervention's attention or the model's own (the intervention
+    bypassed), with `hook` on `layers`; the config and the attention modules are restored after."""
     backbone = backbone_for(model)
     config = backbone.text_config(model)
     base = state.settings.base_implementation
@@ -169,13 +177,6 @@ def _tapped_run(
         config._attn_implementation = _tap_name(base)
         restore.callback(setattr, config, "_attn_implementation", saved)
         yield
-
-
-def _recorded_sinks(state: InterventionState, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(image_mask Bool[B, T], sinks Bool[B, T]) VAR recorded for `layer` in this forward; None where VAR
-    leaves the layer alone."""
-    plan = state.layer_plan(layer)
-    return None if plan is None else (plan.image_mask, plan.sinks)
 
 
 def row_blocks(
@@ -202,20 +203,65 @@ def _last_logits(model: torch.nn.Module, inputs: Mapping, prompt_length: int) ->
         return model(**inputs, use_cache=False, logits_to_keep=last).logits[0, -1]
 
 
-def _plain_answer(handle: VARHandle, inputs: dict, max_new_tokens: int) -> torch.Tensor:
+def _plain_answer(handle: InterventionHandle, inputs: dict, max_new_tokens: int) -> torch.Tensor:
     """Long[n]: the plain model's greedy answer (VAR bypassed, the model's own kernel)."""
-    with _tapped_run(handle.model, handle.state, var=False), torch.no_grad():
+    with handle.suspended(), _tapped_run(handle.model, handle.state, var=False), torch.no_grad():
         output = handle.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return output[0, inputs["input_ids"].shape[1] :]
+
+
+def _var_after(
+    plan: VARLayerPlan, call: LayerCall, rows: torch.Tensor, attn: torch.Tensor, eligible: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAR's `A'` of a block of rows and the (head, row) pairs it redistributed."""
+    image_mask, sinks = (mask.to(call.query.device) for mask in (plan.image_mask, plan.sinks))
+    var = plan.config
+    return redistribute_with_selection(
+        attn, image_mask, sinks, eligible[:, rows], p=var.p, rho=var.rho, summ=var.summ
+    )
+
+
+def _score_change_after(
+    plan: ScoreChangePlan, call: LayerCall, rows: torch.Tensor, attn: torch.Tensor, eligible: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """ScalingVis's, AdaptVis's or PAI's `A'` of a block of rows: on the rows the method changes, each
+    visual key's weight grows by `exp(g(s)) - 1` and the row is renormalised (INTERVENTIONS_SPEC.md
+    section 3); the (head, row) pairs whose attention changed."""
+    device = call.query.device
+    keys = plan.keys
+    image_mask = torch.zeros(1, call.key.shape[2], dtype=torch.bool, device=device)
+    image_mask[0, keys.index[0][keys.present[0]].to(device)] = True
+    logits = scores(call.query[:, :, rows], call.key, call.scaling)  # [1, H, r, K]
+    on_image = image_mask[:, None, None, :] & eligible[:, rows].to(device)[:, None, :, None]
+    # Off the changed entries no change (exp of another key's large change would overflow into 0 * inf).
+    change = torch.where(on_image, plan.change(logits, plan.alpha[0].to(device)), 0.0)
+    delta = visual_weight_change(attn, change)
+    after = (attn + delta) / renormaliser(delta)[..., None]
+    return after, (delta != 0).any(dim=-1)
+
+
+# The plan each method records per layer -> how its `A'` follows from `A`.
+AFTER_BY_PLAN = {VARLayerPlan: _var_after, ScoreChangePlan: _score_change_after}
+
+
+def check_rows(rows: str, config: object) -> None:
+    """`rows="answer"` reads the rows of the plain model's answer in one forward over prompt and answer:
+    the rows VAR changes there are those it changes while generating (every text row after the image);
+    a method that changes the last row of each forward only would change the wrong one."""
+    if rows == "answer" and not isinstance(config, VARConfig):
+        raise ValueError(
+            f"rows 'answer' is for VAR; {type(config).__name__.removesuffix('Config')} changes the last row "
+            "of a forward only: use rows 'last' (the row predicting the answer's first token)"
+        )
 
 
 @dataclass
 class _Capture:
     """What the two runs leave: per head and key, the chosen rows' attention summed (`before` in the
-    plain run, VAR's `A'` as `after` in the VAR run), and VAR's selections and visual sinks."""
+    plain run, the method's `A'` as `after` in the intervention run), the (head, row) pairs it changed
+    and VAR's visual sinks."""
 
     state: InterventionState
-    config: VARConfig
     row_rule: str
     predicting: range  # the rows of rule "last" or "answer": those predicting the answer's tokens
     before: torch.Tensor  # Float32[H, T]
@@ -226,7 +272,7 @@ class _Capture:
     _rows: torch.Tensor | None = None
 
     def rows(self) -> torch.Tensor:
-        """Long[R]; for rule "all" read from VAR's state in the VAR run (it runs first)."""
+        """Long[R]; for rule "all" read from the intervention's state in its run (it runs first)."""
         if self._rows is None:
             device = self.before.device
             if self.row_rule == "all":
@@ -234,24 +280,26 @@ class _Capture:
             else:
                 self._rows = torch.tensor(list(self.predicting), device=device)
             if self._rows.numel() == 0:
-                raise ValueError("the prompt has no text after its first visual token: no row VAR may change")
+                name = self.state.settings.intervention.name
+                raise ValueError(
+                    f"the prompt has no row {name} may change (no text after its first visual token)"
+                )
         return self._rows
 
-    def var_hook(self, layer: int, call: LayerCall) -> None:
-        """`A'` of the chosen rows, from this run's `A` and what VAR recorded for this layer and prompt."""
-        state, var = self.state, self.config
-        recorded = _recorded_sinks(state, layer)
-        if recorded is not None:
-            image_mask, sinks = (mask.to(call.query.device) for mask in recorded)
-            eligible = state.eligible_rows().to(call.query.device)
-            self.sink_positions.update((sinks & image_mask)[0].nonzero().flatten().tolist())
+    def intervention_hook(self, layer: int, call: LayerCall) -> None:
+        """`A'` of the chosen rows, from this run's `A` and what the method recorded for this layer and prompt."""
+        plan = self.state.layer_plan(layer)
+        if plan is not None:
+            after_of = AFTER_BY_PLAN[type(plan)]
+            eligible = self.state.eligible_rows().to(call.query.device)
+            if isinstance(plan, VARLayerPlan):
+                sinks = (plan.sinks & plan.image_mask)[0]
+                self.sink_positions.update(sinks.nonzero().flatten().tolist())
         pairs = 0
         for rows, attn in row_blocks(call, self.rows()):
-            if recorded is not None:
-                after, selected = redistribute_with_selection(
-                    attn, image_mask, sinks, eligible[:, rows], p=var.p, rho=var.rho, summ=var.summ
-                )
-            else:  # a layer VAR leaves alone: A' is A
+            if plan is not None:
+                after, selected = after_of(plan, call, rows, attn, eligible)
+            else:  # a layer the method leaves alone: A' is A
                 after, selected = attn, torch.zeros(attn.shape[:3], dtype=torch.bool, device=attn.device)
             self.after += after[0].sum(dim=1).to(self.after.device)
             self.selected_per_head += selected[0].sum(dim=1).to(self.after.device)
@@ -263,10 +311,14 @@ class _Capture:
             self.before += attn[0].sum(dim=1).to(self.before.device)
 
     def heads(self, rule: str) -> tuple[list[int], str]:
-        """(heads, head_rule): those VAR selected, or all of them (asked, or VAR selected none)."""
+        """(heads, head_rule): those the method changed (VAR: selected), or all of them (asked, or it
+        changed none)."""
         if rule == "selected" and self.selected_per_head.any():
             return self.selected_per_head.nonzero().flatten().tolist(), "selected"
-        return list(range(len(self.selected_per_head))), "all" if rule == "all" else "all: VAR selected none"
+        settings = self.state.settings
+        verb = "selected" if isinstance(settings.config, VARConfig) else "changed"
+        everything = "all" if rule == "all" else f"all: {settings.intervention.name} {verb} none"
+        return list(range(len(self.selected_per_head))), everything
 
 
 def _panel_maps(
@@ -301,14 +353,17 @@ def _panels_and_pictures(backbone: Backbone, model: torch.nn.Module, processor, 
 
 
 def attention_maps(
-    handle: VARHandle, processor, inputs: Mapping, settings: MapSettings = MapSettings()
+    handle: InterventionHandle, processor, inputs: Mapping, settings: MapSettings = MapSettings()
 ) -> AttentionMaps:
-    """Attention maps of one prompt (a batch of one) before and after VAR, as `handle` configures VAR.
+    """Attention maps of one prompt (a batch of one) before and after the intervention `handle` attaches
+    (VAR, ScalingVis, AdaptVis or PAI), as it configures it.
 
     `inputs` are the processor's outputs for the prompt (those the forward takes are used: see
     `Backbone.processor_outputs`); `handle.model` is left as it was found. Raises `ValueError` for a
-    batch, a prompt without visual tokens, or `settings.layers` outside the model.
+    batch, a prompt without visual tokens, `settings.layers` outside the model, or `rows="answer"`
+    for a method other than VAR (`check_rows`).
     """
+    check_rows(settings.rows, handle.config)
     model, state = handle.model, handle.state
     backbone, device = backbone_for(model), model.device
     inputs = {
@@ -331,16 +386,20 @@ def attention_maps(
     heads, keys = backbone.text_config(model).num_attention_heads, inputs["input_ids"].shape[1]
     capture = _Capture(
         state=state,
-        config=handle.config,
         row_rule=settings.rows,
         predicting=range(prompt_length - 1, prompt_length - 1 + (1 if answer is None else len(answer))),
         before=torch.zeros(heads, keys, device=device),
         after=torch.zeros(heads, keys, device=device),
         selected_per_head=torch.zeros(heads, dtype=torch.long, device=device),
     )
-    with _tapped_run(model, state, var=True, layers=layers, hook=capture.var_hook):
+    # Per-prompt options (AdaptVis's alpha) chosen before the tapped runs, so their plain pass is not tapped.
+    options = handle.intervention.prompt_options(handle, inputs)
+    with (
+        handle.prompt_options(**options),
+        _tapped_run(model, state, var=True, layers=layers, hook=capture.intervention_hook),
+    ):
         after_logits = _last_logits(model, inputs, prompt_length)
-    with _tapped_run(model, state, var=False, layers=layers, hook=capture.plain_hook):
+    with handle.suspended(), _tapped_run(model, state, var=False, layers=layers, hook=capture.plain_hook):
         before_logits = _last_logits(model, inputs, prompt_length)
 
     heads, head_rule = capture.heads(settings.heads)
@@ -358,7 +417,10 @@ def attention_maps(
         rows=tuple(rows),
         row_rule=settings.rows,
         selected_pairs=capture.selected_pairs,
-        var=handle.config,
+        method=handle.intervention.name,
+        config=handle.config,
+        # As the float32 the method used, in its shortest decimal (1.8, not 1.7999999523).
+        chosen={name: float(str(value.flatten()[0].cpu().numpy())) for name, value in options.items()},
         panels=_panel_maps(panels, pictures, per_key, capture.sink_positions),
         next_token={
             "before": tokenizer.decode([int(before_logits.argmax())]),

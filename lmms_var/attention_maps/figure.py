@@ -1,10 +1,12 @@
-"""Draw `AttentionMaps`: per panel, the image the model saw under its attention, before and after VAR.
+"""Draw `AttentionMaps`: per panel, the image the model saw under its attention, before and after the
+method (VAR, ScalingVis, AdaptVis or PAI).
 
 One row per panel (image or video temporal group), before on the left and after on the right, one
-colour scale for every heatmap of the figure (one colorbar), the visual sinks outlined, and a caption
+colour scale for every heatmap of the figure (one colorbar), VAR's visual sinks outlined, and a caption
 per panel with the numbers. The JSON next to the PNG holds every value drawn.
 """
 
+import dataclasses
 import json
 import textwrap
 from pathlib import Path
@@ -54,20 +56,33 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
+def _settings(maps: AttentionMaps) -> str:
+    """The method's settings as the header writes them (AdaptVis: with the alpha it chose)."""
+    config = maps.config
+    if maps.finds_sinks:
+        return (
+            f"p={config.p:g} rho={config.rho:g} summ={config.summ:g} tau={config.tau:g} "
+            f"sink dims {', '.join(map(str, config.sink_dims))}"
+        )
+    given = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
+    text = " ".join(f"{name}={value:g}" for name, value in given.items() if value is not None)
+    chosen = " ".join(f"{name}={value:g}" for name, value in maps.chosen.items())
+    return text + (f" (chose {chosen})" if chosen else "")
+
+
 def _header(maps: AttentionMaps, model: str, question: str, note: str | None) -> list[str]:
-    var = maps.var
+    method = maps.method
     rows = {
         "last": "the last prompt token",
         "answer": "the answer's tokens",
-        "all": "every row VAR may change",
+        "all": f"every row {method} may change",
     }
     lines = [
-        f"Attention on the image before and after VAR  ·  {model}",
+        f"Attention on the image before and after {method}  ·  {model}",
         *textwrap.wrap(f"Question: {question}", 110, max_lines=2, placeholder=" ..."),
         f"layers {_span(list(maps.layers))}  ·  {len(maps.heads)} heads ({maps.head_rule})  ·  "
-        f"rows: {rows[maps.row_rule]} ({len(maps.rows)})  ·  p={var.p:g} rho={var.rho:g} summ={var.summ:g} "
-        f"tau={var.tau:g} sink dims {', '.join(map(str, var.sink_dims))}",
-        f"next token: {maps.next_token['before']!r} before, {maps.next_token['after']!r} after VAR"
+        f"rows: {rows[maps.row_rule]} ({len(maps.rows)})  ·  {method} {_settings(maps)}",
+        f"next token: {maps.next_token['before']!r} before, {maps.next_token['after']!r} after {method}"
         + (f"  ·  plain model's answer: {maps.answer!r}" if maps.answer is not None else ""),
     ]
     return lines + ([note] if note else [])
@@ -84,13 +99,18 @@ def _caption(panel_map: PanelMap, maps: AttentionMaps) -> str:
     panel = panel_map.panel
     (width, height), (rows, cols) = panel.size, panel.grid
     before, after = panel_map.before, panel_map.after
+    sinks = (
+        f"  ·  on its {_count(len(panel_map.sinks), 'visual sink')} (outlined) {panel_map.sink_mass(before):.3f} "
+        f"before, {panel_map.sink_mass(after):.3f} after"
+        if maps.finds_sinks
+        else ""
+    )
     return (
         f"{panel.label()}: {width}x{height} px as the model saw it, {rows}x{cols} tokens of "
         f"{panel.token_size[0]}x{panel.token_size[1]} px{_tiling(panel)}\n"
-        f"attention on it {panel_map.image_mass(before):.3f} before, {panel_map.image_mass(after):.3f} after  ·  "
-        f"on its {_count(len(panel_map.sinks), 'visual sink')} (outlined) {panel_map.sink_mass(before):.3f} before, "
-        f"{panel_map.sink_mass(after):.3f} after\n"
-        f"VAR redistributed {maps.total_selected_pairs} (head, row) pairs of the chosen rows in layers "
+        f"attention on it {panel_map.image_mass(before):.3f} before, {panel_map.image_mass(after):.3f} after"
+        f"{sinks}\n"
+        f"{maps.method} {maps.verb} {maps.total_selected_pairs} (head, row) pairs of the chosen rows in layers "
         f"{_span(list(maps.layers))} (for the whole prompt)"
     )
 
@@ -157,7 +177,7 @@ def draw_figure(maps: AttentionMaps, *, model: str, question: str, note: str | N
     heat = None
     for index, panel_map in enumerate(shown):
         for column, (name, values) in enumerate(
-            (("before VAR", panel_map.before), ("after VAR", panel_map.after))
+            ((f"before {maps.method}", panel_map.before), (f"after {maps.method}", panel_map.after))
         ):
             axes = figure.add_subplot(grid[2 * index, column])
             heat = _draw_panel(axes, panel_map, values, norm, f"{panel_map.panel.label()}, {name}")
@@ -178,17 +198,18 @@ def draw_figure(maps: AttentionMaps, *, model: str, question: str, note: str | N
             color="firebrick" if is_note else "black",
             va="top",
         )
-    figure.legend(
-        handles=[
-            Rectangle(
-                (0, 0), 1, 1, fill=False, edgecolor=SINK_COLOUR, linewidth=1.6, label="visual sink (VAR)"
-            )
-        ],
-        loc="upper right",
-        bbox_to_anchor=(0.99, 1 - HEADER_LINE * 0.3 / total),
-        fontsize=8,
-        frameon=False,
-    )
+    if maps.finds_sinks:
+        figure.legend(
+            handles=[
+                Rectangle(
+                    (0, 0), 1, 1, fill=False, edgecolor=SINK_COLOUR, linewidth=1.6, label="visual sink (VAR)"
+                )
+            ],
+            loc="upper right",
+            bbox_to_anchor=(0.99, 1 - HEADER_LINE * 0.3 / total),
+            fontsize=8,
+            frameon=False,
+        )
     return figure
 
 

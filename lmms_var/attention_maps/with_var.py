@@ -1,5 +1,5 @@
-"""One prompt's attention maps before and after VAR, drawn and saved: what `lmms-var show` and the
-demo draw, VAR attached for the prompt alone."""
+"""One prompt's attention maps before and after an intervention (VAR, ScalingVis, AdaptVis, PAI), drawn
+and saved: what `lmms-var show` and the demo draw, the intervention attached for the prompt alone."""
 
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,15 +9,14 @@ import torch
 from lmms_var.attention_maps.capture import MapSettings, attention_maps
 from lmms_var.attention_maps.figure import save_attention_maps
 from lmms_var.attention_maps.maps import AttentionMaps
-from lmms_var.config import VARConfig
-from lmms_var.patch import enable_var
+from lmms_var.patch import enable_intervention
 
 
 def figure_for_prompt(
     model: torch.nn.Module,
     processor,
     inputs: Mapping,
-    config: VARConfig,
+    config: object,
     output: Path,
     *,
     question: str,
@@ -25,13 +24,15 @@ def figure_for_prompt(
     settings: MapSettings | None = None,
     note: str | None = None,
 ) -> AttentionMaps:
-    """Attach VAR to `model` with `config`, draw the maps of one prompt's processor outputs `inputs`
-    to `output` (a `.png`, and its numbers beside it as `.json`), detach; returns the maps.
+    """Attach the intervention `config` describes (`VARConfig`, `ScalingVisConfig`, ...) to `model`, draw
+    the maps of one prompt's processor outputs `inputs` to `output` (a `.png`, and its numbers beside it
+    as `.json`), detach; returns the maps.
 
     `question` and `model_name` are written on the figure, as is `note` (what the model is);
     `settings` default to `MapSettings()`.
     """
-    with enable_var(model, config) as handle:
+    # The tokenizer is what PAI's refine needs to attach; the maps draw the attention part only.
+    with enable_intervention(model, config, tokenizer=processor.tokenizer) as handle:
         maps = attention_maps(handle, processor, inputs, settings or MapSettings())
     save_attention_maps(maps, output, model=model_name, question=question, note=note)
     return maps

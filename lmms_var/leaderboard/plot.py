@@ -2,15 +2,21 @@
 
 The interval is the paired bootstrap's over the docs both runs evaluated (`significance`), so a
 +0.00 bar and a +12 bar both show how sure they are; a bar whose runs logged no samples has none.
+Runs of one method (VAR, ScalingVis, ...) share a hue, each of its runs a shade, so a grid of one
+method's settings reads as one family next to the other methods.
 """
 
 import math
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from lmms_var.leaderboard.table import Cell, Column, Leaderboard
+
+# One sequential colour map per method, in the order methods first appear among the plotted runs.
+METHOD_COLOURMAPS = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr", "PuRd")
 
 
 def plot_formats() -> list[str]:
@@ -29,10 +35,12 @@ def plot_deltas(board: Leaderboard, path: str | Path):
     width = 0.8 / len(rows)
     # A `Figure` of its own, not pyplot's: no global backend to set, no figure to close.
     figure = Figure(
-        figsize=(max(6.0, 0.9 * len(tasks) * max(1, len(rows) / 2)), 4.5 + 0.2 * len(rows)),
+        # About 0.6 inch a bar, so that each bar's delta and p-value stay apart (a sweep has many).
+        figsize=(max(6.0, 0.6 * len(tasks) * max(1.5, len(rows))), 4.5 + 0.2 * len(rows)),
         layout="constrained",
     )
     axes = figure.subplots()
+    colours = _method_colours([board.methods[row] for row in rows])
     for rank, row in enumerate(rows):
         cells = [board.cells[row][col] for col in tasks]
         # No bar (NaN) where a run lacks the task or there is no baseline value.
@@ -46,6 +54,7 @@ def plot_deltas(board: Leaderboard, path: str | Path):
             heights,
             width=width,
             label=board.runs[row],
+            color=colours[rank],
             yerr=[below, above],
             capsize=3,
             error_kw={"elinewidth": 1.0, "ecolor": "black"},
@@ -77,6 +86,22 @@ def plot_deltas(board: Leaderboard, path: str | Path):
     figure.legend(loc="outside lower center", fontsize="small")
     figure.savefig(path, dpi=150)
     return figure
+
+
+def _method_colours(methods: list[str | None]) -> list[tuple[float, ...]]:
+    """A colour per run: one colour map per method (runs with no method count as one more), shades
+    from mid to dark for that method's runs in the order given."""
+    maps = {
+        method: METHOD_COLOURMAPS[rank % len(METHOD_COLOURMAPS)]
+        for rank, method in enumerate(dict.fromkeys(methods))
+    }
+    colours, seen = [], dict.fromkeys(methods, 0)
+    for method in methods:
+        count = methods.count(method)
+        shade = 0.65 if count == 1 else 0.45 + 0.45 * seen[method] / (count - 1)
+        colours.append(colormaps[maps[method]](shade))
+        seen[method] += 1
+    return colours
 
 
 def _interval(cell: Cell, column: Column) -> tuple[float, float]:

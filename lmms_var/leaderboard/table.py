@@ -69,6 +69,7 @@ class Leaderboard:
     columns: list[Column]
     cells: list[list[Cell]]  # [row][column]
     baseline: int | None  # row index of the baseline, None when there is none
+    methods: list[str | None]  # per row, the intervention its run applied (`run_method`)
     notes: list[str] = field(default_factory=list)  # printed under the table
 
 
@@ -81,6 +82,13 @@ def _var_arg(run: Run) -> bool:
 def var_enabled(run: Run) -> bool:
     """VAR is on for a VAR model unless `var` says otherwise; any other model is a baseline."""
     return run.model in VAR_MODELS and _var_arg(run)
+
+
+def run_method(run: Run) -> str | None:
+    """The `method` model arg of a run with an intervention on (`var_enabled`); None for a plain run."""
+    if not var_enabled(run):
+        return None
+    return run.model_args.get("method", model_arg("method").default).lower()
 
 
 def _short(value: str) -> str:
@@ -110,7 +118,7 @@ def run_names(runs: list[Run]) -> list[str]:
             parts.append(f"var={str(var_on).lower()}")
             # With VAR off its hyper-parameters change nothing, so they stay out of the name.
             if var_on:
-                method = run.model_args.get("method", model_arg("method").default)
+                method = run.model_args.get("method", model_arg("method").default).lower()
                 listed = [key for key in label_args(method) if key != "var" and key in run.model_args]
                 parts += [f"{key}={run.model_args[key]}" for key in listed]
         parts += [f"{key}={_short(run.model_args[key])}" for key in varying if key in run.model_args]
@@ -357,4 +365,11 @@ def build_leaderboard(runs: list[Run], baseline: str | None = None, metric: str 
     ]
     if nan_cells:
         notes.append(f"NaN: lmms-eval wrote no number for {', '.join(nan_cells)}.")
-    return Leaderboard(runs=names, columns=columns, cells=cells, baseline=base_row, notes=notes)
+    return Leaderboard(
+        runs=names,
+        columns=columns,
+        cells=cells,
+        baseline=base_row,
+        methods=[run_method(run) for run in runs],
+        notes=notes,
+    )

@@ -11,7 +11,7 @@ from lmms_var.leaderboard.formats import FORMATS
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "leaderboard",
-        help="compare lmms-eval runs (baseline vs VAR settings) in one table",
+        help="compare lmms-eval runs (baseline, VAR settings, other methods) in one table",
         description=(
             "Read lmms-eval output folders (the --output_path of each run; samples when logged) and print one "
             "row per run, one column per task then per group. Cells hold each task's primary metric "

@@ -1,11 +1,14 @@
-"""`lmms-var show`: attention maps on the image, before VAR and after, for one prompt.
+"""`lmms-var show`: attention maps on the image, before an intervention and after, for one prompt.
 
-Runs the prompt (images first, then the question, in the model's own chat template) once without VAR
-and once with it, and writes one figure (`--output`, a PNG) and the numbers behind it (same name,
-`.json`). Every input is checked before the model's weights are loaded.
+Runs the prompt (images first, then the question, in the model's own chat template) once without the
+intervention (`--method`: VAR by default, or ScalingVis, AdaptVis, PAI) and once with it, and writes one
+figure (`--output`, a PNG) and the numbers behind it (same name, `.json`). Every input is checked before
+the model's weights are loaded.
 """
 
 import argparse
+import dataclasses
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +20,8 @@ from lmms_var.backbones import (
     load_checkpoint,
 )
 from lmms_var.checks import check_output_file, device_or_default
-from lmms_var.config import VARConfig
-from lmms_var.model_args import model_arg
+from lmms_var.config import METHOD_CONFIGS, VARConfig
+from lmms_var.model_args import MODEL_ARGS, model_arg
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -32,10 +35,34 @@ DEFAULT_OUTPUT = Path("attention.png")
 VAR_OPTIONS = {name: model_arg(name) for name in ("tau", "p", "rho", "summ")}
 
 
+def _method_options() -> dict[str, tuple[str, ...]]:
+    """The other methods' settings as options: each config's fields, with the methods that take them."""
+    options: dict[str, tuple[str, ...]] = {}
+    for method, config_type in METHOD_CONFIGS.items():
+        if config_type is not VARConfig:
+            for field in dataclasses.fields(config_type):
+                options[field.name] = (*options.get(field.name, ()), method)
+    return options
+
+
+METHOD_OPTIONS = _method_options()
+# Their help where the table of model args has no row of that method and name (its rows' help wins).
+OWN_HELP = {
+    ("scalingvis", "alpha"): "factor on the last prompt row's scores on visual keys",
+    ("pai", "alpha"): "amplification of the last row's scores on visual keys (s + alpha * |s|)",
+    ("adaptvis", "alpha_low"): "alpha where the plain model's first-token confidence is below --threshold",
+    ("adaptvis", "alpha_high"): "alpha where it is not",
+    ("adaptvis", "threshold"): "the confidence that chooses between --alpha-low and --alpha-high",
+    ("pai", "start_layer"): "the first decoder layer amplified",
+    ("pai", "end_layer"): "the decoder layer after the last one amplified",
+    ("pai", "gamma"): "the logit refine's strength (1: off); the maps draw attention, which it leaves alone",
+}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "show",
-        help="draw attention maps on the image before and after VAR",
+        help="draw attention maps on the image before and after VAR (or ScalingVis, AdaptVis, PAI)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,13 +73,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--question", required=True, help="the text after the images")
     parser.add_argument("--layers", type=int, nargs="+", help="decoder layers (default: the middle third)")
     parser.add_argument(
-        "--heads", choices=HEAD_CHOICES, default="selected", help="heads VAR selected (default) or all"
+        "--method",
+        choices=tuple(METHOD_CONFIGS),
+        default=model_arg("method").default,
+        help=f"the intervention drawn (default {model_arg('method').default})",
+    )
+    parser.add_argument(
+        "--heads",
+        choices=HEAD_CHOICES,
+        default="selected",
+        help="heads the method changed (default; VAR: those it selected) or all",
     )
     parser.add_argument(
         "--rows",
         choices=ROW_CHOICES,
         default="last",
-        help="query rows: the last prompt token (default), the plain model's answer, or every row VAR may change",
+        help="query rows: the last prompt token (default), the plain model's answer (VAR), or every row "
+        "the method may change",
     )
     parser.add_argument(
         "--max-new-tokens",
@@ -64,17 +101,72 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--output", type=Path, default=DEFAULT_OUTPUT, help=f"PNG to write (default {DEFAULT_OUTPUT})"
     )
     parser.add_argument(
-        "--sink-dims", type=int, nargs="+", help="sink dimensions (default: published for the model)"
+        "--sink-dims",
+        type=int,
+        nargs="+",
+        action=_Given,
+        help="VAR: sink dimensions (default: published for the model)",
     )
     for name, row in VAR_OPTIONS.items():
         parser.add_argument(
-            f"--{name}", type=float, default=row.default, help=f"{row.help} (default {row.default:g})"
+            f"--{name}",
+            type=float,
+            action=_Given,
+            default=row.default,
+            help=f"{row.help} (default {row.default:g})",
+        )
+    for name, methods in METHOD_OPTIONS.items():
+        parser.add_argument(
+            f"--{_flag(name)}",
+            dest=name,
+            type=_number,
+            action=_Given,
+            help=_method_option_help(name, methods),
         )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument(
         "--dtype", choices=DTYPES, default="auto", help="weights dtype (default: checkpoint's)"
     )
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, given=())
+
+
+class _Given(argparse.Action):
+    """Stores the value and notes the option as given: an option of another method than `--method`'s
+    is an error, which a default cannot tell."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = (*namespace.given, self.dest)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _number(text: str) -> int | float:
+    """An integer where the text is one (layer indices), else a float; the method's config checks it."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+
+
+def _method_option_help(name: str, methods: tuple[str, ...]) -> str:
+    """Per method that takes the option: the table of model args' help for its row where there is one
+    (`OWN_HELP` where not), and its default (the config's)."""
+    parts = []
+    for method in methods:
+        row = next((row for row in MODEL_ARGS if row.name == name and row.method == method), None)
+        default = next(f.default for f in dataclasses.fields(METHOD_CONFIGS[method]) if f.name == name)
+        if default is dataclasses.MISSING:
+            default_text = "required"
+        else:
+            default_text = f"default {'through the last layer' if default is None else default}"
+        parts.append(f"{method}: {OWN_HELP[method, name] if row is None else row.help} ({default_text})")
+    return "; ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     backbone, model_config = _checked_model(args)
     images = tuple(_read_image(path, backbone) for path in args.image)
     output = _writable_png(args.output)
-    config = _var_config(args, model_config)
+    config = _method_config(args, model_config)
     settings = MapSettings(
         layers=args.layers, heads=args.heads, rows=args.rows, max_new_tokens=args.max_new_tokens
     )
@@ -103,13 +195,20 @@ def run(args: argparse.Namespace) -> int:
     )
     for panel_map in maps.panels:
         panel, before, after = panel_map.panel, panel_map.before, panel_map.after
+        sinks = (
+            f"; on its visual sinks ({len(panel_map.sinks)} tokens) {panel_map.sink_mass(before):.3f} -> "
+            f"{panel_map.sink_mass(after):.3f}"
+            if maps.finds_sinks
+            else ""
+        )
         print(
             f"{panel.label()} ({panel.size[0]}x{panel.size[1]} px): attention on it "
-            f"{panel_map.image_mass(before):.3f} -> {panel_map.image_mass(after):.3f}; on its visual sinks "
-            f"({len(panel_map.sinks)} tokens) {panel_map.sink_mass(before):.3f} -> {panel_map.sink_mass(after):.3f}"
+            f"{panel_map.image_mass(before):.3f} -> {panel_map.image_mass(after):.3f}{sinks}"
         )
+    if maps.chosen:
+        print(f"{maps.method} chose " + " ".join(f"{name}={value:g}" for name, value in maps.chosen.items()))
     print(
-        f"VAR redistributed {maps.total_selected_pairs} (head, row) pairs in layers {list(maps.layers)}; "
+        f"{maps.method} {maps.verb} {maps.total_selected_pairs} (head, row) pairs in layers {list(maps.layers)}; "
         f"heads averaged: {list(maps.heads)} ({maps.head_rule})"
     )
     print(f"wrote {output} and {output.with_suffix('.json')}")
@@ -170,12 +269,19 @@ def _checked_model(args: argparse.Namespace) -> tuple["Backbone", "PretrainedCon
         raise ValueError(f"--model {args.model}: {error}") from None
 
 
-def _var_config(args: argparse.Namespace, model_config: "PretrainedConfig") -> VARConfig:
-    """VAR's settings, checked against the model's config (layers, sink dims) before loading."""
-    from lmms_var.attention_maps.capture import attention_layers_among
+def _method_config(args: argparse.Namespace, model_config: "PretrainedConfig") -> object:
+    """The config of `--method` from its options, checked against the model's config (layers, sink
+    dims) and the other options (`--layers`, `--rows`) before loading; an option of another method is
+    an error naming it."""
+    from lmms_var.attention_maps.capture import attention_layers_among, check_rows
     from lmms_var.backbones.base import attention_layer_indices
-    from lmms_var.sink_dims.known import lookup_known
 
+    method = args.method
+    for name in dict.fromkeys(args.given):
+        owners = ("var",) if name in VAR_OPTIONS or name == "sink_dims" else METHOD_OPTIONS[name]
+        if method not in owners:
+            taken_by = " and ".join(f"--method {owner}" for owner in owners)
+            raise ValueError(f"--{_flag(name)} is an option of {taken_by}, not of --method {method}")
     text_config = model_config.get_text_config()
     try:
         attention_layers_among(
@@ -183,6 +289,40 @@ def _var_config(args: argparse.Namespace, model_config: "PretrainedConfig") -> V
         )
     except ValueError as error:
         raise ValueError(f"--{error}") from None
+    if method == "var":
+        config = _var_config(args, model_config)
+    else:
+        config = _other_config(args, METHOD_CONFIGS[method], text_config.num_hidden_layers)
+    try:
+        check_rows(args.rows, config)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from None
+    return config
+
+
+def _other_config(args: argparse.Namespace, config_type: type, num_layers: int) -> object:
+    """ScalingVis's, AdaptVis's or PAI's config from the options given (its defaults for the others);
+    its own checks' messages name the options (`PAIConfig.end_layer` -> `--end-layer`)."""
+    fields = dataclasses.fields(config_type)
+    missing = [f.name for f in fields if f.default is dataclasses.MISSING and getattr(args, f.name) is None]
+    if missing:
+        options = " ".join(f"--{_flag(name)}" for name in missing)
+        raise ValueError(f"{options}: --method {args.method} needs it (see lmms-var show --help)")
+    given = {f.name: getattr(args, f.name) for f in fields if getattr(args, f.name) is not None}
+    try:
+        config = config_type(**given)
+        config.active_layers(num_layers)  # PAI's layer range against the model's
+    except ValueError as error:
+        prefix = re.escape(config_type.__name__) + r"\.(\w+)"
+        raise ValueError(re.sub(prefix, lambda match: f"--{_flag(match[1])}", str(error))) from None
+    return config
+
+
+def _var_config(args: argparse.Namespace, model_config: "PretrainedConfig") -> VARConfig:
+    """VAR's settings, checked against the model's config (sink dims) before loading."""
+    from lmms_var.sink_dims.known import lookup_known
+
+    text_config = model_config.get_text_config()
     dims = args.sink_dims
     if dims is None:
         known = lookup_known(args.model, model_config)

@@ -81,3 +81,36 @@ def doc_samples(
         }
         for doc, (idx, score) in enumerate(zip(ids, scores, strict=True))
     ]
+
+
+# Five runs of one model over the same docs: the baseline and one run per method, each with its args as
+# `model_args`, and per task the 0/1 score of each doc (scores of ten docs, the first task's and the second's).
+METHOD_RUNS = {
+    "baseline": ("var=false", ([0, 0, 1, 1, 0, 1, 0, 0, 1, 0], [1, 0, 0, 1, 0, 0, 1, 0, 0, 0])),
+    "var": ("var=true,p=0.6,rho=0.5", ([1, 1, 1, 1, 0, 1, 1, 0, 1, 1], [1, 0, 1, 1, 0, 0, 1, 1, 0, 0])),
+    "scalingvis": (
+        "method=scalingvis,alpha=1.5",
+        ([0, 1, 1, 1, 0, 1, 0, 0, 1, 0], [1, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
+    ),
+    "adaptvis": (
+        "method=adaptvis,alpha_low=0.5,alpha_high=1.5,threshold=0.4",
+        ([0, 0, 1, 0, 0, 0, 0, 0, 1, 0], [1, 1, 1, 1, 0, 1, 1, 0, 1, 0]),
+    ),
+    "pai": (
+        "method=pai,alpha=0.2,gamma=1.1",
+        ([1, 0, 1, 1, 1, 1, 0, 1, 1, 0], [1, 0, 0, 1, 0, 0, 1, 0, 0, 0]),
+    ),
+}
+METHOD_TASKS = ("spatial_blink_counting", "spatial_sat2")
+
+
+def write_method_runs(folder: Path, model: str = "qwen2_5_vl_var") -> list[Path]:
+    """`METHOD_RUNS` as lmms-eval output folders under `folder` (samples logged), in the table's order."""
+    folders = []
+    for name, (model_args, per_task) in METHOD_RUNS.items():
+        scores = dict(zip(METHOD_TASKS, per_task, strict=True))
+        results = {task: {"acc": sum(values) / len(values)} for task, values in scores.items()}
+        samples = {task: doc_samples("acc", values) for task, values in scores.items()}
+        write_run(folder / name, model, model_args, results, samples=samples)
+        folders.append(folder / name)
+    return folders

@@ -6,7 +6,7 @@ import io
 from PIL import Image
 
 from lmms_var.tools.cli import main
-from tests.leaderboard.results_files import doc_samples, write_run
+from tests.leaderboard.results_files import METHOD_TASKS, doc_samples, write_method_runs, write_run
 
 
 def _two_runs(tmp_path):
@@ -135,3 +135,18 @@ def test_outputs_go_into_new_folders(tmp_path):
     table, plot = tmp_path / "new" / "table.md", tmp_path / "plots" / "d.png"
     assert main(["leaderboard", *runs, "--output", str(table), "--plot", str(plot)]) == 0
     assert table.read_text().startswith("| run | t |") and plot.stat().st_size > 0
+
+
+def test_five_methods_in_one_table_and_plot(tmp_path, capsys):
+    """Baseline, VAR, ScalingVis, AdaptVis and PAI runs: one table of five rows, deltas and p-values."""
+    folders = write_method_runs(tmp_path / "runs")
+    plot = tmp_path / "methods.png"
+    assert main(["leaderboard", *map(str, folders), "--plot", str(plot)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| qwen2_5_vl_var")]
+    assert len(rows) == 5 and rows[0].startswith("| qwen2_5_vl_var var=false |")
+    for row, method in zip(
+        rows[1:], ("var=true", "method=scalingvis", "method=adaptvis", "method=pai"), strict=True
+    ):
+        assert method in row and row.count(", p=") == len(METHOD_TASKS)
+    with Image.open(plot) as image:
+        assert image.format == "PNG"

@@ -1,5 +1,6 @@
 """`lmms-var show` on every family's tiny checkpoint: a PNG and its JSON, and clear messages for bad inputs."""
 
+import argparse
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ from transformers import PaliGemmaConfig, Qwen2Config
 from lmms_var.attention_maps import MapSettings
 from lmms_var.attention_maps.figure import RANDOM_MODEL_NOTE
 from lmms_var.backbones import backbone_for_model_type
+from lmms_var.model_args import ModelArg, parse_float
 from lmms_var.testing.images import picture_in_mode, random_image
 from lmms_var.tools import show
 from lmms_var.tools.cli import build_parser, main
@@ -51,7 +53,8 @@ def test_show_writes_a_png_and_its_json(tiny_checkpoints, model_type, images, tm
         assert figure.format == "PNG" and figure.width > 500
     data = json.loads(output.with_suffix(".json").read_text())
     assert data["layers"] == [2] and data["row_rule"] == "all" and data["note"] == RANDOM_MODEL_NOTE
-    assert data["var"]["sink_dims"] == list(TINY_SPEC.sink_dims) and data["var"]["tau"] == TINY_TAU
+    assert data["method"] == "VAR" and data["chosen"] == {}
+    assert data["config"]["sink_dims"] == list(TINY_SPEC.sink_dims) and data["config"]["tau"] == TINY_TAU
     # Two images; one panel each, or one per part (InternVL: its tiles, placed as cut, and its thumbnail).
     first_parts = {entry["index"]: entry for entry in reversed(data["images"])}
     assert sorted(first_parts) == [0, 1]
@@ -153,6 +156,14 @@ def test_show_is_registered_with_the_issues_options(capsys):
         "--p",
         "--rho",
         "--summ",
+        "--method",
+        "--alpha",
+        "--alpha-low",
+        "--alpha-high",
+        "--threshold",
+        "--gamma",
+        "--start-layer",
+        "--end-layer",
         "--device",
         "--dtype",
     } <= options
@@ -198,3 +209,89 @@ def test_a_linear_attention_layer_is_refused_before_loading(
         "--layers [1] are linear-attention layers, which have no attention map; choose among [2]"
         in cli_error(args)
     )
+
+
+# Each method with its args as options (no VAR option: they belong to --method var).
+METHOD_ARGS = {
+    "scalingvis": ["--method", "scalingvis", "--alpha", "1.8"],
+    "adaptvis": ["--method", "adaptvis", "--alpha-low", "0.5", "--alpha-high", "1.8", "--threshold", "0"],
+    "pai": ["--method", "pai", "--alpha", "0.5", "--start-layer", "1", "--gamma", "1.1"],
+}
+
+
+@pytest.mark.parametrize("method", METHOD_ARGS)
+def test_show_draws_each_method(tiny_checkpoint, images, method, tmp_path, capsys):
+    output = tmp_path / f"{method}.png"
+    assert main(show_args(tiny_checkpoint, images, output, var_args=METHOD_ARGS[method])) == 0
+    with Image.open(output) as figure:
+        assert figure.format == "PNG" and figure.width > 500
+    data = json.loads(output.with_suffix(".json").read_text())
+    name = {"scalingvis": "ScalingVis", "adaptvis": "AdaptVis", "pai": "PAI"}[method]
+    assert data["method"] == name and data["layers"] == [2] and data["head_rule"] == "selected"
+    assert all(entry["sinks"] == [] for entry in data["images"])
+    assert any(entry["before"] != entry["after"] for entry in data["images"])
+    out = capsys.readouterr().out
+    assert f"{name} changed " in out and "visual sinks" not in out
+    if method == "adaptvis":  # threshold 0: never unsure, so alpha_high
+        assert data["chosen"] == {"alpha": 1.8} and "AdaptVis chose alpha=1.8" in out
+    if method == "pai":
+        assert data["config"] == {"alpha": 0.5, "start_layer": 1, "end_layer": None, "gamma": 1.1}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "scalingvis"], "--alpha: --method scalingvis needs it"),
+        (["--method", "scalingvis", "--alpha", "0"], "--alpha must be a finite number > 0, got 0"),
+        (
+            ["--method", "scalingvis", "--alpha", "2", "--p", "0.5"],
+            "--p is an option of --method var, not of --method scalingvis",
+        ),
+        (
+            ["--method", "scalingvis", "--alpha", "2", "--sink-dims", "17"],
+            "--sink-dims is an option of --method var, not of",
+        ),
+        ([*TINY_ARGS, "--gamma", "1.2"], "--gamma is an option of --method pai, not of --method var"),
+        (
+            ["--method", "pai", "--alpha-low", "0.5"],
+            "--alpha-low is an option of --method adaptvis, not of --method pai",
+        ),
+        (
+            ["--method", "adaptvis", "--alpha", "2"],
+            "--alpha is an option of --method scalingvis and --method pai, not of --method adaptvis",
+        ),
+        (["--method", "adaptvis", "--threshold", "2"], "--threshold must be in [0, 1], got 2"),
+        (["--method", "pai", "--end-layer", "9"], "--end-layer must be at most the model's 4 layers, got 9"),
+        (
+            ["--method", "pai", "--start-layer", "1.5"],
+            "--start-layer must be a layer index (an integer >= 0), got 1.5",
+        ),
+        (
+            ["--method", "pai", "--start-layer", "3", "--end-layer", "2"],
+            "--end-layer must be above start_layer (3), got 2",
+        ),
+        (
+            ["--method", "pai", "--rows", "answer"],
+            "--rows 'answer' is for VAR; PAI changes the last row of a forward only",
+        ),
+    ],
+)
+def test_bad_method_args_are_named_before_loading_weights(
+    tiny_checkpoint, images, tmp_path, cli_error, no_weights, args, message
+):
+    assert message in cli_error(show_args(tiny_checkpoint, images, tmp_path / "a.png", var_args=args))
+
+
+def test_method_options_take_their_help_from_the_model_args_table(monkeypatch):
+    """Per method taking the option: its row's help where the table has one, the config's default."""
+    row = ModelArg("gamma", 1.1, parse_float, "refine strength, as the table says", method="pai")
+    monkeypatch.setattr(show, "MODEL_ARGS", (*(r for r in show.MODEL_ARGS if r.name != "gamma"), row))
+    parser = argparse.ArgumentParser()
+    show.register(parser.add_subparsers())
+    actions = {
+        action.dest: action for action in parser._subparsers._group_actions[0].choices["show"]._actions
+    }
+    assert actions["gamma"].help == "pai: refine strength, as the table says (default 1.1)"
+    assert actions["alpha"].help.startswith("scalingvis: ") and "(required); pai: " in actions["alpha"].help
+    assert actions["end_layer"].help.endswith("(default through the last layer)")
+    assert all(actions[name].default is None for name in show.METHOD_OPTIONS)
