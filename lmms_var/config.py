@@ -6,16 +6,70 @@ sink dims comes from `lmms_var.config_from_model` (in `sink_dims.auto`, the laye
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 # The RMS-normalised sink threshold the paper uses: VARConfig's, the finder's and the models' default.
 DEFAULT_TAU = 20.0
 
 
+class ConfigError(ValueError):
+    """A config field's bad value. The message names `Config.field`; `field` and `problem` let a caller
+    that knows the value under another name (a model arg, a command-line option) name it so."""
+
+    def __init__(self, config: str, field: str, problem: str) -> None:
+        super().__init__(f"{config}.{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+def _fraction_problem(value: object) -> str | None:
+    return None if _is_number(value) and 0 <= value <= 1 else f"must be in [0, 1], got {value!r}"
+
+
+def _positive_problem(value: object) -> str | None:
+    ok = _is_number(value) and 0 < value < math.inf
+    return None if ok else f"must be a finite number > 0, got {value!r}"
+
+
+def _non_negative_problem(value: object) -> str | None:
+    ok = _is_number(value) and 0 <= value < math.inf
+    return None if ok else f"must be a finite number >= 0, got {value!r}"
+
+
+def _layer_problem(value: object) -> str | None:
+    ok = not isinstance(value, bool) and isinstance(value, int) and value >= 0
+    return None if ok else f"must be a layer index (an integer >= 0), got {value!r}"
+
+
+def _check_fields(config: object, problems: dict[str, object]) -> None:
+    """Raise a `ConfigError` for the first field (name -> its check's problem or None) that has one."""
+    for field, problem in problems.items():
+        if problem is not None:
+            raise ConfigError(type(config).__name__, field, problem)
+
+
+def _checker(problem_of):
+    """`check(value, name)`: a `ValueError` naming `name` where `problem_of(value)` finds a problem."""
+
+    def check(value: object, name: str) -> None:
+        problem = problem_of(value)
+        if problem is not None:
+            raise ValueError(f"{name} {problem}")
+
+    return check
+
+
+# Checks of a value under a caller's own name for it (the model args' parsers, `lmms-var show`).
+check_fraction = _checker(_fraction_problem)  # a share in [0, 1]: p, rho, summ, threshold
+check_positive = _checker(_positive_problem)
+check_non_negative = _checker(_non_negative_problem)
+check_layer = _checker(_layer_problem)
+
+
 def check_tau(tau: object, name: str = "tau") -> None:
-    """A sink threshold: a finite number above 0 (an infinite one finds no sink anywhere, so VAR
-    would silently change nothing). `name` is the argument as the caller names it."""
+    """A sink threshold: finite and above 0 (an infinite one finds no sink anywhere, so VAR would
+    change nothing). `name` is the argument as the caller names it."""
     check_positive(tau, name)
 
 
@@ -48,13 +102,15 @@ class VARConfig:
 
     def _validate(self) -> None:
         if not self.sink_dims:
-            raise ValueError("VARConfig.sink_dims must list at least one hidden-state channel, got none")
-        for dim in self.sink_dims:
-            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-                raise ValueError(f"VARConfig.sink_dims must be non-negative integers, got {self.sink_dims!r}")
-        for name in ("p", "rho", "summ"):
-            check_fraction(getattr(self, name), f"VARConfig.{name}")
-        check_tau(self.tau, "VARConfig.tau")
+            raise ConfigError(
+                "VARConfig", "sink_dims", "must list at least one hidden-state channel, got none"
+            )
+        if any(_layer_problem(dim) for dim in self.sink_dims):  # a channel index is checked as a layer's
+            raise ConfigError(
+                "VARConfig", "sink_dims", f"must be non-negative integers, got {self.sink_dims!r}"
+            )
+        fractions = {name: _fraction_problem(getattr(self, name)) for name in ("p", "rho", "summ")}
+        _check_fields(self, fractions | {"tau": _positive_problem(self.tau)})
 
     def active_layers(self, num_layers: int) -> range:
         """Decoder layers VAR acts on: never the first two, and not the last with `except_last_layer`."""
@@ -71,7 +127,7 @@ class ScalingVisConfig:
     alpha: float
 
     def __post_init__(self) -> None:
-        check_positive(self.alpha, "ScalingVisConfig.alpha")
+        _check_fields(self, {"alpha": _positive_problem(self.alpha)})
 
     def active_layers(self, num_layers: int) -> range:
         """Every decoder layer."""
@@ -89,9 +145,14 @@ class AdaptVisConfig:
     threshold: float = 0.4
 
     def __post_init__(self) -> None:
-        check_positive(self.alpha_low, "AdaptVisConfig.alpha_low")
-        check_positive(self.alpha_high, "AdaptVisConfig.alpha_high")
-        check_fraction(self.threshold, "AdaptVisConfig.threshold")
+        _check_fields(
+            self,
+            {
+                "alpha_low": _positive_problem(self.alpha_low),
+                "alpha_high": _positive_problem(self.alpha_high),
+                "threshold": _fraction_problem(self.threshold),
+            },
+        )
 
     def active_layers(self, num_layers: int) -> range:
         """Every decoder layer."""
@@ -111,27 +172,34 @@ class PAIConfig:
     gamma: float = 1.1
 
     def __post_init__(self) -> None:
-        check_non_negative(self.alpha, "PAIConfig.alpha")
-        check_non_negative(self.gamma, "PAIConfig.gamma")
-        check_layer(self.start_layer, "PAIConfig.start_layer")
-        if self.end_layer is not None:
-            check_layer(self.end_layer, "PAIConfig.end_layer")
-            if self.end_layer <= self.start_layer:
-                raise ValueError(
-                    f"PAIConfig.end_layer must be above start_layer ({self.start_layer}), got {self.end_layer}"
-                )
+        end = self.end_layer
+        _check_fields(
+            self,
+            {
+                "alpha": _non_negative_problem(self.alpha),
+                "gamma": _non_negative_problem(self.gamma),
+                "start_layer": _layer_problem(self.start_layer),
+                "end_layer": None if end is None else _layer_problem(end),
+            },
+        )
+        if end is not None and end <= self.start_layer:
+            raise ConfigError(
+                "PAIConfig", "end_layer", f"must be above start_layer ({self.start_layer}), got {end}"
+            )
 
     def active_layers(self, num_layers: int) -> range:
         """Layers `start_layer` .. `end_layer - 1`; a range beyond the model's `num_layers` is an error
         (a config written for a deeper model would otherwise act on fewer layers than it says)."""
         end = num_layers if self.end_layer is None else self.end_layer
         if end > num_layers:
-            raise ValueError(
-                f"PAIConfig.end_layer must be at most the model's {num_layers} layers, got {end}"
+            raise ConfigError(
+                "PAIConfig", "end_layer", f"must be at most the model's {num_layers} layers, got {end}"
             )
         if self.start_layer >= end:
-            raise ValueError(
-                f"PAIConfig.start_layer must be below the model's {num_layers} layers, got {self.start_layer}"
+            raise ConfigError(
+                "PAIConfig",
+                "start_layer",
+                f"must be below the model's {num_layers} layers, got {self.start_layer}",
             )
         return range(self.start_layer, end)
 
@@ -140,31 +208,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def check_fraction(value: object, name: str) -> None:
-    """A share in [0, 1] (`p`, `rho`, `summ`); `name` is the argument as the caller names it."""
-    if not _is_number(value) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-
-
-def check_positive(value: object, name: str) -> None:
-    if not _is_number(value) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def check_non_negative(value: object, name: str) -> None:
-    if not _is_number(value) or not 0 <= value < math.inf:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-
-
-def check_layer(value: object, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a layer index (an integer >= 0), got {value!r}")
-
-
 # The interventions by the name a run or a command chooses them with (`method=`, `lmms-var show --method`).
-METHOD_CONFIGS: dict[str, type] = {
-    "var": VARConfig,
-    "scalingvis": ScalingVisConfig,
-    "adaptvis": AdaptVisConfig,
-    "pai": PAIConfig,
-}
+METHOD_CONFIGS: Mapping[str, type] = MappingProxyType(
+    {"var": VARConfig, "scalingvis": ScalingVisConfig, "adaptvis": AdaptVisConfig, "pai": PAIConfig}
+)

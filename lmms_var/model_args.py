@@ -18,10 +18,7 @@ from types import MappingProxyType
 
 from lmms_var.config import (
     DEFAULT_TAU,
-    AdaptVisConfig,
-    PAIConfig,
-    ScalingVisConfig,
-    VARConfig,
+    METHOD_CONFIGS,
     check_fraction,
     check_layer,
     check_non_negative,
@@ -30,11 +27,8 @@ from lmms_var.config import (
 )
 
 AUTO = "auto"
-# The attention interventions a run may choose with `method=` (var=false turns any of them off), and
-# the config each builds from its rows (the rows are the config's fields, of the same names).
-METHOD_CONFIGS: Mapping[str, type] = MappingProxyType(
-    {"var": VARConfig, "scalingvis": ScalingVisConfig, "adaptvis": AdaptVisConfig, "pai": PAIConfig}
-)
+# The attention interventions a run may choose with `method=` (var=false turns any of them off); each
+# builds its config (`METHOD_CONFIGS`) from its rows, which are the config's fields of the same names.
 METHODS = tuple(METHOD_CONFIGS)
 # ScalingVis's alpha grid in the authors' paper (Chen et al., ICML 2025), for the missing-alpha message.
 SCALINGVIS_GRID = (0.5, 0.8, 1.2, 1.5, 2.0)

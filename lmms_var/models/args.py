@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from lmms_eval.utils import _smart_comma_split, handle_arg_string
 
+from lmms_var.config import METHOD_CONFIGS, ConfigError
 from lmms_var.model_args import (
     AUTO,
     DTYPE_NAMES,
-    METHOD_CONFIGS,
     METHODS,
     MODEL_ARGS,
     ModelArgError,
@@ -172,7 +172,7 @@ class InterventionOptions:
         fields = dict(self.args) if sink_dims is None else {**self.args, "sink_dims": tuple(sink_dims)}
         try:
             return METHOD_CONFIGS[self.method](**fields)
-        except ValueError as error:
+        except ConfigError as error:
             raise ModelArgError(self._named(error)) from None
 
     def check_layers(self, num_layers: int, source: str) -> None:
@@ -182,12 +182,12 @@ class InterventionOptions:
             return
         try:
             self.config().active_layers(num_layers)
-        except ValueError as error:
+        except ConfigError as error:
             raise ModelArgError(f"{self._named(error)} ({source})") from None
 
-    def _named(self, error: ValueError) -> str:
+    def _named(self, error: ConfigError) -> str:
         """A config's message (`PAIConfig.end_layer must ...`) naming the model arg and the method."""
-        message = str(error).replace(f"{METHOD_CONFIGS[self.method].__name__}.", "")
+        message = f"{error.field} {error.problem}"  # the config's fields are the model args' names
         return message if self.method == METHODS[0] else f"method={self.method}: {message}"
 
 

@@ -8,7 +8,6 @@ the model's weights are loaded.
 
 import argparse
 import dataclasses
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,7 @@ from lmms_var.backbones import (
     load_checkpoint,
 )
 from lmms_var.checks import check_output_file, device_or_default
-from lmms_var.config import METHOD_CONFIGS, VARConfig
+from lmms_var.config import METHOD_CONFIGS, ConfigError, VARConfig
 from lmms_var.model_args import MODEL_ARGS, model_arg
 
 if TYPE_CHECKING:
@@ -312,9 +311,8 @@ def _other_config(args: argparse.Namespace, config_type: type, num_layers: int) 
     try:
         config = config_type(**given)
         config.active_layers(num_layers)  # PAI's layer range against the model's
-    except ValueError as error:
-        prefix = re.escape(config_type.__name__) + r"\.(\w+)"
-        raise ValueError(re.sub(prefix, lambda match: f"--{_flag(match[1])}", str(error))) from None
+    except ConfigError as error:  # the config's fields are the options' names
+        raise ValueError(f"--{_flag(error.field)} {error.problem}") from None
     return config
 
 
@@ -337,5 +335,5 @@ def _var_config(args: argparse.Namespace, model_config: "PretrainedConfig") -> V
         raise ValueError(f"--sink-dims {bad}: beyond the model's hidden size {text_config.hidden_size}")
     try:
         return VARConfig(sink_dims=tuple(dims), tau=args.tau, p=args.p, rho=args.rho, summ=args.summ)
-    except ValueError as error:  # "VARConfig.p must be in [0, 1]" -> "--p must be in [0, 1]"
-        raise ValueError(str(error).replace("VARConfig.", "--").replace("sink_dims", "sink-dims")) from None
+    except ConfigError as error:  # the config's fields are the options' names
+        raise ValueError(f"--{_flag(error.field)} {error.problem}") from None
