@@ -482,7 +482,6 @@ BAD_ARGS = {
     "`alpha=1.5`": BadArgs("alpha=1.5"),
     "`method=scalingvis`": BadArgs("method=scalingvis"),
     "`method=pai,end_layer=40`": BadArgs("method=pai,end_layer=40"),
-    "`method=pai,attention_maps=1`": BadArgs("method=pai,attention_maps=1"),
 }
 # The table's lines give the folder the run started in as this, and elide the model's prefix with "...".
 TABLE_FOLDER = "/tmp/rb"

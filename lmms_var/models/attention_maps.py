@@ -58,12 +58,7 @@ def parse_attention_maps(
             )
         return AttentionMapOptions(0, None, pretrained)
     if not var:
-        raise ModelArgError("attention_maps draws what VAR changes; it needs var=true")
-    if method != "var":
-        raise ModelArgError(
-            f"attention_maps draws what VAR changes; method={method} has no attention maps here "
-            "(give attention_maps=0)"
-        )
+        raise ModelArgError(f"attention_maps draws what method={method} changes; it needs var=true")
     if attention_maps_path is not None:
         return AttentionMapOptions(per_task, Path(str(attention_maps_path)), pretrained)
     folder = run_output_folder(pretrained)

@@ -21,15 +21,15 @@ def test_off_by_default_attaches_nothing():
 
 
 @pytest.mark.parametrize("method", ["scalingvis", "adaptvis", "pai"])
-def test_other_methods_have_no_maps(method):
-    """The figures draw VAR's redistribution; another method's run is refused naming both."""
+def test_every_method_draws_maps_but_the_plain_model_none(method):
+    """The figures draw what the method changes (its lmms-eval runs: tests/models/test_methods_cli.py);
+    with var=false there is nothing to draw."""
+    assert parse(1, "maps", method=method).per_task == 1
     with pytest.raises(ModelArgError) as error:
-        parse(1, method=method)
+        parse(1, "maps", method=method, var=False)
     assert str(error.value) == (
-        f"invalid model_args: attention_maps draws what VAR changes; method={method} has no attention maps "
-        "here (give attention_maps=0)"
+        f"invalid model_args: attention_maps draws what method={method} changes; it needs var=true"
     )
-    assert parse(0, method=method).per_task == 0
 
 
 def test_the_folder_is_next_to_lmms_evals_outputs_or_the_given_path(monkeypatch, tmp_path):

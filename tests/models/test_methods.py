@@ -64,10 +64,6 @@ NAMES = {"scalingvis": "ScalingVis", "adaptvis": "AdaptVis", "pai": "PAI"}
             "method=pai: start_layer must be below the model's 4 layers, got 4 (num_hidden_layers of {ckpt} "
             "in its config.json)",
         ),
-        (
-            {"method": "pai", "attention_maps": 1, "attention_maps_path": "maps"},
-            "attention_maps draws what VAR changes; method=pai has no attention maps here (give attention_maps=0)",
-        ),
     ],
 )
 def test_bad_method_args_fail_in_one_line_before_loading(tiny_checkpoint, no_weights, args, message):

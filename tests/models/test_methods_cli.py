@@ -48,7 +48,12 @@ def method_runs(lmms_eval_run, answering_checkpoints) -> Path:
     runs = lmms_eval_run(
         "methods",
         configs=[
-            *(method_run("qwen2_5_vl", qwen, method, args) for method, args in METHOD_ARGS.items()),
+            *(
+                method_run(
+                    "qwen2_5_vl", qwen, method, f"{args},attention_maps=1,attention_maps_path={method}_maps"
+                )
+                for method, args in METHOD_ARGS.items()
+            ),
             method_run("qwen2_5_vl", qwen, "identity", "method=scalingvis,alpha=1"),
             method_run("qwen2_5_vl", qwen, "plain", "var=false"),  # diagnostics: none with var=false
             *(
@@ -75,6 +80,10 @@ def check_run(run: Run, model_id: str, method: str) -> None:
 @pytest.mark.parametrize("method", list(METHOD_ARGS))
 def test_each_method_writes_results_on_qwen2_5_vl(method_runs, method):
     check_run(config_run(method_runs, method), "qwen2_5_vl_var", method)
+    # attention_maps=1: a figure of doc 0 of each task, before and after the method
+    assert sorted(path.name for path in (method_runs / f"{method}_maps").glob("*.png")) == sorted(
+        f"{task}_doc0.png" for task in {task for task, _ in EXPECTED_DOCS}
+    )
 
 
 def test_scalingvis_with_alpha_1_answers_as_the_plain_model(method_runs):
