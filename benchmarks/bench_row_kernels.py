@@ -127,7 +127,7 @@ def main() -> None:
                 keys,
                 prefill["rows"],
                 prefill["row_valid"],
-                activity=None,
+                counters=None,
                 tile_rows=tile_rows,
                 chunks=chunks,
             )
@@ -152,7 +152,7 @@ def whole_row(inputs: dict, block_k: int | None = None, chunks: int | None = Non
         inputs["rows"],
         inputs["row_valid"],
         scaling=SCALING,
-        activity=None,
+        counters=None,
         whole_rows=True,
         block_k=block_k,
         chunks=chunks,

@@ -34,7 +34,8 @@ from lmms_var.config import VARConfig
 from lmms_var.core import redistribute_with_selection
 from lmms_var.patch import VARHandle, VARState
 from lmms_var.patch.attention import attention_function, registered_name
-from lmms_var.patch.explicit import LayerCall, blocked_keys, explicit_attention
+from lmms_var.patch.explicit import LayerCall, explicit_attention
+from lmms_var.patch.masks import blocked_keys
 from lmms_var.patch.prefill import DEFAULT_BLOCK_ELEMENTS
 
 HEAD_RULES = ("selected", "all")

@@ -37,7 +37,9 @@ from lmms_var.core import (
     row_statistics,
     selected_rows,
 )
-from lmms_var.patch.explicit import LayerCall, Normaliser, blocked_keys, explicit_attention, times_values
+from lmms_var.patch.counters import Counters
+from lmms_var.patch.explicit import LayerCall, Normaliser, explicit_attention, times_values
+from lmms_var.patch.masks import blocked_keys
 from lmms_var.patch.normaliser import LogSumExpCapture
 from lmms_var.patch.prefill import correct_prefill_rows, relevant_keys
 from lmms_var.patch.state import LayerActivity, VARState
@@ -197,9 +199,10 @@ def _run_kernels(
 ) -> None:
     """This forward's rows through the Triton kernels: prefill rows over their relevant keys, decode rows whole."""
     rows, row_valid = state.rows_on(call.query.device)
+    counters = None if activity is None else Counters(activity.redistributed_rows, activity.moved_mass)
     if _corrects_prefill(state):
         keys = relevant_keys(plan)
-        kernels.correct_prefill_rows(output, call, plan, keys, rows, row_valid, activity=activity)
+        kernels.correct_prefill_rows(output, call, plan, keys, rows, row_valid, counters=counters)
         return
     # Without a mask the kernels apply causality themselves: no [B, R, K] mask is built.
     blocked = None
@@ -216,7 +219,7 @@ def _run_kernels(
         row_valid,
         scaling=call.scaling,
         whole_rows=state.whole_rows,
-        activity=activity,
+        counters=counters,
     )
 
 
