@@ -15,7 +15,7 @@ import torch
 
 from lmms_var import enable_var
 from lmms_var.patch.counters import Counters
-from lmms_var.patch.kernel_launch import launch_key
+from lmms_var.patch.kernel_launch import launch_key, parameters
 from lmms_var.patch.masks import blocked_keys
 from lmms_var.patch.prefill import relevant_keys
 from tests.patch import layer_cases
@@ -304,6 +304,15 @@ def test_launches_are_specialisations_ci_compiles(monkeypatch, dtype, kind):
     runtime = ["i32" if kind == "constexpr" else kind for kind in runtime]
     signature = [kind for kind in expected.signature().values() if kind != "constexpr"]
     assert runtime == signature
+
+
+def test_launch_arguments_are_laid_out_like_the_kernels():
+    """A launch passes its named arguments then its specialisation's constexprs, positionally: together
+    they must be the kernel's parameters in order."""
+    for variant in kernels.specializations((48,), (torch.float32,)):
+        decode = isinstance(variant, kernels.RowsSpecialization)
+        arguments = kernels._RowsArguments if decode else kernels._PrefillArguments
+        assert [*arguments._fields, *variant.constexprs()] == parameters(variant.kernel)
 
 
 @pytest.mark.parametrize("kernel", ["prefill", "decode"])
