@@ -144,14 +144,10 @@ def sdpa(inputs: dict, causal: bool) -> None:
 def whole_row(inputs: dict, block_k: int | None = None, chunks: int | None = None) -> None:
     row_kernels.redistribute_rows(
         inputs["output"],
-        inputs["query"],
-        inputs["key"],
-        inputs["value"],
-        None,
+        LayerCall(inputs["query"], inputs["key"], inputs["value"], None, SCALING),
         inputs["plan"],
         inputs["rows"],
         inputs["row_valid"],
-        scaling=SCALING,
         counters=None,
         whole_rows=True,
         block_k=block_k,

@@ -204,22 +204,8 @@ def _run_kernels(
         keys = relevant_keys(plan)
         kernels.correct_prefill_rows(output, call, plan, keys, rows, row_valid, counters=counters)
         return
-    # Without a mask the kernels apply causality themselves: no [B, R, K] mask is built.
-    blocked = None
-    if call.attention_mask is not None:
-        blocked = blocked_keys(call.attention_mask, rows, call.query.shape[2], call.key.shape[2])
     kernels.redistribute_rows(
-        output,
-        call.query,
-        call.key,
-        call.value,
-        blocked,
-        plan,
-        rows,
-        row_valid,
-        scaling=call.scaling,
-        whole_rows=state.whole_rows,
-        counters=counters,
+        output, call, plan, rows, row_valid, whole_rows=state.whole_rows, counters=counters
     )
 
 

@@ -233,12 +233,10 @@ def run_on_device(row_kernels, specialization, shape: LayerShape, device: torch.
         with _no_synchronisation(device):
             row_kernels.redistribute_rows(
                 through_kernels,
-                *(inputs[name] for name in ("query", "key", "value")),
-                blocked,
+                LayerCall(*(inputs[name] for name in ("query", "key", "value")), mask, inputs["scaling"]),
                 inputs["plan"],
                 inputs["rows"],
                 inputs["row_valid"],
-                scaling=inputs["scaling"],
                 counters=None,
                 whole_rows=specialization.whole_rows,
             )

@@ -115,6 +115,9 @@ def redistribute_rows_kernel(
     b, h = batch_head // heads, batch_head % heads
     row = batch_head * row_count + r
     dims = tl.arange(0, BLOCK_D)
+    # What the launcher's specialisation guarantees (checked when Triton compiles the variant).
+    tl.static_assert(BLOCK_D >= HEAD_DIM)
+    tl.static_assert(_HEADER + (3 if WHOLE_ROWS else 2) * BLOCK_D == PARTIAL_FLOATS)
     dim_in = dims < HEAD_DIM
     stat_index = tl.arange(0, _STATISTICS)
 
@@ -414,15 +417,14 @@ def correct_prefill_rows_kernel(
     chunk, chunk_count = tl.program_id(2), tl.num_programs(2)
     b, h = batch_head // heads, batch_head % heads
     dims = tl.arange(0, BLOCK_D)
+    tl.static_assert(BLOCK_D >= HEAD_DIM)
+    tl.static_assert(PARTIAL_FLOATS == _STATISTICS + 2 * BLOCK_D)
     dim_in = dims < HEAD_DIM
     row_index = tile * TILE_R + tl.arange(0, TILE_R)
     row_in = row_index < row_count
     positions = tl.load(rows_ptr + b * row_count + row_index, mask=row_in, other=0)
-    rows = (
-        positions + key_length - query_length,
-        row_in,
-        positions,
-    )  # last keys: causal, from the cache's end
+    last_key = positions + key_length - query_length  # causal, counted from the cache's end
+    rows = (last_key, row_in, positions)
     query = tl.load(
         q_ptr + b * stride_qb + h * stride_qh + positions[:, None] * stride_qq + dims[None, :],
         mask=row_in[:, None] & dim_in[None, :],

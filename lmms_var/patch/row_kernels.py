@@ -27,7 +27,7 @@ from lmms_var.patch.kernel_code import (
     redistribute_rows_kernel,
 )
 from lmms_var.patch.kernel_launch import Launcher, launch_arguments, parameters
-from lmms_var.patch.masks import MaskKind, additive_threshold, classify
+from lmms_var.patch.masks import MaskKind, additive_threshold, blocked_keys, classify
 from lmms_var.patch.prefill import RelevantKeys
 
 __all__ = [
@@ -430,15 +430,11 @@ def _shared_arguments(
 
 def redistribute_rows(
     output: torch.Tensor,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    blocked: torch.Tensor | None,
+    call: LayerCall,
     plan: KeyPlan,
     rows: torch.Tensor,
     row_valid: torch.Tensor,
     *,
-    scaling: float,
     counters: Counters | None,
     whole_rows: bool = False,
     block_k: int | None = None,
@@ -447,20 +443,23 @@ def redistribute_rows(
     """Add A'V - AV to the base kernel's `output` [B, Q, H, d] in place, for the rows VAR selects;
     with `whole_rows`, write A'V (A'V = AV where no head selects the row) into every query row.
 
-    `query` [B, H, Q, d], `key`/`value` [B, Hkv, K, d]; `rows` Long[B, R] are the query indices VAR
-    may change (all Q of them for `whole_rows`) and `row_valid` Bool[B, R] says which of them spec
-    step 2 allows. `blocked` Bool[B, 1, R, K] marks keys a row may not see (`masks.blocked_keys`);
-    None means causal only.
+    `rows` Long[B, R] are the query indices VAR may change (all Q of them for `whole_rows`) and
+    `row_valid` Bool[B, R] says which of them spec step 2 allows. Without a mask the kernel applies
+    causality itself; with one, the keys each row may not see are read into a [B, R, K] tensor first
+    (`masks.blocked_keys`: R is one row per sample at a decode step).
     `counters` (diagnostics on) get the selected rows and their budgets added on the device.
     `block_k` (keys per tile) and `chunks` (per row, at most 64) are for tests and tuning; by default
     a row is split into just enough chunks to give every streaming multiprocessor a few programs.
     """
+    query, key, value = call.query, call.key, call.value
     batch, heads, _, head_dim = query.shape
     row_count, key_length = rows.shape[1], key.shape[2]
     _check_inputs(output, query, key, value, rows)
-    rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
-    if blocked is not None:
+    blocked = None
+    if classify(call.attention_mask) != MaskKind.CAUSAL_ONLY:
+        blocked = blocked_keys(call.attention_mask, rows, query.shape[2], key_length)
         blocked = blocked.contiguous().view(torch.uint8)
+    rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
     specialization = rows_specialization(
         query.dtype, head_dim, blocked=blocked is not None, whole_rows=whole_rows, block_k=block_k
     )
@@ -483,7 +482,7 @@ def redistribute_rows(
         ),
         tickets_ptr=_zeroed_tickets(query.device, row_programs),
         chunk_keys=tiles_per_chunk * specialization.block_k,
-        scaling=scaling,
+        scaling=call.scaling,
     )
     _launch_redistribute_rows(
         (batch * heads, row_count, chunk_count), query.device, arguments, specialization.constants()

@@ -16,7 +16,6 @@ import torch
 from lmms_var import enable_var
 from lmms_var.patch.counters import Counters
 from lmms_var.patch.kernel_launch import launch_key, parameters
-from lmms_var.patch.masks import blocked_keys
 from lmms_var.patch.prefill import relevant_keys
 from tests.patch import layer_cases
 from tests.patch.layer_cases import (
@@ -47,19 +46,12 @@ def through_kernels(case: dict, row_valid: torch.Tensor | None = None, **options
     """The corrected (or written) output and the diagnostics counters from `redistribute_rows`."""
     corrected = case["output"].clone()
     counters = Counters(torch.zeros(3, device=DEVICE), torch.zeros(3, device=DEVICE))
-    blocked = None
-    if case["mask"] is not None:
-        blocked = blocked_keys(case["mask"], case["rows"], case["query"].shape[2], case["key"].shape[2])
     kernels.redistribute_rows(
         corrected,
-        case["query"],
-        case["key"],
-        case["value"],
-        blocked,
+        layer_call(case),
         case["plan"],
         case["rows"],
         case["row_valid"] if row_valid is None else row_valid,
-        scaling=case["scaling"],
         counters=counters,
         **options,
     )
