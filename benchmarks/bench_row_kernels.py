@@ -127,7 +127,7 @@ def main() -> None:
                 keys,
                 prefill["rows"],
                 prefill["row_valid"],
-                activity=None,
+                counters=None,
                 tile_rows=tile_rows,
                 chunks=chunks,
             )
@@ -144,15 +144,11 @@ def sdpa(inputs: dict, causal: bool) -> None:
 def whole_row(inputs: dict, block_k: int | None = None, chunks: int | None = None) -> None:
     row_kernels.redistribute_rows(
         inputs["output"],
-        inputs["query"],
-        inputs["key"],
-        inputs["value"],
-        None,
+        LayerCall(inputs["query"], inputs["key"], inputs["value"], None, SCALING),
         inputs["plan"],
         inputs["rows"],
         inputs["row_valid"],
-        scaling=SCALING,
-        activity=None,
+        counters=None,
         whole_rows=True,
         block_k=block_k,
         chunks=chunks,

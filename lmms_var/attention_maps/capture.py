@@ -40,7 +40,8 @@ from lmms_var.core import redistribute_with_selection
 from lmms_var.core.score_change import renormaliser, visual_weight_change
 from lmms_var.patch import InterventionHandle, InterventionState
 from lmms_var.patch.attention import attention_function, registered_name
-from lmms_var.patch.explicit import LayerCall, blocked_keys, explicit_attention, scores
+from lmms_var.patch.explicit import LayerCall, explicit_attention, scores
+from lmms_var.patch.masks import blocked_keys
 from lmms_var.patch.prefill import DEFAULT_BLOCK_ELEMENTS
 from lmms_var.patch.row_local import ScoreChangePlan
 from lmms_var.patch.var import VARLayerPlan

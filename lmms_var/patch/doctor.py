@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from lmms_var.core import plan_keys
-from lmms_var.patch.explicit import LayerCall, Normaliser, blocked_keys
+from lmms_var.patch.explicit import LayerCall, Normaliser
+from lmms_var.patch.masks import MaskKind, blocked_keys
 from lmms_var.patch.normaliser import LogSumExpCapture
 from lmms_var.patch.prefill import correct_prefill_rows, relevant_keys
 from lmms_var.patch.var import rows_arithmetic
@@ -160,18 +161,18 @@ def _layer_inputs(shape: LayerShape, dtype, device, decode: bool, seed: int = 0)
     }
 
 
-def _mask(kind: str, inputs: dict) -> torch.Tensor | None:
-    """The base kernel's mask of a `MASK_KINDS` kind (every key visible but causality)."""
+def _mask(kind: MaskKind, inputs: dict) -> torch.Tensor | None:
+    """The base kernel's mask of a kind (every key visible but causality)."""
     query_length, key_length = inputs["query"].shape[2], inputs["key"].shape[2]
     device, dtype = inputs["query"].device, inputs["query"].dtype
-    if kind == "causal only":
+    if kind == MaskKind.CAUSAL_ONLY:
         return None
-    if kind == "padding":
+    if kind == MaskKind.PADDING:
         return torch.ones(1, key_length, dtype=torch.long, device=device)
     causal = torch.ones(query_length, key_length, dtype=torch.bool, device=device).tril(
         key_length - query_length
     )
-    if kind == "bool":
+    if kind == MaskKind.BOOL:
         return causal[None, None]
     return torch.zeros(1, 1, query_length, key_length, dtype=dtype, device=device).masked_fill(
         ~causal, torch.finfo(dtype).min
@@ -210,7 +211,7 @@ def run_on_device(row_kernels, specialization, shape: LayerShape, device: torch.
     inputs = _layer_inputs(shape, specialization.dtype, device, decode)
     through_kernels, expected = inputs["output"].clone(), inputs["output"].clone()
     if decode:
-        mask = _mask("bool", inputs) if specialization.blocked else None
+        mask = _mask(MaskKind.BOOL, inputs) if specialization.blocked else None
         blocked = blocked_keys(mask, inputs["rows"], 1, inputs["key"].shape[2]) if mask is not None else None
         launched = row_kernels.rows_specialization(
             specialization.dtype, shape[2], blocked=blocked is not None, whole_rows=specialization.whole_rows
@@ -232,17 +233,15 @@ def run_on_device(row_kernels, specialization, shape: LayerShape, device: torch.
         with _no_synchronisation(device):
             row_kernels.redistribute_rows(
                 through_kernels,
-                *(inputs[name] for name in ("query", "key", "value")),
-                blocked,
+                LayerCall(*(inputs[name] for name in ("query", "key", "value")), mask, inputs["scaling"]),
                 inputs["plan"],
                 inputs["rows"],
                 inputs["row_valid"],
-                scaling=inputs["scaling"],
-                activity=None,
+                counters=None,
                 whole_rows=specialization.whole_rows,
             )
     else:
-        mask = _mask(row_kernels.MASK_KINDS[specialization.mask_kind], inputs)
+        mask = _mask(specialization.mask_kind, inputs)
         lse = _log_sum_exp(inputs, mask) if specialization.log_sum_exp else None
         call = LayerCall(
             *(inputs[name] for name in ("query", "key", "value")), mask, inputs["scaling"], Normaliser(lse)
@@ -260,7 +259,7 @@ def run_on_device(row_kernels, specialization, shape: LayerShape, device: torch.
                 keys,
                 inputs["rows"],
                 inputs["row_valid"],
-                activity=None,
+                counters=None,
                 chunks=chunks,
             )
     if launched != specialization:
@@ -301,7 +300,7 @@ def check_log_sum_exp_shortcut(report: Report, device: torch.device, dtype: torc
     group = shape.heads // shape.kv_heads
     key, value = (inputs[name].repeat_interleave(group, 1) for name in ("key", "value"))
     for masked in (False, True):
-        mask = _mask("bool", inputs) if masked else None
+        mask = _mask(MaskKind.BOOL, inputs) if masked else None
         with LogSumExpCapture() as capture:
             F.scaled_dot_product_attention(inputs["query"], key, value, attn_mask=mask, is_causal=not masked)
         kind = "a boolean mask" if masked else "causal, no mask"

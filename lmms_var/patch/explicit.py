@@ -1,4 +1,4 @@
-"""What VAR's explicit float32 rows are computed from: one layer's attention call, its masks, GQA.
+"""What VAR's explicit float32 rows are computed from: one layer's attention call, GQA (masks: `masks.py`).
 
 Shared by the decode path (`attention.py`), the prefill correction (`prefill.py`) and the tests.
 """
@@ -16,43 +16,11 @@ class LayerCall(NamedTuple):
     query: torch.Tensor  # [B, H, Q, d]
     key: torch.Tensor  # [B, Hkv, K, d]
     value: torch.Tensor  # [B, Hkv, K, d]
-    attention_mask: torch.Tensor | None  # 4D [B, 1, Q, K] (bool or additive), 2D padding [B, K], or None
+    attention_mask: (
+        torch.Tensor | None
+    )  # any `masks.MaskKind`: 4D [B, 1, Q, K] bool or additive, 2D [B, K], or None
     scaling: float
     normaliser: Normaliser = Normaliser()
-
-
-def blocked_keys(
-    attention_mask: torch.Tensor | None,
-    rows: torch.Tensor,
-    query_length: int,
-    key_length: int,
-    keys: torch.Tensor | None = None,
-) -> torch.Tensor | None:
-    """Bool[B, 1, R, M] keys each row may not attend to, from any mask format the base kernels use.
-
-    `rows` Long[B, R] are query indices of this forward; `keys` Long[B, M] the key positions to
-    look at (all K of them when None), so a caller that needs a few keys never builds [R, K].
-    None when nothing is blocked: a decode step without padding sees every key.
-    """
-    if attention_mask is None and query_length == 1 and keys is None:
-        return None
-    batch = rows.shape[0]
-    if keys is None:
-        keys = torch.arange(key_length, device=rows.device).expand(batch, -1)
-    if attention_mask is not None and attention_mask.dim() == 4:
-        mask = attention_mask[:, 0, :, -key_length:].expand(batch, -1, -1)
-        samples = torch.arange(batch, device=mask.device)[:, None, None]
-        picked = mask[samples, rows.to(mask.device)[:, :, None], keys.to(mask.device)[:, None, :]]
-        picked = picked.to(rows.device)
-        blocked = ~picked if picked.dtype == torch.bool else picked < torch.finfo(picked.dtype).min / 2
-        return blocked[:, None]
-    # No mask (sdpa's causal skip) or a 2D padding mask (flash): causal from the cache offset.
-    positions = rows + (key_length - query_length)
-    blocked = keys[:, None, :] > positions[..., None]
-    if attention_mask is not None:
-        padding = ~attention_mask[:, -key_length:].bool().to(rows.device)
-        blocked |= padding.gather(1, keys)[:, None, :]
-    return blocked[:, None]
 
 
 def grouped(tensor: torch.Tensor, kv_heads: int) -> torch.Tensor:

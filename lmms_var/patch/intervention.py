@@ -19,6 +19,7 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
+from lmms_var.patch.counters import Counters
 from lmms_var.patch.explicit import LayerCall
 
 
@@ -50,13 +51,6 @@ class PromptContext(NamedTuple):
     hidden_states: torch.Tensor | None  # entering the layer; None unless `reads_hidden_states`
     options: Mapping  # per-prompt settings from outside the forward (AdaptVis's alpha per sample)
     shared: dict  # what the layers' plans of this prompt share, as the intervention keys it
-
-
-class Counters(NamedTuple):
-    """Per-sample counts a compute path adds to (Float32[B] each, on the layer's device)."""
-
-    redistributed_rows: torch.Tensor  # (head, row) pairs the intervention changed
-    moved_mass: torch.Tensor  # attention mass it moved
 
 
 class RowOptions(NamedTuple):

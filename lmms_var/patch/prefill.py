@@ -17,7 +17,8 @@ from typing import NamedTuple
 import torch
 
 from lmms_var.core import BUDGET, STATISTICS, KeyPlan, attention_change, row_statistics, selected_rows
-from lmms_var.patch.explicit import LayerCall, blocked_keys, grouped, scores
+from lmms_var.patch.explicit import LayerCall, grouped, scores
+from lmms_var.patch.masks import blocked_keys
 
 # Float32 values in one [B, H, rows, keys] block (4 MiB): one or two such tensors are VAR's extra memory.
 DEFAULT_BLOCK_ELEMENTS = 2**20

@@ -1,587 +1,58 @@
-"""VAR's rows in one Triton kernel: on a GPU, launching small operations costs more than their math.
+"""VAR's rows in one Triton kernel launch per layer: on a GPU, launching small operations costs more
+than their math. One launch replaces the PyTorch path's ~16 operations; nothing of size [H, R, K]
+is written. The kernels' code and the arithmetic are in `kernel_code.py`; here are their compiled
+variants (`specializations`, each checked on first use and compiled ahead of time by CI) and the
+launchers, which fill each kernel's arguments by name (`kernel_launch.launch_arguments`).
 
-For one row the correction (see `attention.py`) splits by the kind of key, because a selected row
-scales sinks by `p` and visual non-sinks by `1 + gain`:
-
-    A'V - AV = sum_k A[k] * sink_change[k] * V[k]  +  gain * sum_k A[k] * receiver[k] * V[k]
-
-with `gain = budget / receiver mass`. Those two sums and the row's four statistics (`KeyPlan`) are
-all sums of exp(score) over the row's keys, so, as in flash-decoding, they split over chunks of
-keys, each reduced by its own program (enough programs to fill the GPU even for a single decode
-row). The program that finishes a row's last chunk merges the chunks, selects the row or not and
-adds the correction to the base kernel's output; or, for whole rows (a decode step, where the base
-kernel is not run), also sums AV and writes A'V. One launch per layer replaces the PyTorch path's
-~16 operations; nothing of size [H, R, K] is written; the arithmetic is float32 whatever the dtype.
-
-Imported only where Triton is installed. `TRITON_INTERPRET=1` runs the kernel on CPU tensors
-(Triton's interpreter), which is how the CPU tests check it against the PyTorch path.
+Imported only where Triton is installed. `TRITON_INTERPRET=1` runs the kernels on CPU tensors
+(Triton's interpreter), which is how the CPU tests check them against the PyTorch path.
 """
 
-import contextlib
 import functools
-import inspect
 import itertools
-import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import triton
-import triton.language as tl
 
-from lmms_var.core import BUDGET, RECEIVERS, STATISTICS, KeyPlan
+from lmms_var.core import STATISTICS, KeyPlan
+from lmms_var.patch.counters import Counters
 from lmms_var.patch.explicit import LayerCall
-from lmms_var.patch.intervention import Counters as LayerActivity
+from lmms_var.patch.kernel_code import (
+    HEADER_FLOATS,
+    INTERPRETED,
+    MAX_CHUNKS,
+    correct_prefill_rows_kernel,
+    redistribute_rows_kernel,
+)
+from lmms_var.patch.kernel_launch import Launcher, launch_arguments, parameters
+from lmms_var.patch.masks import MaskKind, additive_threshold, blocked_keys, classify
 from lmms_var.patch.prefill import RelevantKeys
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_INTERPRETED = tl.constexpr(INTERPRETED)
-# Receiver mass is clamped to this before dividing, as in `core.redistribution`.
-# The statistics of a row, as `core.redistribution` indexes them.
-_STATISTICS, _BUDGET, _RECEIVERS = tl.constexpr(STATISTICS), tl.constexpr(BUDGET), tl.constexpr(RECEIVERS)
-_SMALLEST_NORMAL = tl.constexpr(torch.finfo(torch.float32).tiny)
-_FAR_BELOW = tl.constexpr(-1.0e30)  # a finite "minus infinity" for running maxima
-# Per chunk: max score, exp-sum, 4 statistics, 2 spare, then the sink and receiver value sums
-# (and, for whole rows, the plain value sum).
-_HEADER_FLOATS = 8
-_HEADER = tl.constexpr(_HEADER_FLOATS)
-# Chunks per row are chosen for about this many programs per multiprocessor: more fill the GPU for
-# a single decode row, fewer keep the [B * H, R, chunks, ...] workspace small at prefill.
-_PROGRAMS_PER_SM = 4
-# At most this many chunks per decode row (a power of two): the program finishing a row merges them
-# in one [_MAX_CHUNKS, BLOCK_D] tile, so the chunk count is a runtime value, not a specialisation.
-_MAX_CHUNKS = 64
-_BLOCK_CHUNKS = tl.constexpr(_MAX_CHUNKS)
-
-
-@triton.jit(do_not_specialize=["key_length", "query_length", "heads", "group"])
-def _redistribute_rows(
-    q_ptr,  # [B, H, Q, d], any strides but contiguous d
-    k_ptr,  # [B, Hkv, K, d], any strides but contiguous d
-    v_ptr,  # [B, Hkv, K, d], any strides but contiguous d
-    blocked_ptr,  # [B, R, K] uint8, 1 = key masked out; unused without HAS_BLOCKED (then causal only)
-    weights_ptr,  # [B, P, 4] float32 KeyPlan.weights over the P planned (prompt) keys
-    offsets_ptr,  # [B, 4] float32 KeyPlan.offsets
-    sink_change_ptr,  # [B, P] float32
-    receivers_ptr,  # [B, P] float32
-    rows_ptr,  # [B, R] int64: each row's query index in this forward
-    row_valid_ptr,  # [B, R] uint8: spec step 2 allows the row
-    out_ptr,  # [B, Q, H, d] contiguous: the base kernel's output, corrected in place (or written)
-    partials_ptr,  # [B * H, R, chunks, PARTIAL_FLOATS] float32 scratch
-    tickets_ptr,  # [B * H * R] int32 zeros: chunks of each row done so far; left zero again
-    redistributed_rows_ptr,  # [B] float32 diagnostics counter, += selected rows (scratch without diagnostics)
-    moved_mass_ptr,  # [B] float32 diagnostics counter, += their budgets (scratch without diagnostics)
-    stride_qb,
-    stride_qh,
-    stride_qq,
-    stride_kb,
-    stride_kh,
-    stride_kk,
-    stride_vb,
-    stride_vh,
-    stride_vk,
-    key_length,
-    query_length,
-    planned_keys,
-    chunk_keys,  # keys per chunk, a multiple of BLOCK_K
-    scaling,
-    heads,
-    group,  # query heads per key/value head
-    HEAD_DIM: tl.constexpr,
-    HAS_BLOCKED: tl.constexpr,
-    WHOLE_ROWS: tl.constexpr,  # write A'V rather than add A'V - AV
-    BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PARTIAL_FLOATS: tl.constexpr,  # per chunk: _HEADER, then 2 value sums (3 for whole rows)
-):
-    """One program per (batch x head, row, chunk of keys); the row's last chunk to finish merges them."""
-    batch_head = tl.program_id(0).to(tl.int64)
-    r, row_count = tl.program_id(1), tl.num_programs(1)
-    chunk, chunk_count = tl.program_id(2), tl.num_programs(2)
-    b, h = batch_head // heads, batch_head % heads
-    row = batch_head * row_count + r
-    dims = tl.arange(0, BLOCK_D)
-    dim_in = dims < HEAD_DIM
-    stat_index = tl.arange(0, _STATISTICS)
-
-    position = tl.load(rows_ptr + b * row_count + r)
-    last_key = position + key_length - query_length  # causal, counted from the cache's end
-    query = tl.load(
-        q_ptr + b * stride_qb + h * stride_qh + position * stride_qq + dims, mask=dim_in, other=0.0
-    ).to(tl.float32)
-    k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
-    v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
-
-    # An online softmax over the chunk's tiles: sums are kept relative to the running maximum.
-    running_max = tl.max(tl.full([BLOCK_K], _FAR_BELOW, tl.float32), axis=0)
-    total = tl.sum(tl.zeros([BLOCK_K], tl.float32), axis=0)
-    statistics = tl.zeros([_STATISTICS], tl.float32)
-    sink_values = tl.zeros([BLOCK_D], tl.float32)
-    receiver_values = tl.zeros([BLOCK_D], tl.float32)
-    row_values = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(0, chunk_keys, BLOCK_K):
-        keys = chunk * chunk_keys + start + tl.arange(0, BLOCK_K)
-        visible = keys <= last_key
-        if HAS_BLOCKED:
-            blocked = tl.load(
-                blocked_ptr + (b * row_count + r) * key_length + keys, mask=keys < key_length, other=1
-            )
-            visible = visible & (blocked == 0)
-        key_tile = tl.load(
-            k_base + keys[:, None] * stride_kk + dims[None, :],
-            mask=visible[:, None] & dim_in[None, :],
-            other=0.0,
-        )
-        scores = tl.sum(key_tile.to(tl.float32) * query[None, :], axis=1) * scaling
-        scores = tl.where(visible, scores, float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(scores, axis=0))
-        rescale = tl.exp(running_max - new_max)
-        weights = tl.exp(scores - new_max)  # 0 for keys this row does not see
-
-        planned = visible & (keys < planned_keys)
-        plan_index = b * planned_keys + keys
-        key_weights = tl.load(
-            weights_ptr + plan_index[:, None] * _STATISTICS + stat_index[None, :],
-            mask=planned[:, None],
-            other=0.0,
-        )
-        sink_change = tl.load(sink_change_ptr + plan_index, mask=planned, other=0.0)
-        receivers = tl.load(receivers_ptr + plan_index, mask=planned, other=0.0)
-        value_tile = tl.load(
-            v_base + keys[:, None] * stride_vk + dims[None, :],
-            mask=(visible if WHOLE_ROWS else planned)[:, None] & dim_in[None, :],
-            other=0.0,
-        ).to(tl.float32)
-        total = total * rescale + tl.sum(weights, axis=0)
-        statistics = statistics * rescale + tl.sum(weights[:, None] * key_weights, axis=0)
-        sink_values = sink_values * rescale + tl.sum((weights * sink_change)[:, None] * value_tile, axis=0)
-        receiver_values = receiver_values * rescale + tl.sum(
-            (weights * receivers)[:, None] * value_tile, axis=0
-        )
-        if WHOLE_ROWS:
-            row_values = row_values * rescale + tl.sum(weights[:, None] * value_tile, axis=0)
-        running_max = new_max
-
-    partials = partials_ptr + row * chunk_count * PARTIAL_FLOATS
-    out = partials + chunk * PARTIAL_FLOATS
-    tl.store(out, running_max)
-    tl.store(out + 1, total)
-    tl.store(out + 2 + stat_index, statistics)
-    tl.store(out + _HEADER + dims, sink_values)
-    tl.store(out + _HEADER + BLOCK_D + dims, receiver_values)
-    if WHOLE_ROWS:
-        tl.store(out + _HEADER + 2 * BLOCK_D + dims, row_values)
-    # Every thread's stores come before the ticket; the ticket's acquire-release ordering makes
-    # them visible to the program that takes the row's last ticket, which finishes the row.
-    tl.debug_barrier()
-    if tl.atomic_add(tickets_ptr + row, 1) == chunk_count - 1:
-        tl.atomic_xchg(tickets_ptr + row, 0)  # every chunk has its ticket: ready for the next launch
-        _finish_row(
-            partials,
-            chunk_count,
-            offsets_ptr + b * _STATISTICS,
-            row_valid_ptr + b * row_count + r,
-            out_ptr + ((b * query_length + position) * heads + h) * HEAD_DIM,
-            redistributed_rows_ptr + b,
-            moved_mass_ptr + b,
-            HEAD_DIM,
-            WHOLE_ROWS,
-            BLOCK_D,
-            PARTIAL_FLOATS,
-        )
-
-
-@triton.jit
-def _finish_row(
-    partials,  # [chunks, PARTIAL_FLOATS] of this row, written by the other programs
-    chunk_count,
-    offsets,  # [4] KeyPlan.offsets of the row's sample
-    row_valid,  # the row's flag
-    out,  # [d] the row's output
-    redistributed_rows,
-    moved_mass,
-    HEAD_DIM: tl.constexpr,
-    WHOLE_ROWS: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PARTIAL_FLOATS: tl.constexpr,
-):
-    """Merge the row's chunks, select the row or not, and add its correction to `out` (or write A'V)."""
-    dims = tl.arange(0, BLOCK_D)
-    dim_in = dims < HEAD_DIM
-    stat_index = tl.arange(0, _STATISTICS)
-    chunk_index = tl.arange(0, _BLOCK_CHUNKS)
-    chunk_in = chunk_index < chunk_count
-    per_chunk = partials + chunk_index * PARTIAL_FLOATS
-    # ".cg" reads from L2, where the other programs' stores are, never from a stale L1 line.
-    chunk_max = tl.load(per_chunk, mask=chunk_in, other=_FAR_BELOW, cache_modifier=".cg")
-    scale = tl.exp(chunk_max - tl.max(chunk_max, axis=0))  # merges the chunks' softmax bases
-    scale = tl.where(chunk_in, scale, 0.0)
-    total = tl.sum(scale * tl.load(per_chunk + 1, mask=chunk_in, other=0.0, cache_modifier=".cg"), axis=0)
-    total = tl.maximum(total, _SMALLEST_NORMAL)  # 0 only for padding rows, which see no key
-    statistics = tl.sum(
-        scale[:, None]
-        * tl.load(
-            per_chunk[:, None] + 2 + stat_index[None, :],
-            mask=chunk_in[:, None],
-            other=0.0,
-            cache_modifier=".cg",
-        ),
-        axis=0,
-    )
-    value_mask = chunk_in[:, None] & dim_in[None, :]
-    value_sums = per_chunk[:, None] + _HEADER + dims[None, :]
-    sink_values = tl.sum(
-        scale[:, None] * tl.load(value_sums, mask=value_mask, other=0.0, cache_modifier=".cg"), axis=0
-    )
-    receiver_values = tl.sum(
-        scale[:, None] * tl.load(value_sums + BLOCK_D, mask=value_mask, other=0.0, cache_modifier=".cg"),
-        axis=0,
-    )
-
-    statistics = statistics / total + tl.load(offsets + stat_index)
-    image_centric = tl.min(tl.where(stat_index >= _RECEIVERS, statistics, float("inf")), axis=0) >= 0
-    selected = image_centric & (tl.load(row_valid) != 0)
-    budget = tl.sum(tl.where(stat_index == _BUDGET, statistics, 0.0), axis=0)
-    receiver_mass = tl.sum(tl.where(stat_index == _RECEIVERS, statistics, 0.0), axis=0)
-    gain = budget / tl.maximum(receiver_mass, _SMALLEST_NORMAL)
-    correction = (sink_values + gain * receiver_values) / total
-
-    if WHOLE_ROWS:
-        row_values = tl.sum(
-            scale[:, None]
-            * tl.load(value_sums + 2 * BLOCK_D, mask=value_mask, other=0.0, cache_modifier=".cg"),
-            axis=0,
-        )
-        output = row_values / total + tl.where(selected, correction, 0.0)
-        tl.store(out + dims, output.to(out.dtype.element_ty), mask=dim_in)
-    else:
-        store = tl.where(selected, dim_in, False)
-        output = tl.load(out + dims, mask=store, other=0.0).to(tl.float32)
-        tl.store(out + dims, (output + correction).to(out.dtype.element_ty), mask=store)
-    tl.atomic_add(redistributed_rows, selected.to(tl.float32))
-    tl.atomic_add(moved_mass, tl.where(selected, budget, 0.0))
-
-
-@triton.jit
-def _product(a, b, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """a [M, K] @ b [K, N] accumulated in float32: `tl.dot` for tiles of 16 rows or more, else a broadcast sum.
-
-    `PRECISION` applies to float32 operands: "ieee" keeps float32 models exact, "tf32" runs on tensor
-    cores. Triton 3.8's interpreter multiplies bfloat16 tiles wrongly, so it gets float32 ones there
-    (the same products: a product of two bfloat16 values is exact in float32).
-    """
-    if USE_DOT:
-        if _INTERPRETED:
-            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-        return tl.dot(a, b, input_precision=PRECISION)
-    return tl.sum(a[:, :, None].to(tl.float32) * b[None, :, :].to(tl.float32), axis=1)
-
-
-@triton.jit
-def _visible(
-    keys,  # [BLOCK_K] key positions
-    last_key,  # [TILE_R] each row's last causal key
-    keys_in,  # [BLOCK_K] keys that exist
-    row_in,  # [TILE_R]
-    mask_ptr,  # the attention mask of the row's sample (see MASK_KIND)
-    positions,  # [TILE_R] the rows' query indices
-    stride_mq,
-    stride_mk,
-    blocked_below,
-    MASK_KIND: tl.constexpr,  # 0 causal only, 1 bool [Q, K], 2 additive [Q, K], 3 padding [K] and causal
-):
-    """Bool[TILE_R, BLOCK_K]: which keys each row sees, read from the mask the base kernel got."""
-    visible = (keys[None, :] <= last_key[:, None]) & keys_in[None, :] & row_in[:, None]
-    entries = mask_ptr + positions[:, None] * stride_mq + keys[None, :] * stride_mk
-    if MASK_KIND == 1:
-        visible = visible & (tl.load(entries, mask=visible, other=0) != 0)
-    if MASK_KIND == 2:
-        visible = visible & (tl.load(entries, mask=visible, other=0.0) > blocked_below)
-    if MASK_KIND == 3:
-        visible = visible & (tl.load(mask_ptr + keys * stride_mk, mask=keys_in, other=0) != 0)[None, :]
-    return visible
-
-
-@triton.jit(do_not_specialize=["key_length", "query_length", "row_count", "planned_keys", "heads", "group"])
-def _correct_prefill_rows(
-    q_ptr,  # [B, H, Q, d], any strides but contiguous d
-    k_ptr,  # [B, Hkv, K, d], any strides but contiguous d
-    v_ptr,  # [B, Hkv, K, d], any strides but contiguous d
-    lse_ptr,  # [B, H, Q] float32 log-sum-exp of every row from the base kernel; needs HAS_LSE
-    mask_ptr,  # [B, Q, K] or [B, K] mask (see `_visible`); unused with MASK_KIND 0
-    key_order_ptr,  # [B, P] int64: each sample's relevant keys (visual or sink) first
-    key_counts_ptr,  # [B] int64: how many are relevant
-    weights_ptr,  # [B, P, 4] float32 KeyPlan.weights
-    offsets_ptr,  # [B, 4] float32 KeyPlan.offsets
-    sink_change_ptr,  # [B, P] float32
-    receivers_ptr,  # [B, P] float32
-    rows_ptr,  # [B, R] int64: each row's query index
-    row_valid_ptr,  # [B, R] uint8: spec step 2 allows the row
-    out_ptr,  # [B, Q, H, d] contiguous: the base kernel's output, corrected in place
-    partials_ptr,  # [B * H, tiles, chunks, TILE_R, PARTIAL_FLOATS] float32 scratch, with CHUNKED
-    tickets_ptr,  # [B * H * tiles] int32 zeros, with CHUNKED; left zero again
-    redistributed_rows_ptr,  # [B] float32 diagnostics counter (scratch without diagnostics)
-    moved_mass_ptr,  # [B] float32 diagnostics counter (scratch without diagnostics)
-    stride_qb,
-    stride_qh,
-    stride_qq,
-    stride_kb,
-    stride_kh,
-    stride_kk,
-    stride_vb,
-    stride_vh,
-    stride_vk,
-    stride_lb,
-    stride_lh,
-    stride_lq,
-    stride_mb,
-    stride_mq,
-    stride_mk,
-    key_length,
-    query_length,
-    planned_keys,
-    row_count,
-    scaling,
-    blocked_below,  # an additive mask blocks where its entry is at most this
-    heads,
-    group,  # query heads per key/value head
-    HEAD_DIM: tl.constexpr,
-    MASK_KIND: tl.constexpr,
-    HAS_LSE: tl.constexpr,  # else a first pass over every key computes the rows' log-sum-exp
-    CHUNKED: tl.constexpr,  # several programs share a tile's relevant keys (grid axis 2)
-    TILE_R: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PARTIAL_FLOATS: tl.constexpr,  # per chunk and row: 4 statistics, then 2 value sums
-    VALUE_PRECISION: tl.constexpr,  # of the float32 attention times values: "ieee", or "tf32" for half models
-):
-    """One program per (batch x head, tile of rows, chunk of the relevant keys).
-
-    With every row's log-sum-exp known, a row's attention on a key is exp(score - lse): its sums
-    over visual and sink keys split over chunks with no rescaling, and other keys are never read.
-    """
-    batch_head = tl.program_id(0).to(tl.int64)
-    tile, tile_count = tl.program_id(1), tl.num_programs(1)
-    chunk, chunk_count = tl.program_id(2), tl.num_programs(2)
-    b, h = batch_head // heads, batch_head % heads
-    dims = tl.arange(0, BLOCK_D)
-    dim_in = dims < HEAD_DIM
-    stat_index = tl.arange(0, _STATISTICS)
-    row_index = tile * TILE_R + tl.arange(0, TILE_R)
-    row_in = row_index < row_count
-    positions = tl.load(rows_ptr + b * row_count + row_index, mask=row_in, other=0)
-    last_key = positions + key_length - query_length  # causal, counted from the cache's end
-    query = tl.load(
-        q_ptr + b * stride_qb + h * stride_qh + positions[:, None] * stride_qq + dims[None, :],
-        mask=row_in[:, None] & dim_in[None, :],
-        other=0.0,
-    )
-    k_base = k_ptr + b * stride_kb + (h // group) * stride_kh
-    v_base = v_ptr + b * stride_vb + (h // group) * stride_vh
-    mask_base = mask_ptr + b * stride_mb
-    USE_DOT: tl.constexpr = TILE_R >= 16
-
-    if HAS_LSE:
-        lse = tl.load(lse_ptr + b * stride_lb + h * stride_lh + positions * stride_lq, mask=row_in, other=0.0)
-    else:  # an online log-sum-exp over every key the tile's rows see
-        running_max = tl.full([TILE_R], _FAR_BELOW, tl.float32)
-        total = tl.zeros([TILE_R], tl.float32)
-        for start in range(0, tl.max(tl.where(row_in, last_key, 0), axis=0) + 1, BLOCK_K):
-            keys = start + tl.arange(0, BLOCK_K)
-            keys_in = keys < key_length
-            visible = _visible(
-                keys,
-                last_key,
-                keys_in,
-                row_in,
-                mask_base,
-                positions,
-                stride_mq,
-                stride_mk,
-                blocked_below,
-                MASK_KIND,
-            )
-            key_tile = tl.load(
-                k_base + keys[:, None] * stride_kk + dims[None, :],
-                mask=keys_in[:, None] & dim_in[None, :],
-                other=0.0,
-            )
-            scores = _product(query, tl.trans(key_tile), USE_DOT, "ieee") * scaling
-            scores = tl.where(visible, scores, float("-inf"))
-            new_max = tl.maximum(running_max, tl.max(scores, axis=1))
-            total = total * tl.exp(running_max - new_max) + tl.sum(tl.exp(scores - new_max[:, None]), axis=1)
-            running_max = new_max
-        # A row that sees no key has no weight to normalise: any finite value does.
-        lse = running_max + tl.log(tl.maximum(total, _SMALLEST_NORMAL))
-
-    statistics = tl.zeros([TILE_R, _STATISTICS], tl.float32)
-    sink_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
-    receiver_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
-    count = tl.load(key_counts_ptr + b)
-    for key_tile_index in range(chunk, tl.cdiv(count, BLOCK_K), chunk_count):
-        slots = key_tile_index * BLOCK_K + tl.arange(0, BLOCK_K)
-        listed = slots < count
-        keys = tl.load(key_order_ptr + b * planned_keys + slots, mask=listed, other=0)
-        visible = _visible(
-            keys,
-            last_key,
-            listed,
-            row_in,
-            mask_base,
-            positions,
-            stride_mq,
-            stride_mk,
-            blocked_below,
-            MASK_KIND,
-        )
-        tile_mask = listed[:, None] & dim_in[None, :]
-        key_tile = tl.load(k_base + keys[:, None] * stride_kk + dims[None, :], mask=tile_mask, other=0.0)
-        scores = _product(query, tl.trans(key_tile), USE_DOT, "ieee") * scaling
-        attn = tl.exp(tl.where(visible, scores - lse[:, None], float("-inf")))
-        plan_index = b * planned_keys + keys
-        key_weights = tl.load(
-            weights_ptr + plan_index[:, None] * _STATISTICS + stat_index[None, :],
-            mask=listed[:, None],
-            other=0.0,
-        )
-        statistics += tl.sum(attn[:, :, None] * key_weights[None, :, :], axis=1)
-        sink_change = tl.load(sink_change_ptr + plan_index, mask=listed, other=0.0)
-        receivers = tl.load(receivers_ptr + plan_index, mask=listed, other=0.0)
-        value_tile = tl.load(v_base + keys[:, None] * stride_vk + dims[None, :], mask=tile_mask, other=0.0)
-        value_tile = value_tile.to(tl.float32)
-        sink_values += _product(attn * sink_change[None, :], value_tile, USE_DOT, VALUE_PRECISION)
-        receiver_values += _product(attn * receivers[None, :], value_tile, USE_DOT, VALUE_PRECISION)
-
-    finishes = True  # this program corrects the tile: with chunks, only the last one to finish
-    if CHUNKED:  # park this chunk's sums; the tile's last chunk to finish adds them all up
-        tile_id = batch_head * tile_count + tile
-        partials = partials_ptr + tile_id * chunk_count * TILE_R * PARTIAL_FLOATS
-        tile_rows = tl.arange(0, TILE_R)[:, None] * PARTIAL_FLOATS
-        rows_at = partials + chunk * TILE_R * PARTIAL_FLOATS + tile_rows
-        tl.store(rows_at + stat_index[None, :], statistics)
-        tl.store(rows_at + _STATISTICS + dims[None, :], sink_values)
-        tl.store(rows_at + _STATISTICS + BLOCK_D + dims[None, :], receiver_values)
-        tl.debug_barrier()  # every thread's stores come before the ticket (see `_redistribute_rows`)
-        finishes = tl.atomic_add(tickets_ptr + tile_id, 1) == chunk_count - 1
-        if finishes:
-            tl.atomic_xchg(tickets_ptr + tile_id, 0)
-            statistics = tl.zeros([TILE_R, _STATISTICS], tl.float32)
-            sink_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
-            receiver_values = tl.zeros([TILE_R, BLOCK_D], tl.float32)
-            for other in range(0, chunk_count):
-                rows_at = partials + other * TILE_R * PARTIAL_FLOATS + tile_rows
-                statistics += tl.load(rows_at + stat_index[None, :], cache_modifier=".cg")
-                sink_values += tl.load(rows_at + _STATISTICS + dims[None, :], cache_modifier=".cg")
-                receiver_values += tl.load(
-                    rows_at + _STATISTICS + BLOCK_D + dims[None, :], cache_modifier=".cg"
-                )
-    if finishes:
-        _finish_tile(
-            statistics,
-            sink_values,
-            receiver_values,
-            offsets_ptr + b * _STATISTICS,
-            row_valid_ptr + b * row_count,
-            row_index,
-            row_in,
-            out_ptr + b * query_length * heads * HEAD_DIM + h * HEAD_DIM,
-            positions,
-            redistributed_rows_ptr + b,
-            moved_mass_ptr + b,
-            heads,
-            HEAD_DIM,
-            BLOCK_D,
-        )
-
-
-@triton.jit
-def _finish_tile(
-    statistics,  # [TILE_R, 4] the rows' statistics before offsets
-    sink_values,  # [TILE_R, BLOCK_D] sum of A (p - 1) V over sinks
-    receiver_values,  # [TILE_R, BLOCK_D] sum of A V over receivers
-    offsets,  # [4] KeyPlan.offsets of the sample
-    row_valid,  # [R] the sample's row flags
-    row_index,
-    row_in,
-    out,  # the sample's output at head h: row q starts at out + q * heads * HEAD_DIM
-    positions,
-    redistributed_rows,
-    moved_mass,
-    heads,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-):
-    """Select each row of the tile or not and add its correction to the base kernel's output."""
-    dims = tl.arange(0, BLOCK_D)
-    stat_index = tl.arange(0, _STATISTICS)
-    statistics = statistics + tl.load(offsets + stat_index)[None, :]
-    image_centric = tl.min(tl.where(stat_index[None, :] >= _RECEIVERS, statistics, float("inf")), axis=1) >= 0
-    selected = image_centric & (tl.load(row_valid + row_index, mask=row_in, other=0) != 0) & row_in
-    budget = tl.sum(tl.where(stat_index[None, :] == _BUDGET, statistics, 0.0), axis=1)
-    receiver_mass = tl.sum(tl.where(stat_index[None, :] == _RECEIVERS, statistics, 0.0), axis=1)
-    gain = budget / tl.maximum(receiver_mass, _SMALLEST_NORMAL)
-    correction = sink_values + gain[:, None] * receiver_values
-    rows_out = out + positions[:, None] * (heads * HEAD_DIM) + dims[None, :]
-    store = selected[:, None] & (dims < HEAD_DIM)[None, :]
-    output = tl.load(rows_out, mask=store, other=0.0).to(tl.float32)
-    tl.store(rows_out, (output + correction).to(out.dtype.element_ty), mask=store)
-    tl.atomic_add(redistributed_rows, tl.sum(selected.to(tl.float32), axis=0))
-    tl.atomic_add(moved_mass, tl.sum(tl.where(selected, budget, 0.0), axis=0))
-
-
-def _specialization(argument: object) -> tuple:
-    """What a compiled Triton kernel assumes of one runtime argument.
-
-    Triton specialises on a tensor's dtype and 16-byte alignment and on an integer being 1, a
-    multiple of 16, or beyond 32 (or 63) bits; this key tells apart at least as much.
-    """
-    if isinstance(argument, torch.Tensor):
-        return argument.dtype, argument.data_ptr() % 16 == 0
-    if isinstance(argument, int):
-        return (
-            type(argument),
-            argument == 1,
-            argument % 16 == 0,
-            -(2**31) <= argument < 2**31,
-            argument < 2**63,
-        )
-    return (type(argument),)
-
-
-class _Launcher:
-    """Launches a Triton kernel through its compiled handle once it has been compiled for the arguments.
-
-    Triton's generic launch re-derives the specialisation from every argument in Python, which on a
-    decode step costs several times the kernel's own GPU time; a dictionary lookup on
-    `_specialization` keys gets the same compiled kernel. The interpreter always goes the generic way.
-    """
-
-    def __init__(self, kernel: triton.JITFunction) -> None:
-        self.kernel = kernel
-        self.compiled: dict[tuple, object] = {}
-
-    def __call__(self, grid: tuple[int, int, int], device: torch.device, arguments: tuple, constants: tuple):
-        if INTERPRETED:
-            self.kernel[grid](*arguments, *constants)
-            return
-        # Triton compiles and launches on the current device: make it the tensors' one.
-        switch = device.index != torch.cuda.current_device()
-        with torch.cuda.device(device) if switch else contextlib.nullcontext():
-            key = (device.index, constants, *map(_specialization, arguments))
-            compiled = self.compiled.get(key)
-            if compiled is None:
-                self.compiled[key] = self.kernel[grid](*arguments, *constants)
-            else:
-                compiled[grid](*arguments, *constants)
-
+__all__ = [
+    "DTYPES",
+    "INTERPRETED",
+    "MASK_KINDS",
+    "TILE_ROWS",
+    "PrefillSpecialization",
+    "RowsSpecialization",
+    "correct_prefill_rows",
+    "prefill_specialization",
+    "redistribute_rows",
+    "rows_specialization",
+    "specializations",
+]
 
 # The dtypes a model may run in; the kernels compute in float32 whatever the dtype.
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Prefill rows per program by default: 16 or more multiply tiles with `tl.dot`.
 TILE_ROWS = 16
-# How the prefill kernel reads the base kernel's mask (`_visible`'s MASK_KIND), by name.
-MASK_KINDS = ("causal only", "bool", "additive", "padding")
-_CAUSAL_ONLY, _BOOL_MASK, _ADDITIVE_MASK, _PADDING_MASK = range(len(MASK_KINDS))
+# The mask kinds (`masks.MaskKind`) by name, as `describe()` prints them; indexed by kind.
+MASK_KINDS = tuple(kind.label for kind in MaskKind)
+# Chunks per row are chosen for about this many programs per multiprocessor: more fill the GPU for
+# a single decode row, fewer keep the [B * H, R, chunks, ...] workspace small at prefill.
+_PROGRAMS_PER_SM = 4
 _TRITON_TYPES = {
     torch.float32: "fp32",
     torch.float16: "fp16",
@@ -591,6 +62,9 @@ _TRITON_TYPES = {
     torch.int64: "i64",
 }
 _FLOAT_ARGUMENTS = frozenset({"scaling", "blocked_below"})  # passed as Python floats
+# Each kernel's runtime arguments, named and ordered as its signature.
+_RowsArguments = launch_arguments(redistribute_rows_kernel)
+_PrefillArguments = launch_arguments(correct_prefill_rows_kernel)
 
 
 def _next_power_of_2(number: int) -> int:
@@ -600,11 +74,6 @@ def _next_power_of_2(number: int) -> int:
 
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
-
-
-def _parameters(kernel) -> list[str]:
-    """A Triton kernel's parameter names (compiled or interpreted)."""
-    return list(inspect.signature(kernel.fn).parameters)
 
 
 class _Specialization:
@@ -627,7 +96,7 @@ class _Specialization:
     def constants(self) -> tuple:
         """The constexprs in the kernel's parameter order, as a launch passes them."""
         constexprs = self.constexprs()
-        return tuple(constexprs[name] for name in _parameters(self.kernel) if name in constexprs)
+        return tuple(constexprs[name] for name in parameters(self.kernel) if name in constexprs)
 
     def signature(self) -> dict[str, str]:
         """Triton's type of every kernel parameter ("constexpr" for those in `constexprs`), as a launch gives them.
@@ -636,7 +105,7 @@ class _Specialization:
         """
         pointers, constexprs = self._pointer_dtypes(), self.constexprs()
         signature = {}
-        for name in _parameters(self.kernel):
+        for name in parameters(self.kernel):
             if name in constexprs:
                 signature[name] = "constexpr"
             elif name in pointers:
@@ -664,7 +133,7 @@ def _plan_pointers() -> dict[str, torch.dtype]:
 
 @dataclass(frozen=True)
 class RowsSpecialization(_Specialization):
-    """One compiled variant of `_redistribute_rows` (decode rows over all their keys).
+    """One compiled variant of `redistribute_rows_kernel` (decode rows over all their keys).
 
     `redistribute_rows` launches exactly the one `rows_specialization` gives for its arguments, and
     `specializations` lists every one it can launch; the first-use check in `attention.py` is per
@@ -677,7 +146,7 @@ class RowsSpecialization(_Specialization):
     whole_rows: bool  # write A'V rather than add A'V - AV
     block_k: int  # keys per tile
 
-    kernel = _redistribute_rows  # a class attribute, not a field
+    kernel = redistribute_rows_kernel  # a class attribute, not a field
 
     def constexprs(self) -> dict[str, object]:
         return {
@@ -686,7 +155,7 @@ class RowsSpecialization(_Specialization):
             "WHOLE_ROWS": self.whole_rows,
             "BLOCK_K": self.block_k,
             "BLOCK_D": self.block_d,
-            "PARTIAL_FLOATS": _HEADER_FLOATS + (3 if self.whole_rows else 2) * self.block_d,
+            "PARTIAL_FLOATS": HEADER_FLOATS + (3 if self.whole_rows else 2) * self.block_d,
         }
 
     def _pointer_dtypes(self) -> dict[str, torch.dtype]:
@@ -709,26 +178,26 @@ def rows_specialization(
 
 @dataclass(frozen=True)
 class PrefillSpecialization(_Specialization):
-    """One compiled variant of `_correct_prefill_rows` (prefill rows over their relevant keys).
+    """One compiled variant of `correct_prefill_rows_kernel` (prefill rows over their relevant keys).
 
     As `RowsSpecialization`, for `correct_prefill_rows` and `prefill_specialization`.
     """
 
     dtype: torch.dtype  # of query, key, value and output
     head_dim: int
-    mask_kind: int  # index into MASK_KINDS
-    mask_dtype: torch.dtype  # of the mask as the kernel reads it (uint8 but for additive masks)
+    mask_kind: MaskKind  # also an index into MASK_KINDS
+    mask_dtype: torch.dtype  # of the mask as the kernel reads it (`_kernel_mask_dtype`)
     log_sum_exp: bool  # the base kernel gave every row's log-sum-exp (else a first pass computes it)
     chunked: bool  # several programs share a tile's relevant keys
     tile_rows: int
     block_k: int  # keys per tile
 
-    kernel = _correct_prefill_rows  # a class attribute, not a field
+    kernel = correct_prefill_rows_kernel  # a class attribute, not a field
 
     def constexprs(self) -> dict[str, object]:
         return {
             "HEAD_DIM": self.head_dim,
-            "MASK_KIND": self.mask_kind,
+            "MASK_KIND": int(self.mask_kind),
             "HAS_LSE": self.log_sum_exp,
             "CHUNKED": self.chunked,
             "TILE_R": self.tile_rows,
@@ -756,13 +225,33 @@ def _prefill_block_k(head_dim: int) -> int:
     return max(16, min(64, 8192 // _next_power_of_2(head_dim)))
 
 
-def _mask_kind(attention_mask: torch.Tensor | None) -> tuple[int, torch.dtype]:
-    """(kind, dtype as the kernel reads it) of the base kernel's mask."""
-    if attention_mask is None:
-        return _CAUSAL_ONLY, torch.uint8  # the kernel is given (and never reads) `row_valid`
-    if attention_mask.dim() == 4 and attention_mask.dtype != torch.bool:
-        return _ADDITIVE_MASK, attention_mask.dtype
-    return (_BOOL_MASK if attention_mask.dim() == 4 else _PADDING_MASK), torch.uint8
+def _kernel_mask_dtype(kind: MaskKind, dtype: torch.dtype) -> torch.dtype:
+    """The dtype the prefill kernel reads a mask of `kind` and `dtype` in: uint8 but for additive masks
+    (without a mask, uint8 too: the kernel is given, and never reads, `row_valid`)."""
+    return dtype if kind == MaskKind.ADDITIVE else torch.uint8
+
+
+class _KernelMask(NamedTuple):
+    """The base kernel's mask as the prefill kernel reads it (see `kernel_code._visible`)."""
+
+    kind: MaskKind
+    tensor: torch.Tensor | None  # [B, Q, K] or [B, K]; None for causal only
+    strides: tuple[int, int, int]  # over batch, query and key
+    blocked_below: float  # `masks.additive_threshold` for additive masks
+
+
+def _kernel_mask(attention_mask: torch.Tensor | None, batch: int, key_length: int) -> _KernelMask:
+    """The mask a prefill launch passes, by its `masks.classify` kind; no copy."""
+    kind = classify(attention_mask)
+    if kind == MaskKind.CAUSAL_ONLY:
+        return _KernelMask(kind, None, (0, 0, 0), 0.0)
+    if kind == MaskKind.PADDING:
+        padding = attention_mask[:, -key_length:].bool().view(torch.uint8)
+        return _KernelMask(kind, padding, (padding.stride(0), 0, padding.stride(1)), 0.0)
+    mask = attention_mask[:, 0, :, -key_length:].expand(batch, -1, -1)  # the same for every head
+    if kind == MaskKind.BOOL:
+        return _KernelMask(kind, mask.view(torch.uint8), mask.stride(), 0.0)
+    return _KernelMask(kind, mask, mask.stride(), additive_threshold(mask.dtype))
 
 
 class _PrefillTiling(NamedTuple):
@@ -788,7 +277,8 @@ def _prefill_tiling(
     elif chunks is None:
         chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(call.query.device), batch * heads * tiles)
     chunks = max(1, min(chunks, _ceil_div(planned_keys, block_k)))
-    kind, mask_dtype = _mask_kind(call.attention_mask)
+    kind, attention_mask = classify(call.attention_mask), call.attention_mask
+    mask_dtype = torch.uint8 if attention_mask is None else _kernel_mask_dtype(kind, attention_mask.dtype)
     specialization = PrefillSpecialization(
         call.query.dtype, head_dim, kind, mask_dtype, has_lse, chunks > 1, tile_rows, block_k
     )
@@ -820,19 +310,25 @@ def specializations(
         for blocked, whole_rows in itertools.product((False, True), repeat=2):
             variants.append(rows_specialization(dtype, head_dim, blocked=blocked, whole_rows=whole_rows))
         for kind, (has_lse, chunked) in itertools.product(
-            range(len(MASK_KINDS)), ((False, False), (True, False), (True, True))
+            MaskKind, ((False, False), (True, False), (True, True))
         ):
-            mask_dtype = dtype if kind == _ADDITIVE_MASK else torch.uint8
             variants.append(
                 PrefillSpecialization(
-                    dtype, head_dim, kind, mask_dtype, has_lse, chunked, TILE_ROWS, _prefill_block_k(head_dim)
+                    dtype,
+                    head_dim,
+                    kind,
+                    _kernel_mask_dtype(kind, dtype),
+                    has_lse,
+                    chunked,
+                    TILE_ROWS,
+                    _prefill_block_k(head_dim),
                 )
             )
     return variants
 
 
-_launch_redistribute_rows = _Launcher(_redistribute_rows)
-_launch_correct_prefill_rows = _Launcher(_correct_prefill_rows)
+_launch_redistribute_rows = Launcher(redistribute_rows_kernel)
+_launch_correct_prefill_rows = Launcher(correct_prefill_rows_kernel)
 
 
 @functools.cache
@@ -846,7 +342,7 @@ def _ceil_div(numerator: int, denominator: int) -> int:
 
 
 _tickets_on: dict[torch.device, torch.Tensor] = {}
-_scratch_counters_on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_scratch_counters_on: dict[torch.device, Counters] = {}
 
 
 def _zeroed_tickets(device: torch.device, count: int) -> torch.Tensor:
@@ -861,44 +357,85 @@ def _zeroed_tickets(device: torch.device, count: int) -> torch.Tensor:
     return tickets
 
 
-def _counters(
-    activity: LayerActivity | None, batch: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _counters(counters: Counters | None, batch: int, device: torch.device) -> Counters:
     """Where a launch adds its selected rows and budgets: the diagnostics', or scratch never read.
 
     The kernels always add them (one variant fewer of each kernel to compile and check).
     """
-    if activity is not None:
-        return activity.redistributed_rows, activity.moved_mass
+    if counters is not None:
+        return counters
     scratch = _scratch_counters_on.get(device)
-    if scratch is None or scratch[0].numel() < batch:
-        scratch = _scratch_counters_on[device] = tuple(
-            torch.empty(batch, dtype=torch.float32, device=device) for _ in range(2)
+    if scratch is None or scratch.moved_mass.numel() < batch:
+        scratch = _scratch_counters_on[device] = Counters(
+            *(torch.empty(batch, dtype=torch.float32, device=device) for _ in Counters._fields)
         )
     return scratch
 
 
-def _check_layouts(output: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
-    """The kernels index head_dim with unit stride and write `output` [B, Q, H, d] as laid out."""
+def _check_inputs(
+    output: torch.Tensor, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: torch.Tensor
+) -> None:
+    """What the kernels assume: unit stride over head_dim, `output` [B, Q, H, d] as laid out, Long rows."""
     for name, tensor in (("query", query), ("key", key), ("value", value)):
         if tensor.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in head_dim, got strides {tensor.stride()}")
     if not output.is_contiguous():
         raise ValueError("output must be a contiguous [batch, query, heads, head_dim] tensor")
+    if rows.dtype != torch.int64 or rows.dim() != 2:
+        raise ValueError(f"rows must be Long[batch, rows], got {rows.dtype} of shape {tuple(rows.shape)}")
 
 
-def redistribute_rows(
+def _shared_arguments(
     output: torch.Tensor,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    blocked: torch.Tensor | None,
+    plan: KeyPlan,
+    rows: torch.Tensor,
+    row_valid: torch.Tensor,
+    counters: Counters,
+) -> dict[str, object]:
+    """Both kernels' arguments of the same name: inputs and their strides over batch, head and
+    sequence, the key plan, the rows, and the counters."""
+    (qb, qh, qq), (kb, kh, kk), (vb, vh, vk) = query.stride()[:3], key.stride()[:3], value.stride()[:3]
+    return {
+        "q_ptr": query,
+        "k_ptr": key,
+        "v_ptr": value,
+        "weights_ptr": plan.weights,
+        "offsets_ptr": plan.offsets,
+        "sink_change_ptr": plan.sink_change,
+        "receivers_ptr": plan.receivers,
+        "rows_ptr": rows,
+        "row_valid_ptr": row_valid,
+        "out_ptr": output,
+        "redistributed_rows_ptr": counters.redistributed_rows,
+        "moved_mass_ptr": counters.moved_mass,
+        "stride_qb": qb,
+        "stride_qh": qh,
+        "stride_qq": qq,
+        "stride_kb": kb,
+        "stride_kh": kh,
+        "stride_kk": kk,
+        "stride_vb": vb,
+        "stride_vh": vh,
+        "stride_vk": vk,
+        "key_length": key.shape[2],
+        "query_length": query.shape[2],
+        "planned_keys": plan.weights.shape[1],
+        "heads": query.shape[1],
+        "group": query.shape[1] // key.shape[1],
+    }
+
+
+def redistribute_rows(
+    output: torch.Tensor,
+    call: LayerCall,
     plan: KeyPlan,
     rows: torch.Tensor,
     row_valid: torch.Tensor,
     *,
-    scaling: float,
-    activity: LayerActivity | None,
+    counters: Counters | None,
     whole_rows: bool = False,
     block_k: int | None = None,
     chunks: int | None = None,
@@ -906,20 +443,23 @@ def redistribute_rows(
     """Add A'V - AV to the base kernel's `output` [B, Q, H, d] in place, for the rows VAR selects;
     with `whole_rows`, write A'V (A'V = AV where no head selects the row) into every query row.
 
-    `query` [B, H, Q, d], `key`/`value` [B, Hkv, K, d]; `rows` Long[B, R] are the query indices VAR
-    may change (all Q of them for `whole_rows`) and `row_valid` Bool[B, R] says which of them spec
-    step 2 allows. `blocked` Bool[B, 1, R, K] marks keys a row may not see (from the attention
-    mask); None means causal only.
-    `activity` (diagnostics on) gets the selected rows and their budgets added on the device.
+    `rows` Long[B, R] are the query indices VAR may change (all Q of them for `whole_rows`) and
+    `row_valid` Bool[B, R] says which of them spec step 2 allows. Without a mask the kernel applies
+    causality itself; with one, the keys each row may not see are read into a [B, R, K] tensor first
+    (`masks.blocked_keys`: R is one row per sample at a decode step).
+    `counters` (diagnostics on) get the selected rows and their budgets added on the device.
     `block_k` (keys per tile) and `chunks` (per row, at most 64) are for tests and tuning; by default
     a row is split into just enough chunks to give every streaming multiprocessor a few programs.
     """
-    batch, heads, query_length, head_dim = query.shape
+    query, key, value = call.query, call.key, call.value
+    batch, heads, _, head_dim = query.shape
     row_count, key_length = rows.shape[1], key.shape[2]
-    _check_layouts(output, query, key, value)
-    rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
-    if blocked is not None:
+    _check_inputs(output, query, key, value, rows)
+    blocked = None
+    if classify(call.attention_mask) != MaskKind.CAUSAL_ONLY:
+        blocked = blocked_keys(call.attention_mask, rows, query.shape[2], key_length)
         blocked = blocked.contiguous().view(torch.uint8)
+    rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)  # no copy from VARState
     specialization = rows_specialization(
         query.dtype, head_dim, blocked=blocked is not None, whole_rows=whole_rows, block_k=block_k
     )
@@ -927,56 +467,26 @@ def redistribute_rows(
     row_programs = batch * heads * row_count
     if chunks is None:
         chunks = _ceil_div(_PROGRAMS_PER_SM * _multiprocessors(query.device), row_programs)
-    tiles_per_chunk = _ceil_div(tiles, max(1, min(chunks, tiles, _MAX_CHUNKS)))
+    tiles_per_chunk = _ceil_div(tiles, max(1, min(chunks, tiles, MAX_CHUNKS)))
     chunk_count = _ceil_div(tiles, tiles_per_chunk)
     constexprs = specialization.constexprs()
-    partials = torch.empty(
-        row_programs * chunk_count * constexprs["PARTIAL_FLOATS"], dtype=torch.float32, device=query.device
+    arguments = _RowsArguments(
+        **_shared_arguments(
+            output, query, key, value, plan, rows, row_valid, _counters(counters, batch, query.device)
+        ),
+        blocked_ptr=blocked if blocked is not None else row_valid,
+        partials_ptr=torch.empty(
+            row_programs * chunk_count * constexprs["PARTIAL_FLOATS"],
+            dtype=torch.float32,
+            device=query.device,
+        ),
+        tickets_ptr=_zeroed_tickets(query.device, row_programs),
+        chunk_keys=tiles_per_chunk * specialization.block_k,
+        scaling=call.scaling,
     )
     _launch_redistribute_rows(
-        (batch * heads, row_count, chunk_count),
-        query.device,
-        (
-            query,
-            key,
-            value,
-            blocked if blocked is not None else row_valid,
-            plan.weights,
-            plan.offsets,
-            plan.sink_change,
-            plan.receivers,
-            rows,
-            row_valid,
-            output,
-            partials,
-            _zeroed_tickets(query.device, row_programs),
-            *_counters(activity, batch, query.device),
-            *query.stride()[:3],
-            *key.stride()[:3],
-            *value.stride()[:3],
-            key_length,
-            query_length,
-            plan.weights.shape[1],
-            tiles_per_chunk * specialization.block_k,
-            scaling,
-            heads,
-            heads // key.shape[1],
-        ),
-        specialization.constants(),
+        (batch * heads, row_count, chunk_count), query.device, arguments, specialization.constants()
     )
-
-
-def _mask_for_kernel(attention_mask: torch.Tensor | None, batch: int, key_length: int):
-    """(tensor, strides over batch, query and key, additive threshold) of the base kernel's mask."""
-    if attention_mask is None:
-        return None, (0, 0, 0), 0.0
-    if attention_mask.dim() == 4:  # [B, 1, Q, K]: the same for every head
-        mask = attention_mask[:, 0, :, -key_length:].expand(batch, -1, -1)
-        if mask.dtype == torch.bool:
-            return mask.view(torch.uint8), mask.stride(), 0.0
-        return mask, mask.stride(), torch.finfo(mask.dtype).min / 2
-    padding = attention_mask[:, -key_length:].bool().view(torch.uint8)  # [B, K] 2D padding mask
-    return padding, (padding.stride(0), 0, padding.stride(1)), 0.0
 
 
 def correct_prefill_rows(
@@ -987,7 +497,7 @@ def correct_prefill_rows(
     rows: torch.Tensor,
     row_valid: torch.Tensor,
     *,
-    activity: LayerActivity | None,
+    counters: Counters | None,
     tile_rows: int = TILE_ROWS,
     block_k: int | None = None,
     chunks: int | None = None,
@@ -999,19 +509,20 @@ def correct_prefill_rows(
     (`call.normaliser.log_sum_exp`) or, without it, one first pass over every key. `rows` Long[B, R]
     are query indices and `row_valid` Bool[B, R] says which of them spec step 2 allows; masks are
     read where the base kernel got them (`call.attention_mask`), never expanded to [R, K].
+    `counters` (diagnostics on) get the selected rows and their budgets added on the device.
     `tile_rows` rows share a program (16 or more multiply tiles with `tl.dot`); `block_k` keys per
     tile and `chunks` of the relevant keys per tile of rows are for tests and tuning: by default
     just enough chunks give every streaming multiprocessor a few programs.
     """
-    query, key, value = call.query, call.key, call.value
-    batch, heads, query_length = query.shape[:3]
-    row_count, key_length, planned_keys = rows.shape[1], key.shape[2], plan.weights.shape[1]
-    _check_layouts(output, query, key, value)
+    query = call.query
+    batch, heads = query.shape[:2]
+    _check_inputs(output, query, call.key, call.value, rows)
     rows, row_valid = rows.contiguous(), row_valid.contiguous().view(torch.uint8)
-    order, counts = keys.order.contiguous(), keys.counts.contiguous()
     log_sum_exp = call.normaliser.log_sum_exp
-    specialization, tiles, chunks = _prefill_tiling(call, planned_keys, row_count, tile_rows, block_k, chunks)
-    mask, mask_strides, blocked_below = _mask_for_kernel(call.attention_mask, batch, key_length)
+    specialization, tiles, chunks = _prefill_tiling(
+        call, plan.weights.shape[1], rows.shape[1], tile_rows, block_k, chunks
+    )
+    mask = _kernel_mask(call.attention_mask, batch, call.key.shape[2])
     tile_programs = batch * heads * tiles
     partials = torch.empty(
         tile_programs * chunks * tile_rows * specialization.constexprs()["PARTIAL_FLOATS"]
@@ -1020,40 +531,34 @@ def correct_prefill_rows(
         dtype=torch.float32,
         device=query.device,
     )
-    _launch_correct_prefill_rows(
-        (batch * heads, tiles, chunks),
-        query.device,
-        (
+    (lb, lh, lq) = log_sum_exp.stride() if log_sum_exp is not None else (0, 0, 0)
+    arguments = _PrefillArguments(
+        **_shared_arguments(
+            output,
             query,
-            key,
-            value,
-            log_sum_exp if log_sum_exp is not None else partials,
-            mask if mask is not None else row_valid,
-            order,
-            counts,
-            plan.weights,
-            plan.offsets,
-            plan.sink_change,
-            plan.receivers,
+            call.key,
+            call.value,
+            plan,
             rows,
             row_valid,
-            output,
-            partials,
-            _zeroed_tickets(query.device, tile_programs),
-            *_counters(activity, batch, query.device),
-            *query.stride()[:3],
-            *key.stride()[:3],
-            *value.stride()[:3],
-            *(log_sum_exp.stride() if log_sum_exp is not None else (0, 0, 0)),
-            *mask_strides,
-            key_length,
-            query_length,
-            planned_keys,
-            row_count,
-            call.scaling,
-            blocked_below,
-            heads,
-            heads // key.shape[1],
+            _counters(counters, batch, query.device),
         ),
-        specialization.constants(),
+        lse_ptr=log_sum_exp if log_sum_exp is not None else partials,
+        mask_ptr=mask.tensor if mask.tensor is not None else row_valid,
+        key_order_ptr=keys.order.contiguous(),
+        key_counts_ptr=keys.counts.contiguous(),
+        partials_ptr=partials,
+        tickets_ptr=_zeroed_tickets(query.device, tile_programs),
+        stride_lb=lb,
+        stride_lh=lh,
+        stride_lq=lq,
+        stride_mb=mask.strides[0],
+        stride_mq=mask.strides[1],
+        stride_mk=mask.strides[2],
+        row_count=rows.shape[1],
+        scaling=call.scaling,
+        blocked_below=mask.blocked_below,
+    )
+    _launch_correct_prefill_rows(
+        (batch * heads, tiles, chunks), query.device, arguments, specialization.constants()
     )

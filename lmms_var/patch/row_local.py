@@ -15,7 +15,7 @@ from typing import ClassVar, NamedTuple
 import torch
 
 from lmms_var.core.score_change import renormaliser, visual_weight_change
-from lmms_var.patch.explicit import blocked_keys, grouped, scores, times_values
+from lmms_var.patch.explicit import grouped, scores, times_values
 from lmms_var.patch.intervention import (
     Backend,
     ForwardKind,
@@ -24,6 +24,7 @@ from lmms_var.patch.intervention import (
     Positions,
     PromptContext,
 )
+from lmms_var.patch.masks import blocked_keys
 from lmms_var.patch.prefill import rows_log_sum_exp
 
 ScoreChange = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

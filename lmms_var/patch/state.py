@@ -16,10 +16,10 @@ from types import MappingProxyType
 
 import torch
 
+from lmms_var.patch.counters import Counters
 from lmms_var.patch.explicit import LayerCall
 from lmms_var.patch.intervention import (
     Backend,
-    Counters,
     ForwardKind,
     Intervention,
     LayerWork,

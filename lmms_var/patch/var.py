@@ -35,10 +35,10 @@ from lmms_var.core import (
     row_statistics,
     selected_rows,
 )
-from lmms_var.patch.explicit import blocked_keys, explicit_attention, times_values
+from lmms_var.patch.counters import Counters
+from lmms_var.patch.explicit import explicit_attention, times_values
 from lmms_var.patch.intervention import (
     Backend,
-    Counters,
     ForwardKind,
     Intervention,
     KernelPath,
@@ -46,6 +46,7 @@ from lmms_var.patch.intervention import (
     Positions,
     PromptContext,
 )
+from lmms_var.patch.masks import blocked_keys
 from lmms_var.patch.prefill import correct_prefill_rows, relevant_keys
 from lmms_var.patch.state import PromptState
 
@@ -94,7 +95,7 @@ def _prefill_pytorch(work: LayerWork) -> None:
 def _prefill_triton(work: LayerWork) -> None:
     keys = relevant_keys(work.plan.keys)
     row_kernels.correct_prefill_rows(
-        work.output, work.call, work.plan.keys, keys, work.rows, work.row_valid, activity=work.counters
+        work.output, work.call, work.plan.keys, keys, work.rows, work.row_valid, counters=work.counters
     )
 
 
@@ -160,23 +161,14 @@ def _decode_pytorch(work: LayerWork, *, whole_rows: bool) -> None:
 
 
 def _decode_triton(work: LayerWork, *, whole_rows: bool) -> None:
-    call = work.call
-    # Without a mask the kernels apply causality themselves: no [B, R, K] mask is built.
-    blocked = None
-    if call.attention_mask is not None:
-        blocked = blocked_keys(call.attention_mask, work.rows, call.query.shape[2], call.key.shape[2])
     row_kernels.redistribute_rows(
         work.output,
-        call.query,
-        call.key,
-        call.value,
-        blocked,
+        work.call,
         work.plan.keys,
         work.rows,
         work.row_valid,
-        scaling=call.scaling,
+        counters=work.counters,
         whole_rows=whole_rows,
-        activity=work.counters,
     )
 
 

@@ -8,14 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lmms_var.core import plan_keys
-from lmms_var.patch.explicit import (
-    LayerCall,
-    Normaliser,
-    blocked_keys,
-    explicit_attention,
-    scores,
-    times_values,
-)
+from lmms_var.patch.explicit import LayerCall, Normaliser, explicit_attention, scores, times_values
+from lmms_var.patch.masks import blocked_keys
 from lmms_var.patch.normaliser import LogSumExpCapture
 from lmms_var.patch.var import rows_arithmetic
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from lmms_var import enable_var
-from lmms_var.patch.explicit import blocked_keys
-from lmms_var.patch.intervention import Counters
+from lmms_var.patch.counters import Counters
+from lmms_var.patch.kernel_launch import launch_key, parameters
 from lmms_var.patch.prefill import relevant_keys
 from tests.patch import layer_cases
 from tests.patch.layer_cases import (
@@ -45,25 +45,17 @@ def attention_case(dtype: torch.dtype, decode: bool, padded: bool, **options) ->
 def through_kernels(case: dict, row_valid: torch.Tensor | None = None, **options):
     """The corrected (or written) output and the diagnostics counters from `redistribute_rows`."""
     corrected = case["output"].clone()
-    zeros = torch.zeros(3, device=DEVICE)
-    activity = Counters(zeros, zeros.clone())
-    blocked = None
-    if case["mask"] is not None:
-        blocked = blocked_keys(case["mask"], case["rows"], case["query"].shape[2], case["key"].shape[2])
+    counters = Counters(torch.zeros(3, device=DEVICE), torch.zeros(3, device=DEVICE))
     kernels.redistribute_rows(
         corrected,
-        case["query"],
-        case["key"],
-        case["value"],
-        blocked,
+        layer_call(case),
         case["plan"],
         case["rows"],
         case["row_valid"] if row_valid is None else row_valid,
-        scaling=case["scaling"],
-        activity=activity,
+        counters=counters,
         **options,
     )
-    return corrected, activity
+    return corrected, counters
 
 
 @pytest.mark.skipif(RUNNABLE, reason="the kernels run directly here")
@@ -84,8 +76,7 @@ def test_under_triton_interpreter():
 def prefill_through_kernels(case: dict, source: str = "sdpa", row_valid=None, **options):
     """The corrected output and the diagnostics counters from `correct_prefill_rows`."""
     corrected = case["output"].clone()
-    zeros = torch.zeros(3, device=DEVICE)
-    activity = Counters(zeros, zeros.clone())
+    counters = Counters(torch.zeros(3, device=DEVICE), torch.zeros(3, device=DEVICE))
     kernels.correct_prefill_rows(
         corrected,
         layer_call(case, normaliser_for(case, source)),
@@ -93,19 +84,19 @@ def prefill_through_kernels(case: dict, source: str = "sdpa", row_valid=None, **
         relevant_keys(case["plan"]),
         case["rows"],
         case["row_valid"] if row_valid is None else row_valid,
-        activity=activity,
+        counters=counters,
         **options,
     )
-    return corrected, activity
+    return corrected, counters
 
 
 def check_prefill(case: dict, source: str = "sdpa", **tiling) -> None:
     """The prefill kernel corrects exactly the selected rows as whole rows over every key would."""
     expected, selected, budget = pytorch_path(case)
-    corrected, activity = prefill_through_kernels(case, source, **tiling)
+    corrected, counters = prefill_through_kernels(case, source, **tiling)
     assert_matches_whole_rows(case, corrected, expected, selected, **KERNEL_TOLERANCE[case["output"].dtype])
     # bfloat16: SDPA's log-sum-exp is off by up to 1e-4 from float32 scores of the same inputs.
-    check_activity(activity, selected, budget, rtol=1.3e-6 if case["output"].dtype == torch.float32 else 1e-4)
+    check_activity(counters, selected, budget, rtol=1.3e-6 if case["output"].dtype == torch.float32 else 1e-4)
 
 
 @needs_kernels
@@ -168,16 +159,16 @@ def test_decode_rows_split_into_tiles_and_chunks_merge_exactly(chunks):
 def check_decode_correction(dtype, padded: bool, **tiling) -> None:
     case = attention_case(dtype, decode=True, padded=padded)
     expected, selected, budget = pytorch_path(case)
-    corrected, activity = through_kernels(case, **tiling)
+    corrected, counters = through_kernels(case, **tiling)
     assert_matches_whole_rows(case, corrected, expected, selected, **KERNEL_TOLERANCE[dtype])
-    check_activity(activity, selected, budget)
+    check_activity(counters, selected, budget)
 
 
 def check_activity(
-    activity: Counters, selected: torch.Tensor, budget: torch.Tensor, rtol: float = 1.3e-6
+    counters: Counters, selected: torch.Tensor, budget: torch.Tensor, rtol: float = 1.3e-6
 ) -> None:
-    assert torch.equal(activity.redistributed_rows, selected.sum(dim=(1, 2)).float())
-    torch.testing.assert_close(activity.moved_mass, (budget * selected).sum(dim=(1, 2)), rtol=rtol, atol=1e-5)
+    assert torch.equal(counters.redistributed_rows, selected.sum(dim=(1, 2)).float())
+    torch.testing.assert_close(counters.moved_mass, (budget * selected).sum(dim=(1, 2)), rtol=rtol, atol=1e-5)
 
 
 @needs_kernels
@@ -191,13 +182,13 @@ def test_whole_rows_are_plain_attention_plus_the_correction(dtype, padded, chunk
     corrected, selected, budget = pytorch_path(case)
     whole, whole_selected, _ = pytorch_path(case, whole_rows=True)
     case["output"] = torch.full_like(case["output"], float("nan"))  # every value must be written
-    through, activity = through_kernels(case, whole_rows=True, block_k=16, chunks=chunks)
+    through, counters = through_kernels(case, whole_rows=True, block_k=16, chunks=chunks)
     assert selected[0].any() and not selected[0].all() and selected[1].any() and not selected[2].any()
     assert torch.equal(whole_selected, selected)
     tolerance = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     torch.testing.assert_close(whole, corrected, **tolerance)
     torch.testing.assert_close(through, corrected, **tolerance)
-    check_activity(activity, selected, budget)
+    check_activity(counters, selected, budget)
 
 
 @needs_kernels
@@ -216,9 +207,9 @@ def test_launches_leave_their_tickets_at_zero():
 @needs_kernels
 def test_rows_step_two_forbids_are_untouched():
     case = attention_case(torch.float32, decode=False, padded=True)
-    corrected, activity = prefill_through_kernels(case, row_valid=torch.zeros_like(case["row_valid"]))
+    corrected, counters = prefill_through_kernels(case, row_valid=torch.zeros_like(case["row_valid"]))
     assert torch.equal(corrected, case["output"])
-    assert not activity.redistributed_rows.any()
+    assert not counters.redistributed_rows.any()
 
 
 def test_launch_keys_tell_apart_every_specialisation_triton_compiles():
@@ -229,9 +220,9 @@ def test_launch_keys_tell_apart_every_specialisation_triton_compiles():
     storage = torch.zeros(64)
     arguments = [storage, storage[1:], storage[4:], storage.half(), storage.view(torch.int32)]
     arguments += [0, 1, 2, 15, 16, 48, -16, 2**31 - 16, 2**31, 2**40 + 1, 0.5, 2.0, True, False]
-    keys = [kernels._specialization(argument) for argument in arguments]
+    keys = [launch_key(argument) for argument in arguments]
     for one, other in ((storage, storage[1:]), (1, 2), (15, 16), (2**31 - 16, 2**31), (True, 1)):
-        assert kernels._specialization(one) != kernels._specialization(other)
+        assert launch_key(one) != launch_key(other)
     for argument, key in zip(arguments, keys, strict=True):
         for other, other_key in zip(arguments, keys, strict=True):
             if key == other_key:
@@ -305,6 +296,15 @@ def test_launches_are_specialisations_ci_compiles(monkeypatch, dtype, kind):
     runtime = ["i32" if kind == "constexpr" else kind for kind in runtime]
     signature = [kind for kind in expected.signature().values() if kind != "constexpr"]
     assert runtime == signature
+
+
+def test_launch_arguments_are_laid_out_like_the_kernels():
+    """A launch passes its named arguments then its specialisation's constexprs, positionally: together
+    they must be the kernel's parameters in order."""
+    for variant in kernels.specializations((48,), (torch.float32,)):
+        decode = isinstance(variant, kernels.RowsSpecialization)
+        arguments = kernels._RowsArguments if decode else kernels._PrefillArguments
+        assert [*arguments._fields, *variant.constexprs()] == parameters(variant.kernel)
 
 
 @pytest.mark.parametrize("kernel", ["prefill", "decode"])
