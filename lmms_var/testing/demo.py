@@ -168,7 +168,7 @@ def run_demo(output: Path) -> int:
     )
     plot = output / "leaderboard.png"
     plot_deltas(board, plot)
-    print(f"VAR's gain per task with its 95% interval: {plot}")
+    print(f"Each method's gain per task with its 95% interval: {plot}")
     model, processor = build_constructed_model()
     prompts = data_prompts(data_root, num_samples=DEMO_DOCS_PER_SUBTASK)
     prompt = prompts[first_changed_prompt(model, processor, prompts, var_config())]
