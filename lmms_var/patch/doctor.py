@@ -26,7 +26,7 @@ from lmms_var.core import plan_keys
 from lmms_var.patch.explicit import LayerCall, Normaliser
 from lmms_var.patch.masks import MaskKind, blocked_keys
 from lmms_var.patch.normaliser import LogSumExpCapture
-from lmms_var.patch.prefill import correct_prefill_rows, relevant_keys
+from lmms_var.patch.prefill import correct_in_blocks, relevant_keys
 from lmms_var.patch.var import rows_arithmetic
 
 OK, PROBLEM, NOT_CHECKED = "ok", "problem", "not checked"
@@ -249,7 +249,7 @@ def run_on_device(row_kernels, specialization, shape: LayerShape, device: torch.
         chunks = 4 if specialization.chunked else 1  # chosen, not left to the GPU's size
         planned, rows = inputs["plan"].weights.shape[1], inputs["rows"].shape[1]
         launched = row_kernels.prefill_specialization(call, planned, rows, chunks=chunks)
-        correct_prefill_rows(expected, call, inputs["plan"], inputs["rows"], inputs["row_valid"])
+        correct_in_blocks(expected, call, inputs["plan"], inputs["rows"], inputs["row_valid"])
         keys = relevant_keys(inputs["plan"])
         with _no_synchronisation(device):
             row_kernels.correct_prefill_rows(

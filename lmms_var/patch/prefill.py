@@ -204,7 +204,7 @@ class _Pairs(NamedTuple):
         return products.view(batch, heads, rows, -1)[self.sample, self.head, self.row]
 
 
-def correct_prefill_rows(
+def correct_in_blocks(
     output: torch.Tensor,
     call: LayerCall,
     plan: KeyPlan,

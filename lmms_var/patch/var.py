@@ -4,7 +4,7 @@ Its compute paths (`VAR.paths`):
 
 | kind \\ backend | PyTorch | Triton (`row_kernels.py`) |
 |---|---|---|
-| prefill correction | `prefill.correct_prefill_rows`: rows over their visual and sink keys | `correct_prefill_rows` |
+| prefill correction | `prefill.correct_in_blocks`: rows over their visual and sink keys, in blocks | `correct_prefill_rows` |
 | decode correction | `_decode_rows`: A'V - AV over every key, added to the base output | `redistribute_rows` |
 | whole rows | `_decode_rows`: A'V written, the base kernel skipped | `redistribute_rows(whole_rows=True)` |
 
@@ -47,7 +47,7 @@ from lmms_var.patch.intervention import (
     PromptContext,
 )
 from lmms_var.patch.masks import blocked_keys
-from lmms_var.patch.prefill import correct_prefill_rows, relevant_keys
+from lmms_var.patch.prefill import correct_in_blocks, relevant_keys
 from lmms_var.patch.state import PromptState
 
 try:  # Triton is optional: without it VAR runs its PyTorch paths everywhere
@@ -81,7 +81,7 @@ def count(counters: Counters | None, selected: torch.Tensor, budget: torch.Tenso
 
 
 def _prefill_pytorch(work: LayerWork) -> None:
-    selected, budget = correct_prefill_rows(
+    selected, budget = correct_in_blocks(
         work.output,
         work.call,
         work.plan.keys,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmms_var.patch import prefill
-from lmms_var.patch.prefill import _block_keys, _block_rows, correct_prefill_rows, relevant_keys
+from lmms_var.patch.prefill import _block_keys, _block_rows, correct_in_blocks, relevant_keys
 from tests.patch.layer_cases import (
     ONE_IMAGE,
     TWO_IMAGES,
@@ -34,7 +34,7 @@ def block_elements_for(case: dict, block: str, widest: int) -> int:
 
 def corrected(case: dict, source: str, block_elements: int):
     output = case["output"].clone()
-    selected, budget = correct_prefill_rows(
+    selected, budget = correct_in_blocks(
         output,
         layer_call(case, normaliser_for(case, source)),
         case["plan"],
