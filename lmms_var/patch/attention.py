@@ -20,7 +20,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from lmms_var.patch.explicit import LayerCall
 from lmms_var.patch.intervention import Backend, ComputePath, ForwardKind, KernelPath, LayerWork
 from lmms_var.patch.normaliser import LogSumExpCapture, Normaliser
-from lmms_var.patch.state import InterventionState
+from lmms_var.patch.state import InterventionState, Settings
 from lmms_var.patch.triton_support import triton_runs_on
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def _apply(state: InterventionState, work: LayerWork) -> None:
 def _compute_path(state: InterventionState, work: LayerWork) -> ComputePath:
     """This call's entry of the intervention's paths table: Triton where it runs and agrees, else PyTorch."""
     paths, kind = state.settings.intervention.paths, state.forward.kind
-    backend = state.backend(triton_ready=triton_runs_on(work.call.query))
+    backend = _backend(state.settings, work.call.query)
     entry = paths.get((kind, backend))
     if isinstance(entry, KernelPath):
         return (
@@ -120,6 +120,15 @@ def _compute_path(state: InterventionState, work: LayerWork) -> ComputePath:
             else paths[kind, Backend.PYTORCH]
         )
     return entry if entry is not None else paths[kind, Backend.PYTORCH]
+
+
+def _backend(settings: Settings, query: torch.Tensor) -> Backend:
+    """The backend of this call: the eager reference, Triton where it applies, else PyTorch."""
+    if not settings.fused:
+        return Backend.EAGER
+    if settings.use_triton and triton_runs_on(query):
+        return Backend.TRITON
+    return Backend.PYTORCH
 
 
 def _kernel_agrees(

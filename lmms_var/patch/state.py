@@ -19,7 +19,6 @@ import torch
 from lmms_var.patch.counters import Counters
 from lmms_var.patch.explicit import LayerCall
 from lmms_var.patch.intervention import (
-    Backend,
     ForwardKind,
     Intervention,
     LayerWork,
@@ -195,14 +194,6 @@ class InterventionState:
                 or key_length >= prompt.positions.image_mask.shape[1]
             )
         )
-
-    def backend(self, triton_ready: bool) -> Backend:
-        """The backend of this call: the eager reference, Triton where it applies, else PyTorch."""
-        if not self.settings.fused:
-            return Backend.EAGER
-        if self.settings.use_triton and triton_ready:
-            return Backend.TRITON
-        return Backend.PYTORCH
 
     def layer_work(self, layer: int, output: torch.Tensor, call: LayerCall) -> LayerWork:
         """Everything one layer's compute path needs, on the layer's device."""
