@@ -81,7 +81,8 @@ def test_runs_of_one_method_share_its_hue_in_shades(tmp_path):
 def test_the_readmes_methods_table_is_this_ones(board):
     """README's "Methods side by side" quotes this table row for row."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("**Methods side by side.**") : readme.index("`make demo` prints the five on the demo's checkpoint")]
+    start, end = readme.index("**Methods side by side.**"), readme.index("`make demo` prints the five")
+    section = readme[start:end]
     quoted = [line.strip() for line in section.splitlines() if line.strip().startswith("| qwen2_5_vl_var")]
     rendered = [line for line in render(board, "md").splitlines() if line.startswith("| qwen2_5_vl_var")]
     assert quoted == rendered
