@@ -231,14 +231,14 @@ def _prompt_starter(state: InterventionState, backbone: Backbone, attention_modu
         if state.suspended:
             return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = _prompt_cache(backbone, args, kwargs)
+        cache = _prompt_cache(backbone, kwargs)
         devices = frozenset(_device_of(module) for module in attention_modules)
         state.start_forward(input_ids, kwargs.get("attention_mask"), _past_length(cache), devices)
 
     return start_prompt
 
 
-def _prompt_cache(backbone: Backbone, args: tuple, kwargs: dict):
+def _prompt_cache(backbone: Backbone, kwargs: dict):
     return next((kwargs[name] for name in backbone.cache_kwargs if kwargs.get(name) is not None), None)
 
 
@@ -247,11 +247,7 @@ def _prompt_chooser(handle: InterventionHandle, backbone: Backbone):
     state = handle.state
 
     def choose(_module, args, kwargs):
-        if (
-            state.suspended
-            or state.next_prompt_options
-            or _past_length(_prompt_cache(backbone, args, kwargs))
-        ):
+        if state.suspended or state.next_prompt_options or _past_length(_prompt_cache(backbone, kwargs)):
             return
         state.next_prompt_options = handle.intervention.prompt_options(handle, kwargs)
 

@@ -94,10 +94,10 @@ def correct_rows(work: LayerWork) -> None:
     values = call.value.gather(2, per_head).float().flatten(0, 1)  # [B * Hkv, M, d]
     heads, count = query.shape[1], rows.shape[1]
     added = torch.bmm(grouped(delta, kv_heads), values).view(batch, heads, count, -1)
-    base = work.output[samples, rows].float()  # [B, R, H, d]
-    changed = (base + added.transpose(1, 2)) / scale.transpose(1, 2)[..., None]
+    original = work.output[samples, rows]  # [B, R, H, d]
+    changed = (original.float() + added.transpose(1, 2)) / scale.transpose(1, 2)[..., None]
     keep = ~work.row_valid[..., None, None]
-    work.output[samples, rows] = torch.where(keep, work.output[samples, rows], changed.to(work.output.dtype))
+    work.output[samples, rows] = torch.where(keep, original, changed.to(work.output.dtype))
     if work.counters is not None:
         allowed = work.row_valid[:, None, :]
         image = attn.sum(dim=-1)
